@@ -1,0 +1,238 @@
+//! The validated job model: what one declared job asks lrpm to run.
+//!
+//! Values of these types only ever come out of [`crate::decl`], which checks
+//! every field; the supervisor relies on them being valid.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// A job's unique identifier: the key of the configuration map.
+///
+/// php-lrpm allows integer and string keys; both are normalised to a string,
+/// so `42` and `"42"` name the same job.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(String);
+
+impl JobId {
+    /// Wraps an identifier.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    /// The identifier as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for JobId {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+/// What a job runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
+    /// An argv executed directly (`command` given as an array). Never empty.
+    Argv(Vec<String>),
+    /// A command line run through `/bin/sh -c` (`command` given as a string).
+    Shell(String),
+    /// A `Worker` registered by name in a library-mode binary (`workerClass`).
+    WorkerClass(String),
+}
+
+impl fmt::Display for Program {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Program::Argv(argv) => f.write_str(&argv.join(" ")),
+            Program::Shell(line) => f.write_str(line),
+            Program::WorkerClass(class) => write!(f, "worker {class}"),
+        }
+    }
+}
+
+/// A signal that lrpm sends to a worker's process group.
+///
+/// The core only names signals; the process shell maps them to the
+/// platform's numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// SIGHUP
+    Hup,
+    /// SIGINT
+    Int,
+    /// SIGQUIT
+    Quit,
+    /// SIGKILL: cannot be caught; the end of every stop escalation.
+    Kill,
+    /// SIGUSR1
+    Usr1,
+    /// SIGUSR2
+    Usr2,
+    /// SIGALRM
+    Alrm,
+    /// SIGTERM: the default polite stop signal.
+    Term,
+    /// SIGWINCH
+    Winch,
+}
+
+impl Signal {
+    /// Every signal, in the order of their usual numbers.
+    pub const ALL: [Signal; 9] = [
+        Signal::Hup,
+        Signal::Int,
+        Signal::Quit,
+        Signal::Kill,
+        Signal::Usr1,
+        Signal::Usr2,
+        Signal::Alrm,
+        Signal::Term,
+        Signal::Winch,
+    ];
+
+    /// The name without the `SIG` prefix, as written in a job declaration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Hup => "HUP",
+            Signal::Int => "INT",
+            Signal::Quit => "QUIT",
+            Signal::Kill => "KILL",
+            Signal::Usr1 => "USR1",
+            Signal::Usr2 => "USR2",
+            Signal::Alrm => "ALRM",
+            Signal::Term => "TERM",
+            Signal::Winch => "WINCH",
+        }
+    }
+
+    /// Parses `TERM`, `SIGTERM` or `sigterm` alike.
+    pub fn from_name(name: &str) -> Option<Signal> {
+        let upper = name.trim().to_ascii_uppercase();
+        let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+        Signal::ALL.into_iter().find(|s| s.name() == bare)
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SIG{}", self.name())
+    }
+}
+
+/// Default for `shortRunTimeSeconds`, as php-lrpm.
+pub const DEFAULT_SHORT_RUN: Duration = Duration::from_secs(5);
+/// Default for `shutdownTimeoutSeconds`, as php-lrpm.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One valid job declaration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    /// Descriptive name, shown in status.
+    pub name: String,
+    /// What to run.
+    pub program: Program,
+    /// Handed to the worker (`LRPM_WORKER_CONFIG`, or `Worker::start`).
+    pub worker_config: serde_json::Value,
+    /// php-lrpm's modification time: when present, the job restarts only
+    /// when a new declaration carries a larger one.
+    pub mtime: Option<u64>,
+    /// A run shorter than this is a failure and is restarted with backoff.
+    pub short_run: Duration,
+    /// How long the polite stop signal has before SIGKILL follows.
+    pub shutdown_timeout: Duration,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// User to switch to before exec (root only).
+    pub user: Option<String>,
+    /// Group to switch to before exec (root only).
+    pub group: Option<String>,
+    /// The polite stop signal.
+    pub stop_signal: Signal,
+}
+
+impl JobSpec {
+    /// A declaration with every optional field at its default.
+    pub fn new(name: impl Into<String>, program: Program) -> Self {
+        Self {
+            name: name.into(),
+            program,
+            worker_config: serde_json::Value::Object(serde_json::Map::new()),
+            mtime: None,
+            short_run: DEFAULT_SHORT_RUN,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            env: BTreeMap::new(),
+            cwd: None,
+            user: None,
+            group: None,
+            stop_signal: Signal::Term,
+        }
+    }
+
+    /// Whether replacing `self` (running) by `new` must restart the job.
+    ///
+    /// php-lrpm's rule: when both declarations carry an `mtime`, only a
+    /// larger `mtime` restarts the job (and a declaration with an equal or
+    /// older `mtime` is ignored altogether). Without `mtime`, any change of
+    /// content restarts it.
+    pub fn needs_restart_for(&self, new: &JobSpec) -> bool {
+        match (self.mtime, new.mtime) {
+            (Some(old), Some(new)) => new > old,
+            _ => self != new,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names_round_trip() {
+        for s in Signal::ALL {
+            assert_eq!(Signal::from_name(s.name()), Some(s));
+            assert_eq!(Signal::from_name(&s.to_string()), Some(s));
+            assert_eq!(Signal::from_name(&s.name().to_lowercase()), Some(s));
+        }
+        assert_eq!(Signal::from_name("SIGBOGUS"), None);
+        assert_eq!(Signal::from_name(""), None);
+    }
+
+    #[test]
+    fn mtime_rule() {
+        let mut a = JobSpec::new("a", Program::Shell("sleep 1".into()));
+        a.mtime = Some(10);
+        let mut b = a.clone();
+        b.program = Program::Shell("sleep 2".into());
+        assert!(!a.needs_restart_for(&b), "same mtime: no restart");
+        b.mtime = Some(9);
+        assert!(!a.needs_restart_for(&b), "older mtime: no restart");
+        b.mtime = Some(11);
+        assert!(a.needs_restart_for(&b));
+        let mut c = a.clone();
+        c.mtime = Some(11);
+        assert!(a.needs_restart_for(&c), "newer mtime restarts even unchanged");
+    }
+
+    #[test]
+    fn content_rule_without_mtime() {
+        let a = JobSpec::new("a", Program::Shell("sleep 1".into()));
+        assert!(!a.needs_restart_for(&a.clone()));
+        let mut b = a.clone();
+        b.env.insert("X".into(), "1".into());
+        assert!(a.needs_restart_for(&b));
+        let mut c = a.clone();
+        c.mtime = Some(1);
+        assert!(a.needs_restart_for(&c), "gaining an mtime is a change");
+    }
+}

@@ -1,0 +1,20 @@
+//! The I/O-free core of lrpm.
+//!
+//! Everything here is plain data and pure functions: job declarations and
+//! their validation ([`decl`]), the job model ([`job`]), restart backoff
+//! ([`backoff`]) and the supervision state machine ([`supervisor`]), which
+//! takes events (a configuration loaded, a child exited, a timer fired, a
+//! control request) with the current time and returns actions (spawn,
+//! signal) and its next deadline. It never reads the clock, spawns, signals
+//! or touches a file; the `lrpm` crate's shell does, and this crate's
+//! dependencies (no tokio, no libc) keep it that way.
+#![warn(missing_docs)]
+
+pub mod backoff;
+pub mod decl;
+pub mod job;
+pub mod status;
+pub mod supervisor;
+
+pub use decl::{Declaration, Document, Format, SourceError};
+pub use job::{JobId, JobSpec, Program, Signal};

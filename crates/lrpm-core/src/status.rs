@@ -1,0 +1,165 @@
+//! The status document: what `lrpmctl status --json` prints.
+//!
+//! These are plain serializable values; the supervisor core fills the job and
+//! source parts ([`crate::supervisor::Supervisor::status`]), the shell adds the
+//! supervisor's own facts, and `lrpmctl` reads the same types back. Times are
+//! UTC seconds since the Unix epoch, as floats.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole status document (without the protocol's `ok` flag).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Facts about the supervisor and its configuration source.
+    pub supervisor: SupervisorStatus,
+    /// Every job lrpm supervises, ordered by id.
+    pub jobs: Vec<JobStatus>,
+}
+
+/// Facts about the supervisor process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SupervisorStatus {
+    /// The supervisor's pid.
+    pub pid: u32,
+    /// lrpm's version.
+    pub version: String,
+    /// When the supervisor started.
+    pub started_at: f64,
+    /// Whether a graceful shutdown is under way.
+    #[serde(default)]
+    pub shutting_down: bool,
+    /// The configuration source.
+    pub source: SourceStatus,
+}
+
+/// The state of the configuration source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    /// The source as given on the command line.
+    pub uri: String,
+    /// When a configuration was last loaded successfully.
+    pub last_load_at: Option<f64>,
+    /// Why the last load failed, if it did (the farm keeps the last good
+    /// configuration meanwhile).
+    pub last_error: Option<String>,
+    /// Jobs of the last configuration that were left out, with the reason.
+    #[serde(default)]
+    pub invalid_jobs: BTreeMap<String, String>,
+    /// Warnings about the last configuration (unknown keys…).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// The state of one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Its process is running.
+    Running,
+    /// It is waiting for its next start after a short run.
+    Backoff,
+    /// Its process has been asked to stop (to restart, to be removed, or for
+    /// shutdown).
+    Stopping,
+}
+
+impl JobState {
+    /// The lowercase name used on the wire and in the table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Backoff => "backoff",
+            JobState::Stopping => "stopping",
+        }
+    }
+}
+
+/// One job's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// The job id.
+    pub id: String,
+    /// The job's descriptive name.
+    pub name: String,
+    /// What it runs, for display.
+    pub command: String,
+    /// Its state.
+    pub state: JobState,
+    /// The pid of its current process, if it has one.
+    pub pid: Option<u32>,
+    /// When its current process started.
+    pub started_at: Option<f64>,
+    /// How many times it has been started again after its first start.
+    pub restarts: u32,
+    /// How its previous process ended.
+    pub last_exit: Option<ExitInfo>,
+    /// The delay the next short run will be followed by.
+    pub backoff_seconds: f64,
+    /// When a job in backoff starts again.
+    pub restart_at: Option<f64>,
+    /// The declaration's `mtime`, if it has one.
+    pub mtime: Option<u64>,
+    /// Whether the job is still declared; `false` while a removed job stops.
+    pub declared: bool,
+    /// Why the source's current declaration of this job is invalid, if it is:
+    /// the job keeps running on its last valid declaration meanwhile.
+    pub invalid: Option<String>,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Its exit code, if it exited.
+    pub code: Option<i32>,
+    /// The number of the signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// Why it could not be started, if it never ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ExitStatus {
+    /// An exit with `code`.
+    pub fn code(code: i32) -> Self {
+        Self {
+            code: Some(code),
+            signal: None,
+            error: None,
+        }
+    }
+
+    /// Death by signal number `signal`.
+    pub fn signal(signal: i32) -> Self {
+        Self {
+            code: None,
+            signal: Some(signal),
+            error: None,
+        }
+    }
+
+    /// A process that could not be started.
+    pub fn spawn_failed(error: impl Into<String>) -> Self {
+        Self {
+            code: None,
+            signal: None,
+            error: Some(error.into()),
+        }
+    }
+
+    /// Whether the process exited with code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// How and when a job's previous process ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// How it ended.
+    #[serde(flatten)]
+    pub status: ExitStatus,
+    /// When.
+    pub at: f64,
+}

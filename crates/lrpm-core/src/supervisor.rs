@@ -1,0 +1,620 @@
+//! The supervision state machine.
+//!
+//! # Theory of operation
+//!
+//! [`Supervisor`] holds one [`Job`] per job id it supervises. The shell feeds
+//! it events, each with the current monotonic time:
+//!
+//! * [`Supervisor::handle_config`]: a new configuration was loaded; the farm is
+//!   reconciled against it (ADDED → start, REMOVED → stop then forget,
+//!   UPDATED → stop then start with the new declaration, UNCHANGED → nothing);
+//! * [`Supervisor::handle_spawned`] and [`Supervisor::handle_exit`]: a process
+//!   started, or ended (or could not be started at all);
+//! * [`Supervisor::handle_timeout`]: the deadline returned by
+//!   [`Supervisor::poll_timeout`] has passed;
+//! * [`Supervisor::restart`], [`Supervisor::shutdown`],
+//!   [`Supervisor::force_kill`]: control requests and signals.
+//!
+//! In return it queues [`Action`]s (spawn a process, signal a process group),
+//! which the shell drains with [`Supervisor::poll_action`], and exposes the
+//! next deadline. Processes are named by [`RunId`]s that the core allocates,
+//! never by pid, so the core cannot be confused by pid reuse.
+//!
+//! A job's lifecycle:
+//!
+//! ```text
+//!            spawn                 exit after a long run: spawn again at once
+//!   ADDED ─────────► Running ───────────────────────────────────► Running
+//!                     │   │  exit after a short run
+//!                     │   └──────────────► Backoff ──(delay)──► Running
+//!                     │ UPDATED / restart / REMOVED / shutdown
+//!                     ▼
+//!                  Stopping ──(shutdownTimeout)──► SIGKILL, still Stopping
+//!                     │ exit
+//!                     └──► Running (new declaration), or forgotten
+//! ```
+//!
+//! Architecture invariant: a job has at most one live process. A new one is
+//! spawned only from `Backoff` (no process) or when the exit of the old one
+//! has been handled.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backoff::{Backoff, DEFAULT_MAX_DELAY};
+use crate::decl::Declaration;
+use crate::job::{JobId, JobSpec, Signal};
+use crate::status::{ExitInfo, ExitStatus, JobState, JobStatus, SourceStatus};
+
+/// Settings of the supervisor that are not per job.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The cap of the restart backoff (`--max-backoff`).
+    pub max_backoff: Duration,
+    /// The configuration source, for status.
+    pub source_uri: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_backoff: DEFAULT_MAX_DELAY,
+            source_uri: String::new(),
+        }
+    }
+}
+
+/// Names one process that the core asked the shell to spawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RunId(pub u64);
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start a process for `job` with `spec`, then report it with
+    /// [`Supervisor::handle_spawned`], or its failure with
+    /// [`Supervisor::handle_exit`] and [`ExitStatus::spawn_failed`].
+    Spawn {
+        /// The name of the new process.
+        run: RunId,
+        /// Its job.
+        job: JobId,
+        /// The declaration to run.
+        spec: Arc<JobSpec>,
+    },
+    /// Send `signal` to the process group of `run`, if it is still there.
+    Signal {
+        /// The process.
+        run: RunId,
+        /// The signal.
+        signal: Signal,
+    },
+}
+
+/// Why a restart request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestartError {
+    /// No job has this id (or it is being removed).
+    #[error("no such job: {0}")]
+    UnknownJob(JobId),
+    /// lrpm is shutting down.
+    #[error("lrpm is shutting down")]
+    ShuttingDown,
+}
+
+/// A process of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proc {
+    run: RunId,
+    pid: Option<u32>,
+    since: Instant,
+}
+
+/// What happens when a stopping job's process has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Start it again (with the pending declaration, if there is one).
+    Start,
+    /// Forget the job (removed from the source, or shutdown).
+    Forget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Running(Proc),
+    Stopping {
+        proc: Proc,
+        /// When SIGKILL follows; `None` once it has been sent.
+        kill_at: Option<Instant>,
+        then: Then,
+    },
+    Backoff {
+        until: Instant,
+    },
+}
+
+impl State {
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            State::Running(_) => None,
+            State::Stopping { kill_at, .. } => *kill_at,
+            State::Backoff { until } => Some(*until),
+        }
+    }
+
+    fn proc(&self) -> Option<&Proc> {
+        match self {
+            State::Running(proc) | State::Stopping { proc, .. } => Some(proc),
+            State::Backoff { .. } => None,
+        }
+    }
+}
+
+/// One supervised job.
+#[derive(Debug, Clone)]
+struct Job {
+    /// The declaration its current (or next) process runs.
+    spec: Arc<JobSpec>,
+    /// A newer declaration, waiting for the current process to stop.
+    pending: Option<Arc<JobSpec>>,
+    /// False once the job left the configuration; it is forgotten when its
+    /// process has ended.
+    declared: bool,
+    /// Why the source's current declaration of it is invalid, if it is.
+    invalid: Option<String>,
+    state: State,
+    backoff: Backoff,
+    restarts: u32,
+    last_exit: Option<(ExitStatus, Instant)>,
+}
+
+/// The supervision state machine. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Supervisor {
+    config: Config,
+    jobs: BTreeMap<JobId, Job>,
+    /// The job of every live process.
+    runs: HashMap<RunId, JobId>,
+    /// Every job's deadline, in time order (a job has at most one).
+    timers: BTreeSet<(Instant, JobId)>,
+    next_run: u64,
+    source: SourceStatus,
+    last_load: Option<Instant>,
+    shutting_down: bool,
+    actions: VecDeque<Action>,
+}
+
+impl Supervisor {
+    /// A supervisor with no jobs.
+    pub fn new(config: Config) -> Self {
+        let source = SourceStatus {
+            uri: config.source_uri.clone(),
+            ..SourceStatus::default()
+        };
+        Self {
+            config,
+            jobs: BTreeMap::new(),
+            runs: HashMap::new(),
+            timers: BTreeSet::new(),
+            next_run: 0,
+            source,
+            last_load: None,
+            shutting_down: false,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// The next action for the shell to perform.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Supervisor::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Whether a shutdown was requested and every process has ended: the
+    /// shell may exit.
+    pub fn is_finished(&self) -> bool {
+        self.shutting_down && self.jobs.is_empty()
+    }
+
+    /// Whether a shutdown was requested.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// How many jobs are supervised (declared, or still stopping).
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Reconciles the farm with a newly loaded configuration.
+    pub fn handle_config(&mut self, now: Instant, decl: Declaration) {
+        if self.shutting_down {
+            return;
+        }
+        self.last_load = Some(now);
+        self.source.last_error = None;
+        self.source.warnings = decl.warnings;
+
+        let removed: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(id, job)| {
+                job.declared && !decl.jobs.contains_key(*id) && !decl.invalid.contains_key(*id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in removed {
+            self.remove(now, &id);
+        }
+
+        for (id, job) in self.jobs.iter_mut() {
+            job.invalid = decl.invalid.get(id).cloned();
+        }
+        self.source.invalid_jobs = decl
+            .invalid
+            .into_iter()
+            .map(|(id, reason)| (id.to_string(), reason))
+            .collect();
+
+        for (id, spec) in decl.jobs {
+            self.declare(now, id, spec);
+        }
+    }
+
+    /// Records that the configuration source failed; the farm keeps running
+    /// on the last good configuration.
+    pub fn handle_source_error(&mut self, error: String) {
+        self.source.last_error = Some(error);
+    }
+
+    /// Records the pid of a process the shell has spawned.
+    pub fn handle_spawned(&mut self, run: RunId, pid: u32) {
+        let Some(job) = self.runs.get(&run).and_then(|id| self.jobs.get_mut(id)) else {
+            return;
+        };
+        if let State::Running(proc) | State::Stopping { proc, .. } = &mut job.state {
+            if proc.run == run {
+                proc.pid = Some(pid);
+            }
+        }
+    }
+
+    /// Handles the end of process `run` (or its failure to start).
+    ///
+    /// An exit of a process the core does not know (already handled) is
+    /// ignored.
+    pub fn handle_exit(&mut self, now: Instant, run: RunId, status: ExitStatus) {
+        let Some(id) = self.runs.remove(&run) else {
+            return;
+        };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if job.state.proc().map(|p| p.run) != Some(run) {
+            return;
+        }
+        let failed_to_start = status.error.is_some();
+        job.last_exit = Some((status, now));
+        match job.state {
+            State::Running(proc) => {
+                if self.shutting_down {
+                    self.forget(&id);
+                } else if failed_to_start || now.duration_since(proc.since) < job.spec.short_run {
+                    let until = now + job.backoff.fail();
+                    self.set_state(&id, State::Backoff { until });
+                } else {
+                    job.backoff.reset();
+                    self.start(now, &id);
+                }
+            }
+            State::Stopping { then, .. } => {
+                if self.shutting_down || then == Then::Forget {
+                    self.forget(&id);
+                } else {
+                    if let Some(spec) = job.pending.take() {
+                        job.spec = spec;
+                    }
+                    job.backoff.reset();
+                    self.start(now, &id);
+                }
+            }
+            State::Backoff { .. } => unreachable!("invariant: a job in backoff has no process"),
+        }
+    }
+
+    /// Handles every deadline that has passed at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some((at, id)) = self.timers.first().cloned() {
+            if at > now {
+                break;
+            }
+            let job = self.jobs.get(&id).expect("invariant: timers name live jobs");
+            match job.state {
+                State::Backoff { .. } => self.start(now, &id),
+                State::Stopping { proc, then, .. } => {
+                    self.actions.push_back(Action::Signal {
+                        run: proc.run,
+                        signal: Signal::Kill,
+                    });
+                    self.set_state(
+                        &id,
+                        State::Stopping {
+                            proc,
+                            kill_at: None,
+                            then,
+                        },
+                    );
+                }
+                State::Running(_) => unreachable!("invariant: a running job has no deadline"),
+            }
+        }
+    }
+
+    /// Restarts job `id` now: stops its process, if it has one, and starts it
+    /// again with its backoff reset.
+    pub fn restart(&mut self, now: Instant, id: &JobId) -> Result<(), RestartError> {
+        if self.shutting_down {
+            return Err(RestartError::ShuttingDown);
+        }
+        let job = match self.jobs.get_mut(id) {
+            Some(job) if job.declared => job,
+            _ => return Err(RestartError::UnknownJob(id.clone())),
+        };
+        job.backoff.reset();
+        match job.state {
+            State::Running(_) => self.stop(now, id, Then::Start),
+            State::Stopping { .. } => {}
+            State::Backoff { .. } => self.start(now, id),
+        }
+        Ok(())
+    }
+
+    /// Begins a graceful shutdown: every process is asked to stop, jobs in
+    /// backoff are forgotten, and configurations are ignored from now on.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.shutting_down = true;
+        let ids: Vec<JobId> = self.jobs.keys().cloned().collect();
+        for id in ids {
+            match self.jobs[&id].state {
+                State::Running(_) => self.stop(now, &id, Then::Forget),
+                State::Stopping { .. } => {}
+                State::Backoff { .. } => self.forget(&id),
+            }
+        }
+    }
+
+    /// Shuts down at once: SIGKILL to every process that has not had it yet.
+    pub fn force_kill(&mut self, now: Instant) {
+        self.shutdown(now);
+        let due: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, job)| job.state.deadline().is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.escalate(&id);
+        }
+    }
+
+    /// The status of the source and of every job. `now` and `wall_now` are the
+    /// same moment on the monotonic clock and as UTC seconds; they convert
+    /// the core's instants to wall-clock times.
+    pub fn status(&self, now: Instant, wall_now: f64) -> (SourceStatus, Vec<JobStatus>) {
+        let wall = |t: Instant| -> f64 {
+            if t <= now {
+                wall_now - now.duration_since(t).as_secs_f64()
+            } else {
+                wall_now + t.duration_since(now).as_secs_f64()
+            }
+        };
+        let mut source = self.source.clone();
+        source.last_load_at = self.last_load.map(wall);
+        let jobs = self
+            .jobs
+            .iter()
+            .map(|(id, job)| {
+                let (state, restart_at) = match &job.state {
+                    State::Running(_) => (JobState::Running, None),
+                    State::Stopping { .. } => (JobState::Stopping, None),
+                    State::Backoff { until } => (JobState::Backoff, Some(wall(*until))),
+                };
+                let proc = job.state.proc();
+                JobStatus {
+                    id: id.to_string(),
+                    name: job.spec.name.clone(),
+                    command: job.spec.program.to_string(),
+                    state,
+                    pid: proc.and_then(|p| p.pid),
+                    started_at: proc.map(|p| wall(p.since)),
+                    restarts: job.restarts,
+                    last_exit: job.last_exit.as_ref().map(|(status, at)| ExitInfo {
+                        status: status.clone(),
+                        at: wall(*at),
+                    }),
+                    backoff_seconds: job.backoff.peek().as_secs_f64(),
+                    restart_at,
+                    mtime: job.spec.mtime,
+                    declared: job.declared,
+                    invalid: job.invalid.clone(),
+                }
+            })
+            .collect();
+        (source, jobs)
+    }
+
+    /// ADDED or UPDATED or UNCHANGED: `spec` is the job's valid declaration.
+    fn declare(&mut self, now: Instant, id: JobId, spec: JobSpec) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            let job = Job {
+                spec: Arc::new(spec),
+                pending: None,
+                declared: true,
+                invalid: None,
+                // Replaced at once by `start`.
+                state: State::Backoff { until: now },
+                backoff: Backoff::new(self.config.max_backoff),
+                restarts: 0,
+                last_exit: None,
+            };
+            self.jobs.insert(id.clone(), job);
+            self.start(now, &id);
+            return;
+        };
+        if !job.declared {
+            // Removed, still stopping, and declared again: start it anew
+            // once the old process is gone.
+            job.declared = true;
+            job.pending = Some(Arc::new(spec));
+            if let State::Stopping { proc, kill_at, .. } = job.state {
+                self.set_state(
+                    &id,
+                    State::Stopping {
+                        proc,
+                        kill_at,
+                        then: Then::Start,
+                    },
+                );
+            }
+            return;
+        }
+        let latest = job.pending.as_ref().unwrap_or(&job.spec);
+        if !latest.needs_restart_for(&spec) {
+            return;
+        }
+        let spec = Arc::new(spec);
+        match job.state {
+            State::Running(_) => {
+                job.pending = Some(spec);
+                self.stop(now, &id, Then::Start);
+            }
+            State::Stopping { .. } => job.pending = Some(spec),
+            State::Backoff { .. } => {
+                job.spec = spec;
+                job.backoff.reset();
+                self.start(now, &id);
+            }
+        }
+    }
+
+    /// REMOVED: stop the job's process, then forget it.
+    fn remove(&mut self, now: Instant, id: &JobId) {
+        let job = self.jobs.get_mut(id).expect("invariant: removing a known job");
+        job.declared = false;
+        job.pending = None;
+        match job.state {
+            State::Running(_) => self.stop(now, id, Then::Forget),
+            State::Stopping { proc, kill_at, .. } => self.set_state(
+                id,
+                State::Stopping {
+                    proc,
+                    kill_at,
+                    then: Then::Forget,
+                },
+            ),
+            State::Backoff { .. } => self.forget(id),
+        }
+    }
+
+    /// Spawns a new process for job `id`, which has none.
+    fn start(&mut self, now: Instant, id: &JobId) {
+        let run = RunId(self.next_run);
+        self.next_run += 1;
+        let job = self.jobs.get_mut(id).expect("invariant: starting a known job");
+        debug_assert!(
+            job.state.proc().is_none_or(|p| !self.runs.contains_key(&p.run)),
+            "a job has one process at most"
+        );
+        if job.last_exit.is_some() {
+            job.restarts += 1;
+        }
+        self.actions.push_back(Action::Spawn {
+            run,
+            job: id.clone(),
+            spec: job.spec.clone(),
+        });
+        self.runs.insert(run, id.clone());
+        self.set_state(
+            id,
+            State::Running(Proc {
+                run,
+                pid: None,
+                since: now,
+            }),
+        );
+    }
+
+    /// Asks job `id`'s running process to stop, with SIGKILL after its
+    /// timeout.
+    fn stop(&mut self, now: Instant, id: &JobId, then: Then) {
+        let job = &self.jobs[id];
+        let State::Running(proc) = job.state else {
+            unreachable!("invariant: only a running job is stopped");
+        };
+        self.actions.push_back(Action::Signal {
+            run: proc.run,
+            signal: job.spec.stop_signal,
+        });
+        let kill_at = Some(now + job.spec.shutdown_timeout);
+        self.set_state(
+            id,
+            State::Stopping {
+                proc,
+                kill_at,
+                then,
+            },
+        );
+    }
+
+    /// Sends SIGKILL to a stopping job's process group.
+    fn escalate(&mut self, id: &JobId) {
+        if let State::Stopping { proc, then, .. } = self.jobs[id].state {
+            self.actions.push_back(Action::Signal {
+                run: proc.run,
+                signal: Signal::Kill,
+            });
+            self.set_state(
+                id,
+                State::Stopping {
+                    proc,
+                    kill_at: None,
+                    then,
+                },
+            );
+        }
+    }
+
+    /// Drops a job that has no process.
+    fn forget(&mut self, id: &JobId) {
+        if let Some(job) = self.jobs.remove(id) {
+            debug_assert!(
+                job.state.proc().is_none_or(|p| !self.runs.contains_key(&p.run)),
+                "a forgotten job has no live process"
+            );
+            if let Some(at) = job.state.deadline() {
+                self.timers.remove(&(at, id.clone()));
+            }
+        }
+    }
+
+    /// The one place a job's state changes, so that the timer index follows.
+    fn set_state(&mut self, id: &JobId, state: State) {
+        let job = self.jobs.get_mut(id).expect("invariant: known job");
+        if let Some(at) = job.state.deadline() {
+            self.timers.remove(&(at, id.clone()));
+        }
+        if let Some(at) = state.deadline() {
+            self.timers.insert((at, id.clone()));
+        }
+        job.state = state;
+    }
+}
+
+#[cfg(test)]
+#[path = "supervisor_tests.rs"]
+mod tests;

@@ -1,0 +1,775 @@
+//! Tests of the state machine: a deterministic simulation with virtual time
+//! and a fake process table, driven through every transition, and property
+//! tests of its invariants over random event sequences.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::decl::Declaration;
+use crate::job::{JobId, JobSpec, Program, Signal};
+use crate::status::{ExitStatus, JobState, JobStatus};
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn spec(cmd: &str) -> JobSpec {
+    JobSpec::new(format!("job {cmd}"), Program::Shell(cmd.to_owned()))
+}
+
+fn decl(jobs: &[(&str, JobSpec)]) -> Declaration {
+    Declaration {
+        jobs: jobs
+            .iter()
+            .map(|(id, s)| (JobId::from(*id), s.clone()))
+            .collect(),
+        ..Declaration::default()
+    }
+}
+
+/// A simulated process: which job it belongs to and which signals it got.
+#[derive(Debug)]
+struct SimProc {
+    job: JobId,
+    pid: u32,
+    signals: Vec<Signal>,
+}
+
+/// The supervisor with a fake process table and a virtual clock. It checks
+/// the invariants of every action it executes.
+struct Sim {
+    sup: Supervisor,
+    start: Instant,
+    now: Instant,
+    live: HashMap<RunId, SimProc>,
+    next_pid: u32,
+    /// Every spawn, in order: (time since start, job).
+    spawns: Vec<(Duration, JobId)>,
+    /// Every signal, in order: (time since start, job, signal).
+    signals: Vec<(Duration, JobId, Signal)>,
+    /// The ids of the last configuration (valid or invalid).
+    declared: BTreeSet<JobId>,
+    /// The valid ids of the last configuration.
+    valid: BTreeSet<JobId>,
+    max_backoff: Duration,
+}
+
+impl Sim {
+    fn new() -> Self {
+        Self::with_max_backoff(DEFAULT_MAX_DELAY)
+    }
+
+    fn with_max_backoff(max_backoff: Duration) -> Self {
+        let start = Instant::now();
+        Self {
+            sup: Supervisor::new(Config {
+                max_backoff,
+                source_uri: "test".into(),
+            }),
+            start,
+            now: start,
+            live: HashMap::new(),
+            next_pid: 1000,
+            spawns: Vec::new(),
+            signals: Vec::new(),
+            declared: BTreeSet::new(),
+            valid: BTreeSet::new(),
+            max_backoff,
+        }
+    }
+
+    fn t(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// Executes the queued actions, as the shell would.
+    fn run_actions(&mut self) {
+        while let Some(action) = self.sup.poll_action() {
+            match action {
+                Action::Spawn { run, job, spec: _ } => {
+                    assert!(
+                        self.live.values().all(|p| p.job != job),
+                        "job {job} would have two live processes"
+                    );
+                    assert!(
+                        self.declared.contains(&job),
+                        "job {job} spawned while not in the configuration"
+                    );
+                    assert!(!self.sup.is_shutting_down(), "spawn during shutdown");
+                    self.next_pid += 1;
+                    let pid = self.next_pid;
+                    self.live.insert(
+                        run,
+                        SimProc {
+                            job: job.clone(),
+                            pid,
+                            signals: vec![],
+                        },
+                    );
+                    self.spawns.push((self.t(), job));
+                    self.sup.handle_spawned(run, pid);
+                }
+                Action::Signal { run, signal } => {
+                    let t = self.t();
+                    if let Some(p) = self.live.get_mut(&run) {
+                        p.signals.push(signal);
+                        self.signals.push((t, p.job.clone(), signal));
+                        if signal == Signal::Kill {
+                            // The kernel does not negotiate.
+                            self.exit_run(run, ExitStatus::signal(9));
+                        }
+                    }
+                }
+            }
+        }
+        self.check_invariants();
+    }
+
+    fn check_invariants(&self) {
+        let (_, jobs) = self.sup.status(self.now, 0.0);
+        let by_id: BTreeMap<&str, &JobStatus> = jobs.iter().map(|j| (j.id.as_str(), j)).collect();
+        for j in &jobs {
+            assert!(
+                j.backoff_seconds <= self.max_backoff.as_secs_f64(),
+                "backoff over the cap"
+            );
+            if let Some(wait) = j.restart_at {
+                // With `wall_now` 0, times are relative to now.
+                assert!(wait <= self.max_backoff.as_secs_f64() + 1e-6, "restart beyond the cap");
+            }
+            let live: Vec<_> = self
+                .live
+                .values()
+                .filter(|p| p.job.as_str() == j.id)
+                .collect();
+            match j.state {
+                JobState::Running | JobState::Stopping => {
+                    assert_eq!(live.len(), 1, "job {} has no process", j.id);
+                    assert_eq!(j.pid, Some(live[0].pid));
+                }
+                JobState::Backoff => assert!(live.is_empty()),
+            }
+        }
+        for p in self.live.values() {
+            assert!(
+                by_id.contains_key(p.job.as_str()),
+                "process of forgotten job {}",
+                p.job
+            );
+        }
+        if !self.sup.is_shutting_down() {
+            for id in &self.valid {
+                let j = by_id.get(id.as_str());
+                assert!(j.is_some_and(|j| j.declared), "valid job {id} unsupervised");
+            }
+        }
+    }
+
+    fn config(&mut self, d: Declaration) {
+        self.declared = d.jobs.keys().chain(d.invalid.keys()).cloned().collect();
+        self.valid = d.jobs.keys().cloned().collect();
+        self.sup.handle_config(self.now, d);
+        self.run_actions();
+    }
+
+    fn run_of(&self, id: &str) -> Option<RunId> {
+        self.live
+            .iter()
+            .find(|(_, p)| p.job.as_str() == id)
+            .map(|(r, _)| *r)
+    }
+
+    fn exit_run(&mut self, run: RunId, status: ExitStatus) {
+        self.live.remove(&run);
+        self.sup.handle_exit(self.now, run, status);
+    }
+
+    /// The process of job `id` exits with `code`.
+    fn exit(&mut self, id: &str, code: i32) {
+        let run = self.run_of(id).expect("job has a process");
+        self.exit_run(run, ExitStatus::code(code));
+        self.run_actions();
+    }
+
+    /// Moves the clock forward, firing every deadline on its time.
+    fn advance(&mut self, by: Duration) {
+        let target = self.now + by;
+        while let Some(at) = self.sup.poll_timeout() {
+            if at > target {
+                break;
+            }
+            self.now = self.now.max(at);
+            self.sup.handle_timeout(self.now);
+            self.run_actions();
+        }
+        self.now = target;
+    }
+
+    fn job(&self, id: &str) -> JobStatus {
+        let (_, jobs) = self.sup.status(self.now, 0.0);
+        jobs.into_iter()
+            .find(|j| j.id == id)
+            .unwrap_or_else(|| panic!("no job {id}"))
+    }
+
+    fn has_job(&self, id: &str) -> bool {
+        let (_, jobs) = self.sup.status(self.now, 0.0);
+        jobs.iter().any(|j| j.id == id)
+    }
+
+    fn spawn_count(&self, id: &str) -> usize {
+        self.spawns.iter().filter(|(_, j)| j.as_str() == id).count()
+    }
+}
+
+#[test]
+fn added_jobs_start_at_once() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a")), ("b", spec("b"))]));
+    assert_eq!(sim.spawns.len(), 2);
+    assert_eq!(sim.job("a").state, JobState::Running);
+    assert_eq!(sim.job("a").restarts, 0);
+    assert!(sim.job("a").pid.is_some());
+    assert_eq!(sim.sup.poll_timeout(), None, "nothing to wake up for");
+}
+
+#[test]
+fn unchanged_jobs_are_left_alone() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    sim.advance(SEC);
+    sim.config(decl(&[("a", spec("a"))]));
+    assert_eq!(sim.spawns.len(), 1);
+    assert!(sim.signals.is_empty());
+}
+
+#[test]
+fn removed_job_is_stopped_then_forgotten() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a")), ("b", spec("b"))]));
+    sim.config(decl(&[("b", spec("b"))]));
+    assert_eq!(sim.signals.len(), 1);
+    assert_eq!(sim.signals[0].1.as_str(), "a");
+    assert_eq!(sim.signals[0].2, Signal::Term);
+    let a = sim.job("a");
+    assert_eq!(a.state, JobState::Stopping);
+    assert!(!a.declared);
+    sim.exit("a", 0);
+    assert!(!sim.has_job("a"));
+    assert_eq!(sim.spawn_count("a"), 1, "a removed job is never restarted");
+}
+
+#[test]
+fn stop_escalates_to_sigkill_after_the_timeout() {
+    let mut sim = Sim::new();
+    let mut s = spec("a");
+    s.shutdown_timeout = 3 * SEC;
+    s.stop_signal = Signal::Int;
+    sim.config(decl(&[("a", s)]));
+    sim.config(decl(&[]));
+    assert_eq!(sim.signals.last().map(|s| s.2), Some(Signal::Int));
+    sim.advance(Duration::from_millis(2999));
+    assert_eq!(sim.signals.len(), 1);
+    assert!(sim.has_job("a"));
+    sim.advance(Duration::from_millis(1));
+    assert_eq!(sim.signals.len(), 2);
+    assert_eq!(sim.signals[1], (3 * SEC, JobId::from("a"), Signal::Kill));
+    assert!(!sim.has_job("a"), "SIGKILL reaped it");
+}
+
+#[test]
+fn updated_job_is_stopped_then_started_with_the_new_declaration() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("v1"))]));
+    sim.advance(SEC);
+    sim.config(decl(&[("a", spec("v2"))]));
+    assert_eq!(sim.spawn_count("a"), 1, "no second process before the first ends");
+    assert_eq!(sim.job("a").state, JobState::Stopping);
+    assert_eq!(sim.job("a").command, "v1");
+    sim.exit("a", 0);
+    assert_eq!(sim.spawn_count("a"), 2);
+    let a = sim.job("a");
+    assert_eq!(a.state, JobState::Running);
+    assert_eq!(a.command, "v2");
+    assert_eq!(a.restarts, 1);
+}
+
+#[test]
+fn newest_declaration_wins_when_updated_twice_while_stopping() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("v1"))]));
+    sim.config(decl(&[("a", spec("v2"))]));
+    sim.config(decl(&[("a", spec("v3"))]));
+    assert_eq!(sim.signals.len(), 1, "one stop is enough");
+    sim.exit("a", 0);
+    assert_eq!(sim.job("a").command, "v3");
+}
+
+#[test]
+fn update_back_to_the_running_declaration_while_stopping_still_restarts() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("v1"))]));
+    sim.config(decl(&[("a", spec("v2"))]));
+    sim.config(decl(&[("a", spec("v1"))]));
+    sim.exit("a", 0);
+    assert_eq!(sim.job("a").command, "v1");
+    assert_eq!(sim.job("a").state, JobState::Running);
+}
+
+#[test]
+fn mtime_rule_restarts_only_on_a_newer_mtime() {
+    let mut sim = Sim::new();
+    let mut v1 = spec("v1");
+    v1.mtime = Some(100);
+    sim.config(decl(&[("a", v1.clone())]));
+    let mut same_mtime = spec("v2");
+    same_mtime.mtime = Some(100);
+    sim.config(decl(&[("a", same_mtime)]));
+    assert!(sim.signals.is_empty(), "same mtime: unchanged");
+    assert_eq!(sim.job("a").command, "v1", "and the old declaration stays");
+    let mut newer = v1.clone();
+    newer.mtime = Some(101);
+    sim.config(decl(&[("a", newer)]));
+    assert_eq!(sim.signals.len(), 1);
+    sim.exit("a", 0);
+    assert_eq!(sim.job("a").mtime, Some(101));
+}
+
+#[test]
+fn removed_then_readded_while_stopping_starts_again() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("v1"))]));
+    sim.config(decl(&[]));
+    sim.config(decl(&[("a", spec("v2"))]));
+    assert_eq!(sim.spawn_count("a"), 1);
+    assert!(sim.job("a").declared);
+    sim.exit("a", 0);
+    assert_eq!(sim.spawn_count("a"), 2);
+    assert_eq!(sim.job("a").command, "v2");
+}
+
+#[test]
+fn long_run_crash_restarts_at_once_and_resets_backoff() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    sim.advance(10 * SEC);
+    sim.exit("a", 1);
+    assert_eq!(sim.spawn_count("a"), 2);
+    assert_eq!(sim.spawns[1].0, 10 * SEC, "restarted in the same instant");
+    let a = sim.job("a");
+    assert_eq!(a.restarts, 1);
+    assert_eq!(a.backoff_seconds, 1.0);
+    assert_eq!(a.last_exit.map(|e| e.status.code), Some(Some(1)));
+}
+
+#[test]
+fn short_runs_back_off_exponentially() {
+    let mut sim = Sim::with_max_backoff(5 * SEC);
+    sim.config(decl(&[("a", spec("a"))]));
+    let mut restarts_at = vec![];
+    for _ in 0..5 {
+        sim.exit("a", 1);
+        assert_eq!(sim.job("a").state, JobState::Backoff);
+        let before = sim.spawn_count("a");
+        sim.advance(10 * SEC);
+        assert_eq!(sim.spawn_count("a"), before + 1);
+        restarts_at.push(sim.spawns.last().map(|s| s.0).expect("spawned"));
+        // Crash at once again: the time in `advance` above after the spawn
+        // does count as running time, so pull the clock back to the spawn.
+        sim.now = sim.start + *restarts_at.last().expect("spawned");
+    }
+    let gaps: Vec<u64> = restarts_at
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs())
+        .collect();
+    assert_eq!(restarts_at[0], SEC);
+    assert_eq!(gaps, [2, 4, 5, 5], "1 s, 2 s, 4 s… capped at 5 s");
+}
+
+#[test]
+fn a_long_run_after_short_ones_resets_the_backoff() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    sim.exit("a", 1);
+    sim.advance(SEC);
+    sim.exit("a", 1);
+    assert_eq!(sim.job("a").backoff_seconds, 4.0);
+    sim.advance(2 * SEC); // restarted
+    sim.advance(5 * SEC); // ran 5 s = shortRunTime: not short
+    sim.exit("a", 1);
+    assert_eq!(sim.job("a").state, JobState::Running);
+    assert_eq!(sim.job("a").backoff_seconds, 1.0);
+}
+
+#[test]
+fn spawn_failure_is_a_short_run() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    let run = sim.run_of("a").expect("run");
+    sim.advance(100 * SEC);
+    sim.exit_run(run, ExitStatus::spawn_failed("no such file"));
+    sim.run_actions();
+    let a = sim.job("a");
+    assert_eq!(a.state, JobState::Backoff);
+    assert_eq!(
+        a.last_exit.and_then(|e| e.status.error).as_deref(),
+        Some("no such file")
+    );
+}
+
+#[test]
+fn update_during_backoff_starts_at_once() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("v1"))]));
+    sim.exit("a", 1);
+    assert_eq!(sim.job("a").state, JobState::Backoff);
+    assert!(sim.sup.poll_timeout().is_some());
+    sim.config(decl(&[("a", spec("v2"))]));
+    assert_eq!(sim.job("a").state, JobState::Running);
+    assert_eq!(sim.job("a").command, "v2");
+    assert_eq!(sim.sup.poll_timeout(), None, "the backoff timer is gone");
+}
+
+#[test]
+fn removal_during_backoff_forgets_at_once() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    sim.exit("a", 1);
+    sim.config(decl(&[]));
+    assert!(!sim.has_job("a"));
+    sim.advance(100 * SEC);
+    assert_eq!(sim.spawn_count("a"), 1);
+}
+
+#[test]
+fn invalid_new_declaration_keeps_the_job_on_its_last_valid_one() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("v1")), ("b", spec("b"))]));
+    let mut d = decl(&[("b", spec("b"))]);
+    d.invalid
+        .insert("a".into(), "shortRunTimeSeconds: must be a number >= 0".into());
+    d.invalid.insert("c".into(), "name: is required".into());
+    sim.config(d);
+    assert!(sim.signals.is_empty());
+    let a = sim.job("a");
+    assert_eq!(a.state, JobState::Running);
+    assert_eq!(
+        a.invalid.as_deref(),
+        Some("shortRunTimeSeconds: must be a number >= 0")
+    );
+    assert!(!sim.has_job("c"), "a job never valid is not supervised");
+    let (source, _) = sim.sup.status(sim.now, 0.0);
+    assert_eq!(source.invalid_jobs.len(), 2);
+    // It still restarts on a crash, with its last valid declaration.
+    sim.advance(10 * SEC);
+    sim.exit("a", 1);
+    assert_eq!(sim.job("a").command, "v1");
+    assert_eq!(sim.job("a").state, JobState::Running);
+    // And is removed when it leaves the source.
+    sim.config(decl(&[("b", spec("b"))]));
+    assert_eq!(sim.job("a").state, JobState::Stopping);
+    assert_eq!(sim.job("a").invalid, None);
+}
+
+#[test]
+fn source_errors_change_nothing_but_show() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    sim.sup.handle_source_error("jobs.toml: cannot parse".into());
+    sim.run_actions();
+    let (source, jobs) = sim.sup.status(sim.now, 0.0);
+    assert_eq!(source.last_error.as_deref(), Some("jobs.toml: cannot parse"));
+    assert_eq!(jobs.len(), 1);
+    assert!(sim.signals.is_empty());
+    sim.config(decl(&[("a", spec("a"))]));
+    assert_eq!(sim.sup.status(sim.now, 0.0).0.last_error, None);
+}
+
+#[test]
+fn restart_request_stops_and_starts_with_backoff_reset() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    sim.exit("a", 1);
+    sim.advance(SEC);
+    assert_eq!(sim.job("a").backoff_seconds, 2.0);
+    sim.sup.restart(sim.now, &"a".into()).expect("restart");
+    sim.run_actions();
+    assert_eq!(sim.job("a").state, JobState::Stopping);
+    sim.exit("a", 0);
+    let a = sim.job("a");
+    assert_eq!(a.state, JobState::Running);
+    assert_eq!(a.backoff_seconds, 1.0);
+}
+
+#[test]
+fn restart_request_in_backoff_starts_at_once() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    sim.exit("a", 1);
+    sim.sup.restart(sim.now, &"a".into()).expect("restart");
+    sim.run_actions();
+    assert_eq!(sim.job("a").state, JobState::Running);
+    assert_eq!(sim.spawn_count("a"), 2);
+}
+
+#[test]
+fn restart_request_for_unknown_or_removed_job_is_refused() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    assert_eq!(
+        sim.sup.restart(sim.now, &"zz".into()),
+        Err(RestartError::UnknownJob("zz".into()))
+    );
+    sim.config(decl(&[]));
+    assert!(sim.sup.restart(sim.now, &"a".into()).is_err());
+}
+
+#[test]
+fn shutdown_stops_everything_in_parallel() {
+    let mut sim = Sim::new();
+    let jobs: Vec<(String, JobSpec)> = (0..50).map(|i| (i.to_string(), spec("w"))).collect();
+    let refs: Vec<(&str, JobSpec)> = jobs.iter().map(|(i, s)| (i.as_str(), s.clone())).collect();
+    sim.config(decl(&refs));
+    sim.exit("7", 1); // one in backoff
+    sim.sup.shutdown(sim.now);
+    sim.run_actions();
+    assert_eq!(sim.signals.len(), 49, "every live process signalled at once");
+    assert!(!sim.has_job("7"), "backoff jobs are dropped");
+    assert!(!sim.sup.is_finished());
+    for (id, _) in &jobs[..10] {
+        if id != "7" {
+            sim.exit(id, 0);
+        }
+    }
+    sim.config(decl(&[("new", spec("n"))]));
+    assert_eq!(sim.spawn_count("new"), 0, "no config applies during shutdown");
+    sim.advance(10 * SEC);
+    assert!(sim.sup.is_finished(), "stragglers were killed");
+    assert_eq!(
+        sim.signals.iter().filter(|s| s.2 == Signal::Kill).count(),
+        40
+    );
+}
+
+#[test]
+fn force_kill_kills_at_once() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a")), ("b", spec("b"))]));
+    sim.sup.shutdown(sim.now);
+    sim.run_actions();
+    sim.sup.force_kill(sim.now);
+    sim.run_actions();
+    assert!(sim.sup.is_finished());
+    assert_eq!(sim.sup.poll_timeout(), None);
+}
+
+#[test]
+fn stale_exits_are_ignored() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    let run = sim.run_of("a").expect("run");
+    sim.exit("a", 0);
+    sim.sup.handle_exit(sim.now, run, ExitStatus::code(0));
+    sim.run_actions();
+    assert_eq!(sim.spawn_count("a"), 1, "short run: in backoff, not restarted twice");
+}
+
+#[test]
+fn status_converts_times_to_wall_clock() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    sim.advance(3 * SEC);
+    sim.exit("a", 2);
+    sim.advance(Duration::from_millis(500));
+    let (source, jobs) = sim.sup.status(sim.now, 1000.0);
+    let a = &jobs[0];
+    assert_eq!(source.last_load_at, Some(996.5));
+    assert_eq!(a.last_exit.as_ref().map(|e| e.at), Some(999.5));
+    assert_eq!(a.restart_at, Some(1000.5));
+}
+
+// ---------------------------------------------------------------------------
+// Property tests.
+
+/// One step of a random scenario.
+#[derive(Debug, Clone)]
+enum Op {
+    /// A configuration: for each of the ids 0..8, absent, valid in one of
+    /// three variants, or invalid.
+    Config(Vec<Option<Decl>>),
+    /// The process of job `n` (mod live processes) exits.
+    Exit(usize, i32),
+    /// Time passes.
+    Advance(u64),
+    /// `lrpmctl restart` of job id `n`.
+    Restart(u8),
+    /// A source error.
+    SourceError,
+    /// Graceful shutdown.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Decl {
+    Valid(u8),
+    ValidMtime(u64),
+    Invalid,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let decl = prop_oneof![
+        (0u8..3).prop_map(Decl::Valid),
+        (0u64..3).prop_map(Decl::ValidMtime),
+        Just(Decl::Invalid),
+    ];
+    prop_oneof![
+        3 => proptest::collection::vec(proptest::option::of(decl), 8).prop_map(Op::Config),
+        4 => (any::<usize>(), -1i32..3).prop_map(|(n, c)| Op::Exit(n, c)),
+        4 => (0u64..20_000).prop_map(Op::Advance),
+        1 => (0u8..10).prop_map(Op::Restart),
+        1 => Just(Op::SourceError),
+        1 => Just(Op::Shutdown),
+    ]
+}
+
+fn to_declaration(slots: &[Option<Decl>]) -> Declaration {
+    let mut d = Declaration::default();
+    for (i, slot) in slots.iter().enumerate() {
+        let id = JobId::new(i.to_string());
+        match slot {
+            None => {}
+            Some(Decl::Valid(v)) => {
+                let mut s = spec(&format!("v{v}"));
+                s.short_run = Duration::from_millis(1500);
+                s.shutdown_timeout = Duration::from_millis(700 * u64::from(*v));
+                d.jobs.insert(id, s);
+            }
+            Some(Decl::ValidMtime(m)) => {
+                let mut s = spec("m");
+                s.mtime = Some(*m);
+                d.jobs.insert(id, s);
+            }
+            Some(Decl::Invalid) => {
+                d.invalid.insert(id, "name: is required".into());
+            }
+        }
+    }
+    d
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn invariants_hold_over_random_scenarios(
+        ops in proptest::collection::vec(op(), 1..60),
+        max_backoff_s in 1u64..30,
+    ) {
+        let mut sim = Sim::with_max_backoff(Duration::from_secs(max_backoff_s));
+        let mut valid_ever: BTreeSet<JobId> = BTreeSet::new();
+        for op in ops {
+            match op {
+                Op::Config(slots) => {
+                    let d = to_declaration(&slots);
+                    if !sim.sup.is_shutting_down() {
+                        valid_ever.extend(d.jobs.keys().cloned());
+                    }
+                    let valid: Vec<JobId> = d.jobs.keys().cloned().collect();
+                    sim.config(d);
+                    if !sim.sup.is_shutting_down() {
+                        // Every valid declared job is running, stopping or
+                        // scheduled to restart.
+                        for id in valid {
+                            let j = sim.job(id.as_str());
+                            prop_assert!(j.declared);
+                            if j.state == JobState::Backoff {
+                                prop_assert!(j.restart_at.is_some());
+                            }
+                        }
+                    }
+                }
+                Op::Exit(n, code) => {
+                    let mut runs: Vec<RunId> = sim.live.keys().copied().collect();
+                    runs.sort();
+                    if !runs.is_empty() {
+                        let run = runs[n % runs.len()];
+                        let status = if code < 0 {
+                            ExitStatus::spawn_failed("boom")
+                        } else {
+                            ExitStatus::code(code)
+                        };
+                        sim.exit_run(run, status);
+                        sim.run_actions();
+                    }
+                }
+                Op::Advance(ms) => sim.advance(Duration::from_millis(ms)),
+                Op::Restart(n) => {
+                    let id = JobId::new(n.to_string());
+                    let known = sim.has_job(id.as_str()) && sim.job(id.as_str()).declared;
+                    let r = sim.sup.restart(sim.now, &id);
+                    prop_assert_eq!(r.is_ok(), known && !sim.sup.is_shutting_down());
+                    sim.run_actions();
+                }
+                Op::SourceError => {
+                    sim.sup.handle_source_error("broken".into());
+                    sim.run_actions();
+                }
+                Op::Shutdown => {
+                    sim.sup.shutdown(sim.now);
+                    sim.run_actions();
+                }
+            }
+            // Only ever-declared jobs were ever spawned.
+            for (_, id) in &sim.spawns {
+                prop_assert!(valid_ever.contains(id));
+            }
+        }
+        // Whatever happened, a shutdown ends with every process gone once the
+        // longest stop timeout has passed.
+        sim.sup.shutdown(sim.now);
+        sim.run_actions();
+        sim.advance(Duration::from_secs(20));
+        prop_assert!(sim.sup.is_finished());
+        prop_assert!(sim.live.is_empty());
+        prop_assert_eq!(sim.sup.poll_timeout(), None);
+    }
+
+    #[test]
+    fn removed_jobs_never_start_again(
+        crash_after_ms in proptest::collection::vec(0u64..10_000, 0..10),
+    ) {
+        let mut sim = Sim::new();
+        sim.config(decl(&[("a", spec("a")), ("b", spec("b"))]));
+        sim.config(decl(&[("b", spec("b"))]));
+        let spawned = sim.spawn_count("a");
+        for ms in crash_after_ms {
+            sim.advance(Duration::from_millis(ms));
+            if sim.run_of("a").is_some() {
+                sim.exit("a", 1);
+            }
+            if sim.run_of("b").is_some() {
+                sim.exit("b", 1);
+            }
+        }
+        sim.advance(Duration::from_secs(100));
+        prop_assert_eq!(sim.spawn_count("a"), spawned);
+        prop_assert!(!sim.has_job("a"));
+    }
+}
+
+#[test]
+fn spawn_carries_the_declaration() {
+    let mut sup = Supervisor::new(Config::default());
+    let s = spec("x");
+    sup.handle_config(Instant::now(), decl(&[("a", s.clone())]));
+    match sup.poll_action() {
+        Some(Action::Spawn { job, spec, .. }) => {
+            assert_eq!(job.as_str(), "a");
+            assert_eq!(spec, Arc::new(s));
+        }
+        other => panic!("expected a spawn, got {other:?}"),
+    }
+    assert_eq!(sup.poll_action(), None);
+}
