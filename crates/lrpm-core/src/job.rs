@@ -221,7 +221,10 @@ mod tests {
         assert!(a.needs_restart_for(&b));
         let mut c = a.clone();
         c.mtime = Some(11);
-        assert!(a.needs_restart_for(&c), "newer mtime restarts even unchanged");
+        assert!(
+            a.needs_restart_for(&c),
+            "newer mtime restarts even unchanged"
+        );
     }
 
     #[test]

@@ -92,6 +92,20 @@ pub enum Action {
     },
 }
 
+/// What the core made of a process's end; for the shell's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterExit {
+    /// It was asked to stop (removed, updated, restarted, shutdown).
+    Stopped,
+    /// It crashed after a long run and was restarted at once.
+    Restarted,
+    /// It crashed after a short run (or never started); it starts again
+    /// after this delay.
+    Backoff(Duration),
+    /// The process was not one the core knows of (already handled).
+    Unknown,
+}
+
 /// Why a restart request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RestartError {
@@ -288,15 +302,15 @@ impl Supervisor {
     ///
     /// An exit of a process the core does not know (already handled) is
     /// ignored.
-    pub fn handle_exit(&mut self, now: Instant, run: RunId, status: ExitStatus) {
+    pub fn handle_exit(&mut self, now: Instant, run: RunId, status: ExitStatus) -> AfterExit {
         let Some(id) = self.runs.remove(&run) else {
-            return;
+            return AfterExit::Unknown;
         };
         let Some(job) = self.jobs.get_mut(&id) else {
-            return;
+            return AfterExit::Unknown;
         };
         if job.state.proc().map(|p| p.run) != Some(run) {
-            return;
+            return AfterExit::Unknown;
         }
         let failed_to_start = status.error.is_some();
         job.last_exit = Some((status, now));
@@ -304,12 +318,15 @@ impl Supervisor {
             State::Running(proc) => {
                 if self.shutting_down {
                     self.forget(&id);
+                    AfterExit::Stopped
                 } else if failed_to_start || now.duration_since(proc.since) < job.spec.short_run {
-                    let until = now + job.backoff.fail();
-                    self.set_state(&id, State::Backoff { until });
+                    let delay = job.backoff.fail();
+                    self.set_state(&id, State::Backoff { until: now + delay });
+                    AfterExit::Backoff(delay)
                 } else {
                     job.backoff.reset();
                     self.start(now, &id);
+                    AfterExit::Restarted
                 }
             }
             State::Stopping { then, .. } => {
@@ -322,6 +339,7 @@ impl Supervisor {
                     job.backoff.reset();
                     self.start(now, &id);
                 }
+                AfterExit::Stopped
             }
             State::Backoff { .. } => unreachable!("invariant: a job in backoff has no process"),
         }
@@ -333,7 +351,10 @@ impl Supervisor {
             if at > now {
                 break;
             }
-            let job = self.jobs.get(&id).expect("invariant: timers name live jobs");
+            let job = self
+                .jobs
+                .get(&id)
+                .expect("invariant: timers name live jobs");
             match job.state {
                 State::Backoff { .. } => self.start(now, &id),
                 State::Stopping { proc, then, .. } => {
@@ -504,7 +525,10 @@ impl Supervisor {
 
     /// REMOVED: stop the job's process, then forget it.
     fn remove(&mut self, now: Instant, id: &JobId) {
-        let job = self.jobs.get_mut(id).expect("invariant: removing a known job");
+        let job = self
+            .jobs
+            .get_mut(id)
+            .expect("invariant: removing a known job");
         job.declared = false;
         job.pending = None;
         match job.state {
@@ -525,9 +549,14 @@ impl Supervisor {
     fn start(&mut self, now: Instant, id: &JobId) {
         let run = RunId(self.next_run);
         self.next_run += 1;
-        let job = self.jobs.get_mut(id).expect("invariant: starting a known job");
+        let job = self
+            .jobs
+            .get_mut(id)
+            .expect("invariant: starting a known job");
         debug_assert!(
-            job.state.proc().is_none_or(|p| !self.runs.contains_key(&p.run)),
+            job.state
+                .proc()
+                .is_none_or(|p| !self.runs.contains_key(&p.run)),
             "a job has one process at most"
         );
         if job.last_exit.is_some() {
@@ -593,7 +622,9 @@ impl Supervisor {
     fn forget(&mut self, id: &JobId) {
         if let Some(job) = self.jobs.remove(id) {
             debug_assert!(
-                job.state.proc().is_none_or(|p| !self.runs.contains_key(&p.run)),
+                job.state
+                    .proc()
+                    .is_none_or(|p| !self.runs.contains_key(&p.run)),
                 "a forgotten job has no live process"
             );
             if let Some(at) = job.state.deadline() {

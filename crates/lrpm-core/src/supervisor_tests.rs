@@ -137,7 +137,10 @@ impl Sim {
             );
             if let Some(wait) = j.restart_at {
                 // With `wall_now` 0, times are relative to now.
-                assert!(wait <= self.max_backoff.as_secs_f64() + 1e-6, "restart beyond the cap");
+                assert!(
+                    wait <= self.max_backoff.as_secs_f64() + 1e-6,
+                    "restart beyond the cap"
+                );
             }
             let live: Vec<_> = self
                 .live
@@ -285,7 +288,11 @@ fn updated_job_is_stopped_then_started_with_the_new_declaration() {
     sim.config(decl(&[("a", spec("v1"))]));
     sim.advance(SEC);
     sim.config(decl(&[("a", spec("v2"))]));
-    assert_eq!(sim.spawn_count("a"), 1, "no second process before the first ends");
+    assert_eq!(
+        sim.spawn_count("a"),
+        1,
+        "no second process before the first ends"
+    );
     assert_eq!(sim.job("a").state, JobState::Stopping);
     assert_eq!(sim.job("a").command, "v1");
     sim.exit("a", 0);
@@ -448,8 +455,10 @@ fn invalid_new_declaration_keeps_the_job_on_its_last_valid_one() {
     let mut sim = Sim::new();
     sim.config(decl(&[("a", spec("v1")), ("b", spec("b"))]));
     let mut d = decl(&[("b", spec("b"))]);
-    d.invalid
-        .insert("a".into(), "shortRunTimeSeconds: must be a number >= 0".into());
+    d.invalid.insert(
+        "a".into(),
+        "shortRunTimeSeconds: must be a number >= 0".into(),
+    );
     d.invalid.insert("c".into(), "name: is required".into());
     sim.config(d);
     assert!(sim.signals.is_empty());
@@ -477,10 +486,14 @@ fn invalid_new_declaration_keeps_the_job_on_its_last_valid_one() {
 fn source_errors_change_nothing_but_show() {
     let mut sim = Sim::new();
     sim.config(decl(&[("a", spec("a"))]));
-    sim.sup.handle_source_error("jobs.toml: cannot parse".into());
+    sim.sup
+        .handle_source_error("jobs.toml: cannot parse".into());
     sim.run_actions();
     let (source, jobs) = sim.sup.status(sim.now, 0.0);
-    assert_eq!(source.last_error.as_deref(), Some("jobs.toml: cannot parse"));
+    assert_eq!(
+        source.last_error.as_deref(),
+        Some("jobs.toml: cannot parse")
+    );
     assert_eq!(jobs.len(), 1);
     assert!(sim.signals.is_empty());
     sim.config(decl(&[("a", spec("a"))]));
@@ -535,7 +548,11 @@ fn shutdown_stops_everything_in_parallel() {
     sim.exit("7", 1); // one in backoff
     sim.sup.shutdown(sim.now);
     sim.run_actions();
-    assert_eq!(sim.signals.len(), 49, "every live process signalled at once");
+    assert_eq!(
+        sim.signals.len(),
+        49,
+        "every live process signalled at once"
+    );
     assert!(!sim.has_job("7"), "backoff jobs are dropped");
     assert!(!sim.sup.is_finished());
     for (id, _) in &jobs[..10] {
@@ -544,7 +561,11 @@ fn shutdown_stops_everything_in_parallel() {
         }
     }
     sim.config(decl(&[("new", spec("n"))]));
-    assert_eq!(sim.spawn_count("new"), 0, "no config applies during shutdown");
+    assert_eq!(
+        sim.spawn_count("new"),
+        0,
+        "no config applies during shutdown"
+    );
     sim.advance(10 * SEC);
     assert!(sim.sup.is_finished(), "stragglers were killed");
     assert_eq!(
@@ -573,7 +594,11 @@ fn stale_exits_are_ignored() {
     sim.exit("a", 0);
     sim.sup.handle_exit(sim.now, run, ExitStatus::code(0));
     sim.run_actions();
-    assert_eq!(sim.spawn_count("a"), 1, "short run: in backoff, not restarted twice");
+    assert_eq!(
+        sim.spawn_count("a"),
+        1,
+        "short run: in backoff, not restarted twice"
+    );
 }
 
 #[test]

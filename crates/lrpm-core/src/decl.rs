@@ -1,0 +1,1484 @@
+//! Job declarations: parsing JSON, TOML and YAML documents into a
+//! [`Declaration`], with per-job validation.
+//!
+//! # Theory of operation
+//!
+//! A configuration source hands over one or more [`Document`]s (a file, or
+//! each file of a directory). [`parse_documents`] reads them in two stages:
+//!
+//! 1. **Whole documents.** Each document is parsed into a list of
+//!    `(key, job)` entries. A syntax error or a top level that is not a map
+//!    makes the *whole source* unreadable ([`SourceError`]): the caller keeps
+//!    running on its last good configuration. The parsers' recursion limits
+//!    (JSON 128, YAML 128, TOML 80 levels) keep hostile nesting from
+//!    overflowing the stack, and YAML's alias expansion is bounded too.
+//! 2. **Job by job.** The entries of all documents are merged by job id
+//!    (integer keys become strings, so `42` and `"42"` are one id). An id
+//!    declared more than once, or a key that cannot be an id, is invalid;
+//!    every other job goes through [`validate_job`], which collects every
+//!    problem of the job as `field: reason` rather than stopping at the first.
+//!    Invalid jobs land in [`Declaration::invalid`]; the valid ones are
+//!    applied regardless, as php-lrpm's ConfigurationValidator does.
+//!
+//! Keys are php-lrpm's camelCase names; the snake_case spellings of the
+//! multi-word keys are accepted too, and messages name a field as the user
+//! spelled it. Unknown keys are warnings, never errors.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+use crate::job::{JobId, JobSpec, Program, Signal};
+
+/// A document format, chosen by file extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `.json`
+    Json,
+    /// `.toml`
+    Toml,
+    /// `.yaml` or `.yml`
+    Yaml,
+}
+
+impl Format {
+    /// The format of a file named `name`, from its extension (case-insensitive).
+    pub fn from_file_name(name: &str) -> Option<Format> {
+        let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+        match ext.as_str() {
+            "json" => Some(Format::Json),
+            "toml" => Some(Format::Toml),
+            "yaml" | "yml" => Some(Format::Yaml),
+            _ => None,
+        }
+    }
+}
+
+/// One document of a configuration source (a file of a directory source).
+#[derive(Debug, Clone, Copy)]
+pub struct Document<'a> {
+    /// Where it came from, for error messages (a file name).
+    pub origin: &'a str,
+    /// Its format.
+    pub format: Format,
+    /// Its text.
+    pub text: &'a str,
+}
+
+/// A whole configuration, validated job by job.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Declaration {
+    /// The valid jobs.
+    pub jobs: BTreeMap<JobId, JobSpec>,
+    /// The invalid jobs, each with its reason(s): `field: reason`, several
+    /// joined by `; `.
+    pub invalid: BTreeMap<JobId, String>,
+    /// Things worth a warning that invalidate nothing (unknown keys…), each
+    /// naming its job.
+    pub warnings: Vec<String>,
+}
+
+/// Why a whole source could not be read; the supervisor keeps its last good
+/// configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// A document is not valid JSON/TOML/YAML.
+    #[error("{origin}: cannot parse {format:?}: {reason}")]
+    Syntax {
+        /// The document's origin.
+        origin: String,
+        /// Its format.
+        format: Format,
+        /// The parser's message.
+        reason: String,
+    },
+    /// The top level of a document is not a map of jobs.
+    #[error("{origin}: the top level must be a map of job id to job, found {found}")]
+    NotAMap {
+        /// The document's origin.
+        origin: String,
+        /// What was found instead (`null`, `a list`…).
+        found: String,
+    },
+}
+
+/// Parses and validates the documents of one source as a single configuration.
+///
+/// Any document that cannot be parsed, or whose top level is not a map, fails
+/// the whole source. Otherwise the jobs of all documents are merged: a job id
+/// declared twice (in two documents, or as `42` and `"42"` in one) is
+/// invalid and neither copy is used; each other job is checked by
+/// [`validate_job`].
+pub fn parse_documents(docs: &[Document<'_>]) -> Result<Declaration, SourceError> {
+    let mut declared: BTreeMap<JobId, Vec<Declared<'_>>> = BTreeMap::new();
+    for doc in docs {
+        for (key, body) in parse_document(doc)? {
+            let (id, body) = match job_id(key) {
+                Ok(id) => (id, Ok(body)),
+                Err((id, reason)) => (id, Err(reason)),
+            };
+            declared.entry(id).or_default().push((doc.origin, body));
+        }
+    }
+
+    let mut decl = Declaration::default();
+    for (id, mut copies) in declared {
+        let origins: Vec<&str> = copies.iter().map(|&(origin, _)| origin).collect();
+        let verdict = match copies.pop() {
+            Some((_, body)) if copies.is_empty() => body.and_then(|body| validate_job(&id, &body)),
+            _ => Err(declared_twice(&origins)),
+        };
+        match verdict {
+            Ok((spec, warnings)) => {
+                decl.jobs.insert(id, spec);
+                decl.warnings.extend(warnings);
+            }
+            Err(reason) => {
+                decl.invalid.insert(id, reason);
+            }
+        }
+    }
+    Ok(decl)
+}
+
+/// One declaration of a job id: its origin, and its body or why its key
+/// cannot be an id.
+type Declared<'a> = (&'a str, Result<Value, String>);
+
+/// Checks one job's declaration, as php-lrpm's ConfigurationValidator does.
+///
+/// Returns the job and its warnings (unknown keys, each naming job `id`), or
+/// every problem found, each as `field: reason`, joined by `; `, for
+/// example `name: is required; shortRunTimeSeconds: must be a number >= 0`.
+pub fn validate_job(id: &JobId, value: &Value) -> Result<(JobSpec, Vec<String>), String> {
+    let Some(map) = value.as_object() else {
+        return Err("job: must be a map of fields".to_owned());
+    };
+    let mut job = Fields {
+        map,
+        errors: Vec::new(),
+    };
+
+    let name = match job.lookup("name") {
+        Some((label, v)) => job.check(label, text(v)),
+        None => {
+            job.error("name", "is required");
+            None
+        }
+    };
+    let program = match (job.lookup("command"), job.lookup("workerClass")) {
+        (Some((label, v)), None) => job.command(label, v),
+        (None, Some((label, v))) => job.check(label, text(v)).map(Program::WorkerClass),
+        (Some((command, cv)), Some((class, wv))) => {
+            job.error(command, format_args!("cannot be combined with {class}"));
+            job.command(command, cv);
+            job.check(class, text(wv));
+            None
+        }
+        (None, None) => {
+            job.error("command", "one of command or workerClass is required");
+            None
+        }
+    };
+    let worker_config = job.optional("workerConfig", |v| Ok(v.clone()));
+    let mtime = job.optional("mtime", mtime);
+    let short_run = job.optional("shortRunTimeSeconds", seconds);
+    let shutdown_timeout = job.optional("shutdownTimeoutSeconds", seconds);
+    let env = job.lookup("env").and_then(|(label, v)| job.env(label, v));
+    let cwd = job.optional("cwd", text);
+    let user = job.optional("user", text);
+    let group = job.optional("group", text);
+    let stop_signal = job.optional("stopSignal", signal);
+
+    match (name, program) {
+        (Some(name), Some(program)) if job.errors.is_empty() => {
+            let defaults = JobSpec::new(name, program);
+            let spec = JobSpec {
+                worker_config: worker_config.unwrap_or(defaults.worker_config),
+                mtime,
+                short_run: short_run.unwrap_or(defaults.short_run),
+                shutdown_timeout: shutdown_timeout.unwrap_or(defaults.shutdown_timeout),
+                env: env.unwrap_or(defaults.env),
+                cwd,
+                user,
+                group,
+                stop_signal: stop_signal.unwrap_or(defaults.stop_signal),
+                ..defaults
+            };
+            let warnings = map
+                .keys()
+                .filter(|key| !is_known_key(key))
+                .map(|key| format!("job {id}: unknown key '{}' (ignored)", key.escape_debug()))
+                .collect();
+            Ok((spec, warnings))
+        }
+        _ => Err(job.errors.join("; ")),
+    }
+}
+
+/// The keys that php-lrpm spells in camelCase, with their snake_case spelling.
+const SNAKE_CASE: [(&str, &str); 5] = [
+    ("workerClass", "worker_class"),
+    ("workerConfig", "worker_config"),
+    ("shortRunTimeSeconds", "short_run_time_seconds"),
+    ("shutdownTimeoutSeconds", "shutdown_timeout_seconds"),
+    ("stopSignal", "stop_signal"),
+];
+
+/// The keys that have one spelling only.
+const ONE_WORD_KEYS: [&str; 7] = ["name", "command", "mtime", "env", "cwd", "user", "group"];
+
+/// Whether `key` is a job field, in either spelling.
+fn is_known_key(key: &str) -> bool {
+    ONE_WORD_KEYS.contains(&key) || SNAKE_CASE.iter().any(|&(c, s)| key == c || key == s)
+}
+
+/// The largest accepted number of seconds: 10 years, far beyond any sane
+/// timeout, and well within what [`Duration::from_secs_f64`] takes.
+const MAX_SECONDS: f64 = 10.0 * 365.25 * 86_400.0;
+
+/// The fields of one job being validated, and the problems found so far.
+struct Fields<'a> {
+    map: &'a serde_json::Map<String, Value>,
+    /// `field: reason`, in the order of the checks.
+    errors: Vec<String>,
+}
+
+impl<'a> Fields<'a> {
+    /// Records a problem with `field`.
+    fn error(&mut self, field: impl fmt::Display, reason: impl fmt::Display) {
+        self.errors.push(format!("{field}: {reason}"));
+    }
+
+    /// The value of field `camel` (given in camelCase), with the key as the
+    /// user wrote it. Giving both spellings of a key is an error; the
+    /// camelCase value is still checked then, to report its problems too.
+    fn lookup(&mut self, camel: &'static str) -> Option<(&'a str, &'a Value)> {
+        let map = self.map;
+        let get = |key: &str| map.get_key_value(key).map(|(k, v)| (k.as_str(), v));
+        let snake = SNAKE_CASE
+            .iter()
+            .find(|&&(c, _)| c == camel)
+            .map(|&(_, s)| s);
+        match (get(camel), snake.and_then(get)) {
+            (Some(value), Some((snake, _))) => {
+                self.error(camel, format_args!("given twice, as {camel} and {snake}"));
+                Some(value)
+            }
+            (value, snake_value) => value.or(snake_value),
+        }
+    }
+
+    /// Keeps a parsed value, or records why it could not be parsed.
+    fn check<T>(&mut self, label: &str, parsed: Result<T, String>) -> Option<T> {
+        match parsed {
+            Ok(value) => Some(value),
+            Err(reason) => {
+                self.error(label, reason);
+                None
+            }
+        }
+    }
+
+    /// Field `camel` parsed by `parse`, if it is given and valid.
+    fn optional<T>(
+        &mut self,
+        camel: &'static str,
+        parse: impl FnOnce(&'a Value) -> Result<T, String>,
+    ) -> Option<T> {
+        let (label, value) = self.lookup(camel)?;
+        self.check(label, parse(value))
+    }
+
+    /// `command`: an argv (array) or a shell command line (string).
+    fn command(&mut self, label: &str, value: &Value) -> Option<Program> {
+        match value {
+            Value::String(_) => self.check(label, text(value)).map(Program::Shell),
+            Value::Array(items) if !items.is_empty() => {
+                let argv: Vec<Option<String>> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        // The program itself cannot be empty; its arguments can.
+                        let parsed = if i == 0 { text(item) } else { string(item) };
+                        self.check(&format!("{label}[{i}]"), parsed)
+                    })
+                    .collect();
+                argv.into_iter().collect::<Option<_>>().map(Program::Argv)
+            }
+            _ => {
+                let reason = "must be a non-empty array of strings or a non-empty string";
+                self.error(label, reason);
+                None
+            }
+        }
+    }
+
+    /// `env`: a map of variable names to string values.
+    fn env(&mut self, label: &str, value: &Value) -> Option<BTreeMap<String, String>> {
+        let Some(vars) = value.as_object() else {
+            self.error(label, "must be a map of strings to strings");
+            return None;
+        };
+        let mut env = BTreeMap::new();
+        let mut valid = true;
+        for (name, value) in vars {
+            if name.is_empty() || name.contains(['=', '\0']) {
+                let reason = "must be non-empty, without '=' or NUL";
+                self.error(
+                    label,
+                    format_args!("invalid variable name {name:?}: {reason}"),
+                );
+                valid = false;
+            }
+            let value = match value {
+                Value::Number(_) | Value::Bool(_) => {
+                    Err("must be a string (quote numbers and booleans)".to_owned())
+                }
+                _ => string(value),
+            };
+            match self.check(&format!("{label}.{}", name.escape_debug()), value) {
+                Some(value) => {
+                    env.insert(name.clone(), value);
+                }
+                None => valid = false,
+            }
+        }
+        valid.then_some(env)
+    }
+}
+
+/// A string without NUL, which no argv, environment or path can hold.
+fn string(value: &Value) -> Result<String, String> {
+    let s = value.as_str().ok_or("must be a string")?;
+    if s.contains('\0') {
+        return Err("must not contain NUL".to_owned());
+    }
+    Ok(s.to_owned())
+}
+
+/// A non-empty string without NUL.
+fn text(value: &Value) -> Result<String, String> {
+    match value.as_str() {
+        Some("") | None => Err("must be a non-empty string".to_owned()),
+        Some(_) => string(value),
+    }
+}
+
+/// `mtime`: UTC seconds, an integer >= 0 (a float without fraction will do).
+fn mtime(value: &Value) -> Result<u64, String> {
+    const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
+    value
+        .as_u64()
+        .or_else(|| {
+            let f = value
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..TWO_POW_64).contains(f));
+            // Exact: a whole number within u64's range.
+            f.map(|f| f as u64)
+        })
+        .ok_or_else(|| "must be an integer >= 0".to_owned())
+}
+
+/// A number of seconds >= 0 (integer or not), at most [`MAX_SECONDS`].
+fn seconds(value: &Value) -> Result<Duration, String> {
+    match value.as_f64() {
+        Some(s) if (0.0..=MAX_SECONDS).contains(&s) => Ok(Duration::from_secs_f64(s)),
+        Some(s) if s > MAX_SECONDS => Err(format!("must be at most {MAX_SECONDS} (10 years)")),
+        _ => Err("must be a number >= 0".to_owned()),
+    }
+}
+
+/// `stopSignal`: a signal name, with or without `SIG`, in any case.
+fn signal(value: &Value) -> Result<Signal, String> {
+    value.as_str().and_then(Signal::from_name).ok_or_else(|| {
+        let names: Vec<&str> = Signal::ALL.iter().map(|s| s.name()).collect();
+        format!("must be one of {} (SIG prefix optional)", names.join(", "))
+    })
+}
+
+/// The reason for an id declared more than once.
+fn declared_twice(origins: &[&str]) -> String {
+    let times = match origins.len() {
+        2 => "twice".to_owned(),
+        n => format!("{n} times"),
+    };
+    let (last, rest) = origins.split_last().unwrap_or((&"", &[]));
+    format!("declared {times}: in {} and {last}", rest.join(", "))
+}
+
+/// The job id a top-level key names; or the key as text and why it cannot
+/// be an id.
+fn job_id(key: Value) -> Result<JobId, (JobId, String)> {
+    match key {
+        Value::String(s) if s.is_empty() || s.contains(char::is_control) => Err((
+            JobId::new(s),
+            "job id: must be non-empty, without control characters".to_owned(),
+        )),
+        Value::String(s) => Ok(JobId::new(s)),
+        Value::Number(n) if !n.is_f64() => Ok(JobId::new(n.to_string())),
+        other => Err((
+            JobId::new(other.to_string()),
+            format!(
+                "job id: must be a string or an integer, found {}",
+                kind(&other)
+            ),
+        )),
+    }
+}
+
+/// What kind of value `value` is, for messages.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}
+
+/// The `(key, job)` entries of one document, in order, duplicates kept.
+fn parse_document(doc: &Document<'_>) -> Result<Vec<(Value, Value)>, SourceError> {
+    let syntax = |reason: String| SourceError::Syntax {
+        origin: doc.origin.to_owned(),
+        format: doc.format,
+        reason,
+    };
+    let top = match doc.format {
+        Format::Json => serde_json::from_str(doc.text).map_err(|e| syntax(e.to_string()))?,
+        Format::Yaml if yaml_flow_too_deep(doc.text) => {
+            let reason =
+                format!("flow collections ([…], {{…}}) nested over {MAX_YAML_FLOW_DEPTH} deep");
+            return Err(syntax(reason));
+        }
+        Format::Yaml => serde_yaml_ng::from_str(doc.text).map_err(|e| syntax(e.to_string()))?,
+        // TOML cannot repeat a key nor have a non-table top level, and its
+        // keys are strings: a table says it all.
+        Format::Toml => {
+            let table: toml::Table =
+                toml::from_str(doc.text).map_err(|e| syntax(toml_reason(doc.text, &e)))?;
+            let entries = table.into_iter();
+            TopLevel::Map(
+                entries
+                    .map(|(k, v)| (Value::String(k), toml_to_json(v)))
+                    .collect(),
+            )
+        }
+    };
+    match top {
+        TopLevel::Map(entries) => Ok(entries),
+        TopLevel::Other(sample) => Err(SourceError::NotAMap {
+            origin: doc.origin.to_owned(),
+            found: kind(&sample).to_owned(),
+        }),
+    }
+}
+
+/// How deep YAML flow collections may nest before [`serde_yaml_ng`] sees
+/// them. Its scanner takes time quadratic in that depth (100,000 levels of
+/// `[`, a 200 kB file, take minutes), while anything deeper than its
+/// recursion limit of 128 fails anyway; 1,000 levels parse in milliseconds.
+const MAX_YAML_FLOW_DEPTH: usize = 1000;
+
+/// Whether brackets nest deeper than [`MAX_YAML_FLOW_DEPTH`] in `text`.
+/// Brackets inside strings and comments count too: a YAML text would need
+/// a thousand unbalanced ones there for this to reject it wrongly.
+fn yaml_flow_too_deep(text: &str) -> bool {
+    let mut depth = 0usize;
+    text.bytes().any(|b| {
+        match b {
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        depth > MAX_YAML_FLOW_DEPTH
+    })
+}
+
+/// A TOML error on one line (the parser's own message quotes the offending
+/// line, which may be huge, over several lines).
+fn toml_reason(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    match error.span().and_then(|span| text.get(..span.start)) {
+        Some(before) => {
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            format!("{message} at line {line} column {column}")
+        }
+        None => message.to_owned(),
+    }
+}
+
+/// A TOML value as JSON; a datetime becomes its RFC 3339 text, and a
+/// non-finite float `null` (which no numeric field accepts).
+fn toml_to_json(value: toml::Value) -> Value {
+    match value {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => Value::from(i),
+        toml::Value::Float(f) => Value::from(f),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(items) => items.into_iter().map(toml_to_json).collect(),
+        toml::Value::Table(table) => {
+            let entries = table.into_iter();
+            Value::Object(entries.map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
+    }
+}
+
+/// A document's top level, read by [`TopLevelVisitor`].
+enum TopLevel {
+    /// A map: its entries in document order, duplicate keys kept (a JSON or
+    /// YAML map would silently keep the last one) and keys of any type.
+    Map(Vec<(Value, Value)>),
+    /// Anything else: an empty sample of its kind, for the message.
+    Other(Value),
+}
+
+impl<'de> Deserialize<'de> for TopLevel {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TopLevelVisitor)
+    }
+}
+
+/// Reads a [`TopLevel`] from JSON or YAML.
+struct TopLevelVisitor;
+
+impl<'de> Visitor<'de> for TopLevelVisitor {
+    type Value = TopLevel;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map of job id to job")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopLevel, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(entry) = map.next_entry()? {
+            entries.push(entry);
+        }
+        Ok(TopLevel::Map(entries))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TopLevel, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(TopLevel::Other(Value::Array(Vec::new())))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other(Value::Null))
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<TopLevel, E> {
+        self.visit_unit()
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other(Value::Bool(false)))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other(Value::from(0)))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<TopLevel, E> {
+        self.visit_i64(0)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<TopLevel, E> {
+        self.visit_i64(0)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other(Value::String(String::new())))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap.
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn parse(format: Format, text: &str) -> Result<Declaration, SourceError> {
+        parse_documents(&[Document {
+            origin: "jobs",
+            format,
+            text,
+        }])
+    }
+
+    fn id() -> JobId {
+        JobId::from("j")
+    }
+
+    /// A valid job body with `extra` fields added (or replaced).
+    fn job(extra: Value) -> Value {
+        let mut body = json!({"name": "Job", "command": ["sleep", "1"]});
+        let (Value::Object(body_map), Value::Object(extra)) = (&mut body, extra) else {
+            unreachable!("both are maps");
+        };
+        body_map.extend(extra);
+        body
+    }
+
+    fn valid(body: Value) -> JobSpec {
+        let (spec, warnings) = validate_job(&id(), &body).unwrap();
+        assert_eq!(warnings, Vec::<String>::new());
+        spec
+    }
+
+    fn invalid(body: Value) -> String {
+        validate_job(&id(), &body).unwrap_err()
+    }
+
+    #[test]
+    fn minimal_job_gets_the_defaults() {
+        let spec = valid(json!({"name": "Job", "command": ["sleep", "1"]}));
+        let program = Program::Argv(vec!["sleep".into(), "1".into()]);
+        assert_eq!(spec, JobSpec::new("Job", program));
+        assert_eq!(spec.worker_config, json!({}));
+        assert_eq!(spec.short_run, Duration::from_secs(5));
+        assert_eq!(spec.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(spec.stop_signal, Signal::Term);
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let spec = valid(job(json!({
+            "workerConfig": {"queue": "q", "n": [1, 2]},
+            "mtime": 1629121362,
+            "shortRunTimeSeconds": 2.5,
+            "shutdownTimeoutSeconds": 0,
+            "env": {"A": "1", "EMPTY": ""},
+            "cwd": "/srv",
+            "user": "www-data",
+            "group": "nogroup",
+            "stopSignal": "sigint",
+        })));
+        assert_eq!(spec.worker_config, json!({"queue": "q", "n": [1, 2]}));
+        assert_eq!(spec.mtime, Some(1629121362));
+        assert_eq!(spec.short_run, Duration::from_millis(2500));
+        assert_eq!(spec.shutdown_timeout, Duration::ZERO);
+        let env: Vec<_> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(env, [("A", "1"), ("EMPTY", "")]);
+        assert_eq!(spec.cwd.as_deref(), Some("/srv"));
+        assert_eq!(spec.user.as_deref(), Some("www-data"));
+        assert_eq!(spec.group.as_deref(), Some("nogroup"));
+        assert_eq!(spec.stop_signal, Signal::Int);
+    }
+
+    #[test]
+    fn programs() {
+        let shell = valid(json!({"name": "n", "command": "echo hi | cat"}));
+        assert_eq!(shell.program, Program::Shell("echo hi | cat".into()));
+        let argv = valid(json!({"name": "n", "command": ["/bin/true", ""]}));
+        assert_eq!(
+            argv.program,
+            Program::Argv(vec!["/bin/true".into(), String::new()])
+        );
+        let class = valid(json!({"name": "n", "workerClass": "\\App\\Worker"}));
+        assert_eq!(class.program, Program::WorkerClass("\\App\\Worker".into()));
+    }
+
+    #[test]
+    fn program_errors() {
+        let cases = [
+            (
+                json!({"name": "n"}),
+                "command: one of command or workerClass is required",
+            ),
+            (
+                json!({"name": "n", "command": "x", "workerClass": "W"}),
+                "command: cannot be combined with workerClass",
+            ),
+            (
+                json!({"name": "n", "command": [], "worker_class": ""}),
+                "command: cannot be combined with worker_class; \
+                 command: must be a non-empty array of strings or a non-empty string; \
+                 worker_class: must be a non-empty string",
+            ),
+            (
+                json!({"name": "n", "command": []}),
+                "command: must be a non-empty array of strings or a non-empty string",
+            ),
+            (
+                json!({"name": "n", "command": 7}),
+                "command: must be a non-empty array of strings or a non-empty string",
+            ),
+            (
+                json!({"name": "n", "command": ""}),
+                "command: must be a non-empty string",
+            ),
+            (
+                json!({"name": "n", "command": "a\0b"}),
+                "command: must not contain NUL",
+            ),
+            (
+                json!({"name": "n", "command": ["", 1, "x\0", null]}),
+                "command[0]: must be a non-empty string; command[1]: must be a string; \
+                 command[2]: must not contain NUL; command[3]: must be a string",
+            ),
+            (
+                json!({"name": "n", "workerClass": 1}),
+                "workerClass: must be a non-empty string",
+            ),
+        ];
+        for (body, reason) in cases {
+            assert_eq!(invalid(body), reason);
+        }
+    }
+
+    #[test]
+    fn name_errors() {
+        let cases = [
+            (json!({"command": "x"}), "name: is required"),
+            (
+                json!({"name": "", "command": "x"}),
+                "name: must be a non-empty string",
+            ),
+            (
+                json!({"name": 42, "command": "x"}),
+                "name: must be a non-empty string",
+            ),
+            (
+                json!({"name": null, "command": "x"}),
+                "name: must be a non-empty string",
+            ),
+            (
+                json!({"name": "a\0", "command": "x"}),
+                "name: must not contain NUL",
+            ),
+        ];
+        for (body, reason) in cases {
+            assert_eq!(invalid(body), reason);
+        }
+    }
+
+    #[test]
+    fn a_job_must_be_a_map() {
+        for body in [json!(null), json!([]), json!("x"), json!(1)] {
+            assert_eq!(invalid(body), "job: must be a map of fields");
+        }
+    }
+
+    #[test]
+    fn worker_config_is_any_value() {
+        for config in [json!(null), json!([1]), json!("s"), json!({"a": {"b": []}})] {
+            let spec = valid(job(json!({"workerConfig": config.clone()})));
+            assert_eq!(spec.worker_config, config);
+        }
+        let spec = valid(job(json!({"worker_config": [true]})));
+        assert_eq!(spec.worker_config, json!([true]));
+    }
+
+    #[test]
+    fn mtime() {
+        assert_eq!(valid(job(json!({"mtime": 0}))).mtime, Some(0));
+        assert_eq!(valid(job(json!({"mtime": u64::MAX}))).mtime, Some(u64::MAX));
+        assert_eq!(
+            valid(job(json!({"mtime": 1629121362.0}))).mtime,
+            Some(1629121362)
+        );
+        for bad in [
+            json!(-1),
+            json!(1.5),
+            json!("1629121362"),
+            json!(null),
+            json!(1e30),
+        ] {
+            assert_eq!(
+                invalid(job(json!({"mtime": bad}))),
+                "mtime: must be an integer >= 0"
+            );
+        }
+    }
+
+    #[test]
+    fn durations() {
+        for (camel, snake) in [
+            ("shortRunTimeSeconds", "short_run_time_seconds"),
+            ("shutdownTimeoutSeconds", "shutdown_timeout_seconds"),
+        ] {
+            let read = |key: &str, value: Value| {
+                let spec = valid(job(json!({key: value})));
+                if camel.starts_with("short") {
+                    spec.short_run
+                } else {
+                    spec.shutdown_timeout
+                }
+            };
+            assert_eq!(read(camel, json!(0)), Duration::ZERO);
+            assert_eq!(read(camel, json!(-0.0)), Duration::ZERO);
+            assert_eq!(read(camel, json!(30)), Duration::from_secs(30));
+            assert_eq!(read(camel, json!(0.25)), Duration::from_millis(250));
+            assert_eq!(read(snake, json!(7)), Duration::from_secs(7));
+            assert_eq!(
+                read(camel, json!(MAX_SECONDS)),
+                Duration::from_secs(315_576_000)
+            );
+            for bad in [json!(-1), json!(-0.5), json!("5"), json!(null), json!([5])] {
+                let reason = format!("{camel}: must be a number >= 0");
+                assert_eq!(invalid(job(json!({camel: bad}))), reason);
+            }
+            let reason = format!("{snake}: must be a number >= 0");
+            assert_eq!(invalid(job(json!({snake: true}))), reason);
+            for huge in [json!(MAX_SECONDS + 1.0), json!(u64::MAX), json!(1e300)] {
+                let reason = format!("{camel}: must be at most 315576000 (10 years)");
+                assert_eq!(invalid(job(json!({camel: huge}))), reason);
+            }
+            let reason = format!("{camel}: given twice, as {camel} and {snake}");
+            assert_eq!(invalid(job(json!({camel: 1, snake: 1}))), reason);
+        }
+    }
+
+    #[test]
+    fn env() {
+        let ok = valid(job(json!({"env": {"PATH": "/bin", "X": "a=b"}})));
+        assert_eq!(ok.env.get("X").map(String::as_str), Some("a=b"));
+        let cases = [
+            (json!("A=1"), "env: must be a map of strings to strings"),
+            (json!(null), "env: must be a map of strings to strings"),
+            (
+                json!({"N": 1}),
+                "env.N: must be a string (quote numbers and booleans)",
+            ),
+            (
+                json!({"B": true}),
+                "env.B: must be a string (quote numbers and booleans)",
+            ),
+            (json!({"L": []}), "env.L: must be a string"),
+            (json!({"V": "a\0"}), "env.V: must not contain NUL"),
+            (
+                json!({"": "x"}),
+                "env: invalid variable name \"\": must be non-empty, without '=' or NUL",
+            ),
+            (
+                json!({"A=B": "x", "C\0": 1}),
+                "env: invalid variable name \"A=B\": must be non-empty, without '=' or NUL; \
+                 env: invalid variable name \"C\\0\": must be non-empty, without '=' or NUL; \
+                 env.C\\0: must be a string (quote numbers and booleans)",
+            ),
+        ];
+        for (env, reason) in cases {
+            assert_eq!(invalid(job(json!({"env": env}))), reason);
+        }
+    }
+
+    #[test]
+    fn cwd_user_group() {
+        for key in ["cwd", "user", "group"] {
+            let spec = valid(job(json!({key: "x"})));
+            let got = match key {
+                "cwd" => spec.cwd,
+                "user" => spec.user,
+                _ => spec.group,
+            };
+            assert_eq!(got.as_deref(), Some("x"));
+            for (bad, reason) in [
+                (json!(""), "must be a non-empty string"),
+                (json!(0), "must be a non-empty string"),
+                (json!("a\0b"), "must not contain NUL"),
+            ] {
+                assert_eq!(invalid(job(json!({key: bad}))), format!("{key}: {reason}"));
+            }
+        }
+    }
+
+    #[test]
+    fn stop_signal() {
+        for (name, signal) in [
+            ("TERM", Signal::Term),
+            ("SIGQUIT", Signal::Quit),
+            ("usr1", Signal::Usr1),
+        ] {
+            assert_eq!(valid(job(json!({"stopSignal": name}))).stop_signal, signal);
+        }
+        assert_eq!(
+            valid(job(json!({"stop_signal": "HUP"}))).stop_signal,
+            Signal::Hup
+        );
+        let names = "HUP, INT, QUIT, KILL, USR1, USR2, ALRM, TERM, WINCH";
+        for bad in [json!("SIGBOGUS"), json!(15), json!("")] {
+            let reason = format!("stopSignal: must be one of {names} (SIG prefix optional)");
+            assert_eq!(invalid(job(json!({"stopSignal": bad}))), reason);
+        }
+    }
+
+    #[test]
+    fn snake_case_spellings() {
+        let spec = valid(json!({
+            "name": "n",
+            "worker_class": "W",
+            "worker_config": {"a": 1},
+            "short_run_time_seconds": 1,
+            "shutdown_timeout_seconds": 2,
+            "stop_signal": "INT",
+        }));
+        assert_eq!(spec.program, Program::WorkerClass("W".into()));
+        assert_eq!(spec.worker_config, json!({"a": 1}));
+        assert_eq!(spec.short_run, Duration::from_secs(1));
+        assert_eq!(spec.shutdown_timeout, Duration::from_secs(2));
+        assert_eq!(spec.stop_signal, Signal::Int);
+    }
+
+    #[test]
+    fn both_spellings_are_an_error() {
+        for (camel, snake, value) in [
+            ("workerClass", "worker_class", json!("W")),
+            ("workerConfig", "worker_config", json!({})),
+            ("stopSignal", "stop_signal", json!("TERM")),
+        ] {
+            let mut body = json!({"name": "n", camel: value, snake: value});
+            if camel != "workerClass" {
+                body["command"] = json!("x");
+            }
+            let reason = format!("{camel}: given twice, as {camel} and {snake}");
+            assert_eq!(invalid(body), reason);
+        }
+    }
+
+    #[test]
+    fn every_error_is_collected() {
+        let body = json!({
+            "command": ["ok"],
+            "workerClass": "W",
+            "mtime": "yesterday",
+            "shortRunTimeSeconds": -1,
+            "env": {"X": 1},
+            "stopSignal": "NOPE",
+            "typo": 1,
+        });
+        let reasons: Vec<String> = invalid(body).split("; ").map(str::to_owned).collect();
+        assert_eq!(
+            reasons,
+            [
+                "name: is required",
+                "command: cannot be combined with workerClass",
+                "mtime: must be an integer >= 0",
+                "shortRunTimeSeconds: must be a number >= 0",
+                "env.X: must be a string (quote numbers and booleans)",
+                "stopSignal: must be one of HUP, INT, QUIT, KILL, USR1, USR2, ALRM, TERM, WINCH \
+                 (SIG prefix optional)",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_warnings() {
+        let (_, warnings) = validate_job(&JobId::from("42"), &job(json!({"foo": 1}))).unwrap();
+        assert_eq!(warnings, ["job 42: unknown key 'foo' (ignored)"]);
+        let decl = parse(
+            Format::Json,
+            r#"{"42": {"name": "n", "command": "x", "foo": 1}}"#,
+        );
+        let decl = decl.unwrap();
+        assert_eq!(decl.warnings, ["job 42: unknown key 'foo' (ignored)"]);
+        assert!(decl.jobs.contains_key(&JobId::from("42")));
+    }
+
+    /// php-lrpm's README example, with a `command` instead of the class.
+    const PHP_LRPM_JSON: &str = r#"{
+        "42": {
+            "name": "Job 42",
+            "command": ["php", "worker.php"],
+            "mtime": 1629121362,
+            "workerConfig": [],
+            "shortRunTimeSeconds": 5,
+            "shutdownTimeoutSeconds": 10
+        },
+        "43": {"name": "Job 43", "workerClass": "\\PHPLRPM\\Test\\MockWorker",
+               "mtime": 1629121363, "workerConfig": {"a": 1}}
+    }"#;
+
+    const PHP_LRPM_YAML: &str = "
+42:
+  name: Job 42
+  command: [php, worker.php]
+  mtime: 1629121362
+  workerConfig: []
+  shortRunTimeSeconds: 5
+  shutdownTimeoutSeconds: 10
+43:
+  name: Job 43
+  workerClass: \\PHPLRPM\\Test\\MockWorker
+  mtime: 1629121363
+  workerConfig: {a: 1}
+";
+
+    const PHP_LRPM_TOML: &str = r#"
+[42]
+name = "Job 42"
+command = ["php", "worker.php"]
+mtime = 1629121362
+workerConfig = []
+shortRunTimeSeconds = 5
+shutdownTimeoutSeconds = 10
+
+[43]
+name = "Job 43"
+workerClass = '\PHPLRPM\Test\MockWorker'
+mtime = 1629121363
+workerConfig = {a = 1}
+"#;
+
+    #[test]
+    fn php_lrpm_configurations_load_unchanged() {
+        let mut job42 = JobSpec::new(
+            "Job 42",
+            Program::Argv(vec!["php".into(), "worker.php".into()]),
+        );
+        job42.mtime = Some(1629121362);
+        job42.worker_config = json!([]);
+        let mut job43 = JobSpec::new(
+            "Job 43",
+            Program::WorkerClass("\\PHPLRPM\\Test\\MockWorker".into()),
+        );
+        job43.mtime = Some(1629121363);
+        job43.worker_config = json!({"a": 1});
+        let expected = Declaration {
+            jobs: [(JobId::from("42"), job42), (JobId::from("43"), job43)].into(),
+            ..Declaration::default()
+        };
+        for (format, text) in [
+            (Format::Json, PHP_LRPM_JSON),
+            (Format::Yaml, PHP_LRPM_YAML),
+            (Format::Toml, PHP_LRPM_TOML),
+        ] {
+            assert_eq!(parse(format, text).unwrap(), expected, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn integer_ids_are_strings() {
+        for (format, text) in [
+            (Format::Json, r#"{"7": {"name": "n", "command": "x"}}"#),
+            (Format::Yaml, "7: {name: n, command: x}"),
+            (Format::Yaml, "'7': {name: n, command: x}"),
+            (Format::Toml, "[7]\nname = 'n'\ncommand = 'x'"),
+        ] {
+            let decl = parse(format, text).unwrap();
+            assert_eq!(
+                decl.jobs.keys().collect::<Vec<_>>(),
+                [&JobId::from("7")],
+                "{text}"
+            );
+        }
+        let decl = parse(Format::Yaml, "-3: {name: n, command: x}").unwrap();
+        assert!(decl.jobs.contains_key(&JobId::from("-3")));
+    }
+
+    #[test]
+    fn yaml_keys_that_cannot_be_ids() {
+        let text = "true: {}\n~: {}\n1.5: {}\n[1]: {}\n{a: 1}: {}\n'': {}\n\"a\\nb\": {}\n";
+        let decl = parse(Format::Yaml, text).unwrap();
+        let invalid: Vec<(&str, &str)> = decl
+            .invalid
+            .iter()
+            .map(|(id, reason)| (id.as_str(), reason.as_str()))
+            .collect();
+        let found = |kind| format!("job id: must be a string or an integer, found {kind}");
+        let control = "job id: must be non-empty, without control characters";
+        assert_eq!(
+            invalid,
+            [
+                ("", control),
+                ("1.5", &*found("a number")),
+                ("[1]", &*found("a list")),
+                ("a\nb", control),
+                ("null", &*found("null")),
+                ("true", &*found("a boolean")),
+                ("{\"a\":1}", &*found("a map")),
+            ]
+        );
+        assert!(decl.jobs.is_empty());
+    }
+
+    #[test]
+    fn duplicate_ids() {
+        let a = r#"{"1": {"name": "a", "command": "x"}, "2": {"name": "two", "command": "x"}}"#;
+        let b = "[1]\nname = 'b'\ncommand = 'x'";
+        let c = "1: {name: c, command: x}\n3: {name: three, command: x}";
+        let doc = |origin, format, text| Document {
+            origin,
+            format,
+            text,
+        };
+        let decl = parse_documents(&[
+            doc("a.json", Format::Json, a),
+            doc("b.toml", Format::Toml, b),
+        ])
+        .unwrap();
+        assert_eq!(
+            decl.invalid.get(&JobId::from("1")).unwrap(),
+            "declared twice: in a.json and b.toml"
+        );
+        assert_eq!(decl.jobs.keys().collect::<Vec<_>>(), [&JobId::from("2")]);
+
+        let decl = parse_documents(&[
+            doc("a.json", Format::Json, a),
+            doc("b.toml", Format::Toml, b),
+            doc("c.yaml", Format::Yaml, c),
+        ])
+        .unwrap();
+        let reason = "declared 3 times: in a.json, b.toml and c.yaml";
+        assert_eq!(decl.invalid.get(&JobId::from("1")).unwrap(), reason);
+        assert_eq!(decl.jobs.len(), 2);
+
+        // Within one document, too: "1" and 1 in YAML, or a repeated JSON key.
+        let decl = parse(
+            Format::Yaml,
+            "1: {name: a, command: x}\n'1': {name: b, command: x}",
+        );
+        let reason = "declared twice: in jobs and jobs";
+        assert_eq!(
+            decl.unwrap().invalid.get(&JobId::from("1")).unwrap(),
+            reason
+        );
+        let decl = parse(
+            Format::Json,
+            r#"{"1": {}, "1": {"name": "b", "command": "x"}}"#,
+        );
+        assert_eq!(
+            decl.unwrap().invalid.get(&JobId::from("1")).unwrap(),
+            reason
+        );
+    }
+
+    #[test]
+    fn invalid_jobs_do_not_spoil_valid_ones() {
+        let text = r#"{"ok": {"name": "n", "command": "x"}, "bad": {"name": "n", "command": "x", "shortRunTimeSeconds": -1}}"#;
+        let decl = parse(Format::Json, text).unwrap();
+        assert_eq!(decl.jobs.keys().collect::<Vec<_>>(), [&JobId::from("ok")]);
+        let reason = decl.invalid.get(&JobId::from("bad")).unwrap();
+        assert_eq!(reason, "shortRunTimeSeconds: must be a number >= 0");
+    }
+
+    #[test]
+    fn empty_configurations() {
+        for (format, text) in [
+            (Format::Json, "{}"),
+            (Format::Yaml, "{}"),
+            (Format::Toml, ""),
+            (Format::Toml, "# no jobs\n"),
+        ] {
+            assert_eq!(
+                parse(format, text).unwrap(),
+                Declaration::default(),
+                "{text:?}"
+            );
+        }
+        assert_eq!(parse_documents(&[]).unwrap(), Declaration::default());
+    }
+
+    #[test]
+    fn top_level_not_a_map() {
+        for (format, text, found) in [
+            (Format::Json, "null", "null"),
+            (Format::Json, "[{\"name\": 1}]", "a list"),
+            (Format::Json, "42", "a number"),
+            (Format::Json, "\"x\"", "a string"),
+            (Format::Json, "true", "a boolean"),
+            (Format::Yaml, "", "null"),
+            (Format::Yaml, "~", "null"),
+            (Format::Yaml, "# just a comment", "null"),
+            (Format::Yaml, "- a\n- b", "a list"),
+            (Format::Yaml, "hello", "a string"),
+            (Format::Yaml, "1.5", "a number"),
+        ] {
+            let err = parse(format, text).unwrap_err();
+            let expected = SourceError::NotAMap {
+                origin: "jobs".into(),
+                found: found.into(),
+            };
+            assert_eq!(err, expected, "{format:?} {text:?}");
+        }
+    }
+
+    #[test]
+    fn garbage_is_a_syntax_error() {
+        for (format, text) in [
+            (Format::Json, "{\"a\": "),
+            (Format::Json, "{} {}"),
+            (Format::Yaml, "a: [1"),
+            (Format::Yaml, "a: 1\n---\nb: 2"),
+            (Format::Yaml, "a: !tag 1"),
+            (Format::Toml, "[a"),
+            (Format::Toml, "a = 1\na = 2"),
+            (Format::Toml, "[1]\n[\"1\"]"),
+        ] {
+            let err = parse(format, text).unwrap_err();
+            assert!(
+                matches!(err, SourceError::Syntax { format: f, .. } if f == format),
+                "{text:?}: {err}"
+            );
+        }
+        // One bad document fails the whole source.
+        let good = Document {
+            origin: "a.json",
+            format: Format::Json,
+            text: "{}",
+        };
+        let bad = Document {
+            origin: "b.toml",
+            format: Format::Toml,
+            text: "x =",
+        };
+        let err = parse_documents(&[good, bad]).unwrap_err();
+        assert!(matches!(err, SourceError::Syntax { ref origin, .. } if origin == "b.toml"));
+    }
+
+    #[test]
+    fn toml_errors_fit_on_one_line() {
+        let err = parse(Format::Toml, "[1]\nname = 'n'\nname = 'm'").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "jobs: cannot parse Toml: duplicate key at line 3 column 1"
+        );
+    }
+
+    #[test]
+    fn toml_datetimes_are_text() {
+        let text = "[1]\nname = 'n'\ncommand = 'x'\nworkerConfig = {since = 1979-05-27T07:32:00Z}";
+        let decl = parse(Format::Toml, text).unwrap();
+        let spec = decl.jobs.get(&JobId::from("1")).unwrap();
+        assert_eq!(spec.worker_config, json!({"since": "1979-05-27T07:32:00Z"}));
+        let text = "[1]\nname = 'n'\ncommand = 'x'\nshortRunTimeSeconds = nan";
+        let decl = parse(Format::Toml, text).unwrap();
+        let reason = decl.invalid.get(&JobId::from("1")).unwrap();
+        assert_eq!(reason, "shortRunTimeSeconds: must be a number >= 0");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        const DEPTH: usize = 100_000;
+        let arrays = || "[".repeat(DEPTH) + &"]".repeat(DEPTH);
+        for (format, text) in [
+            (Format::Json, arrays()),
+            (
+                Format::Json,
+                format!("{{\"1\": {{\"workerConfig\": {}}}}}", arrays()),
+            ),
+            (Format::Yaml, arrays()),
+            (Format::Yaml, format!("1: {{workerConfig: {}}}", arrays())),
+            (Format::Yaml, "- ".repeat(DEPTH) + "x"),
+            (Format::Toml, format!("a = {}", arrays())),
+            (
+                Format::Toml,
+                format!("a = {}1{}", "{b=".repeat(DEPTH), "}".repeat(DEPTH)),
+            ),
+            (Format::Toml, format!("[{}b]", "a.".repeat(DEPTH))),
+        ] {
+            // A syntax error (too deep); or, for JSON's top level, which
+            // serde_json skips without recursing, not a map.
+            assert!(parse(format, &text).is_err(), "{format:?}");
+        }
+    }
+
+    #[test]
+    fn deep_yaml_flow_nesting_is_refused_before_parsing() {
+        let text = format!("1: {{workerConfig: {}}}", "[".repeat(1001));
+        let err = parse(Format::Yaml, &text).unwrap_err();
+        let reason = "flow collections ([…], {…}) nested over 1000 deep";
+        assert_eq!(
+            err.to_string(),
+            format!("jobs: cannot parse Yaml: {reason}")
+        );
+        // Balanced brackets in strings are harmless.
+        let text = format!("1: {{name: '{}', command: x}}", "[]".repeat(2000));
+        assert!(
+            parse(Format::Yaml, &text)
+                .unwrap()
+                .jobs
+                .contains_key(&JobId::from("1"))
+        );
+    }
+
+    #[test]
+    fn yaml_alias_bombs_are_refused() {
+        let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
+        for (prev, name) in "abcdefgh".chars().zip("bcdefghi".chars()) {
+            let refs = vec![format!("*{prev}"); 9].join(", ");
+            text += &format!("{name}: &{name} [{refs}]\n");
+        }
+        let err = parse(Format::Yaml, &text).unwrap_err();
+        assert!(matches!(err, SourceError::Syntax { .. }), "{err}");
+    }
+
+    #[test]
+    fn formats_from_file_names() {
+        assert_eq!(Format::from_file_name("a.JSON"), Some(Format::Json));
+        assert_eq!(Format::from_file_name("a.b.toml"), Some(Format::Toml));
+        assert_eq!(Format::from_file_name("x.yml"), Some(Format::Yaml));
+        assert_eq!(Format::from_file_name("x.yaml"), Some(Format::Yaml));
+        assert_eq!(Format::from_file_name("yaml"), None);
+        assert_eq!(Format::from_file_name("x.txt"), None);
+    }
+
+    /// Any JSON value, its leaves drawn from `leaf`; map keys are often job
+    /// fields, so that validation goes deep.
+    fn arb_json(leaf: BoxedStrategy<Value>) -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            prop::sample::select(
+                ONE_WORD_KEYS
+                    .iter()
+                    .chain(SNAKE_CASE.iter().flat_map(|(c, s)| [c, s]))
+                    .copied()
+                    .collect::<Vec<_>>()
+            )
+            .prop_map(str::to_owned),
+            "[a-zA-Z_=\0]{0,6}",
+        ];
+        leaf.prop_recursive(4, 32, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(key.clone(), inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn arb_leaf() -> BoxedStrategy<Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            prop::sample::select(vec!["TERM", "sigkill", "", "x\0", "ls", "-1"])
+                .prop_map(Value::from),
+            ".{0,8}".prop_map(Value::from),
+        ]
+        .boxed()
+    }
+
+    /// A JSON value without floats, which JSON text may not round-trip exactly.
+    fn arb_config() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            ".{0,8}".prop_map(Value::from),
+        ];
+        arb_json(leaf.boxed())
+    }
+
+    fn arb_spec() -> impl Strategy<Value = JobSpec> {
+        let text = || "[^\0]{1,12}";
+        let program = prop_oneof![
+            (text(), prop::collection::vec("[^\0]{0,6}", 0..4)).prop_map(|(program, args)| {
+                Program::Argv(std::iter::once(program).chain(args).collect())
+            }),
+            text().prop_map(Program::Shell),
+            text().prop_map(Program::WorkerClass),
+        ];
+        // Milliseconds up to 10^6 s, which an f64 holds to the nanosecond.
+        let duration = (0..1_000_000_000u64).prop_map(Duration::from_millis);
+        (
+            (
+                text(),
+                program,
+                arb_config(),
+                prop::option::of(any::<u64>()),
+            ),
+            (duration.clone(), duration),
+            prop::collection::btree_map("[^\0=]{1,8}", "[^\0]{0,8}", 0..4),
+            (
+                prop::option::of(text()),
+                prop::option::of(text()),
+                prop::option::of(text()),
+            ),
+            prop::sample::select(Signal::ALL.to_vec()),
+        )
+            .prop_map(
+                |(
+                    (name, program, worker_config, mtime),
+                    (short_run, shutdown_timeout),
+                    env,
+                    (cwd, user, group),
+                    stop_signal,
+                )| {
+                    JobSpec {
+                        name,
+                        program,
+                        worker_config,
+                        mtime,
+                        short_run,
+                        shutdown_timeout,
+                        env,
+                        cwd,
+                        user,
+                        group,
+                        stop_signal,
+                    }
+                },
+            )
+    }
+
+    /// How a user would write `spec`.
+    fn render(spec: &JobSpec) -> Value {
+        let mut body = json!({
+            "name": spec.name,
+            "workerConfig": spec.worker_config,
+            "shortRunTimeSeconds": spec.short_run.as_secs_f64(),
+            "shutdownTimeoutSeconds": spec.shutdown_timeout.as_secs_f64(),
+            "env": spec.env,
+            "stopSignal": spec.stop_signal.name(),
+        });
+        match &spec.program {
+            Program::Argv(argv) => body["command"] = json!(argv),
+            Program::Shell(line) => body["command"] = json!(line),
+            Program::WorkerClass(class) => body["workerClass"] = json!(class),
+        }
+        for (key, value) in [
+            ("cwd", &spec.cwd),
+            ("user", &spec.user),
+            ("group", &spec.group),
+        ] {
+            if let Some(value) = value {
+                body[key] = json!(value);
+            }
+        }
+        if let Some(mtime) = spec.mtime {
+            body["mtime"] = json!(mtime);
+        }
+        body
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_parses_or_fails_cleanly(
+            text in prop_oneof![".{0,200}", "[\\[\\]{}:,\"'\\- a-z0-9\n#=.&*!~|>]{0,200}"]
+        ) {
+            for format in [Format::Json, Format::Toml, Format::Yaml] {
+                let _ = parse(format, &text);
+            }
+        }
+
+        #[test]
+        fn any_job_body_validates_or_fails_cleanly(body in arb_json(arb_leaf())) {
+            match validate_job(&id(), &body) {
+                Ok(_) => {}
+                Err(reason) => prop_assert!(!reason.is_empty()),
+            }
+        }
+
+        #[test]
+        fn valid_specs_round_trip_through_json(spec in arb_spec()) {
+            let text = json!({"job": render(&spec)}).to_string();
+            let decl = parse(Format::Json, &text).unwrap();
+            prop_assert_eq!(decl.invalid, BTreeMap::new());
+            prop_assert_eq!(decl.warnings, Vec::<String>::new());
+            prop_assert_eq!(decl.jobs.get(&JobId::from("job")), Some(&spec));
+        }
+    }
+}
