@@ -1454,6 +1454,26 @@ workerConfig = {a = 1}
         body
     }
 
+    /// What any parse must give: a clean error with a message, or a
+    /// declaration in which no job is both valid and invalid.
+    fn check_consistent(result: &Result<Declaration, SourceError>) -> Result<(), TestCaseError> {
+        match result {
+            Ok(decl) => {
+                for id in decl.jobs.keys() {
+                    prop_assert!(
+                        !decl.invalid.contains_key(id),
+                        "{id} both valid and invalid"
+                    );
+                }
+                for reason in decl.invalid.values() {
+                    prop_assert!(!reason.is_empty());
+                }
+            }
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+        Ok(())
+    }
+
     proptest! {
         #[test]
         fn any_text_parses_or_fails_cleanly(
@@ -1470,6 +1490,88 @@ workerConfig = {a = 1}
                 Ok(_) => {}
                 Err(reason) => prop_assert!(!reason.is_empty()),
             }
+        }
+
+        /// What a file source reads: any bytes, as UTF-8 where they are
+        /// (the file source refuses the rest before parsing), in any
+        /// format, alone or as one file of a directory.
+        #[test]
+        fn any_bytes_parse_or_fail_cleanly(
+            bytes in prop::collection::vec(any::<u8>(), 0..2048),
+            split in any::<prop::sample::Index>(),
+        ) {
+            let text = String::from_utf8_lossy(&bytes);
+            let cut = text.char_indices().nth(split.index(text.chars().count() + 1));
+            let (a, b) = text.split_at(cut.map_or(text.len(), |(i, _)| i));
+            for format in [Format::Json, Format::Toml, Format::Yaml] {
+                check_consistent(&parse(format, &text))?;
+                let docs = [
+                    Document { origin: "a", format, text: a },
+                    Document { origin: "b", format: Format::Json, text: b },
+                ];
+                check_consistent(&parse_documents(&docs))?;
+            }
+        }
+
+        /// Valid configurations with a few bytes changed, inserted or
+        /// removed: the near misses a fuzzer finds first.
+        #[test]
+        fn mutated_configurations_parse_or_fail_cleanly(
+            specs in prop::collection::vec(arb_spec(), 1..4),
+            format in prop::sample::select(vec![Format::Json, Format::Toml, Format::Yaml]),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..8),
+        ) {
+            let map: serde_json::Map<String, Value> = specs
+                .iter()
+                .enumerate()
+                .map(|(i, spec)| (format!("job{i}"), render(spec)))
+                .collect();
+            let map = Value::Object(map);
+            let text = match format {
+                Format::Json => map.to_string(),
+                // TOML has no null: such a configuration cannot be written.
+                Format::Toml => match toml::to_string(&map) {
+                    Ok(text) => text,
+                    Err(_) => return Ok(()),
+                },
+                Format::Yaml => serde_yaml_ng::to_string(&map).expect("YAML holds any JSON"),
+            };
+            let mut bytes = text.into_bytes();
+            for (at, byte, kind) in edits {
+                let i = at.index(bytes.len() + 1);
+                match kind {
+                    0 if i < bytes.len() => bytes[i] = byte,
+                    1 => bytes.insert(i, byte),
+                    _ if i < bytes.len() => {
+                        bytes.remove(i);
+                    }
+                    _ => {}
+                }
+            }
+            check_consistent(&parse(format, &String::from_utf8_lossy(&bytes)))?;
+        }
+
+        /// Nesting of any depth, in any of the ways each format nests,
+        /// is a clean error or a valid value: never a stack overflow. (The
+        /// parsers stop at 80 to 128 levels; deeper only costs text.)
+        #[test]
+        fn nesting_of_any_depth_is_bounded(depth in 1usize..4_096, kind in 0usize..6) {
+            let (format, text) = match kind {
+                0 => (Format::Json, format!(r#"{{"a":{{"name":"a","command":"x","workerConfig":{}{}}}}}"#, "[".repeat(depth), "]".repeat(depth))),
+                1 => (Format::Json, format!(r#"{{"a":{{"name":"a","command":"x","workerConfig":{}1{}}}}}"#, "{\"k\":".repeat(depth), "}".repeat(depth))),
+                2 => (Format::Yaml, format!("a:\n  name: a\n  command: x\n  workerConfig: {}{}\n", "[".repeat(depth), "]".repeat(depth))),
+                3 => (Format::Yaml, {
+                    let mut t = String::from("a:\n  name: a\n  command: x\n  workerConfig:\n");
+                    for level in 0..depth.min(300) {
+                        t.push_str(&" ".repeat(4 + level));
+                        t.push_str("- \n");
+                    }
+                    t
+                }),
+                4 => (Format::Toml, format!("[a]\nname = \"a\"\ncommand = \"x\"\nworkerConfig = {}{}\n", "[".repeat(depth), "]".repeat(depth))),
+                _ => (Format::Toml, format!("[a]\nname = \"a\"\ncommand = \"x\"\nworkerConfig = {}1{}\n", "{ k = ".repeat(depth), " }".repeat(depth))),
+            };
+            check_consistent(&parse(format, &text))?;
         }
 
         #[test]

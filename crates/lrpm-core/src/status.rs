@@ -50,6 +50,45 @@ pub struct SourceStatus {
     /// Warnings about the last configuration (unknown keys…).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The configuration the removal guard (`--max-removal-ratio`) is
+    /// holding back, if it is: none of it is applied until it is confirmed
+    /// with `lrpmctl reload --force`, or a configuration that removes less
+    /// arrives.
+    #[serde(default)]
+    pub held: Option<HeldConfig>,
+}
+
+/// A configuration held back by the removal guard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldConfig {
+    /// How many of the declared jobs it would remove.
+    pub removals: usize,
+    /// How many jobs are declared now.
+    pub declared: usize,
+    /// The guard's ratio: a configuration that removes more than this share
+    /// of the declared jobs is held.
+    pub max_removal_ratio: f64,
+    /// The ids of the first jobs it would remove, in id order (at most
+    /// [`HeldConfig::SAMPLE`]).
+    pub would_remove: Vec<String>,
+    /// When the source first delivered a configuration that was held, since
+    /// the last one that was applied.
+    pub since: f64,
+}
+
+impl HeldConfig {
+    /// How many ids [`HeldConfig::would_remove`] lists at most.
+    pub const SAMPLE: usize = 20;
+
+    /// The operator's message: what is held, and how to apply it.
+    pub fn message(&self) -> String {
+        format!(
+            "configuration held back: it would remove {} of the {} declared jobs \
+             (more than --max-removal-ratio {}); the farm is unchanged; apply it \
+             with `lrpmctl reload --force`",
+            self.removals, self.declared, self.max_removal_ratio
+        )
+    }
 }
 
 /// The state of one job.

@@ -12,8 +12,9 @@
 //!   started, or ended (or could not be started at all);
 //! * [`Supervisor::handle_timeout`]: the deadline returned by
 //!   [`Supervisor::poll_timeout`] has passed;
-//! * [`Supervisor::restart`], [`Supervisor::shutdown`],
-//!   [`Supervisor::force_kill`]: control requests and signals.
+//! * [`Supervisor::restart`], [`Supervisor::lift_guard_until`],
+//!   [`Supervisor::shutdown`], [`Supervisor::force_kill`]: control requests
+//!   and signals.
 //!
 //! In return it queues [`Action`]s (spawn a process, signal a process group),
 //! which the shell drains with [`Supervisor::poll_action`], and exposes the
@@ -37,6 +38,16 @@
 //! Architecture invariant: a job has at most one live process. A new one is
 //! spawned only from `Backoff` (no process) or when the exit of the old one
 //! has been handled.
+//!
+//! # The removal guard
+//!
+//! With [`Config::max_removal_ratio`] set, a configuration that would remove
+//! more than that share of the declared jobs in one step is *held*: none of
+//! it is applied (no removal, no addition, no update), exactly as if the
+//! source had failed, and the status says why ([`SourceStatus::held`]). A
+//! later configuration within the ratio is applied as usual and clears the
+//! hold; [`Supervisor::lift_guard_until`] (`lrpmctl reload --force`) lets
+//! the next configuration through whatever it removes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -45,7 +56,7 @@ use std::time::{Duration, Instant};
 use crate::backoff::{Backoff, DEFAULT_MAX_DELAY};
 use crate::decl::Declaration;
 use crate::job::{JobId, JobSpec, Signal};
-use crate::status::{ExitInfo, ExitStatus, JobState, JobStatus, SourceStatus};
+use crate::status::{ExitInfo, ExitStatus, HeldConfig, JobState, JobStatus, SourceStatus};
 
 /// Settings of the supervisor that are not per job.
 #[derive(Debug, Clone)]
@@ -54,6 +65,11 @@ pub struct Config {
     pub max_backoff: Duration,
     /// The configuration source, for status.
     pub source_uri: String,
+    /// The removal guard (`--max-removal-ratio`): a configuration that would
+    /// remove more than this share of the declared jobs is held back rather
+    /// than applied. `None` (the default, php-lrpm's behaviour) applies every
+    /// configuration.
+    pub max_removal_ratio: Option<f64>,
 }
 
 impl Default for Config {
@@ -61,6 +77,7 @@ impl Default for Config {
         Self {
             max_backoff: DEFAULT_MAX_DELAY,
             source_uri: String::new(),
+            max_removal_ratio: None,
         }
     }
 }
@@ -104,6 +121,18 @@ pub enum AfterExit {
     Backoff(Duration),
     /// The process was not one the core knows of (already handled).
     Unknown,
+}
+
+/// What [`Supervisor::handle_config`] did with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigOutcome {
+    /// The farm is being reconciled with it.
+    Applied,
+    /// The removal guard held it back; nothing of it was applied. The
+    /// message says why and how to apply it, for the log.
+    Held(String),
+    /// lrpm is shutting down; configurations are ignored.
+    Ignored,
 }
 
 /// Why a restart request was refused.
@@ -183,6 +212,29 @@ struct Job {
     last_exit: Option<(ExitStatus, Instant)>,
 }
 
+/// What the removal guard holds back: a summary only, since a forced reload
+/// applies what the source says *then*, not this older configuration.
+#[derive(Debug, Clone)]
+struct Held {
+    removals: usize,
+    declared: usize,
+    would_remove: Vec<JobId>,
+    /// When the first configuration was held since the last applied one.
+    since: Instant,
+}
+
+impl Held {
+    fn to_status(&self, ratio: f64, since: f64) -> HeldConfig {
+        HeldConfig {
+            removals: self.removals,
+            declared: self.declared,
+            max_removal_ratio: ratio,
+            would_remove: self.would_remove.iter().map(JobId::to_string).collect(),
+            since,
+        }
+    }
+}
+
 /// The supervision state machine. See the [module documentation](self).
 #[derive(Debug)]
 pub struct Supervisor {
@@ -195,6 +247,11 @@ pub struct Supervisor {
     next_run: u64,
     source: SourceStatus,
     last_load: Option<Instant>,
+    /// The configuration the removal guard holds back, if any.
+    held: Option<Held>,
+    /// Until when the next configuration bypasses the removal guard
+    /// (`lrpmctl reload --force`).
+    guard_lifted_until: Option<Instant>,
     shutting_down: bool,
     actions: VecDeque<Action>,
 }
@@ -214,6 +271,8 @@ impl Supervisor {
             next_run: 0,
             source,
             last_load: None,
+            held: None,
+            guard_lifted_until: None,
             shutting_down: false,
             actions: VecDeque::new(),
         }
@@ -222,6 +281,11 @@ impl Supervisor {
     /// The next action for the shell to perform.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// Whether actions are waiting for [`Supervisor::poll_action`].
+    pub fn has_pending_actions(&self) -> bool {
+        !self.actions.is_empty()
     }
 
     /// When [`Supervisor::handle_timeout`] must be called next.
@@ -245,15 +309,16 @@ impl Supervisor {
         self.jobs.len()
     }
 
-    /// Reconciles the farm with a newly loaded configuration.
-    pub fn handle_config(&mut self, now: Instant, decl: Declaration) {
+    /// Reconciles the farm with a newly loaded configuration, unless the
+    /// removal guard holds it back (see the [module documentation](self)).
+    ///
+    /// A job is removed by a configuration that declares it neither as a
+    /// valid nor as an invalid job (an invalid declaration keeps the job
+    /// running on its last valid one).
+    pub fn handle_config(&mut self, now: Instant, decl: Declaration) -> ConfigOutcome {
         if self.shutting_down {
-            return;
+            return ConfigOutcome::Ignored;
         }
-        self.last_load = Some(now);
-        self.source.last_error = None;
-        self.source.warnings = decl.warnings;
-
         let removed: Vec<JobId> = self
             .jobs
             .iter()
@@ -262,6 +327,20 @@ impl Supervisor {
             })
             .map(|(id, _)| id.clone())
             .collect();
+        let forced = self
+            .guard_lifted_until
+            .take()
+            .is_some_and(|until| now <= until);
+        if !forced {
+            if let Some(message) = self.hold(now, &removed) {
+                return ConfigOutcome::Held(message);
+            }
+        }
+        self.held = None;
+        self.last_load = Some(now);
+        self.source.last_error = None;
+        self.source.warnings = decl.warnings;
+
         for id in removed {
             self.remove(now, &id);
         }
@@ -278,6 +357,40 @@ impl Supervisor {
         for (id, spec) in decl.jobs {
             self.declare(now, id, spec);
         }
+        ConfigOutcome::Applied
+    }
+
+    /// The removal guard: holds the configuration back if it would remove
+    /// more than the allowed share of the declared jobs, and returns the
+    /// operator's message then.
+    fn hold(&mut self, now: Instant, removed: &[JobId]) -> Option<String> {
+        let ratio = self.config.max_removal_ratio?;
+        let declared = self.jobs.values().filter(|job| job.declared).count();
+        // Exact in f64 for any realistic farm size.
+        if removed.is_empty() || removed.len() as f64 <= ratio * declared as f64 {
+            return None;
+        }
+        let since = self.held.as_ref().map_or(now, |held| held.since);
+        let held = Held {
+            removals: removed.len(),
+            declared,
+            would_remove: removed.iter().take(HeldConfig::SAMPLE).cloned().collect(),
+            since,
+        };
+        let message = held.to_status(ratio, 0.0).message();
+        self.source.last_error = Some(message.clone());
+        self.held = Some(held);
+        Some(message)
+    }
+
+    /// Lets the next configuration through the removal guard, whatever it
+    /// removes, if it arrives by `until` (`lrpmctl reload --force`: the
+    /// shell also asks the source to load again). A configuration held back
+    /// now is not applied by this: the one the source delivers next is, so
+    /// that what is applied is what the source says after the operator's
+    /// confirmation.
+    pub fn lift_guard_until(&mut self, until: Instant) {
+        self.guard_lifted_until = Some(until);
     }
 
     /// Records that the configuration source failed; the farm keeps running
@@ -436,6 +549,10 @@ impl Supervisor {
         };
         let mut source = self.source.clone();
         source.last_load_at = self.last_load.map(wall);
+        source.held = match (&self.held, self.config.max_removal_ratio) {
+            (Some(held), Some(ratio)) => Some(held.to_status(ratio, wall(held.since))),
+            _ => None,
+        };
         let jobs = self
             .jobs
             .iter()

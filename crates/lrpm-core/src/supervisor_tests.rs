@@ -54,6 +54,8 @@ struct Sim {
     /// The valid ids of the last configuration.
     valid: BTreeSet<JobId>,
     max_backoff: Duration,
+    /// Until when the removal guard is lifted, as the supervisor was told.
+    lifted_until: Option<Instant>,
 }
 
 impl Sim {
@@ -62,12 +64,26 @@ impl Sim {
     }
 
     fn with_max_backoff(max_backoff: Duration) -> Self {
+        Self::with_config(Config {
+            max_backoff,
+            source_uri: "test".into(),
+            max_removal_ratio: None,
+        })
+    }
+
+    fn with_guard(ratio: f64) -> Self {
+        Self::with_config(Config {
+            max_removal_ratio: Some(ratio),
+            source_uri: "test".into(),
+            ..Config::default()
+        })
+    }
+
+    fn with_config(config: Config) -> Self {
         let start = Instant::now();
+        let max_backoff = config.max_backoff;
         Self {
-            sup: Supervisor::new(Config {
-                max_backoff,
-                source_uri: "test".into(),
-            }),
+            sup: Supervisor::new(config),
             start,
             now: start,
             live: HashMap::new(),
@@ -77,6 +93,7 @@ impl Sim {
             declared: BTreeSet::new(),
             valid: BTreeSet::new(),
             max_backoff,
+            lifted_until: None,
         }
     }
 
@@ -170,11 +187,64 @@ impl Sim {
         }
     }
 
-    fn config(&mut self, d: Declaration) {
-        self.declared = d.jobs.keys().chain(d.invalid.keys()).cloned().collect();
-        self.valid = d.jobs.keys().cloned().collect();
-        self.sup.handle_config(self.now, d);
+    /// Hands a configuration to the supervisor, checking the removal guard:
+    /// a configuration is held exactly when the guard is on, not lifted, and
+    /// it removes more than the ratio of the declared jobs; a held one
+    /// changes nothing at all.
+    fn config(&mut self, d: Declaration) -> ConfigOutcome {
+        let (_, before) = self.sup.status(self.now, 0.0);
+        let declared_before: BTreeSet<String> = before
+            .iter()
+            .filter(|j| j.declared)
+            .map(|j| j.id.clone())
+            .collect();
+        let removals = declared_before
+            .iter()
+            .filter(|id| {
+                let id = JobId::from(id.as_str());
+                !d.jobs.contains_key(&id) && !d.invalid.contains_key(&id)
+            })
+            .count();
+        let lifted = self.lifted_until.take().is_some_and(|t| self.now <= t);
+        let should_hold = !self.sup.is_shutting_down()
+            && !lifted
+            && removals > 0
+            && self
+                .sup
+                .config
+                .max_removal_ratio
+                .is_some_and(|r| removals as f64 > r * declared_before.len() as f64);
+        let declared = d.jobs.keys().chain(d.invalid.keys()).cloned().collect();
+        let valid = d.jobs.keys().cloned().collect();
+        let outcome = self.sup.handle_config(self.now, d);
+        match &outcome {
+            ConfigOutcome::Held(message) => {
+                assert!(should_hold, "held without reason: {message}");
+                assert_eq!(self.sup.poll_action(), None, "a held configuration acts");
+                let (source, after) = self.sup.status(self.now, 0.0);
+                assert_eq!(before, after, "a held configuration changed the jobs");
+                let held = source.held.expect("a held configuration shows");
+                assert_eq!(held.removals, removals);
+                assert_eq!(held.declared, declared_before.len());
+                assert_eq!(source.last_error.as_deref(), Some(message.as_str()));
+            }
+            ConfigOutcome::Applied => {
+                assert!(!should_hold, "applied past the guard");
+                assert_eq!(self.sup.status(self.now, 0.0).0.held, None);
+                self.declared = declared;
+                self.valid = valid;
+            }
+            ConfigOutcome::Ignored => assert!(self.sup.is_shutting_down()),
+        }
         self.run_actions();
+        outcome
+    }
+
+    /// `lrpmctl reload --force`: the next configuration within `window`
+    /// passes the guard.
+    fn force(&mut self, window: Duration) {
+        self.lifted_until = Some(self.now + window);
+        self.sup.lift_guard_until(self.now + window);
     }
 
     fn run_of(&self, id: &str) -> Option<RunId> {
@@ -616,6 +686,200 @@ fn status_converts_times_to_wall_clock() {
 }
 
 // ---------------------------------------------------------------------------
+// The removal guard.
+
+fn farm(n: usize) -> Vec<(String, JobSpec)> {
+    (0..n).map(|i| (format!("j{i}"), spec("w"))).collect()
+}
+
+fn decl_of(jobs: &[(String, JobSpec)]) -> Declaration {
+    let refs: Vec<(&str, JobSpec)> = jobs.iter().map(|(i, s)| (i.as_str(), s.clone())).collect();
+    decl(&refs)
+}
+
+#[test]
+fn without_the_guard_an_empty_map_stops_everything() {
+    let mut sim = Sim::new();
+    sim.config(decl_of(&farm(10)));
+    assert_eq!(sim.config(decl(&[])), ConfigOutcome::Applied);
+    assert_eq!(sim.signals.len(), 10, "php-lrpm semantics by default");
+}
+
+#[test]
+fn the_guard_holds_a_configuration_that_removes_too_much() {
+    let mut sim = Sim::with_guard(0.5);
+    let jobs = farm(10);
+    sim.config(decl_of(&jobs));
+    sim.advance(SEC);
+    let loaded_at = sim.sup.status(sim.now, 100.0).0.last_load_at;
+    // Keeps 4 (removes 6 of 10), changes one, adds one.
+    let mut kept = jobs[..4].to_vec();
+    kept[0].1 = spec("changed");
+    kept.push(("new".into(), spec("new")));
+    let outcome = sim.config(decl_of(&kept));
+    let ConfigOutcome::Held(message) = outcome else {
+        panic!("expected a hold, got {outcome:?}");
+    };
+    assert!(message.contains("remove 6 of the 10"), "{message}");
+    assert!(message.contains("lrpmctl reload --force"), "{message}");
+    // Not partially applied: no stop, no start, no update.
+    assert_eq!(sim.spawns.len(), 10);
+    assert!(sim.signals.is_empty());
+    assert!(!sim.has_job("new"));
+    assert_eq!(sim.job("j0").command, "w");
+    let (source, _) = sim.sup.status(sim.now, 100.0);
+    assert_eq!(
+        source.last_load_at, loaded_at,
+        "a held configuration is not loaded"
+    );
+    let held = source.held.expect("held");
+    assert_eq!((held.removals, held.declared), (6, 10));
+    assert_eq!(held.max_removal_ratio, 0.5);
+    assert_eq!(held.would_remove, ["j4", "j5", "j6", "j7", "j8", "j9"]);
+    assert_eq!(held.since, 100.0);
+}
+
+#[test]
+fn the_guard_lets_removals_up_to_its_ratio_through() {
+    let mut sim = Sim::with_guard(0.5);
+    let jobs = farm(10);
+    sim.config(decl_of(&jobs));
+    assert_eq!(sim.config(decl_of(&jobs[..5])), ConfigOutcome::Applied);
+    assert_eq!(sim.signals.len(), 5);
+    // Additions and invalid declarations are never removals.
+    let mut d = decl_of(&farm(20)[15..]);
+    for (id, _) in &jobs[..5] {
+        d.invalid
+            .insert(JobId::from(id.as_str()), "name: is required".into());
+    }
+    assert_eq!(sim.config(d), ConfigOutcome::Applied);
+}
+
+#[test]
+fn an_empty_map_from_a_broken_source_is_held() {
+    let mut sim = Sim::with_guard(0.9);
+    sim.config(decl_of(&farm(3)));
+    assert!(matches!(sim.config(decl(&[])), ConfigOutcome::Held(_)));
+    assert_eq!(sim.sup.status(sim.now, 0.0).1.len(), 3);
+    // Even a one-job farm is protected from losing its only job.
+    let mut sim = Sim::with_guard(0.9);
+    sim.config(decl(&[("a", spec("a"))]));
+    assert!(matches!(sim.config(decl(&[])), ConfigOutcome::Held(_)));
+}
+
+#[test]
+fn the_first_configuration_is_never_held() {
+    let mut sim = Sim::with_guard(0.1);
+    assert_eq!(sim.config(decl(&[])), ConfigOutcome::Applied);
+    assert_eq!(sim.config(decl_of(&farm(5))), ConfigOutcome::Applied);
+}
+
+#[test]
+fn a_configuration_within_the_ratio_clears_the_hold() {
+    let mut sim = Sim::with_guard(0.5);
+    let jobs = farm(4);
+    sim.config(decl_of(&jobs));
+    sim.advance(SEC);
+    assert!(matches!(sim.config(decl(&[])), ConfigOutcome::Held(_)));
+    sim.advance(SEC);
+    assert!(matches!(
+        sim.config(decl_of(&jobs[..1])),
+        ConfigOutcome::Held(_)
+    ));
+    let held = sim.sup.status(sim.now, 0.0).0.held.expect("held");
+    assert_eq!(held.since, -1.0, "held since the first held configuration");
+    assert_eq!(held.removals, 3, "the latest held configuration is shown");
+    // The source is repaired.
+    assert_eq!(sim.config(decl_of(&jobs[..3])), ConfigOutcome::Applied);
+    let (source, _) = sim.sup.status(sim.now, 0.0);
+    assert_eq!(source.held, None);
+    assert_eq!(source.last_error, None);
+    assert_eq!(sim.signals.len(), 1);
+}
+
+#[test]
+fn a_forced_reload_lets_the_next_configuration_through_once() {
+    let mut sim = Sim::with_guard(0.5);
+    let jobs = farm(6);
+    sim.config(decl_of(&jobs));
+    assert!(matches!(sim.config(decl(&[])), ConfigOutcome::Held(_)));
+    sim.force(10 * SEC);
+    // The source's content after the confirmation is applied, not the
+    // held one: here the operator put one job back meanwhile.
+    assert_eq!(sim.config(decl_of(&jobs[..1])), ConfigOutcome::Applied);
+    assert_eq!(sim.signals.len(), 5);
+    assert_eq!(sim.job("j0").state, JobState::Running);
+    assert_eq!(sim.sup.status(sim.now, 0.0).0.held, None);
+    // The guard is back for the next one.
+    for (id, _) in &jobs[1..] {
+        sim.exit(id, 0);
+    }
+    sim.config(decl_of(&farm(4)));
+    assert!(matches!(sim.config(decl(&[])), ConfigOutcome::Held(_)));
+}
+
+#[test]
+fn a_forced_reload_expires() {
+    let mut sim = Sim::with_guard(0.5);
+    sim.config(decl_of(&farm(2)));
+    sim.force(SEC);
+    sim.advance(2 * SEC);
+    assert!(matches!(sim.config(decl(&[])), ConfigOutcome::Held(_)));
+    // And a forced reload consumed by a harmless configuration is spent.
+    sim.force(SEC);
+    assert_eq!(sim.config(decl_of(&farm(2))), ConfigOutcome::Applied);
+    assert!(matches!(sim.config(decl(&[])), ConfigOutcome::Held(_)));
+}
+
+#[test]
+fn source_errors_leave_the_hold_in_place() {
+    let mut sim = Sim::with_guard(0.5);
+    sim.config(decl_of(&farm(2)));
+    sim.config(decl(&[]));
+    sim.sup.handle_source_error("broken".into());
+    let (source, jobs) = sim.sup.status(sim.now, 0.0);
+    assert_eq!(source.last_error.as_deref(), Some("broken"));
+    assert!(source.held.is_some());
+    assert_eq!(jobs.len(), 2);
+}
+
+#[test]
+fn a_hundred_thousand_jobs_reconcile_in_linear_time() {
+    let mut sup = Supervisor::new(Config::default());
+    let now = Instant::now();
+    let jobs = farm(100_000);
+    let started = std::time::Instant::now();
+    sup.handle_config(now, decl_of(&jobs));
+    let mut spawns = 0;
+    let mut run = 0;
+    while let Some(action) = sup.poll_action() {
+        if let Action::Spawn { run: r, .. } = action {
+            sup.handle_spawned(r, 1000 + r.0 as u32);
+            spawns += 1;
+            run = r.0;
+        }
+    }
+    assert_eq!(spawns, 100_000);
+    // The same configuration again: nothing to do.
+    sup.handle_config(now, decl_of(&jobs));
+    assert_eq!(sup.poll_action(), None);
+    // Every job removed: one stop signal each.
+    sup.handle_config(now, decl(&[]));
+    let mut signals = 0;
+    while sup.poll_action().is_some() {
+        signals += 1;
+    }
+    assert_eq!(signals, 100_000);
+    let (_, status) = sup.status(now, 0.0);
+    assert_eq!(status.len(), 100_000);
+    assert_eq!(run, 99_999);
+    // Unoptimised, on a loaded machine: a few seconds at most; quadratic
+    // work would take hours.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}
+
+// ---------------------------------------------------------------------------
 // Property tests.
 
 /// One step of a random scenario.
@@ -630,6 +894,8 @@ enum Op {
     Advance(u64),
     /// `lrpmctl restart` of job id `n`.
     Restart(u8),
+    /// `lrpmctl reload --force`: the guard is lifted for this many ms.
+    ForceReload(u64),
     /// A source error.
     SourceError,
     /// Graceful shutdown.
@@ -654,6 +920,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (any::<usize>(), -1i32..3).prop_map(|(n, c)| Op::Exit(n, c)),
         4 => (0u64..20_000).prop_map(Op::Advance),
         1 => (0u8..10).prop_map(Op::Restart),
+        1 => (0u64..5_000).prop_map(Op::ForceReload),
         1 => Just(Op::SourceError),
         1 => Just(Op::Shutdown),
     ]
@@ -691,19 +958,24 @@ proptest! {
     fn invariants_hold_over_random_scenarios(
         ops in proptest::collection::vec(op(), 1..60),
         max_backoff_s in 1u64..30,
+        ratio in proptest::option::of(0.05f64..=1.0),
     ) {
-        let mut sim = Sim::with_max_backoff(Duration::from_secs(max_backoff_s));
+        let mut sim = Sim::with_config(Config {
+            max_backoff: Duration::from_secs(max_backoff_s),
+            source_uri: "test".into(),
+            max_removal_ratio: ratio,
+        });
         let mut valid_ever: BTreeSet<JobId> = BTreeSet::new();
         for op in ops {
             match op {
                 Op::Config(slots) => {
                     let d = to_declaration(&slots);
-                    if !sim.sup.is_shutting_down() {
-                        valid_ever.extend(d.jobs.keys().cloned());
-                    }
                     let valid: Vec<JobId> = d.jobs.keys().cloned().collect();
-                    sim.config(d);
-                    if !sim.sup.is_shutting_down() {
+                    // `Sim::config` checks that the guard holds exactly the
+                    // configurations it should, and that a held one changes
+                    // nothing.
+                    if sim.config(d) == ConfigOutcome::Applied {
+                        valid_ever.extend(valid.iter().cloned());
                         // Every valid declared job is running, stopping or
                         // scheduled to restart.
                         for id in valid {
@@ -730,6 +1002,7 @@ proptest! {
                     }
                 }
                 Op::Advance(ms) => sim.advance(Duration::from_millis(ms)),
+                Op::ForceReload(ms) => sim.force(Duration::from_millis(ms)),
                 Op::Restart(n) => {
                     let id = JobId::new(n.to_string());
                     let known = sim.has_job(id.as_str()) && sim.job(id.as_str()).declared;
