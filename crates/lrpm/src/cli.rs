@@ -1,0 +1,214 @@
+//! The `lrpm` command line, shared by the `lrpm` binary and library-mode
+//! binaries.
+//!
+//! Parsing has two phases (as ripgrep): clap turns the arguments into
+//! [`Args`], and [`Args::validate`] turns those into [`Options`], the
+//! settings the supervisor runs with, or a usage error (exit code 64).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Exit code of a usage error (EX_USAGE).
+pub const EX_USAGE: u8 = 64;
+/// Exit code of a missing input file (EX_NOINPUT).
+pub const EX_NOINPUT: u8 = 66;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// lrpm: a long-running process manager.
+///
+/// Supervises the jobs declared by SOURCE: starts new ones, stops removed
+/// ones, restarts changed ones, restarts crashed ones with exponential
+/// backoff, and follows every change of the source.
+#[derive(Debug, Parser)]
+#[command(name = "lrpm", version, about, long_about)]
+pub struct Args {
+    /// The configuration source: a .json/.toml/.yaml file, a directory of
+    /// them, file:PATH, exec:'PROGRAM ARG…' (a command that prints the jobs
+    /// as JSON), or an http:// or https:// URL.
+    ///
+    /// A binary built with the lrpm library may leave it out to use its
+    /// built-in configuration source.
+    #[arg(value_name = "SOURCE")]
+    pub source: Option<String>,
+
+    /// The control socket [default: /run/lrpm/control.sock, else
+    /// $XDG_RUNTIME_DIR/lrpm/control.sock, else /tmp/lrpm-$UID/control.sock].
+    #[arg(long, env = "LRPM_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Poll interval of polled sources, in seconds; 0 means the source
+    /// pushes and is read again as soon as it returns.
+    #[arg(short, long, value_name = "SECONDS", default_value = "30")]
+    pub interval: f64,
+
+    /// How long one run of an exec: source's command, or one request of an
+    /// http(s): source, may take before it is abandoned (a command is
+    /// killed with its process group).
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::source::DEFAULT_TIMEOUT.as_secs_f64())]
+    pub source_timeout: f64,
+
+    /// The cap of the restart backoff, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value = "21600")]
+    pub max_backoff: f64,
+
+    /// Hold back a new configuration that would remove more than this
+    /// share (0 < R <= 1) of the declared jobs at once, instead of applying
+    /// it; `lrpmctl reload --force` applies it. Off by default.
+    ///
+    /// A guard against a broken source that returns an empty or truncated
+    /// job map: the held configuration is shown in status and the log, and
+    /// nothing of it is applied until it is confirmed or a configuration
+    /// that removes less arrives.
+    #[arg(long, value_name = "R")]
+    pub max_removal_ratio: Option<f64>,
+
+    /// Where each job's cgroup goes: `auto` (under lrpm's own cgroup v2,
+    /// falling back to a subreaper when it is not writable), `off` (a
+    /// subreaper only), or the path of a cgroup v2 directory lrpm may
+    /// create cgroups in.
+    ///
+    /// A job's cgroup is how lrpm kills the daemons a worker starts that
+    /// leave its process group (setsid, double fork). Under systemd, give
+    /// the unit Delegate=yes.
+    #[arg(long, value_name = "auto|off|PATH", default_value = "auto")]
+    pub cgroup: crate::containment::CgroupChoice,
+
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Less log output (-q: warnings, -qq: errors).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+}
+
+/// The validated settings of a supervisor run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The source argument; `None` for a library-mode binary's built-in
+    /// source.
+    pub source: Option<String>,
+    /// The control socket, if given (else the default chain applies).
+    pub socket: Option<PathBuf>,
+    /// The poll interval; `None` for a pushing source (`--interval 0`).
+    pub interval: Option<Duration>,
+    /// The limit of one load of an exec or HTTP source.
+    pub source_timeout: Duration,
+    /// The backoff cap.
+    pub max_backoff: Duration,
+    /// The removal guard's ratio, if it is on.
+    pub max_removal_ratio: Option<f64>,
+    /// Where job cgroups go.
+    pub cgroup: crate::containment::CgroupChoice,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log level.
+    pub log_level: tracing::Level,
+}
+
+fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!(
+            "{flag}: must be a number of seconds >= 0, got {value}"
+        ));
+    }
+    Duration::try_from_secs_f64(value).map_err(|e| format!("{flag}: {e}"))
+}
+
+impl Args {
+    /// Checks the values clap cannot. `builtin_source` says whether the
+    /// binary has a configuration source of its own (library mode), which
+    /// makes SOURCE optional.
+    pub fn validate(self, builtin_source: bool) -> Result<Options, String> {
+        if self.source.is_none() && !builtin_source {
+            return Err(
+                "a SOURCE is required (a jobs file, a directory, exec:…, or http(s)://…)".into(),
+            );
+        }
+        let interval = seconds("--interval", self.interval)?;
+        let source_timeout = seconds("--source-timeout", self.source_timeout)?;
+        if source_timeout.is_zero() {
+            return Err("--source-timeout: must be more than 0 seconds".into());
+        }
+        let max_backoff = seconds("--max-backoff", self.max_backoff)?;
+        if let Some(ratio) = self.max_removal_ratio {
+            if !(ratio > 0.0 && ratio <= 1.0) {
+                return Err(format!(
+                    "--max-removal-ratio: must be more than 0 and at most 1, got {ratio}"
+                ));
+            }
+        }
+        let log_level = match i16::from(self.verbose) - i16::from(self.quiet) {
+            i16::MIN..=-2 => tracing::Level::ERROR,
+            -1 => tracing::Level::WARN,
+            0 => tracing::Level::INFO,
+            1 => tracing::Level::DEBUG,
+            _ => tracing::Level::TRACE,
+        };
+        Ok(Options {
+            source: self.source,
+            socket: self.socket,
+            interval: (!interval.is_zero()).then_some(interval),
+            source_timeout,
+            max_backoff,
+            max_removal_ratio: self.max_removal_ratio,
+            cgroup: self.cgroup,
+            log_format: self.log_format,
+            log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn interval_zero_means_push() {
+        let args = Args::try_parse_from(["lrpm", "-i", "0", "jobs.toml"]).expect("parse");
+        assert_eq!(args.validate(false).expect("valid").interval, None);
+    }
+
+    #[test]
+    fn the_removal_ratio_is_a_share() {
+        let ratio = |r: &str| {
+            Args::try_parse_from(["lrpm", "--max-removal-ratio", r, "jobs.toml"])
+                .map_err(|e| e.to_string())
+                .and_then(|args| args.validate(false))
+                .map(|options| options.max_removal_ratio)
+        };
+        assert_eq!(ratio("0.5"), Ok(Some(0.5)));
+        assert_eq!(ratio("1"), Ok(Some(1.0)));
+        for bad in ["0", "-0.1", "1.5", "NaN", "inf"] {
+            assert!(ratio(bad).is_err(), "{bad} accepted");
+        }
+        let args = Args::try_parse_from(["lrpm", "jobs.toml"]).expect("parse");
+        assert_eq!(args.validate(false).expect("valid").max_removal_ratio, None);
+    }
+
+    #[test]
+    fn negative_durations_are_usage_errors() {
+        let args = Args::try_parse_from(["lrpm", "--max-backoff=-1", "jobs.toml"]).expect("parse");
+        assert!(args.validate(false).is_err());
+    }
+}

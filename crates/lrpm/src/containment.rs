@@ -1,0 +1,827 @@
+//! Containment: keeping hold of every process a job starts, including the
+//! ones that leave its process group.
+//!
+//! # Theory of operation
+//!
+//! A job's worker runs in a process group of its own, and lrpm signals that
+//! group. A process that calls `setsid` (a daemon's double fork) leaves the
+//! group and would outlive its job. Two mechanisms close that gap:
+//!
+//! * **A cgroup v2 per run** ([`CgroupTree`], the default wherever it
+//!   works). At start lrpm creates `lrpm-PID/` under its own cgroup (or
+//!   under `--cgroup PATH`) and holds an `flock` on it for as long as it
+//!   lives. Each spawn creates `lrpm-PID/job-ID-RUN/` and opens its
+//!   `cgroup.procs` before the fork; the child writes `0` to that descriptor
+//!   in its `pre_exec` hook (one raw `write`, no allocation), so it is in
+//!   the cgroup before it runs a single instruction of the worker, and
+//!   nothing it forks can be outside it. When the worker's main process
+//!   ends, or when a stop escalates to SIGKILL, lrpm writes `1` to the
+//!   cgroup's `cgroup.kill`: the kernel kills every process in it, escaped
+//!   daemons included, atomically with respect to forks. The empty cgroup is
+//!   then removed. A tree whose `flock` nobody holds belongs to an lrpm that
+//!   died without cleaning up (SIGKILL): the next lrpm that starts beside it
+//!   kills what is left in it and removes it.
+//! * **A subreaper** ([`Orphans`], the fallback). Without a writable cgroup
+//!   v2 lrpm marks itself `PR_SET_CHILD_SUBREAPER`, so an orphaned
+//!   descendant of a worker is re-parented to lrpm instead of init. On every
+//!   SIGCHLD and after every job's end, lrpm lists its children, reaps the
+//!   adopted ones that have ended, and kills each adopted one whose
+//!   `LRPM_RUN_ID` (inherited from the worker's environment) names a run
+//!   that has ended. An adopted process that scrubbed its environment
+//!   cannot be attributed to a job: it runs until lrpm shuts down, when
+//!   every adopted process is killed.
+//!
+//! Reaping adopted processes must never take the exit status of one of
+//! lrpm's own children, which are reaped through their pidfds: the orphan
+//! reaper lists children through `/proc` and waits for each by pid
+//! (`waitid(P_PID)`), skipping every pid in the registry of own children
+//! that [`crate::process`] keeps. It never calls `waitpid(-1)`.
+//!
+//! When lrpm is PID 1 (a container's init), orphans are re-parented to it
+//! whatever the mode, so it reaps them in both modes.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lrpm_core::job::JobId;
+use lrpm_core::supervisor::RunId;
+use rustix::fs::FlockOperation;
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
+
+use crate::process;
+
+/// The environment variable that names a worker's run: `LRPM_PID.RUN`.
+/// Every process the worker starts inherits it (unless it clears its
+/// environment), which is how the subreaper fallback tells which job an
+/// adopted process belongs to.
+pub const RUN_ID_ENV: &str = "LRPM_RUN_ID";
+
+/// The prefix of the directory of an lrpm's cgroup tree.
+const TREE_PREFIX: &str = "lrpm-";
+
+/// The magic number of a cgroup2 file system (`statfs`).
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+
+/// How long removing a cgroup may be retried while its killed processes
+/// finish dying.
+const REMOVE_PATIENCE: Duration = Duration::from_secs(4);
+
+/// Where job cgroups go (`--cgroup`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupChoice {
+    /// Under lrpm's own cgroup, if cgroup v2 is there and writable; the
+    /// subreaper otherwise.
+    Auto,
+    /// No cgroups: the subreaper.
+    Off,
+    /// Under this cgroup v2 directory; lrpm refuses to start if it cannot.
+    Under(PathBuf),
+}
+
+impl std::str::FromStr for CgroupChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(CgroupChoice::Auto),
+            "off" | "none" => Ok(CgroupChoice::Off),
+            path if path.starts_with('/') => Ok(CgroupChoice::Under(PathBuf::from(path))),
+            other => Err(format!(
+                "expected auto, off, or the absolute path of a cgroup v2 directory, got {other:?}"
+            )),
+        }
+    }
+}
+
+/// How the processes of jobs are contained, decided at start.
+#[derive(Debug)]
+pub struct Containment {
+    /// The cgroup tree, when cgroups are used.
+    pub cgroups: Option<CgroupTree>,
+    /// The orphan reaper, when lrpm is a subreaper or PID 1.
+    pub orphans: Option<Orphans>,
+}
+
+impl Containment {
+    /// Sets containment up as `choice` says, and logs what it chose. Fails
+    /// only when an explicit `--cgroup PATH` cannot be used.
+    pub fn setup(choice: &CgroupChoice) -> Result<Containment, String> {
+        let pid_one = rustix::process::getpid().is_init();
+        let cgroups = match choice {
+            CgroupChoice::Off => {
+                tracing::info!(
+                    "cgroups are off (--cgroup off): a daemon that leaves its job's process \
+                     group is killed when its job stops only if it kept LRPM_RUN_ID in its \
+                     environment, otherwise when lrpm shuts down"
+                );
+                None
+            }
+            CgroupChoice::Under(parent) => Some(
+                CgroupTree::create(parent)
+                    .map_err(|e| format!("--cgroup {}: cannot use it: {e}", parent.display()))?,
+            ),
+            CgroupChoice::Auto => match own_cgroup_dir().and_then(|dir| CgroupTree::create(&dir)) {
+                Ok(tree) => Some(tree),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot use cgroup v2 ({e}): escaped daemons (setsid, double fork) \
+                         cannot be tracked reliably; falling back to a subreaper, which kills \
+                         them when their job stops only if they kept LRPM_RUN_ID in their \
+                         environment, otherwise when lrpm shuts down"
+                    );
+                    None
+                }
+            },
+        };
+        if let Some(tree) = &cgroups {
+            tracing::info!(
+                "each job runs in a cgroup of its own under {}",
+                tree.base.display()
+            );
+        }
+        let subreaper = cgroups.is_none();
+        if subreaper {
+            if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+                tracing::warn!(
+                    "cannot become a subreaper ({e}): daemons that escape their job are not \
+                     tracked at all"
+                );
+            }
+        }
+        let orphans = (subreaper || pid_one).then(|| Orphans::new(subreaper));
+        Ok(Containment { cgroups, orphans })
+    }
+
+    /// No containment besides process groups: for tests of the process
+    /// table.
+    pub fn none() -> Containment {
+        Containment {
+            cgroups: None,
+            orphans: None,
+        }
+    }
+}
+
+/// Why a cgroup tree could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// lrpm's own cgroup v2 could not be found.
+    #[error("{0}")]
+    NotFound(String),
+    /// A file system call failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel has no `cgroup.kill` (it is older than 5.14).
+    #[error("{}: no cgroup.kill (Linux 5.14 or later is needed)", path.display())]
+    NoKill {
+        /// The directory that lacks it.
+        path: PathBuf,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The directory of lrpm's own cgroup v2, from `/proc/self/cgroup` and
+/// `/proc/self/mountinfo`.
+fn own_cgroup_dir() -> Result<PathBuf, CgroupError> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path).map_err(|e| CgroupError::NotFound(format!("{path}: {e}")))
+    };
+    let own = parse_own_cgroup(&read("/proc/self/cgroup")?)
+        .ok_or_else(|| CgroupError::NotFound("lrpm is in no cgroup v2 hierarchy".into()))?;
+    cgroup2_dir(&read("/proc/self/mountinfo")?, &own)
+        .ok_or_else(|| CgroupError::NotFound(format!("no mounted cgroup2 file system shows {own}")))
+}
+
+/// The cgroup v2 path in the text of `/proc/self/cgroup` (the `0::PATH`
+/// line).
+fn parse_own_cgroup(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(|path| path.trim_end().to_owned())
+        .filter(|path| path.starts_with('/'))
+}
+
+/// Where cgroup `own` is in the file system, given the text of
+/// `/proc/self/mountinfo`: under the first cgroup2 mount whose root
+/// contains it.
+fn cgroup2_dir(mountinfo: &str, own: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let fields: Vec<&str> = left.split_whitespace().collect();
+        let root = unescape_mountinfo(fields.get(3)?);
+        let mount_point = unescape_mountinfo(fields.get(4)?);
+        let rest = if root == "/" {
+            own
+        } else {
+            own.strip_prefix(root.as_str())
+                .filter(|rest| rest.is_empty() || rest.starts_with('/'))?
+        };
+        let mut dir = PathBuf::from(mount_point);
+        dir.extend(rest.split('/').filter(|part| !part.is_empty()));
+        Some(dir)
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The cgroup directory name of a job's run: `job-ID-RUN`, with the id cut
+/// to 64 characters and every character but `[A-Za-z0-9_.-]` replaced by
+/// `_` (the run number keeps names unique).
+fn run_dir_name(job: &JobId, run: RunId) -> String {
+    let id: String = job
+        .as_str()
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("job-{id}-{}", run.0)
+}
+
+/// lrpm's own cgroup tree: `PARENT/lrpm-PID/`, one child per live run.
+#[derive(Debug)]
+pub struct CgroupTree {
+    /// `PARENT/lrpm-PID`.
+    base: PathBuf,
+    /// The tree's directory, `flock`ed for as long as lrpm lives: a tree
+    /// nobody holds is stale.
+    _lock: File,
+    /// Whether [`CgroupTree::close`] has run.
+    closed: bool,
+}
+
+impl CgroupTree {
+    /// Creates lrpm's tree under `parent`, after removing the trees that
+    /// lrpm processes which died without cleaning up left there.
+    pub fn create(parent: &Path) -> Result<CgroupTree, CgroupError> {
+        let fs = rustix::fs::statfs(parent).map_err(|e| io_error(parent)(e.into()))?;
+        // `f_type`'s integer type differs between architectures.
+        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+        if u64::from(fs.f_type as u32) != CGROUP2_SUPER_MAGIC {
+            return Err(CgroupError::NotFound(format!(
+                "{} is not on a cgroup2 file system",
+                parent.display()
+            )));
+        }
+        warn_if_not_delegated(parent);
+        remove_stale_trees(parent);
+        let pid = std::process::id();
+        let mut last_error = None;
+        for attempt in 0..10u32 {
+            let name = match attempt {
+                0 => format!("{TREE_PREFIX}{pid}"),
+                n => format!("{TREE_PREFIX}{pid}.{n}"),
+            };
+            let base = parent.join(name);
+            match std::fs::create_dir(&base) {
+                Ok(()) => {}
+                // Another lrpm with this pid, in another pid namespace: try
+                // the next name. (A stale one was removed above.)
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    last_error = Some(io_error(&base)(e));
+                    continue;
+                }
+                Err(e) => return Err(io_error(&base)(e)),
+            }
+            let lock = File::open(&base).map_err(io_error(&base))?;
+            rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive)
+                .map_err(|e| io_error(&base)(e.into()))?;
+            if !base.join("cgroup.kill").exists() {
+                let _ = std::fs::remove_dir(&base);
+                return Err(CgroupError::NoKill { path: base });
+            }
+            return Ok(CgroupTree {
+                base,
+                _lock: lock,
+                closed: false,
+            });
+        }
+        Err(last_error.unwrap_or_else(|| CgroupError::NotFound("no free tree name".into())))
+    }
+
+    /// The tree's directory.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// Creates the cgroup of run `run` of `job`; returns it and its
+    /// `cgroup.procs`, opened for the child to write itself into.
+    pub fn create_run(&self, job: &JobId, run: RunId) -> io::Result<(JobCgroup, OwnedFd)> {
+        let dir = self.base.join(run_dir_name(job, run));
+        std::fs::create_dir(&dir)?;
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"));
+        match procs {
+            Ok(procs) => Ok((JobCgroup { dir }, procs.into())),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Kills whatever is left in the tree and removes it. Runs at shutdown,
+    /// once every worker has been reaped, and on drop.
+    pub fn close(&mut self) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        let left = kill_and_remove_tree(&self.base);
+        if left > 0 {
+            tracing::warn!(
+                "killed {left} processes left in {} at shutdown",
+                self.base.display()
+            );
+        }
+    }
+}
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Warns when `parent` looks like a systemd unit's cgroup that was not
+/// delegated to lrpm (`Delegate=yes`), which systemd asks for before a
+/// service creates cgroups of its own.
+fn warn_if_not_delegated(parent: &Path) {
+    let name = parent.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if !(name.ends_with(".service") || name.ends_with(".scope")) {
+        return;
+    }
+    let mut buf = [0u8; 8];
+    let delegated = ["trusted.delegate", "user.delegate"]
+        .iter()
+        .any(|attr| rustix::fs::getxattr(parent, *attr, &mut buf[..]).is_ok());
+    if !delegated {
+        tracing::warn!(
+            "{} is a systemd unit's cgroup that does not say it was delegated: set \
+             Delegate=yes in the unit (or run lrpm with --cgroup off)",
+            parent.display()
+        );
+    }
+}
+
+/// Removes the trees of lrpm processes that are gone: a tree whose `flock`
+/// can be taken has no live owner.
+fn remove_stale_trees(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(TREE_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(dir) = File::open(&path) else { continue };
+        if rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue; // Its lrpm is alive.
+        }
+        let killed = kill_and_remove_tree(&path);
+        tracing::warn!(
+            "removed {}, left by an lrpm that did not shut down cleanly; killed the {killed} \
+             processes of its jobs still in it",
+            path.display()
+        );
+    }
+}
+
+/// Kills every process of the tree at `base` and removes its cgroups,
+/// waiting a moment for the killed processes to die. Returns how many
+/// processes were in it.
+fn kill_and_remove_tree(base: &Path) -> usize {
+    let runs: Vec<PathBuf> = std::fs::read_dir(base)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    let count: usize = runs
+        .iter()
+        .map(|dir| {
+            std::fs::read_to_string(dir.join("cgroup.procs"))
+                .map(|procs| procs.lines().count())
+                .unwrap_or(0)
+        })
+        .sum();
+    // Killing the tree kills every cgroup below it.
+    let _ = std::fs::write(base.join("cgroup.kill"), "1");
+    for dir in runs.iter().map(PathBuf::as_path).chain([base]) {
+        remove_blocking(dir);
+    }
+    count
+}
+
+/// Removes the (killed) cgroup `dir`, retrying for a moment while its
+/// processes finish dying. Blocking: for start and shutdown only.
+fn remove_blocking(dir: &Path) {
+    let deadline = std::time::Instant::now() + REMOVE_PATIENCE;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) if std::time::Instant::now() >= deadline => {
+                tracing::warn!("cannot remove the cgroup {}: {e}", dir.display());
+                return;
+            }
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// The cgroup of one run of a job.
+#[derive(Debug)]
+pub struct JobCgroup {
+    dir: PathBuf,
+}
+
+impl JobCgroup {
+    /// The cgroup's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// SIGKILLs every process in the cgroup, escaped daemons included.
+    pub fn kill(&self) {
+        if let Err(e) = std::fs::write(self.dir.join("cgroup.kill"), "1") {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!("cannot kill the cgroup {}: {e}", self.dir.display());
+            }
+        }
+    }
+
+    /// Removes the cgroup, which must have been killed. Its processes may
+    /// still be dying, so a busy cgroup is removed by a task that retries
+    /// for a few seconds; outside a runtime, removal blocks instead.
+    pub fn remove(self) {
+        match std::fs::remove_dir(&self.dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(_) => {}
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            remove_blocking(&self.dir);
+            return;
+        };
+        runtime.spawn(async move {
+            let deadline = tokio::time::Instant::now() + REMOVE_PATIENCE;
+            let mut pause = Duration::from_millis(2);
+            loop {
+                tokio::time::sleep(pause).await;
+                match std::fs::remove_dir(&self.dir) {
+                    Ok(()) => return,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                    Err(e) if tokio::time::Instant::now() >= deadline => {
+                        // A process stuck in the kernel (uninterruptible
+                        // sleep) does not die; the cgroup is removed at
+                        // shutdown if it is empty by then.
+                        tracing::warn!(
+                            "cannot remove the cgroup {}: {e}; a process in it does not die",
+                            self.dir.display()
+                        );
+                        return;
+                    }
+                    Err(_) => {
+                        // Kill again: a process may have been mid-fork.
+                        self.kill();
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Writes `0` to `procs`, a cgroup's `cgroup.procs`: moves the calling
+/// process into that cgroup. Called in a child between fork and exec: it
+/// makes one raw system call and allocates nothing.
+pub fn join_cgroup(procs: &OwnedFd) -> io::Result<()> {
+    rustix::io::write(procs.as_fd(), b"0")?;
+    Ok(())
+}
+
+/// The value of [`RUN_ID_ENV`] for run `run` of this lrpm.
+pub fn run_id_value(run: RunId) -> String {
+    format!("{}.{}", std::process::id(), run.0)
+}
+
+/// The reaper of adopted processes: descendants of workers whose parent
+/// died, which the kernel re-parents to lrpm when it is a subreaper or
+/// PID 1.
+#[derive(Debug)]
+pub struct Orphans {
+    /// Whether adopted processes of ended runs are killed (the subreaper
+    /// fallback); otherwise they are only reaped (PID 1 with cgroups, which
+    /// kill them).
+    cull: bool,
+    /// lrpm's pid, as it appears in [`RUN_ID_ENV`].
+    lrpm: u32,
+    /// Adopted processes already reported as impossible to attribute.
+    reported: HashSet<i32>,
+}
+
+/// What [`RUN_ID_ENV`] says about an adopted process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A run of this lrpm.
+    Run(RunId),
+    /// Another lrpm's run (a nested lrpm that died).
+    Foreign,
+    /// Nothing: its environment was cleared, or cannot be read.
+    Unknown,
+}
+
+impl Orphans {
+    fn new(cull: bool) -> Self {
+        Self {
+            cull,
+            lrpm: std::process::id(),
+            reported: HashSet::new(),
+        }
+    }
+
+    /// Reaps every adopted process that has ended and, in the subreaper
+    /// fallback, kills every one whose run is not `live`.
+    pub fn reap(&mut self, live: impl Fn(RunId) -> bool) {
+        for pid in children() {
+            if process::is_own_child(pid) {
+                continue;
+            }
+            match rustix::process::waitid(
+                WaitId::Pid(pid),
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+            ) {
+                Ok(Some(_)) => {
+                    self.reported.remove(&pid.as_raw_nonzero().get());
+                    continue;
+                }
+                Ok(None) => {}
+                // Not a child any more: nothing to do.
+                Err(_) => continue,
+            }
+            if !self.cull {
+                continue;
+            }
+            match self.origin(pid) {
+                Origin::Run(run) if live(run) => {}
+                Origin::Run(_) | Origin::Foreign => kill_adopted(pid),
+                Origin::Unknown => {
+                    if self.reported.insert(pid.as_raw_nonzero().get()) {
+                        tracing::warn!(
+                            pid = pid.as_raw_nonzero().get(),
+                            "process {} ({}) left its job and has no {RUN_ID_ENV} in its \
+                             environment: it cannot be tracked, and runs until lrpm shuts down",
+                            pid.as_raw_nonzero().get(),
+                            comm(pid)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Kills every adopted process and reaps them all, waiting a moment for
+    /// them to die. Runs at shutdown, once every worker is reaped.
+    pub fn kill_all(&mut self) {
+        let deadline = std::time::Instant::now() + REMOVE_PATIENCE;
+        loop {
+            let adopted: Vec<Pid> = children()
+                .into_iter()
+                .filter(|pid| !process::is_own_child(*pid))
+                .collect();
+            if adopted.is_empty() || std::time::Instant::now() >= deadline {
+                return;
+            }
+            for pid in &adopted {
+                kill_adopted(*pid);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            self.reap(|_| false);
+        }
+    }
+
+    /// Which run an adopted process comes from, by the [`RUN_ID_ENV`] in its
+    /// environment.
+    fn origin(&self, pid: Pid) -> Origin {
+        let Ok(environ) = std::fs::read(format!("/proc/{}/environ", pid.as_raw_nonzero())) else {
+            return Origin::Unknown;
+        };
+        let prefix = format!("{RUN_ID_ENV}=");
+        let value = environ
+            .split(|b| *b == 0)
+            .find_map(|var| var.strip_prefix(prefix.as_bytes()));
+        let Some(value) = value.and_then(|v| std::str::from_utf8(v).ok()) else {
+            return Origin::Unknown;
+        };
+        match value.split_once('.') {
+            Some((lrpm, run)) if lrpm.parse() == Ok(self.lrpm) => run
+                .parse()
+                .map_or(Origin::Foreign, |run| Origin::Run(RunId(run))),
+            _ => Origin::Foreign,
+        }
+    }
+}
+
+/// SIGKILLs adopted process `pid`, and its process group if it leads one.
+/// Safe from pid reuse: `pid` is an unreaped child of lrpm.
+fn kill_adopted(pid: Pid) {
+    if rustix::process::getpgid(Some(pid)).is_ok_and(|pgid| pgid == pid) {
+        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+    }
+    let _ = rustix::process::kill_process(pid, Signal::KILL);
+}
+
+/// The command name of process `pid`, for the log.
+fn comm(pid: Pid) -> String {
+    std::fs::read_to_string(format!("/proc/{}/comm", pid.as_raw_nonzero()))
+        .map(|c| c.trim_end().to_owned())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// lrpm's children: from `/proc/self/task/*/children`, or, on a kernel
+/// without it, from the parent pid of every process.
+fn children() -> Vec<Pid> {
+    let parse = |text: &str| -> Vec<Pid> {
+        text.split_whitespace()
+            .filter_map(|p| p.parse().ok().and_then(Pid::from_raw))
+            .collect()
+    };
+    let mut found = Vec::new();
+    let mut have_children_files = false;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                have_children_files = true;
+                found.extend(parse(&text));
+            }
+        }
+    }
+    if have_children_files {
+        return found;
+    }
+    let me = std::process::id();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    procs
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let after = &stat[stat.rfind(')')? + 1..];
+                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(me)
+        })
+        .filter_map(Pid::from_raw)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_cgroup_is_the_v2_line() {
+        let text = "12:memory:/x\n1:name=systemd:/y\n0::/system.slice/lrpm.service\n";
+        assert_eq!(
+            parse_own_cgroup(text).as_deref(),
+            Some("/system.slice/lrpm.service")
+        );
+        assert_eq!(parse_own_cgroup("4:memory:/x\n"), None);
+        assert_eq!(parse_own_cgroup("0::/\n").as_deref(), Some("/"));
+    }
+
+    const HYBRID: &str = "\
+25 30 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+26 25 0:23 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+27 26 0:24 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,nsdelegate
+28 26 0:25 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+";
+
+    #[test]
+    fn the_cgroup2_mount_is_found_in_a_hybrid_layout() {
+        assert_eq!(
+            cgroup2_dir(HYBRID, "/"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            cgroup2_dir(HYBRID, "/a/b"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified/a/b"))
+        );
+        assert_eq!(
+            cgroup2_dir("27 26 0:24 / /x rw - cgroup cgroup rw\n", "/"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_mount_of_a_subtree_is_used_only_for_what_it_shows() {
+        let info = "40 1 0:30 /system.slice /mnt/my\\040cg rw - cgroup2 none rw\n";
+        assert_eq!(
+            cgroup2_dir(info, "/system.slice/lrpm.service"),
+            Some(PathBuf::from("/mnt/my cg/lrpm.service"))
+        );
+        assert_eq!(cgroup2_dir(info, "/user.slice"), None);
+        assert_eq!(cgroup2_dir(info, "/system.slicex"), None);
+    }
+
+    #[test]
+    fn run_directories_are_safe_names() {
+        assert_eq!(
+            run_dir_name(&JobId::from("mail-1"), RunId(7)),
+            "job-mail-1-7"
+        );
+        assert_eq!(
+            run_dir_name(&JobId::from("../a b/é"), RunId(0)),
+            "job-.._a_b__-0"
+        );
+        let long = "x".repeat(300);
+        assert_eq!(
+            run_dir_name(&JobId::from(long.as_str()), RunId(1)).len(),
+            4 + 64 + 2
+        );
+    }
+
+    #[test]
+    fn cgroup_choices() {
+        assert_eq!("auto".parse(), Ok(CgroupChoice::Auto));
+        assert_eq!("off".parse(), Ok(CgroupChoice::Off));
+        assert_eq!(
+            "/sys/fs/cgroup/lrpm".parse(),
+            Ok(CgroupChoice::Under(PathBuf::from("/sys/fs/cgroup/lrpm")))
+        );
+        assert!("relative/path".parse::<CgroupChoice>().is_err());
+    }
+
+    #[test]
+    fn children_lists_a_child_of_this_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = Pid::from_raw(child.id() as i32).expect("pid");
+        let found = children().contains(&pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found);
+    }
+}

@@ -1,0 +1,179 @@
+//! Reading a pipe line by line, with a bound on what is held.
+
+use std::io;
+
+use tokio::net::unix::pipe;
+
+/// How much is read from a pipe at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// What to do with a line longer than the reader's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Overlong {
+    /// Cut it into pieces of the limit (log lines).
+    Split,
+    /// Report it once and drop it up to its newline (documents).
+    Reject,
+}
+
+/// One line read by a [`LineReader`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Line {
+    /// A line (or a piece of one), without its newline.
+    Full(Vec<u8>),
+    /// A line longer than the limit, dropped.
+    TooLong,
+}
+
+/// Reads a pipe line by line, never holding more than its limit plus one
+/// read.
+#[derive(Debug)]
+pub(crate) struct LineReader {
+    rx: pipe::Receiver,
+    buf: Vec<u8>,
+    /// How much of `buf` is known to hold no newline.
+    scanned: usize,
+    max: usize,
+    overlong: Overlong,
+    /// Dropping the rest of a rejected line.
+    skipping: bool,
+    eof: bool,
+}
+
+impl LineReader {
+    pub(crate) fn new(rx: pipe::Receiver, max: usize, overlong: Overlong) -> Self {
+        Self {
+            rx,
+            buf: Vec::new(),
+            scanned: 0,
+            max,
+            overlong,
+            skipping: false,
+            eof: false,
+        }
+    }
+
+    /// The next line; `None` at the end of the stream (a last line without a
+    /// newline is still a line). Cancel-safe: what was read stays buffered.
+    pub(crate) async fn next(&mut self) -> io::Result<Option<Line>> {
+        loop {
+            let newline = self.buf[self.scanned..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|pos| self.scanned + pos);
+            if let Some(end) = newline {
+                self.scanned = 0;
+                if std::mem::take(&mut self.skipping) {
+                    // The end of a rejected line.
+                    self.buf.drain(..=end);
+                    continue;
+                }
+                if end <= self.max {
+                    let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+                    line.pop();
+                    return Ok(Some(Line::Full(line)));
+                }
+                return Ok(Some(match self.overlong {
+                    Overlong::Split => Line::Full(self.buf.drain(..self.max).collect()),
+                    Overlong::Reject => {
+                        self.buf.drain(..=end);
+                        Line::TooLong
+                    }
+                }));
+            }
+            self.scanned = self.buf.len();
+            if self.skipping {
+                self.buf.clear();
+                self.scanned = 0;
+            } else if self.buf.len() > self.max {
+                match self.overlong {
+                    Overlong::Split => {
+                        let piece: Vec<u8> = self.buf.drain(..self.max).collect();
+                        self.scanned = self.buf.len();
+                        return Ok(Some(Line::Full(piece)));
+                    }
+                    Overlong::Reject => {
+                        self.buf = Vec::new();
+                        self.scanned = 0;
+                        self.skipping = true;
+                        return Ok(Some(Line::TooLong));
+                    }
+                }
+            }
+            if self.eof {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                self.scanned = 0;
+                return Ok(Some(Line::Full(std::mem::take(&mut self.buf))));
+            }
+            // An idle reader holds no buffer: with a thousand workers, a
+            // chunk reserved per pipe while it waits would be most of
+            // lrpm's memory, and, once churn has touched it, resident.
+            if self.buf.is_empty() && self.buf.capacity() > 0 {
+                self.buf = Vec::new();
+            }
+            self.rx.readable().await?;
+            self.buf.reserve(CHUNK);
+            match self.rx.try_read_buf(&mut self.buf) {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    async fn read_lines(input: Vec<u8>, max: usize, overlong: Overlong) -> Vec<Line> {
+        let (r, w) = rustix::pipe::pipe().expect("pipe");
+        std::thread::spawn(move || {
+            let mut w = std::fs::File::from(w);
+            let _ = w.write_all(&input);
+        });
+        let rx = pipe::Receiver::from_owned_fd(r).expect("receiver");
+        let mut reader = LineReader::new(rx, max, overlong);
+        let mut lines = vec![];
+        while let Some(line) = reader.next().await.expect("read") {
+            lines.push(line);
+        }
+        lines
+    }
+
+    fn full(s: &str) -> Line {
+        Line::Full(s.as_bytes().to_vec())
+    }
+
+    #[tokio::test]
+    async fn documents_longer_than_the_limit_are_dropped_up_to_their_newline() {
+        let mut input = b"{\"a\":1}\n".to_vec();
+        input.extend(vec![b'x'; 100_000]);
+        input.extend(b"\n{}\nlast".iter());
+        let lines = read_lines(input, 1000, Overlong::Reject).await;
+        assert_eq!(
+            lines,
+            vec![full("{\"a\":1}"), Line::TooLong, full("{}"), full("last")]
+        );
+    }
+
+    #[tokio::test]
+    async fn long_log_lines_are_cut_into_pieces() {
+        let mut input = vec![b'y'; 2500];
+        input.extend(b"\nz\n".iter());
+        let lines = read_lines(input, 1000, Overlong::Split).await;
+        let lens: Vec<usize> = lines
+            .iter()
+            .map(|l| match l {
+                Line::Full(b) => b.len(),
+                Line::TooLong => usize::MAX,
+            })
+            .collect();
+        assert_eq!(lens, [1000, 1000, 500, 1]);
+    }
+}

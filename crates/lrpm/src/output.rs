@@ -1,0 +1,236 @@
+//! Forwarding of workers' stdout and stderr to lrpm's own, line by line.
+//!
+//! # Theory of operation
+//!
+//! Each worker's stdout and stderr is a pipe read by a small task on the
+//! supervisor's runtime. The task cuts what it reads into lines (a line
+//! longer than [`MAX_LINE`] into pieces of that size), prefixes each with
+//! the job id, and queues it for one dedicated thread that drains the queue
+//! and does the blocking writes to lrpm's stdout and stderr, so a slow
+//! terminal or a full pipe downstream blocks only that thread. The queue is
+//! bounded in bytes ([`QUEUE_BYTES`]), not in lines: a line takes its size
+//! from a shared budget when it is queued and gives it back once written.
+//! When the budget is spent the reader tasks wait, which in turn leaves the
+//! workers' own pipes full: back-pressure falls on the workers that talk
+//! too much, never on the supervisor, and nothing is buffered without
+//! bound (at most [`QUEUE_BYTES`] in the queue, whatever the lines'
+//! lengths).
+
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use lrpm_core::job::JobId;
+
+use crate::lines::{Line as PipeLine, LineReader, Overlong};
+use tokio::net::unix::pipe;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+/// The longest line forwarded in one piece.
+pub const MAX_LINE: usize = 64 * 1024;
+/// How many bytes of lines may wait for the writer thread (each line counts
+/// for its length plus [`LINE_OVERHEAD`]).
+pub const QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// What a queued line costs besides its bytes (its allocation and its slot
+/// in the queue), so that a flood of empty lines is bounded too.
+const LINE_OVERHEAD: usize = 64;
+
+/// Which of lrpm's streams a line goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug)]
+struct Line {
+    stream: Stream,
+    /// The prefixed line, ending with a newline.
+    bytes: Vec<u8>,
+    /// Its share of the queue's budget, given back when the line is dropped
+    /// (written).
+    _budget: OwnedSemaphorePermit,
+}
+
+/// A handle to the output writer; clones share it.
+#[derive(Debug, Clone)]
+pub struct Output {
+    tx: mpsc::UnboundedSender<Line>,
+    /// The bytes the queue may still take.
+    budget: Arc<Semaphore>,
+}
+
+/// The writer thread; join it after every [`Output`] handle is gone to make
+/// sure every queued line was written.
+#[derive(Debug)]
+pub struct OutputThread(JoinHandle<()>);
+
+impl OutputThread {
+    /// Waits until every queued line is written.
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+impl Output {
+    /// Starts the writer thread.
+    pub fn start() -> io::Result<(Output, OutputThread)> {
+        let (output, rx) = Output::queue();
+        let thread = std::thread::Builder::new()
+            .name("lrpm-output".into())
+            .spawn(move || write_lines(rx))?;
+        Ok((output, OutputThread(thread)))
+    }
+
+    /// A handle and the receiving end of its queue.
+    fn queue() -> (Output, mpsc::UnboundedReceiver<Line>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
+        (Output { tx, budget }, rx)
+    }
+
+    /// Forwards a worker's stdout and stderr until they are closed.
+    pub fn forward(&self, job: &JobId, stdout: OwnedFd, stderr: OwnedFd) {
+        for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
+            match pipe::Receiver::from_owned_fd(fd) {
+                Ok(rx) => {
+                    let prefix = format!("[{job}] ").into_bytes();
+                    tokio::spawn(forward_pipe(rx, prefix, stream, self.clone()));
+                }
+                Err(e) => tracing::warn!(%job, "cannot read the output of the worker: {e}"),
+            }
+        }
+    }
+}
+
+/// Reads one pipe to its end, queueing prefixed lines.
+async fn forward_pipe(rx: pipe::Receiver, prefix: Vec<u8>, stream: Stream, output: Output) {
+    let mut reader = LineReader::new(rx, MAX_LINE, Overlong::Split);
+    // A read error ends the stream like its end does: the worker is gone.
+    while let Ok(Some(PipeLine::Full(line))) = reader.next().await {
+        if output.send(&prefix, &line, stream).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The writer thread is gone (lrpm is exiting).
+#[derive(Debug)]
+struct Closed;
+
+impl Output {
+    /// Queues one prefixed line, once the queue has room for it.
+    async fn send(&self, prefix: &[u8], line: &[u8], stream: Stream) -> Result<(), Closed> {
+        let len = prefix.len() + line.len() + 1;
+        // A line is at most MAX_LINE plus its prefix, far below the budget
+        // and u32::MAX.
+        let cost = u32::try_from((len + LINE_OVERHEAD).min(QUEUE_BYTES)).map_err(|_| Closed)?;
+        let budget = self
+            .budget
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| Closed)?;
+        let mut bytes = Vec::with_capacity(len);
+        bytes.extend_from_slice(prefix);
+        bytes.extend_from_slice(line);
+        bytes.push(b'\n');
+        self.tx
+            .send(Line {
+                stream,
+                bytes,
+                _budget: budget,
+            })
+            .map_err(|_| Closed)
+    }
+}
+
+/// The writer thread: writes lines in order, flushing whenever the queue
+/// runs dry. Write errors (a closed stdout) drop the line, never the thread.
+fn write_lines(mut rx: mpsc::UnboundedReceiver<Line>) {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
+    let mut err = io::BufWriter::with_capacity(64 * 1024, io::stderr());
+    while let Some(line) = rx.blocking_recv() {
+        let mut next = Some(line);
+        while let Some(line) = next {
+            let _ = match line.stream {
+                Stream::Stdout => out.write_all(&line.bytes),
+                Stream::Stderr => err.write_all(&line.bytes),
+            };
+            next = rx.try_recv().ok();
+        }
+        let _ = out.flush();
+        let _ = err.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn collect(input: &'static [u8]) -> Vec<Vec<u8>> {
+        let (r, w) = rustix::pipe::pipe().expect("pipe");
+        std::thread::spawn(move || {
+            let mut w = std::fs::File::from(w);
+            let _ = w.write_all(input);
+        });
+        let (output, mut rx) = Output::queue();
+        let rx_pipe = pipe::Receiver::from_owned_fd(r).expect("receiver");
+        forward_pipe(rx_pipe, b"[j] ".to_vec(), Stream::Stdout, output).await;
+        let mut lines = vec![];
+        while let Ok(l) = rx.try_recv() {
+            lines.push(l.bytes);
+        }
+        lines
+    }
+
+    #[tokio::test]
+    async fn lines_are_prefixed_and_a_partial_last_line_is_kept() {
+        let lines = collect(b"one\ntwo\n\nthree").await;
+        assert_eq!(
+            lines,
+            vec![
+                b"[j] one\n".to_vec(),
+                b"[j] two\n".to_vec(),
+                b"[j] \n".to_vec(),
+                b"[j] three\n".to_vec()
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_queue_holds_a_bounded_number_of_bytes() {
+        let (output, mut rx) = Output::queue();
+        let line = vec![b'x'; MAX_LINE];
+        let mut queued = 0;
+        // Without a writer, sending stops once the budget is spent.
+        loop {
+            let send = output.send(b"[j] ", &line, Stream::Stdout);
+            match tokio::time::timeout(std::time::Duration::from_millis(50), send).await {
+                Ok(result) => {
+                    result.expect("queued");
+                    queued += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        assert_eq!(queued, QUEUE_BYTES / (MAX_LINE + 5 + LINE_OVERHEAD));
+        // A written line makes room again.
+        drop(rx.recv().await);
+        output
+            .send(b"[j] ", &line, Stream::Stdout)
+            .await
+            .expect("room again");
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_cut_into_bounded_pieces() {
+        static BIG: std::sync::LazyLock<Vec<u8>> =
+            std::sync::LazyLock::new(|| vec![b'x'; MAX_LINE * 2 + 10]);
+        let lines = collect(&BIG).await;
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0].len(), 4 + MAX_LINE + 1);
+        assert_eq!(lines[2].len(), 4 + 10 + 1);
+    }
+}

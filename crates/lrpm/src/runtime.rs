@@ -1,0 +1,364 @@
+//! The supervisor's event loop: the imperative shell around
+//! [`lrpm_core::supervisor::Supervisor`].
+//!
+//! # Theory of operation
+//!
+//! One task on a current-thread tokio runtime owns the core and the process
+//! table. It sleeps in one `select!` until something happens: a child's pidfd
+//! became readable, the source sent a configuration, a control request
+//! arrived, a signal came, or the core's next deadline passed. It feeds the
+//! event to the core with the current time, then performs every action the
+//! core queued (spawn, signal), and goes back to sleep. Nothing polls; at
+//! rest the process uses no CPU.
+//!
+//! Sources and control connections run as their own tasks and talk to the
+//! loop through channels; only the loop touches the core. Since they run on
+//! the loop's thread, the loop yields to them between two turns, and spawns
+//! in bounded batches, so that a crash storm never keeps them waiting.
+//!
+//! When lrpm adopts orphans (a subreaper, or PID 1), SIGCHLD wakes the loop
+//! too, to reap them ([`crate::containment`]).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lrpm_core::Declaration;
+use lrpm_core::job::{JobId, Program};
+use lrpm_core::status::{ExitStatus, Status, SupervisorStatus};
+use lrpm_core::supervisor::{Action, AfterExit, ConfigOutcome, RunId, Supervisor};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::containment::Containment;
+use crate::control::{ControlMsg, Reply};
+use crate::output::Output;
+use crate::process::{ProcessTable, SpawnContext};
+use crate::protocol::Request;
+use crate::source::{SourceHandle, SourceUpdate};
+
+/// Seconds since the Unix epoch, now.
+pub fn wall_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Everything the event loop needs, set up before it starts.
+#[derive(Debug)]
+pub struct Shell {
+    /// The supervision core.
+    pub core: Supervisor,
+    /// Live children.
+    pub procs: ProcessTable,
+    /// Child pidfds that became readable.
+    pub exits: mpsc::UnboundedReceiver<RunId>,
+    /// Loaded configurations.
+    pub updates: mpsc::UnboundedReceiver<SourceUpdate>,
+    /// The running source.
+    pub source: SourceHandle,
+    /// Control requests.
+    pub control: mpsc::Receiver<ControlMsg>,
+    /// When the supervisor started (UTC seconds).
+    pub started_at: f64,
+    /// The `workerClass` names this binary can run: `None` for the plain
+    /// `lrpm` binary, which runs commands only.
+    pub worker_classes: Option<BTreeSet<String>>,
+    /// How long after `lrpmctl reload --force` the configuration the source
+    /// delivers next may still pass the removal guard: the longest a load
+    /// may take, and some.
+    pub force_window: Duration,
+}
+
+impl Shell {
+    /// Creates the process table and the channels its children report on.
+    pub fn process_table(
+        ctx: SpawnContext,
+        output: Output,
+        containment: Containment,
+    ) -> (ProcessTable, mpsc::UnboundedReceiver<RunId>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (ProcessTable::new(ctx, tx, output, containment), rx)
+    }
+
+    /// Runs until a shutdown has finished: every child reaped.
+    pub async fn run(mut self) {
+        let mut sigterm =
+            signal(SignalKind::terminate()).expect("invariant: signal handlers install");
+        let mut sigint =
+            signal(SignalKind::interrupt()).expect("invariant: signal handlers install");
+        let mut sighup = signal(SignalKind::hangup()).expect("invariant: signal handlers install");
+        // Only a subreaper or PID 1 has children it did not spawn to reap.
+        let mut sigchld = if self.procs.adopts_orphans() {
+            Some(signal(SignalKind::child()).expect("invariant: signal handlers install"))
+        } else {
+            None
+        };
+        loop {
+            // Lets the other tasks (control connections, pidfd watchers,
+            // output forwarders) run between two turns. Without it, a loop
+            // that always finds an event ready (a crash storm's exits) runs
+            // until tokio's cooperative budget is spent, 128 events later:
+            // seconds, during which a status request waits. At rest this
+            // costs nothing: the loop sleeps in `select!`.
+            tokio::task::yield_now().await;
+            let more = self.perform_actions();
+            if self.core.is_finished() {
+                break;
+            }
+            let deadline = self.core.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                // More actions are queued: take them on the next turn, after
+                // whatever else is ready.
+                () = std::future::ready(()), if more => {}
+                Some(run) = self.exits.recv() => self.child_exited(run),
+                Some(update) = self.updates.recv() => self.config_loaded(update),
+                Some(msg) = self.control.recv() => self.control_request(msg),
+                Some(()) = sigterm.recv() => self.shutdown("SIGTERM"),
+                Some(()) = sigint.recv() => {
+                    if self.core.is_shutting_down() {
+                        tracing::warn!("second SIGINT: killing every worker now");
+                        self.core.force_kill(Instant::now());
+                    } else {
+                        self.shutdown("SIGINT");
+                    }
+                }
+                Some(()) = sighup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    self.source.reload();
+                }
+                Some(()) = recv_opt(&mut sigchld) => self.procs.reap_orphans(),
+                () = sleep => self.core.handle_timeout(Instant::now()),
+            }
+        }
+        self.procs.close();
+        tracing::info!("every worker has stopped; exiting");
+    }
+
+    fn shutdown(&mut self, why: &str) {
+        if self.core.is_shutting_down() {
+            return;
+        }
+        tracing::info!("{why}: shutting down {} jobs", self.core.job_count());
+        self.source.stop();
+        self.core.shutdown(Instant::now());
+    }
+
+    fn child_exited(&mut self, run: RunId) {
+        let Some((job, status)) = self.procs.reap(run) else {
+            return;
+        };
+        let how = describe_exit(&status);
+        match self.core.handle_exit(Instant::now(), run, status) {
+            AfterExit::Stopped => tracing::info!(job = %job, "stopped ({how})"),
+            AfterExit::Restarted => tracing::warn!(job = %job, "{how}; restarting"),
+            AfterExit::Backoff(delay) => tracing::warn!(
+                job = %job,
+                "{how} too soon; restarting in {}",
+                crate::humantime(delay)
+            ),
+            AfterExit::Unknown => {}
+        }
+    }
+
+    fn config_loaded(&mut self, update: SourceUpdate) {
+        match update {
+            Ok(mut decl) => {
+                check_worker_classes(&mut decl, self.worker_classes.as_ref());
+                // A configuration of 100,000 broken jobs is one problem,
+                // not 100,000 log lines: status lists them all.
+                let unlogged = |n: usize| n.saturating_sub(LOGGED_PROBLEMS);
+                for (id, reason) in decl.invalid.iter().take(LOGGED_PROBLEMS) {
+                    tracing::error!(job = %id, "invalid job left out: {reason}");
+                }
+                if unlogged(decl.invalid.len()) > 0 {
+                    let more = unlogged(decl.invalid.len());
+                    tracing::error!("… and {more} more invalid jobs (see lrpmctl status)");
+                }
+                for warning in decl.warnings.iter().take(LOGGED_PROBLEMS) {
+                    tracing::warn!("{warning}");
+                }
+                if unlogged(decl.warnings.len()) > 0 {
+                    let more = unlogged(decl.warnings.len());
+                    tracing::warn!("… and {more} more warnings (see lrpmctl status --json)");
+                }
+                tracing::debug!(jobs = decl.jobs.len(), "configuration loaded");
+                match self.core.handle_config(Instant::now(), decl) {
+                    ConfigOutcome::Held(message) => tracing::warn!("{message}"),
+                    ConfigOutcome::Applied | ConfigOutcome::Ignored => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!(
+                    "configuration source failed, keeping the last good configuration: {e}"
+                );
+                self.core.handle_source_error(e.to_string());
+            }
+        }
+    }
+
+    fn control_request(&mut self, msg: ControlMsg) {
+        let reply = match msg.request {
+            Request::Status => Reply::Status(Box::new(self.status())),
+            Request::Restart { id } => match self.core.restart(Instant::now(), &id.as_str().into())
+            {
+                Ok(()) => {
+                    tracing::info!(job = %id, "restart requested");
+                    Reply::Done(format!("job {id} is restarting"))
+                }
+                Err(e) => Reply::Refused(e.to_string()),
+            },
+            Request::Reload { force: false } => {
+                tracing::info!("reload requested");
+                self.source.reload();
+                Reply::Done("reloading the configuration".into())
+            }
+            Request::Reload { force: true } => {
+                tracing::warn!(
+                    "forced reload requested: the configuration the source delivers next is \
+                     applied whatever it removes"
+                );
+                self.core
+                    .lift_guard_until(Instant::now() + self.force_window);
+                self.source.reload();
+                Reply::Done("reloading the configuration; the removal guard lets it through".into())
+            }
+            Request::Stop => {
+                self.shutdown("stop requested");
+                Reply::Done("lrpm is shutting down".into())
+            }
+            Request::Help => Reply::Refused("help is answered by the control server".into()),
+        };
+        // A client that went away does not care.
+        let _ = msg.reply.send(reply);
+    }
+
+    /// The whole status document.
+    pub fn status(&self) -> Status {
+        let (source, jobs) = self.core.status(Instant::now(), wall_now());
+        Status {
+            supervisor: SupervisorStatus {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                started_at: self.started_at,
+                shutting_down: self.core.is_shutting_down(),
+                source,
+            },
+            jobs,
+        }
+    }
+
+    /// Performs the core's actions, up to [`SPAWN_BUDGET`] spawns or
+    /// [`SPAWN_SLICE`] of spawning, whichever comes first; returns whether
+    /// some are left for the next turn of the loop.
+    fn perform_actions(&mut self) -> bool {
+        let started = Instant::now();
+        for _ in 0..SPAWN_BUDGET {
+            if started.elapsed() >= SPAWN_SLICE {
+                break;
+            }
+            // Signals cost little: perform all of them before the next spawn.
+            let (run, job, spec) = loop {
+                match self.core.poll_action() {
+                    None => return false,
+                    Some(Action::Signal { run, signal }) => {
+                        tracing::debug!(?run, %signal, "signalling");
+                        self.procs.signal(run, signal);
+                    }
+                    Some(Action::Spawn { run, job, spec }) => break (run, job, spec),
+                }
+            };
+            match self.procs.spawn(run, &job, &spec) {
+                Ok(pid) => {
+                    tracing::info!(job = %job, pid, "started: {}", spec.program);
+                    self.core.handle_spawned(run, pid);
+                }
+                Err(e) => {
+                    let after = self.core.handle_exit(
+                        Instant::now(),
+                        run,
+                        ExitStatus::spawn_failed(e.to_string()),
+                    );
+                    let retry = match after {
+                        AfterExit::Backoff(d) => format!("; retrying in {}", crate::humantime(d)),
+                        _ => String::new(),
+                    };
+                    tracing::error!(job = %job, "cannot start: {e}{retry}");
+                }
+            }
+        }
+        self.core.has_pending_actions()
+    }
+}
+
+/// How many processes one turn of the event loop spawns at most, so that a
+/// mass start never keeps exits and control requests waiting for long.
+const SPAWN_BUDGET: usize = 32;
+
+/// How long one turn of the event loop spends spawning at most: on a loaded
+/// machine a spawn, which waits for the child to exec, can take tens of
+/// milliseconds, and 32 of them would hold the loop for a second.
+const SPAWN_SLICE: Duration = Duration::from_millis(20);
+
+/// Moves the jobs whose `workerClass` this binary cannot run to the invalid
+/// ones, as php-lrpm's validator rejects a class that does not exist.
+fn check_worker_classes(decl: &mut Declaration, classes: Option<&BTreeSet<String>>) {
+    let unknown: Vec<(JobId, String)> = decl
+        .jobs
+        .iter()
+        .filter_map(|(id, spec)| match &spec.program {
+            Program::WorkerClass(class) if !classes.is_some_and(|c| c.contains(class)) => {
+                Some((id.clone(), class.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    for (id, class) in unknown {
+        decl.jobs.remove(&id);
+        let reason = match classes {
+            None => "workerClass: this lrpm runs commands only; workerClass jobs need a \
+                     binary built with the lrpm library (or use command)"
+                .to_owned(),
+            Some(classes) => format!(
+                "workerClass: no worker is registered as {class:?} (registered: {})",
+                classes.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        };
+        decl.invalid.insert(id, reason);
+    }
+}
+
+fn describe_exit(status: &ExitStatus) -> String {
+    match (status.code, status.signal, &status.error) {
+        (Some(code), _, _) => format!("exited with code {code}"),
+        (None, Some(sig), _) => format!("killed by {}", crate::signal_name(sig)),
+        (None, None, Some(error)) => format!("could not start: {error}"),
+        (None, None, None) => "ended".to_owned(),
+    }
+}
+
+/// How many invalid jobs, and how many warnings, one configuration logs;
+/// status has them all.
+const LOGGED_PROBLEMS: usize = 20;
+
+/// How much longer than `--source-timeout` the removal guard stays lifted
+/// after `lrpmctl reload --force`, waiting for the reloaded configuration.
+pub const FORCE_GRACE: Duration = Duration::from_secs(10);
+
+/// Receives from a signal stream that may not exist; never returns if it
+/// does not.
+async fn recv_opt(stream: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match stream {
+        Some(stream) => stream.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long a graceful shutdown may take at most before lrpm gives up on
+/// waiting for a runtime to wind down.
+pub const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);

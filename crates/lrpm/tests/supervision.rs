@@ -1,0 +1,585 @@
+//! The spec's "Supervision semantics", with real processes: each test runs
+//! the `lrpm` binary on a configuration in a temp dir and watches its
+//! workers through the control socket and the files they write.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Lrpm, pid_alive};
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn pid_of(job: &Value) -> Option<u32> {
+    job["pid"].as_u64().map(|p| p as u32)
+}
+
+fn running_pid(lrpm: &Lrpm, id: &str) -> u32 {
+    let status = lrpm.wait_for(&format!("job {id} running"), LONG, |s| {
+        job_in(s, id).is_some_and(|j| j["state"] == "running" && j["pid"].is_u64())
+    });
+    pid_of(&job_in(&status, id).expect("job present")).expect("pid")
+}
+
+fn job_in(status: &Value, id: &str) -> Option<Value> {
+    status["jobs"]
+        .as_array()?
+        .iter()
+        .find(|j| j["id"] == id)
+        .cloned()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn read_pid(path: &Path) -> u32 {
+    wait_until(&format!("{}", path.display()), LONG, || {
+        fs::read_to_string(path).is_ok_and(|s| s.trim().parse::<u32>().is_ok())
+    });
+    fs::read_to_string(path)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid")
+}
+
+fn kill(pid: u32, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+    let _ = rustix::process::kill_process(pid, signal);
+}
+
+#[test]
+fn workers_get_their_environment_and_working_directory() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let cwd = cwd.path().canonicalize().expect("canonical");
+    let lrpm = Lrpm::start(
+        "jobs.toml",
+        &format!(
+            r#"
+[7]
+name = "Seven"
+command = "printf '%s|%s|%s|%s|%s' \"$LRPM_JOB_ID\" \"$LRPM_JOB_NAME\" \"$LRPM_WORKER_CONFIG\" \"$EXTRA\" \"$(pwd)\" > env.out; exec sleep 1000"
+workerConfig = {{ queue = "q1", n = 2 }}
+env = {{ EXTRA = "x y" }}
+cwd = "{}"
+"#,
+            cwd.display()
+        ),
+        &[],
+    );
+    running_pid(&lrpm, "7");
+    let out = cwd.join("env.out");
+    wait_until("env.out", LONG, || {
+        fs::read_to_string(&out).is_ok_and(|s| s.starts_with("7|"))
+    });
+    let text = fs::read_to_string(&out).expect("env.out");
+    let fields: Vec<&str> = text.split('|').collect();
+    assert_eq!(fields[0], "7");
+    assert_eq!(fields[1], "Seven");
+    let config: Value = serde_json::from_str(fields[2]).expect("worker config is JSON");
+    assert_eq!(config, serde_json::json!({"queue": "q1", "n": 2}));
+    assert_eq!(fields[3], "x y");
+    assert_eq!(Path::new(fields[4]), cwd);
+}
+
+#[test]
+fn a_job_can_run_as_another_user() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: switching identity needs root");
+        return;
+    }
+    let lrpm = Lrpm::start(
+        "jobs.toml",
+        "[n]\nname = \"n\"\ncommand = \"echo ids $(id -u):$(id -g):$(id -G); exec sleep 1000\"\nuser = \"nobody\"\ngroup = \"nogroup\"\n",
+        &[],
+    );
+    running_pid(&lrpm, "n");
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("nss")
+        .expect("nobody exists");
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .expect("nss")
+        .expect("nogroup exists");
+    wait_until("the ids", LONG, || lrpm.stdout().contains("[n] ids"));
+    let line = lrpm
+        .stdout()
+        .lines()
+        .find(|l| l.starts_with("[n] ids"))
+        .map(str::to_owned)
+        .expect("line");
+    assert_eq!(
+        line,
+        format!("[n] ids {}:{}:{}", nobody.uid, nogroup.gid, nogroup.gid),
+        "uid, gid and no supplementary group of root's"
+    );
+    // An unknown user is a start failure, retried with backoff.
+    lrpm.write_config("[u]\nname = \"u\"\ncommand = [\"true\"]\nuser = \"no-such-user-lrpm\"\n");
+    let status = lrpm.wait_for("the start failure", LONG, |s| {
+        job_in(s, "u").is_some_and(|j| j["state"] == "backoff")
+    });
+    let error = job_in(&status, "u").expect("u")["last_exit"]["error"].clone();
+    assert!(
+        error
+            .as_str()
+            .is_some_and(|e| e.contains("no-such-user-lrpm")),
+        "{error}"
+    );
+}
+
+#[test]
+fn workers_inherit_no_descriptor_but_stdio() {
+    let lrpm = Lrpm::start(
+        "jobs.json",
+        r#"{"fds": {"name": "fds", "command": ["sh", "-c", "ls /proc/$$/fd | sort -n | tr '\\n' ' ' > fds.out; exec sleep 1000"]}}"#,
+        &[],
+    );
+    running_pid(&lrpm, "fds");
+    let out = lrpm.dir.path().join("fds.out");
+    wait_until("fds.out", LONG, || {
+        fs::read_to_string(&out).is_ok_and(|s| !s.is_empty())
+    });
+    let _ = &lrpm;
+    // The worker's cwd is lrpm's (the test's), so look where it wrote.
+    let text = fs::read_to_string(&out).expect("fds.out");
+    assert_eq!(text.trim(), "0 1 2", "inherited descriptors: {text}");
+}
+
+#[test]
+fn worker_output_is_forwarded_line_by_line_with_the_job_id() {
+    let lrpm = Lrpm::start(
+        "jobs.toml",
+        r#"
+[talker]
+name = "talker"
+command = "echo out-line; echo err-line >&2; printf 'no newline'; exec sleep 1000"
+"#,
+        &[],
+    );
+    running_pid(&lrpm, "talker");
+    wait_until("forwarded output", LONG, || {
+        lrpm.stdout().contains("[talker] out-line") && lrpm.stderr().contains("[talker] err-line")
+    });
+}
+
+#[test]
+fn a_crashed_long_running_worker_is_restarted_at_once() {
+    let lrpm = Lrpm::start(
+        "jobs.toml",
+        "[w]\nname = \"w\"\ncommand = [\"sleep\", \"1000\"]\nshortRunTimeSeconds = 0\n",
+        &[],
+    );
+    let first = running_pid(&lrpm, "w");
+    let killed_at = Instant::now();
+    kill(first, rustix::process::Signal::KILL);
+    let status = lrpm.wait_for("a new process", LONG, |s| {
+        job_in(s, "w")
+            .and_then(|j| pid_of(&j))
+            .is_some_and(|p| p != first)
+    });
+    let elapsed = killed_at.elapsed();
+    let job = job_in(&status, "w").expect("job");
+    assert_eq!(job["restarts"], 1);
+    assert_eq!(job["last_exit"]["signal"], 9);
+    // Generous: the benchmark measures milliseconds; this only proves it is
+    // not waiting for a tick or a backoff.
+    assert!(
+        elapsed < Duration::from_millis(900),
+        "restart took {elapsed:?}"
+    );
+}
+
+#[test]
+fn short_runs_are_restarted_with_exponential_backoff() {
+    let lrpm = Lrpm::start(
+        "jobs.toml",
+        "[f]\nname = \"f\"\ncommand = \"date +%s.%N >> starts; exit 3\"\n",
+        &[],
+    );
+    let starts = lrpm.dir.path().join("starts");
+    // Starts at about 0 s, 1 s and 3 s; the next would be at 7 s.
+    wait_until("three starts", LONG, || {
+        fs::read_to_string(&starts).is_ok_and(|s| s.lines().count() >= 3)
+    });
+    let times: Vec<f64> = fs::read_to_string(&starts)
+        .expect("starts")
+        .lines()
+        .map(|l| l.parse().expect("time"))
+        .collect();
+    let gap1 = times[1] - times[0];
+    let gap2 = times[2] - times[1];
+    assert!((0.9..1.8).contains(&gap1), "first backoff {gap1}");
+    assert!((1.9..3.0).contains(&gap2), "second backoff {gap2}");
+    let status = lrpm.status();
+    let job = job_in(&status, "f").expect("job");
+    assert_eq!(job["last_exit"]["code"], 3);
+    assert!(job["backoff_seconds"].as_f64() >= Some(4.0));
+}
+
+#[test]
+fn a_worker_that_ignores_sigterm_is_killed_after_its_timeout() {
+    let lrpm = Lrpm::start(
+        "jobs.toml",
+        r#"
+[stubborn]
+name = "stubborn"
+command = "trap '' TERM; echo $$ > pid; while true; do sleep 0.1; done"
+shutdownTimeoutSeconds = 1.5
+"#,
+        &[],
+    );
+    running_pid(&lrpm, "stubborn");
+    let pid = read_pid(&lrpm.dir.path().join("pid"));
+    let removed_at = Instant::now();
+    lrpm.write_config("# no jobs\n");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(pid_alive(pid), "SIGTERM was ignored, so it must still run");
+    wait_until("SIGKILL", LONG, || !pid_alive(pid));
+    let took = removed_at.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400),
+        "killed too early: {took:?}"
+    );
+    lrpm.wait_for("job forgotten", LONG, |s| job_in(s, "stubborn").is_none());
+    assert!(lrpm.stderr().contains("killed by SIGKILL"));
+}
+
+#[test]
+fn a_custom_stop_signal_is_used() {
+    let lrpm = Lrpm::start(
+        "jobs.toml",
+        r#"
+[polite]
+name = "polite"
+command = "trap 'echo got-int; exit 0' INT; trap '' TERM; while true; do sleep 0.1; done"
+stopSignal = "SIGINT"
+"#,
+        &[],
+    );
+    running_pid(&lrpm, "polite");
+    lrpm.write_config("# no jobs\n");
+    lrpm.wait_for("job gone", LONG, |s| job_in(s, "polite").is_none());
+    assert!(lrpm.stdout().contains("[polite] got-int"));
+}
+
+#[test]
+fn a_workers_grandchildren_die_with_it() {
+    let lrpm = Lrpm::start(
+        "jobs.toml",
+        r#"
+[stopped]
+name = "stopped"
+command = "sleep 1000 & echo $! > stopped.grandchild; exec sleep 1000"
+
+[crashing]
+name = "crashing"
+command = "sleep 1000 & echo $! > crashing.grandchild; sleep 0.3; exit 1"
+"#,
+        &[],
+    );
+    let dir = lrpm.dir.path();
+    let stopped = read_pid(&dir.join("stopped.grandchild"));
+    let crashing = read_pid(&dir.join("crashing.grandchild"));
+    // A worker that exits on its own takes its process group along.
+    wait_until("the crashed worker's grandchild to die", LONG, || {
+        !pid_alive(crashing)
+    });
+    // A worker that is stopped too.
+    assert!(pid_alive(stopped));
+    lrpm.write_config("# no jobs\n");
+    wait_until("the stopped worker's grandchild to die", LONG, || {
+        !pid_alive(stopped)
+    });
+}
+
+#[test]
+fn sigkill_of_lrpm_leaves_no_worker_alive() {
+    let lrpm = Lrpm::start(
+        "jobs.toml",
+        "[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n[b]\nname = \"b\"\ncommand = \"trap '' TERM; exec sleep 1000\"\n",
+        &[],
+    );
+    let a = running_pid(&lrpm, "a");
+    let b = running_pid(&lrpm, "b");
+    kill(lrpm.pid(), rustix::process::Signal::KILL);
+    wait_until("workers to die with lrpm", LONG, || {
+        !pid_alive(a) && !pid_alive(b)
+    });
+}
+
+#[test]
+fn a_garbage_file_keeps_the_farm_and_shows_the_error() {
+    let lrpm = Lrpm::start(
+        "jobs.toml",
+        "[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n",
+        &[],
+    );
+    let pid = running_pid(&lrpm, "a");
+    lrpm.write_config("[a\nthis is not toml ===");
+    let status = lrpm.wait_for("the source error", LONG, |s| {
+        s["supervisor"]["source"]["last_error"].is_string()
+    });
+    let error = status["supervisor"]["source"]["last_error"]
+        .as_str()
+        .expect("error");
+    assert!(error.contains("jobs.toml"), "{error}");
+    assert_eq!(pid_of(&job_in(&status, "a").expect("a")), Some(pid));
+    assert!(pid_alive(pid));
+    // Top level not a map: also unreadable, also harmless.
+    lrpm.write_config("a = 1\n");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(pid_of(&lrpm.job("a").expect("a")), Some(pid));
+    // Repaired: the error clears, nothing restarts.
+    lrpm.write_config("[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n");
+    let status = lrpm.wait_for("the error to clear", LONG, |s| {
+        s["supervisor"]["source"]["last_error"].is_null()
+    });
+    assert_eq!(pid_of(&job_in(&status, "a").expect("a")), Some(pid));
+}
+
+#[test]
+fn an_invalid_job_does_not_hold_back_the_valid_ones() {
+    let lrpm = Lrpm::start(
+        "jobs.yaml",
+        r#"
+good:
+  name: good
+  command: [sleep, "1000"]
+bad:
+  name: bad
+  command: [sleep, "1000"]
+  shortRunTimeSeconds: -1
+"#,
+        &[],
+    );
+    running_pid(&lrpm, "good");
+    let status = lrpm.status();
+    let reason = status["supervisor"]["source"]["invalid_jobs"]["bad"]
+        .as_str()
+        .expect("bad is reported");
+    assert!(reason.contains("shortRunTimeSeconds"), "{reason}");
+    assert!(job_in(&status, "bad").is_none());
+    assert!(lrpm.stderr().contains("bad"));
+}
+
+#[test]
+fn a_running_job_whose_declaration_turns_invalid_keeps_running() {
+    let lrpm = Lrpm::start(
+        "jobs.toml",
+        "[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n",
+        &[],
+    );
+    let pid = running_pid(&lrpm, "a");
+    lrpm.write_config(
+        "[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\nshutdownTimeoutSeconds = \"soon\"\n",
+    );
+    let status = lrpm.wait_for("the invalid declaration", LONG, |s| {
+        s["supervisor"]["source"]["invalid_jobs"]["a"].is_string()
+    });
+    let job = job_in(&status, "a").expect("a still supervised");
+    assert_eq!(pid_of(&job), Some(pid));
+    assert!(
+        job["invalid"]
+            .as_str()
+            .is_some_and(|r| r.contains("shutdownTimeoutSeconds"))
+    );
+}
+
+#[test]
+fn edits_are_picked_up_atomic_rename_and_in_place() {
+    let lrpm = Lrpm::start(
+        "jobs.toml",
+        "[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n",
+        // Only inotify can pick these up within the test's time.
+        &["--interval", "3600"],
+    );
+    let a = running_pid(&lrpm, "a");
+    // An editor's atomic rename adds a job.
+    lrpm.write_config(
+        "[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n[b]\nname = \"b\"\ncommand = [\"sleep\", \"1001\"]\n",
+    );
+    running_pid(&lrpm, "b");
+    // An in-place write changes one: it restarts, the other does not.
+    fs::write(
+        &lrpm.config,
+        "[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n[b]\nname = \"b\"\ncommand = [\"sleep\", \"1002\"]\n",
+    )
+    .expect("write");
+    let status = lrpm.wait_for("b restarted with its new command", LONG, |s| {
+        job_in(s, "b").is_some_and(|j| j["command"] == "sleep 1002" && j["state"] == "running")
+    });
+    assert_eq!(
+        pid_of(&job_in(&status, "a").expect("a")),
+        Some(a),
+        "a is unchanged"
+    );
+    // Removing it stops it.
+    lrpm.write_config("[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n");
+    lrpm.wait_for("b removed", LONG, |s| job_in(s, "b").is_none());
+}
+
+#[test]
+fn mtime_rule_of_php_lrpm() {
+    let job = |mtime: u64, cmd: &str| {
+        format!(
+            r#"{{"42": {{"name": "Job 42", "command": ["sleep", "{cmd}"], "mtime": {mtime}, "workerConfig": []}}}}"#
+        )
+    };
+    let lrpm = Lrpm::start("jobs.json", &job(100, "1000"), &[]);
+    let pid = running_pid(&lrpm, "42");
+    // Same mtime: not restarted, even though the content changed.
+    lrpm.write_config(&job(100, "1001"));
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(pid_of(&lrpm.job("42").expect("42")), Some(pid));
+    // Newer mtime: restarted.
+    lrpm.write_config(&job(101, "1001"));
+    lrpm.wait_for("restart on a newer mtime", LONG, |s| {
+        job_in(s, "42").is_some_and(|j| j["mtime"] == 101 && j["state"] == "running")
+    });
+}
+
+#[test]
+fn a_directory_source_merges_its_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jobs = dir.path().join("jobs.d");
+    fs::create_dir(&jobs).expect("mkdir");
+    fs::write(
+        jobs.join("a.toml"),
+        "[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n",
+    )
+    .expect("a");
+    fs::write(jobs.join("b.json"), r#"{"b": {"name": "b", "command": ["sleep", "1000"]}, "dup": {"name": "d", "command": "true"}}"#).expect("b");
+    fs::write(jobs.join("c.yml"), "dup:\n  name: d\n  command: 'true'\n").expect("c");
+    fs::write(jobs.join("notes.txt"), "ignored").expect("txt");
+    let socket = dir.path().join("control.sock");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lrpm"));
+    command
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--interval", "3600"])
+        .arg(&jobs);
+    let lrpm = Lrpm::spawn_in(dir, socket, jobs.clone(), command).expect("lrpm starts");
+    running_pid(&lrpm, "a");
+    running_pid(&lrpm, "b");
+    let status = lrpm.status();
+    assert!(
+        job_in(&status, "dup").is_none(),
+        "declared twice: neither copy"
+    );
+    let reason = status["supervisor"]["source"]["invalid_jobs"]["dup"]
+        .as_str()
+        .expect("dup reported");
+    assert!(
+        reason.contains("b.json") && reason.contains("c.yml"),
+        "{reason}"
+    );
+    // A file added to the directory is picked up.
+    fs::write(
+        jobs.join("d.yaml"),
+        "d:\n  name: d\n  command: [sleep, '1000']\n",
+    )
+    .expect("d");
+    running_pid(&lrpm, "d");
+    // And one removed is too.
+    fs::remove_file(jobs.join("a.toml")).expect("rm");
+    lrpm.wait_for("a removed", LONG, |s| job_in(s, "a").is_none());
+}
+
+#[test]
+fn fifty_workers_shut_down_in_parallel() {
+    let mut config = String::new();
+    for i in 0..50 {
+        config.push_str(&format!(
+            "[w{i}]\nname = \"w{i}\"\ncommand = \"trap 'sleep 0.5; exit 0' TERM; while true; do sleep 0.1; done\"\n"
+        ));
+    }
+    let mut lrpm = Lrpm::start("jobs.toml", &config, &[]);
+    lrpm.wait_for("50 running", LONG, |s| {
+        s["jobs"].as_array().is_some_and(|j| {
+            j.len() == 50
+                && j.iter()
+                    .all(|j| j["state"] == "running" && j["pid"].is_u64())
+        })
+    });
+    let pids: Vec<u32> = lrpm.status()["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(pid_of)
+        .collect();
+    let started = Instant::now();
+    let status = lrpm.terminate();
+    let took = started.elapsed();
+    assert!(
+        status.success(),
+        "lrpm exits 0 after a clean shutdown: {status:?}"
+    );
+    // In series this would take 25 s.
+    assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
+    assert!(pids.iter().all(|p| !pid_alive(*p)));
+}
+
+#[test]
+fn exit_codes_for_usage_and_missing_source() {
+    let bin = env!("CARGO_BIN_EXE_lrpm");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = std::process::Command::new(bin)
+        .arg("--socket")
+        .arg(dir.path().join("control.sock"))
+        .arg("/nonexistent/jobs.toml")
+        .output()
+        .expect("run");
+    assert_eq!(missing.status.code(), Some(66));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/jobs.toml"));
+    let usage = std::process::Command::new(bin)
+        .arg("--bogus")
+        .output()
+        .expect("run");
+    assert_eq!(usage.status.code(), Some(64));
+    let none = std::process::Command::new(bin).output().expect("run");
+    assert_eq!(none.status.code(), Some(64));
+    let help = std::process::Command::new(bin)
+        .arg("--help")
+        .output()
+        .expect("run");
+    assert_eq!(help.status.code(), Some(0));
+    let bad_interval = std::process::Command::new(bin)
+        .args(["--interval", "-3", "x.toml"])
+        .output()
+        .expect("run");
+    assert_eq!(bad_interval.status.code(), Some(64));
+    let unknown_kind = std::process::Command::new(bin)
+        .arg("gopher://jobs")
+        .output()
+        .expect("run");
+    assert_eq!(unknown_kind.status.code(), Some(64));
+}
+
+#[test]
+fn an_idle_supervisor_uses_no_cpu() {
+    let lrpm = Lrpm::start(
+        "jobs.toml",
+        "[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n[b]\nname = \"b\"\ncommand = [\"sleep\", \"1000\"]\n",
+        &[],
+    );
+    running_pid(&lrpm, "a");
+    running_pid(&lrpm, "b");
+    let ticks = || -> u64 {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", lrpm.pid())).expect("stat");
+        let after = &stat[stat.rfind(')').expect("comm") + 2..];
+        let f: Vec<&str> = after.split_whitespace().collect();
+        f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+    };
+    let before = ticks();
+    std::thread::sleep(Duration::from_secs(3));
+    let used = ticks() - before;
+    // A clock tick is 10 ms; a polling loop would use many.
+    assert!(used <= 2, "lrpm used {used} ticks of CPU in 3 s at rest");
+}
