@@ -1,0 +1,380 @@
+//! The control plane: the supervisor's side of the control socket.
+//!
+//! # Theory of operation
+//!
+//! [`start`] picks the socket path ([`path`]), takes an exclusive lock
+//! beside it so that two lrpm never share one socket, replaces a stale
+//! socket file left by a dead lrpm, binds the socket (mode 0600 in a 0700
+//! directory) and spawns the accept loop. It returns a [`ControlServer`]
+//! whose lifetime is the socket's: dropping it removes the socket file.
+//!
+//! Every accepted connection is its own task (`connection.rs`), so a slow,
+//! idle or hostile client only ever holds up itself. A connection task
+//! checks the peer's credentials (root and lrpm's own uid only), reads
+//! bounded request lines with an idle timeout, decodes them with the shared
+//! [codec](crate::protocol), answers `help` itself and hands every other
+//! request to the supervisor's event loop as a [`ControlMsg`] with a
+//! one-shot reply channel. The event loop answers at once with a [`Reply`];
+//! encoding the answer and writing it to the client happen in the
+//! connection task, never in the loop.
+//!
+//! Architecture invariant: the event loop never waits on a client. The only
+//! thing it does for a request is compute a [`Reply`] and put it in a
+//! one-shot channel.
+
+mod connection;
+pub mod path;
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lrpm_core::status::Status;
+use rustix::fs::FlockOperation;
+use tokio::net::UnixListener;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::protocol::Request;
+
+/// A request from a control client, handed to the supervisor's event loop,
+/// which answers on `reply`.
+#[derive(Debug)]
+pub struct ControlMsg {
+    /// The request (never `Help`: the server answers that itself).
+    pub request: Request,
+    /// Where the event loop sends the answer.
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// The event loop's answer to a [`ControlMsg`].
+#[derive(Debug)]
+pub enum Reply {
+    /// The status document.
+    Status(Box<Status>),
+    /// The request was carried out; a message for the operator.
+    Done(String),
+    /// The request was refused.
+    Refused(String),
+}
+
+/// How many control connections may be open at once. One more is told
+/// `too many control connections` and closed at once.
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// How long a connection may take to send a complete request line before
+/// it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long writing one response may take before the connection is closed.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`ControlServer::close`] lets connections finish writing the
+/// answers they already have.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Why the control server could not start. Each of these stops lrpm before
+/// any worker is spawned.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No default socket directory could be used.
+    #[error("no usable directory for the control socket ({tried}); give one with --socket PATH")]
+    NoSocketDir {
+        /// Each directory tried, with why it could not be used.
+        tried: String,
+    },
+    /// The socket's directory could not be created.
+    #[error("cannot create the control socket directory {}", path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The lock file beside the socket could not be opened or locked.
+    #[error("cannot lock {}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Another lrpm is running with this socket.
+    #[error(
+        "another lrpm{} is already running with the control socket {}",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        path.display()
+    )]
+    AlreadyRunning {
+        /// The socket.
+        path: PathBuf,
+        /// The other lrpm's pid, when it answered.
+        pid: Option<u32>,
+    },
+    /// Something other than a socket is in the way.
+    #[error("{} exists and is not a socket; not replacing it", path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// An existing socket file could not be probed or removed.
+    #[error("cannot replace the stale control socket {}", path.display())]
+    Stale {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The socket could not be bound or its mode set.
+    #[error("cannot listen on the control socket {}", path.display())]
+    Bind {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+struct Shared {
+    /// Where requests go: the supervisor's event loop.
+    requests: mpsc::Sender<ControlMsg>,
+    /// lrpm's effective uid: the one non-root uid allowed to connect.
+    own_uid: rustix::process::Uid,
+    /// One permit per open connection; all of them free means every
+    /// connection has finished.
+    slots: Arc<Semaphore>,
+}
+
+/// The running control server. Dropping it stops accepting and removes the
+/// socket file; [`ControlServer::close`] also lets answers in flight reach
+/// their clients first.
+#[derive(Debug)]
+pub struct ControlServer {
+    /// The socket's path, removed on drop.
+    path: PathBuf,
+    /// The lock on `<socket>.lock`, held for the server's lifetime so that
+    /// no second lrpm takes over the socket.
+    _lock: File,
+    /// Tells the accept loop and idle connections to finish.
+    shutdown: watch::Sender<bool>,
+    /// The accept loop.
+    accept: JoinHandle<()>,
+    /// The connection slots, to wait for connections to finish.
+    slots: Arc<Semaphore>,
+}
+
+/// Starts the control server on `socket`, or on the default path chain when
+/// it is `None`, sending requests to `requests`.
+///
+/// Must be called within a tokio runtime. Fails if another lrpm is running
+/// with the same socket, or if the socket cannot be created.
+pub async fn start(
+    socket: Option<&Path>,
+    requests: mpsc::Sender<ControlMsg>,
+) -> Result<ControlServer, ControlError> {
+    let path = path::server_socket(socket)?;
+    let lock = lock(&path)?;
+    remove_stale(&path)?;
+    let listener = UnixListener::bind(&path).map_err(|source| ControlError::Bind {
+        path: path.clone(),
+        source,
+    })?;
+    if let Err(source) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+        let _ = std::fs::remove_file(&path);
+        return Err(ControlError::Bind { path, source });
+    }
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let shared = Arc::new(Shared {
+        requests,
+        own_uid: rustix::process::geteuid(),
+        slots: Arc::clone(&slots),
+    });
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let accept = tokio::spawn(accept_loop(listener, shared, shutdown_rx));
+    tracing::info!(socket = %path.display(), "control socket listening");
+    Ok(ControlServer {
+        path,
+        _lock: lock,
+        shutdown,
+        accept,
+        slots,
+    })
+}
+
+impl ControlServer {
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting, lets connections write the answers they already
+    /// have (for at most [`CLOSE_GRACE`]: the answer to `stop` among them),
+    /// then removes the socket.
+    pub async fn close(self) {
+        let _ = self.shutdown.send(true);
+        let all = u32::try_from(MAX_CONNECTIONS).expect("invariant: the connection cap fits a u32");
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.slots.acquire_many(all)).await;
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        self.accept.abort();
+        // The lock is still held here, so the socket is still ours.
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(
+                    "cannot remove the control socket {}: {e}",
+                    self.path.display()
+                );
+            }
+        }
+    }
+}
+
+/// The lock file's path: the socket's with `.lock` appended.
+fn lock_path(socket: &Path) -> PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Takes the exclusive lock that makes this lrpm the socket's owner.
+///
+/// The lock file is never removed: removing it would let two lrpm lock two
+/// different files of the same name.
+fn lock(socket: &Path) -> Result<File, ControlError> {
+    let path = lock_path(socket);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| ControlError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(ControlError::AlreadyRunning {
+            path: socket.to_owned(),
+            pid: std::os::unix::net::UnixStream::connect(socket)
+                .ok()
+                .and_then(|s| peer_pid(&s)),
+        }),
+        Err(e) => Err(ControlError::Lock {
+            path,
+            source: e.into(),
+        }),
+    }
+}
+
+/// The uid and, when it is visible from here, the pid of the process at the
+/// other end of a connected Unix socket (SO_PEERCRED).
+///
+/// This uses nix rather than rustix's `socket_peercred`, whose pid is a
+/// non-zero type: the kernel reports pid 0 for a peer in a pid namespace
+/// this process cannot see.
+pub fn peer_credentials(socket: &impl AsFd) -> io::Result<(u32, Option<u32>)> {
+    let cred = nix::sys::socket::getsockopt(socket, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(io::Error::from)?;
+    let pid = u32::try_from(cred.pid()).ok().filter(|&pid| pid != 0);
+    Ok((cred.uid(), pid))
+}
+
+/// The pid of the process at the other end of `stream`, when it is visible.
+fn peer_pid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
+    peer_credentials(stream).ok()?.1
+}
+
+/// Removes a socket file that no process listens on any more; refuses when
+/// one does, or when the path holds something other than a socket.
+fn remove_stale(path: &Path) -> Result<(), ControlError> {
+    let stale = |source| ControlError::Stale {
+        path: path.to_owned(),
+        source,
+    };
+    match path.symlink_metadata() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(stale(e)),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(ControlError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
+        Ok(_) => {}
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(stream) => Err(ControlError::AlreadyRunning {
+            path: path.to_owned(),
+            pid: peer_pid(&stream),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            tracing::info!(socket = %path.display(), "replacing the stale control socket of a dead lrpm");
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(stale(e)),
+                _ => Ok(()),
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(stale(e)),
+    }
+}
+
+/// Accepts connections until shutdown, one task each.
+async fn accept_loop(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Whether the cap was reached: said once per episode, not once per
+    // refused connection.
+    let mut saturated = false;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        match accepted {
+            Ok((stream, _)) => match Arc::clone(&shared.slots).try_acquire_owned() {
+                Ok(slot) => {
+                    saturated = false;
+                    tokio::spawn(connection::serve(
+                        stream,
+                        Arc::clone(&shared),
+                        shutdown.clone(),
+                        slot,
+                    ));
+                }
+                Err(_) => {
+                    if !saturated {
+                        tracing::warn!(
+                            "{MAX_CONNECTIONS} control connections are open: refusing more"
+                        );
+                        saturated = true;
+                    }
+                    connection::refuse_busy(&stream);
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+            Err(e) => {
+                // Out of descriptors or memory: wait a moment rather than
+                // spin on an accept that keeps failing.
+                tracing::warn!("control socket: cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

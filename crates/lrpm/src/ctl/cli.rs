@@ -1,0 +1,171 @@
+//! The `lrpmctl` command line. The man page and the shell completions are
+//! generated from this same definition.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// The text after the option list of `lrpmctl --help`.
+const AFTER_HELP: &str = "\
+Exit status: 0 done, 1 refused by lrpm (its message is printed), 64 usage error,
+69 cannot connect, 76 invalid response.
+
+Shell completions: lrpmctl completions bash|zsh|fish|elvish|powershell.
+Man page: lrpmctl man > lrpmctl.1";
+
+/// Controls a running lrpm: shows its jobs, restarts one, reloads the
+/// configuration, shuts it down.
+///
+/// lrpmctl talks to lrpm over its control socket. Without --socket or
+/// LRPM_SOCKET it uses the first that exists of /run/lrpm/control.sock,
+/// $XDG_RUNTIME_DIR/lrpm/control.sock and /tmp/lrpm-$UID/control.sock, the
+/// paths lrpm itself picks from.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lrpmctl",
+    version,
+    disable_help_subcommand = true,
+    arg_required_else_help = true,
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// The control socket of the lrpm to talk to.
+    #[arg(long, env = "LRPM_SOCKET", value_name = "PATH", global = true)]
+    pub socket: Option<PathBuf>,
+
+    /// Print lrpm's answer as it is: one JSON object.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// When to colour the output (auto: on a terminal, unless NO_COLOR is set).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "WHEN",
+        default_value_t = ColorWhen::Auto,
+        global = true
+    )]
+    pub color: ColorWhen,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// When to colour the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorWhen {
+    /// On a terminal, unless NO_COLOR is set or TERM is dumb.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// An lrpmctl command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the supervisor, its configuration source and every job.
+    ///
+    /// The table has one row per job: ID, PID, STATE (running, backoff,
+    /// stopping), %CPU and RSS of its process (read from /proc), UPTIME,
+    /// RESTARTS, LAST EXIT and NAME. Above it: lrpm's pid and version and the
+    /// configuration source with its last load and last error; below it: the
+    /// jobs left out as invalid, with the reason. With --json, the status
+    /// document instead.
+    Status,
+
+    /// Restart a job now, with its backoff reset.
+    ///
+    /// Also starts at once a job that is waiting in backoff.
+    Restart {
+        /// The job's id.
+        id: String,
+    },
+
+    /// Read the configuration source again now.
+    Reload {
+        /// Apply the configuration even when a safety check would hold it
+        /// back.
+        #[arg(long)]
+        force: bool,
+    },
+
+    /// Shut lrpm down gracefully, and wait until it has exited.
+    ///
+    /// lrpm stops every worker (its stop signal, then SIGKILL after its
+    /// shutdown timeout) and exits. lrpmctl returns when the lrpm process is
+    /// gone.
+    Stop {
+        /// How long to wait for lrpm to exit, in seconds; exit status 1 when
+        /// it has not.
+        #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = seconds)]
+        timeout: std::time::Duration,
+
+        /// Return as soon as lrpm has accepted the request.
+        #[arg(long)]
+        no_wait: bool,
+    },
+
+    /// Print this help, or the help of COMMAND.
+    ///
+    /// With --json, print lrpm's own list of protocol commands instead.
+    Help {
+        /// The command to explain.
+        command: Option<String>,
+    },
+
+    /// Print the completion script for SHELL.
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
+}
+
+/// Parses a number of seconds.
+fn seconds(value: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of seconds"))?;
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{value:?} is not a number of seconds >= 0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn options_are_global() {
+        let before = Cli::try_parse_from(["lrpmctl", "--json", "status"]).expect("parses");
+        let after = Cli::try_parse_from(["lrpmctl", "status", "--json"]).expect("parses");
+        assert!(before.json && after.json);
+        let cli =
+            Cli::try_parse_from(["lrpmctl", "restart", "7", "--socket", "/x", "--color=never"])
+                .expect("parses");
+        assert_eq!(cli.socket, Some(PathBuf::from("/x")));
+        assert_eq!(cli.color, ColorWhen::Never);
+    }
+
+    #[test]
+    fn stop_timeouts_are_seconds() {
+        let cli = Cli::try_parse_from(["lrpmctl", "stop", "--timeout", "1.5"]).expect("parses");
+        let Command::Stop { timeout, .. } = cli.command else {
+            panic!("not stop");
+        };
+        assert_eq!(timeout, std::time::Duration::from_millis(1500));
+        assert!(Cli::try_parse_from(["lrpmctl", "stop", "--timeout", "-1"]).is_err());
+    }
+}

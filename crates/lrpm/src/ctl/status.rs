@@ -1,0 +1,449 @@
+//! `lrpmctl status`: the status table.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anstyle::{AnsiColor, Style};
+use lrpm_core::status::{ExitInfo, JobState, JobStatus, Status};
+use unicode_width::UnicodeWidthStr;
+
+use super::client::Client;
+use super::procfs::{Sampler, Usage};
+use super::{Context, CtlError};
+use crate::protocol::{Request, Response};
+
+/// Runs `lrpmctl status`.
+pub fn run(ctx: &Context) -> Result<(), CtlError> {
+    let mut client = Client::connect(ctx.socket())?;
+    let answer = client.call(&Request::Status)?;
+    let path = answer.path.clone();
+    match super::check(ctx, answer)? {
+        Response::Status(_) if ctx.json => Ok(()),
+        Response::Status(status) => {
+            let stdout = std::io::stdout();
+            let width = if stdout.is_terminal() {
+                terminal_size::terminal_size_of(&stdout).map(|(w, _)| usize::from(w.0))
+            } else {
+                None
+            };
+            let view = View {
+                now: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+                color: ctx.color,
+                // A terminal that says it has no columns gets no limit.
+                width: width.filter(|&w| w > 0),
+            };
+            super::print(&render(&status, &view, &Sampler::now()))
+        }
+        _ => Err(CtlError::Invalid {
+            path,
+            reason: "an answer of the wrong kind".into(),
+        }),
+    }
+}
+
+/// How to render: the facts that do not come from the status document.
+#[derive(Debug, Clone, Copy)]
+pub struct View {
+    /// Now, in UTC seconds.
+    pub now: f64,
+    /// Whether to use colours.
+    pub color: bool,
+    /// The terminal's width, to cut the NAME column to; `None` for no limit.
+    pub width: Option<usize>,
+}
+
+/// The table's columns: heading and whether the values are right-aligned.
+const COLUMNS: [(&str, bool); 9] = [
+    ("ID", false),
+    ("PID", true),
+    ("STATE", false),
+    ("%CPU", true),
+    ("RSS", true),
+    ("UPTIME", true),
+    ("RESTARTS", true),
+    ("LAST EXIT", false),
+    ("NAME", false),
+];
+
+/// The gap between two columns.
+const GAP: &str = "  ";
+
+/// The narrowest a NAME is cut to, however narrow the terminal.
+const MIN_NAME_WIDTH: usize = 12;
+
+/// Renders the whole status output: the supervisor and source lines, the
+/// job table and the invalid jobs.
+pub fn render(status: &Status, view: &View, sampler: &Sampler) -> String {
+    let paint = |style: Style, text: &str| -> String {
+        if view.color {
+            format!("{}{text}{}", style.render(), style.render_reset())
+        } else {
+            text.to_owned()
+        }
+    };
+    let bold = Style::new().bold();
+    let red = Style::new().fg_color(Some(AnsiColor::Red.into()));
+    let yellow = Style::new().fg_color(Some(AnsiColor::Yellow.into()));
+
+    let mut out = String::with_capacity(512 + status.jobs.len() * 120);
+    let sup = &status.supervisor;
+    let _ = write!(
+        out,
+        "lrpm {}, pid {}, up {}",
+        sup.version,
+        sup.pid,
+        duration(view.now - sup.started_at)
+    );
+    if sup.shutting_down {
+        let _ = write!(out, ", {}", paint(yellow, "shutting down"));
+    }
+    let source = &sup.source;
+    let _ = write!(out, "\nsource {}", source.uri);
+    match source.last_load_at {
+        Some(at) => {
+            let _ = write!(out, ", loaded {} ago", duration(view.now - at));
+        }
+        None => out.push_str(", not loaded yet"),
+    }
+    if let Some(error) = &source.last_error {
+        let _ = write!(out, "\n{} {error}", paint(red, "source error:"));
+    }
+    let count = |state| status.jobs.iter().filter(|j| j.state == state).count();
+    let _ = writeln!(
+        out,
+        "\n{} jobs: {} running, {} backoff, {} stopping\n",
+        status.jobs.len(),
+        count(JobState::Running),
+        count(JobState::Backoff),
+        count(JobState::Stopping)
+    );
+
+    if status.jobs.is_empty() {
+        out.push_str("no jobs\n");
+    } else {
+        let pids: Vec<Option<u32>> = status.jobs.iter().map(|job| job.pid).collect();
+        let rows: Vec<[String; 9]> = status
+            .jobs
+            .iter()
+            .zip(sampler.usages(&pids))
+            .map(|(job, usage)| row(job, usage, view.now))
+            .collect();
+        table(&mut out, &rows, &status.jobs, view, &paint);
+    }
+
+    if !source.invalid_jobs.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{}",
+            paint(
+                red,
+                "invalid jobs (left out or kept on their last valid declaration):"
+            )
+        );
+        for (id, reason) in &source.invalid_jobs {
+            let _ = writeln!(out, "  {}: {reason}", paint(bold, id));
+        }
+    }
+    if !source.warnings.is_empty() {
+        let _ = writeln!(out, "\n{}", paint(yellow, "warnings:"));
+        for warning in &source.warnings {
+            let _ = writeln!(out, "  {warning}");
+        }
+    }
+    out
+}
+
+/// Lays out the rows under the headings.
+fn table(
+    out: &mut String,
+    rows: &[[String; 9]],
+    jobs: &[JobStatus],
+    view: &View,
+    paint: &dyn Fn(Style, &str) -> String,
+) {
+    let mut widths = COLUMNS.map(|(heading, _)| heading.len());
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.width());
+        }
+    }
+    let before_name: usize = widths[..8].iter().map(|w| w + GAP.len()).sum();
+    let name_limit = view
+        .width
+        .map(|w| w.saturating_sub(before_name).max(MIN_NAME_WIDTH));
+
+    let headings = COLUMNS.map(|(heading, _)| heading.to_owned());
+    let mut line = String::new();
+    layout(&mut line, &headings, &widths, name_limit, &|_, cell| {
+        cell.to_owned()
+    });
+    out.push_str(&paint(Style::new().bold(), &line));
+    out.push('\n');
+    for (row, job) in rows.iter().zip(jobs) {
+        line.clear();
+        let state = state_style(job.state);
+        layout(&mut line, row, &widths, name_limit, &|column, cell| {
+            if column == 2 {
+                paint(state, cell)
+            } else {
+                cell.to_owned()
+            }
+        });
+        out.push_str(&line);
+        out.push('\n');
+    }
+}
+
+/// Writes one line of cells padded to `widths`, each passed through
+/// `paint` with its column number; the last column is not padded, and is
+/// cut to `name_limit`.
+fn layout(
+    line: &mut String,
+    cells: &[String; 9],
+    widths: &[usize; 9],
+    name_limit: Option<usize>,
+    paint: &dyn Fn(usize, &str) -> String,
+) {
+    for (column, (cell, (&width, (_, right)))) in
+        cells.iter().zip(widths.iter().zip(COLUMNS)).enumerate()
+    {
+        if column == 8 {
+            match name_limit {
+                Some(limit) => line.push_str(&paint(column, &cut(cell, limit))),
+                None => line.push_str(&paint(column, cell)),
+            }
+            break;
+        }
+        let pad = width.saturating_sub(cell.width());
+        if right {
+            line.extend(std::iter::repeat_n(' ', pad));
+            line.push_str(&paint(column, cell));
+        } else {
+            line.push_str(&paint(column, cell));
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        line.push_str(GAP);
+    }
+    let trimmed = line.trim_end().len();
+    line.truncate(trimmed);
+}
+
+/// `text` cut to at most `limit` columns, with an ellipsis when cut.
+fn cut(text: &str, limit: usize) -> String {
+    if text.width() <= limit {
+        return text.to_owned();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w + 1 > limit {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out.push('…');
+    out
+}
+
+fn state_style(state: JobState) -> Style {
+    let color = match state {
+        JobState::Running => AnsiColor::Green,
+        JobState::Backoff => AnsiColor::Yellow,
+        JobState::Stopping => AnsiColor::Magenta,
+    };
+    Style::new().fg_color(Some(color.into()))
+}
+
+/// One job's cells.
+fn row(job: &JobStatus, usage: Option<Usage>, now: f64) -> [String; 9] {
+    let dash = || "-".to_owned();
+    let state = match (job.state, job.restart_at) {
+        (JobState::Backoff, Some(at)) => format!("backoff ({})", duration(at - now)),
+        (state, _) => state.as_str().to_owned(),
+    };
+    [
+        job.id.clone(),
+        job.pid.map_or_else(dash, |pid| pid.to_string()),
+        state,
+        usage.map_or_else(dash, |u| format!("{:.1}", u.cpu_percent)),
+        usage.map_or_else(dash, |u| bytes(u.rss_bytes)),
+        job.started_at
+            .filter(|_| job.pid.is_some())
+            .map_or_else(dash, |at| duration(now - at)),
+        job.restarts.to_string(),
+        job.last_exit
+            .as_ref()
+            .map_or_else(dash, |exit| last_exit(exit, now)),
+        job.name.clone(),
+    ]
+}
+
+/// How a process ended, and how long ago.
+fn last_exit(exit: &ExitInfo, now: f64) -> String {
+    let how = match (exit.status.code, exit.status.signal) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(signal)) => crate::signal_name(signal),
+        (None, None) => "spawn failed".to_owned(),
+    };
+    format!("{how}, {} ago", duration(now - exit.at))
+}
+
+/// A duration in seconds, in its two largest units: `42s`, `3m07s`,
+/// `2h05m`, `3d04h`.
+pub fn duration(seconds: f64) -> String {
+    // A clock that stepped back shows as zero rather than negative.
+    let s = if seconds.is_finite() {
+        seconds.max(0.0) as u64
+    } else {
+        0
+    };
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// A size in bytes, in binary units: `812K`, `12.3M`, `1.2G`.
+pub fn bytes(n: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let n = n as f64;
+    if n < KIB * KIB {
+        format!("{:.0}K", n / KIB)
+    } else if n < KIB * KIB * KIB {
+        format!("{:.1}M", n / (KIB * KIB))
+    } else {
+        format!("{:.1}G", n / (KIB * KIB * KIB))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lrpm_core::status::{ExitStatus, SourceStatus, SupervisorStatus};
+
+    fn job(id: &str, state: JobState) -> JobStatus {
+        JobStatus {
+            id: id.into(),
+            name: format!("Job {id}"),
+            command: "sleep 1000".into(),
+            state,
+            pid: (state != JobState::Backoff).then_some(u32::MAX),
+            started_at: Some(1000.0),
+            restarts: 2,
+            last_exit: Some(ExitInfo {
+                status: ExitStatus::signal(9),
+                at: 990.0,
+            }),
+            backoff_seconds: 4.0,
+            restart_at: (state == JobState::Backoff).then_some(1003.0),
+            mtime: None,
+            declared: true,
+            invalid: None,
+        }
+    }
+
+    fn status() -> Status {
+        let mut source = SourceStatus {
+            uri: "jobs.toml".into(),
+            last_load_at: Some(995.0),
+            last_error: Some("jobs.toml: expected a table".into()),
+            ..SourceStatus::default()
+        };
+        source
+            .invalid_jobs
+            .insert("bad".into(), "name: missing".into());
+        Status {
+            supervisor: SupervisorStatus {
+                pid: 7,
+                version: "0.1.0".into(),
+                started_at: 900.0,
+                shutting_down: false,
+                source,
+            },
+            jobs: vec![
+                job("1", JobState::Running),
+                job("long-id", JobState::Backoff),
+                job("3", JobState::Stopping),
+            ],
+        }
+    }
+
+    const VIEW: View = View {
+        now: 1000.0,
+        color: false,
+        width: None,
+    };
+
+    #[test]
+    fn renders_a_plain_table() {
+        let text = render(&status(), &VIEW, &Sampler::now());
+        let expected = "\
+lrpm 0.1.0, pid 7, up 1m40s
+source jobs.toml, loaded 5s ago
+source error: jobs.toml: expected a table
+3 jobs: 1 running, 1 backoff, 1 stopping
+
+ID              PID  STATE         %CPU  RSS  UPTIME  RESTARTS  LAST EXIT         NAME
+1        4294967295  running          -    -      0s         2  SIGKILL, 10s ago  Job 1
+long-id           -  backoff (3s)     -    -       -         2  SIGKILL, 10s ago  Job long-id
+3        4294967295  stopping         -    -      0s         2  SIGKILL, 10s ago  Job 3
+
+invalid jobs (left out or kept on their last valid declaration):
+  bad: name: missing
+";
+        assert_eq!(text, expected);
+        assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn colours_only_when_asked() {
+        let view = View {
+            color: true,
+            ..VIEW
+        };
+        let text = render(&status(), &view, &Sampler::now());
+        assert!(text.contains("\x1b["));
+        let plain = anstream::adapter::strip_str(&text).to_string();
+        assert_eq!(plain, render(&status(), &VIEW, &Sampler::now()));
+    }
+
+    #[test]
+    fn names_are_cut_to_the_terminal() {
+        let mut status = status();
+        status.jobs[0].name = "x".repeat(500);
+        let view = View {
+            width: Some(120),
+            ..VIEW
+        };
+        let text = render(&status, &view, &Sampler::now());
+        let longest = text.lines().map(UnicodeWidthStr::width).max().unwrap_or(0);
+        assert!(longest <= 120, "{longest}");
+        assert!(text.contains('…'));
+    }
+
+    #[test]
+    fn an_empty_farm_says_so() {
+        let mut status = status();
+        status.jobs.clear();
+        assert!(render(&status, &VIEW, &Sampler::now()).contains("\nno jobs\n"));
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(duration(42.9), "42s");
+        assert_eq!(duration(187.0), "3m07s");
+        assert_eq!(duration(7500.0), "2h05m");
+        assert_eq!(duration(3.0 * 86_400.0 + 4.0 * 3600.0), "3d04h");
+        assert_eq!(duration(-5.0), "0s");
+        assert_eq!(bytes(812 * 1024), "812K");
+        assert_eq!(bytes(12 * 1024 * 1024 + 300 * 1024), "12.3M");
+        assert_eq!(bytes(1288490188), "1.2G");
+    }
+}

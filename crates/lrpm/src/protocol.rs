@@ -1,0 +1,753 @@
+//! The control protocol, shared by the control server and `lrpmctl`.
+//!
+//! # Theory of operation
+//!
+//! Client and server talk over one Unix stream socket, one JSON object per
+//! line each way. A client sends a [`Request`] line (`{"cmd":"status"}`) and
+//! reads one [`Response`] line back (`{"ok":true,…}` or
+//! `{"ok":false,"error":"…"}`); it may send more requests on the same
+//! connection, one after the other.
+//!
+//! This module is a pure codec: it never touches a socket. [`split_line`]
+//! frames a byte buffer into lines with a bound on their length, so that
+//! neither side ever buffers without limit; [`Request::decode`] and
+//! [`Response::decode`] turn one line into a value with a precise error for
+//! every way it can be wrong, and the `encode` methods do the reverse. The
+//! server ([`crate::control`]) and the client ([`crate::ctl`]) only move
+//! bytes.
+
+use lrpm_core::status::Status;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The longest request line the server accepts, in bytes, without its
+/// newline.
+pub const MAX_REQUEST_LEN: usize = 64 * 1024;
+
+/// The longest response line the client accepts, in bytes. A status
+/// document is a few hundred bytes per job, so this leaves room for farms
+/// far larger than anything lrpm supervises while still bounding a
+/// misbehaving server.
+pub const MAX_RESPONSE_LEN: usize = 256 * 1024 * 1024;
+
+/// The commands of the protocol, in the order `help` lists them.
+pub const COMMANDS: [CommandInfo; 5] = [
+    CommandInfo {
+        cmd: "status",
+        request: r#"{"cmd":"status"}"#,
+        help: "the status document: the supervisor, its configuration source and every job",
+    },
+    CommandInfo {
+        cmd: "restart",
+        request: r#"{"cmd":"restart","id":"ID"}"#,
+        help: "restart job ID now, with its backoff reset (ID: a string or an integer)",
+    },
+    CommandInfo {
+        cmd: "reload",
+        request: r#"{"cmd":"reload","force":false}"#,
+        help: "read the configuration source again now",
+    },
+    CommandInfo {
+        cmd: "stop",
+        request: r#"{"cmd":"stop"}"#,
+        help: "shut lrpm down gracefully; the reply comes before the workers are stopped",
+    },
+    CommandInfo {
+        cmd: "help",
+        request: r#"{"cmd":"help"}"#,
+        help: "this list of commands",
+    },
+];
+
+/// One entry of [`COMMANDS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandInfo {
+    /// The command's name, the value of `cmd`.
+    pub cmd: &'static str,
+    /// An example request line.
+    pub request: &'static str,
+    /// What the command does.
+    pub help: &'static str,
+}
+
+/// A command as the `help` response lists it on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandHelp {
+    /// The command's name, the value of `cmd`.
+    pub cmd: String,
+    /// An example request line.
+    pub request: String,
+    /// What the command does.
+    pub help: String,
+}
+
+impl From<&CommandInfo> for CommandHelp {
+    fn from(info: &CommandInfo) -> Self {
+        Self {
+            cmd: info.cmd.to_owned(),
+            request: info.request.to_owned(),
+            help: info.help.to_owned(),
+        }
+    }
+}
+
+/// A line that is longer than the limit allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("line longer than {limit} bytes")]
+pub struct LineTooLong {
+    /// The limit that was exceeded.
+    pub limit: usize,
+}
+
+/// Finds the first complete line in `buf`.
+///
+/// Returns the line's length without its terminator (a trailing `\r` is not
+/// part of it either) and the number of bytes it takes up with its `\n`, or
+/// `None` when `buf` holds no complete line yet. A line, complete or not,
+/// longer than `limit` bytes is an error, so a reader that calls this after
+/// every read never needs to hold more than `limit + 1` bytes.
+pub fn split_line(buf: &[u8], limit: usize) -> Result<Option<(usize, usize)>, LineTooLong> {
+    split_line_from(buf, 0, limit)
+}
+
+/// [`split_line`] for a reader that already knows that the first `scanned`
+/// bytes of `buf` hold no `\n`: it only searches the rest, so that reading
+/// a long line in many pieces costs time linear in its length.
+pub fn split_line_from(
+    buf: &[u8],
+    scanned: usize,
+    limit: usize,
+) -> Result<Option<(usize, usize)>, LineTooLong> {
+    let end = buf.len().min(limit.saturating_add(2));
+    let start = scanned.min(end);
+    match buf[start..end].iter().position(|&b| b == b'\n') {
+        Some(offset) => {
+            let newline = start + offset;
+            let len = if newline > 0 && buf[newline - 1] == b'\r' {
+                newline - 1
+            } else {
+                newline
+            };
+            if len > limit {
+                Err(LineTooLong { limit })
+            } else {
+                Ok(Some((len, newline + 1)))
+            }
+        }
+        None if buf.len() > limit => Err(LineTooLong { limit }),
+        None => Ok(None),
+    }
+}
+
+/// Whether a line holds nothing but whitespace: such lines are skipped, so
+/// that a person typing at the socket may press Enter.
+pub fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
+}
+
+/// A control request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    /// The status document.
+    Status,
+    /// Restart one job now, with its backoff reset.
+    Restart {
+        /// The job id.
+        id: String,
+    },
+    /// Load the configuration again now.
+    Reload {
+        /// Apply it even past the removal guard.
+        force: bool,
+    },
+    /// Shut lrpm down gracefully.
+    Stop,
+    /// The list of commands.
+    Help,
+}
+
+/// Why a request line was refused. The `Display` text is the `error` of the
+/// response.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The line is longer than [`MAX_REQUEST_LEN`].
+    #[error("request longer than {MAX_REQUEST_LEN} bytes")]
+    TooLong,
+    /// The line is not JSON.
+    #[error("malformed JSON: {0}")]
+    Malformed(#[source] serde_json::Error),
+    /// The line is JSON but not an object.
+    #[error("a request must be a JSON object, got {0}")]
+    NotAnObject(&'static str),
+    /// The object has no `cmd`.
+    #[error("missing \"cmd\": expected one of {}", command_names())]
+    MissingCommand,
+    /// `cmd` is not a string.
+    #[error("\"cmd\" must be a string, got {0}")]
+    CommandNotAString(&'static str),
+    /// `cmd` names no command.
+    #[error("unknown command {0:?}: expected one of {names}", names = command_names())]
+    UnknownCommand(String),
+    /// A required argument is missing.
+    #[error("{cmd} needs {arg:?} ({expected})")]
+    MissingArgument {
+        /// The command.
+        cmd: &'static str,
+        /// The argument.
+        arg: &'static str,
+        /// What it should be.
+        expected: &'static str,
+    },
+    /// An argument has the wrong type.
+    #[error("{cmd}: {arg:?} must be {expected}, got {got}")]
+    WrongType {
+        /// The command.
+        cmd: &'static str,
+        /// The argument.
+        arg: &'static str,
+        /// What it should be.
+        expected: &'static str,
+        /// What it is.
+        got: &'static str,
+    },
+}
+
+fn command_names() -> String {
+    COMMANDS.map(|c| c.cmd).join(", ")
+}
+
+/// The JSON type of `value`, with an article, for error messages.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a fractional number",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// At most `max` characters of `s`, for echoing a client's input back.
+fn truncated(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_owned(),
+    }
+}
+
+impl Request {
+    /// Decodes one request line (without its newline).
+    ///
+    /// A job id is accepted as a JSON string or integer (php-lrpm's ids are
+    /// integers). Unknown fields are ignored, so that newer clients can add
+    /// optional arguments.
+    pub fn decode(line: &[u8]) -> Result<Request, RequestError> {
+        if line.len() > MAX_REQUEST_LEN {
+            return Err(RequestError::TooLong);
+        }
+        let value: Value = serde_json::from_slice(line).map_err(RequestError::Malformed)?;
+        let Value::Object(mut fields) = value else {
+            return Err(RequestError::NotAnObject(kind(&value)));
+        };
+        let cmd = match fields.get("cmd") {
+            None => return Err(RequestError::MissingCommand),
+            Some(Value::String(cmd)) => cmd.as_str(),
+            Some(other) => return Err(RequestError::CommandNotAString(kind(other))),
+        };
+        match cmd {
+            "status" => Ok(Request::Status),
+            "restart" => Ok(Request::Restart {
+                id: job_id(&mut fields)?,
+            }),
+            "reload" => match fields.get("force") {
+                None | Some(Value::Null) => Ok(Request::Reload { force: false }),
+                Some(Value::Bool(force)) => Ok(Request::Reload { force: *force }),
+                Some(other) => Err(RequestError::WrongType {
+                    cmd: "reload",
+                    arg: "force",
+                    expected: "a boolean",
+                    got: kind(other),
+                }),
+            },
+            "stop" => Ok(Request::Stop),
+            "help" => Ok(Request::Help),
+            other => Err(RequestError::UnknownCommand(truncated(other, 64))),
+        }
+    }
+
+    /// Encodes the request as one line, newline included.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut line =
+            serde_json::to_vec(self).expect("invariant: a request of strings and booleans encodes");
+        line.push(b'\n');
+        line
+    }
+
+    /// The command's name, the value of `cmd`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Restart { .. } => "restart",
+            Request::Reload { .. } => "reload",
+            Request::Stop => "stop",
+            Request::Help => "help",
+        }
+    }
+}
+
+fn job_id(fields: &mut Map<String, Value>) -> Result<String, RequestError> {
+    const EXPECTED: &str = "a job id: a string or an integer";
+    match fields.remove("id") {
+        None | Some(Value::Null) => Err(RequestError::MissingArgument {
+            cmd: "restart",
+            arg: "id",
+            expected: EXPECTED,
+        }),
+        Some(Value::String(id)) => Ok(id),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+        Some(other) => Err(RequestError::WrongType {
+            cmd: "restart",
+            arg: "id",
+            expected: EXPECTED,
+            got: kind(&other),
+        }),
+    }
+}
+
+/// A control response.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    /// `{"ok":true,"supervisor":…,"jobs":[…]}`: the answer to `status`.
+    Status(Box<Status>),
+    /// `{"ok":true,"message":"…"}`: a command was carried out.
+    Done(String),
+    /// `{"ok":true,"commands":[…]}`: the answer to `help`.
+    Help(Vec<CommandHelp>),
+    /// `{"ok":false,"error":"…"}`: the request was refused or invalid.
+    Error(String),
+}
+
+/// Why a response line could not be understood.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseError {
+    /// The line is not JSON.
+    #[error("malformed JSON: {0}")]
+    Malformed(#[source] serde_json::Error),
+    /// The line is JSON but does not have the response's shape.
+    #[error("{0}")]
+    Shape(String),
+    /// The status document does not have the expected fields.
+    #[error("not a status document: {0}")]
+    Status(#[source] serde_json::Error),
+}
+
+impl Response {
+    /// The help response, built from [`COMMANDS`].
+    pub fn help() -> Response {
+        Response::Help(COMMANDS.iter().map(CommandHelp::from).collect())
+    }
+
+    /// Encodes the response as one line, newline included. `ok` comes first.
+    pub fn encode(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Success<'a, T: Serialize> {
+            ok: bool,
+            #[serde(flatten)]
+            body: &'a T,
+        }
+        #[derive(Serialize)]
+        struct Done<'a> {
+            ok: bool,
+            message: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Help<'a> {
+            ok: bool,
+            commands: &'a [CommandHelp],
+        }
+        #[derive(Serialize)]
+        struct Refusal<'a> {
+            ok: bool,
+            error: &'a str,
+        }
+        let encoded = match self {
+            Response::Status(status) => serde_json::to_vec(&Success {
+                ok: true,
+                body: status.as_ref(),
+            }),
+            Response::Done(message) => serde_json::to_vec(&Done { ok: true, message }),
+            Response::Help(commands) => serde_json::to_vec(&Help { ok: true, commands }),
+            Response::Error(error) => serde_json::to_vec(&Refusal { ok: false, error }),
+        };
+        let mut line = encoded.unwrap_or_else(|e| {
+            // Only a map with non-string keys could fail, and the status
+            // types have none; say so rather than panic.
+            let error = format!("cannot encode the response: {e}");
+            serde_json::to_vec(&Refusal {
+                ok: false,
+                error: &error,
+            })
+            .unwrap_or_else(|_| br#"{"ok":false,"error":"cannot encode the response"}"#.to_vec())
+        });
+        line.push(b'\n');
+        line
+    }
+
+    /// Decodes the response line (without its newline) to `request`.
+    pub fn decode(line: &[u8], request: &Request) -> Result<Response, ResponseError> {
+        /// The fields every response may have; the others (a status
+        /// document's) are skipped without being built, which keeps
+        /// decoding a large status cheap.
+        #[derive(Deserialize)]
+        struct Envelope {
+            ok: Option<Value>,
+            error: Option<Value>,
+            message: Option<Value>,
+            commands: Option<Value>,
+        }
+        let envelope: Envelope = serde_json::from_slice(line).map_err(|e| {
+            if e.is_data() {
+                ResponseError::Shape(format!("a response must be a JSON object: {e}"))
+            } else {
+                ResponseError::Malformed(e)
+            }
+        })?;
+        match envelope.ok {
+            Some(Value::Bool(true)) => {}
+            Some(Value::Bool(false)) => {
+                return match envelope.error {
+                    Some(Value::String(error)) => Ok(Response::Error(error)),
+                    _ => Err(ResponseError::Shape(
+                        "a refusal has no \"error\" string".into(),
+                    )),
+                };
+            }
+            _ => {
+                return Err(ResponseError::Shape(
+                    "a response must have a boolean \"ok\"".into(),
+                ));
+            }
+        }
+        match request {
+            // The status document's types ignore the `ok` beside them.
+            Request::Status => serde_json::from_slice::<Status>(line)
+                .map(|status| Response::Status(Box::new(status)))
+                .map_err(ResponseError::Status),
+            Request::Help => match envelope.commands {
+                Some(commands) => serde_json::from_value(commands)
+                    .map(Response::Help)
+                    .map_err(|e| ResponseError::Shape(format!("bad \"commands\": {e}"))),
+                None => Err(ResponseError::Shape(
+                    "no \"commands\" in the answer to help".into(),
+                )),
+            },
+            Request::Restart { .. } | Request::Reload { .. } | Request::Stop => {
+                match envelope.message {
+                    Some(Value::String(message)) => Ok(Response::Done(message)),
+                    None => Ok(Response::Done(String::new())),
+                    Some(other) => Err(ResponseError::Shape(format!(
+                        "\"message\" must be a string, got {}",
+                        kind(&other)
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lrpm_core::status::{JobState, JobStatus, SourceStatus, SupervisorStatus};
+    use proptest::prelude::*;
+
+    fn err(line: &str) -> String {
+        Request::decode(line.as_bytes())
+            .expect_err("the line is invalid")
+            .to_string()
+    }
+
+    #[test]
+    fn decodes_every_command() {
+        assert_eq!(
+            Request::decode(br#"{"cmd":"status"}"#).expect("valid"),
+            Request::Status
+        );
+        assert_eq!(
+            Request::decode(br#"{"cmd":"stop"}"#).expect("valid"),
+            Request::Stop
+        );
+        assert_eq!(
+            Request::decode(br#"{"cmd":"help"}"#).expect("valid"),
+            Request::Help
+        );
+        assert_eq!(
+            Request::decode(br#"{"cmd":"reload"}"#).expect("valid"),
+            Request::Reload { force: false }
+        );
+        assert_eq!(
+            Request::decode(br#" {"cmd":"reload","force":true} "#).expect("valid"),
+            Request::Reload { force: true }
+        );
+        assert_eq!(
+            Request::decode(br#"{"cmd":"restart","id":"a b"}"#).expect("valid"),
+            Request::Restart { id: "a b".into() }
+        );
+    }
+
+    #[test]
+    fn integer_ids_are_php_lrpm_ids() {
+        assert_eq!(
+            Request::decode(br#"{"cmd":"restart","id":42}"#).expect("valid"),
+            Request::Restart { id: "42".into() }
+        );
+        assert_eq!(
+            Request::decode(br#"{"cmd":"restart","id":-7}"#).expect("valid"),
+            Request::Restart { id: "-7".into() }
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        assert_eq!(
+            Request::decode(br#"{"cmd":"status","verbose":true}"#).expect("valid"),
+            Request::Status
+        );
+    }
+
+    #[test]
+    fn every_error_is_precise() {
+        assert!(err("{").starts_with("malformed JSON: "));
+        assert!(err("").starts_with("malformed JSON: "));
+        assert!(err(r#"{"cmd":"status"} {}"#).starts_with("malformed JSON: "));
+        assert_eq!(err("[1]"), "a request must be a JSON object, got an array");
+        assert_eq!(
+            err("\"status\""),
+            "a request must be a JSON object, got a string"
+        );
+        assert_eq!(
+            err("{}"),
+            "missing \"cmd\": expected one of status, restart, reload, stop, help"
+        );
+        assert_eq!(
+            err(r#"{"cmd":1}"#),
+            "\"cmd\" must be a string, got an integer"
+        );
+        assert_eq!(
+            err(r#"{"cmd":"dance"}"#),
+            "unknown command \"dance\": expected one of status, restart, reload, stop, help"
+        );
+        assert_eq!(
+            err(r#"{"cmd":"restart"}"#),
+            "restart needs \"id\" (a job id: a string or an integer)"
+        );
+        assert_eq!(
+            err(r#"{"cmd":"restart","id":{"a":1}}"#),
+            "restart: \"id\" must be a job id: a string or an integer, got an object"
+        );
+        assert_eq!(
+            err(r#"{"cmd":"restart","id":1.5}"#),
+            "restart: \"id\" must be a job id: a string or an integer, got a fractional number"
+        );
+        assert_eq!(
+            err(r#"{"cmd":"reload","force":"yes"}"#),
+            "reload: \"force\" must be a boolean, got a string"
+        );
+        let long = format!(r#"{{"cmd":"{}"}}"#, "x".repeat(MAX_REQUEST_LEN));
+        assert_eq!(err(&long), "request longer than 65536 bytes");
+        let long_cmd = format!(r#"{{"cmd":"{}"}}"#, "y".repeat(1000));
+        assert!(
+            err(&long_cmd).len() < 200,
+            "a long command is not echoed whole"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_malformed() {
+        let e = Request::decode(b"{\"cmd\":\"st\xffatus\"}").expect_err("invalid");
+        assert!(matches!(e, RequestError::Malformed(_)));
+    }
+
+    #[test]
+    fn split_line_frames_and_bounds() {
+        assert_eq!(split_line(b"", 8), Ok(None));
+        assert_eq!(split_line(b"abc", 8), Ok(None));
+        assert_eq!(split_line(b"abc\ndef", 8), Ok(Some((3, 4))));
+        assert_eq!(split_line(b"abc\r\n", 8), Ok(Some((3, 5))));
+        assert_eq!(split_line(b"\n", 8), Ok(Some((0, 1))));
+        assert_eq!(split_line(b"12345678\n", 8), Ok(Some((8, 9))));
+        assert_eq!(split_line(b"12345678\r\n", 8), Ok(Some((8, 10))));
+        assert_eq!(split_line(b"12345678", 8), Ok(None));
+        assert_eq!(split_line(b"123456789", 8), Err(LineTooLong { limit: 8 }));
+        assert_eq!(split_line(b"123456789\n", 8), Err(LineTooLong { limit: 8 }));
+        assert_eq!(split_line_from(b"abc\r\nx", 4, 8), Ok(Some((3, 5))));
+        assert_eq!(split_line_from(b"abc", 99, 8), Ok(None));
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        for request in [
+            Request::Status,
+            Request::Restart {
+                id: "x\"y\n".into(),
+            },
+            Request::Reload { force: true },
+            Request::Reload { force: false },
+            Request::Stop,
+            Request::Help,
+        ] {
+            let line = request.encode();
+            assert_eq!(line.last(), Some(&b'\n'));
+            assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+            assert_eq!(
+                Request::decode(&line[..line.len() - 1]).expect("valid"),
+                request
+            );
+        }
+    }
+
+    fn sample_status() -> Status {
+        Status {
+            supervisor: SupervisorStatus {
+                pid: 1,
+                version: "0.1.0".into(),
+                started_at: 1_700_000_000.0,
+                shutting_down: false,
+                source: SourceStatus {
+                    uri: "jobs.toml".into(),
+                    ..SourceStatus::default()
+                },
+            },
+            jobs: vec![JobStatus {
+                id: "42".into(),
+                name: "Job 42".into(),
+                command: "sleep 1000".into(),
+                state: JobState::Running,
+                pid: Some(1234),
+                started_at: Some(1_700_000_000.5),
+                restarts: 0,
+                last_exit: None,
+                backoff_seconds: 1.0,
+                restart_at: None,
+                mtime: None,
+                declared: true,
+                invalid: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let status = Response::Status(Box::new(sample_status()));
+        let line = status.encode();
+        let value: Value = serde_json::from_slice(&line).expect("valid");
+        assert_eq!(value["ok"], true);
+        assert_eq!(value["supervisor"]["pid"], 1);
+        assert_eq!(value["jobs"][0]["id"], "42");
+        let body = &line[..line.len() - 1];
+        assert_eq!(
+            Response::decode(body, &Request::Status).expect("valid"),
+            status
+        );
+
+        let done = Response::Done("job 42 is restarting".into());
+        let line = done.encode();
+        let restart = Request::Restart { id: "42".into() };
+        assert_eq!(
+            Response::decode(&line[..line.len() - 1], &restart).expect("valid"),
+            done
+        );
+
+        let help = Response::help();
+        let line = help.encode();
+        assert_eq!(
+            Response::decode(&line[..line.len() - 1], &Request::Help).expect("valid"),
+            help
+        );
+
+        let error = Response::Error("unknown job 7".into());
+        let line = error.encode();
+        assert_eq!(line, b"{\"ok\":false,\"error\":\"unknown job 7\"}\n");
+        assert_eq!(
+            Response::decode(&line[..line.len() - 1], &Request::Stop).expect("valid"),
+            error
+        );
+    }
+
+    #[test]
+    fn bad_responses_are_errors() {
+        let bad = |line: &str, request: &Request| Response::decode(line.as_bytes(), request);
+        assert!(bad("nonsense", &Request::Status).is_err());
+        assert!(bad("[]", &Request::Status).is_err());
+        assert!(bad("{}", &Request::Stop).is_err());
+        assert!(bad(r#"{"ok":"yes"}"#, &Request::Stop).is_err());
+        assert!(bad(r#"{"ok":false}"#, &Request::Stop).is_err());
+        assert!(bad(r#"{"ok":true}"#, &Request::Status).is_err());
+        assert!(bad(r#"{"ok":true}"#, &Request::Help).is_err());
+        assert!(bad(r#"{"ok":true,"message":3}"#, &Request::Stop).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Request::decode(&bytes);
+            let _ = Response::decode(&bytes, &Request::Status);
+            let _ = Response::decode(&bytes, &Request::Help);
+            let _ = split_line(&bytes, 16);
+            let _ = split_line_from(&bytes, bytes.len() / 2, 16);
+            let _ = split_line_from(&bytes, usize::MAX, usize::MAX);
+        }
+
+        #[test]
+        fn decoder_never_panics_on_near_requests(
+            cmd in prop_oneof![
+                Just("status".to_owned()), Just("restart".to_owned()),
+                Just("reload".to_owned()), Just("stop".to_owned()), ".*"
+            ],
+            id in prop_oneof![
+                Just("null".to_owned()), Just("{}".to_owned()), Just("[1]".to_owned()),
+                Just("1e400".to_owned()), Just("-0".to_owned()), Just("18446744073709551616".to_owned()),
+                any::<i64>().prop_map(|n| n.to_string()), any::<f64>().prop_map(|n| n.to_string()),
+                ".*".prop_map(|s| serde_json::to_string(&s).expect("valid")),
+            ],
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let line = format!(r#"{{"cmd":{},"id":{id},"force":{id}}}"#, serde_json::to_string(&cmd).expect("valid"));
+            let _ = Request::decode(line.as_bytes());
+            let bytes = line.as_bytes();
+            let _ = Request::decode(&bytes[..cut.index(bytes.len() + 1)]);
+        }
+
+        #[test]
+        fn restart_ids_round_trip(id in ".*") {
+            let request = Request::Restart { id };
+            let line = request.encode();
+            prop_assert_eq!(Request::decode(&line[..line.len() - 1]).expect("valid"), request);
+        }
+
+        #[test]
+        fn split_line_respects_the_limit(bytes in proptest::collection::vec(
+            prop_oneof![Just(b'\n'), Just(b'\r'), any::<u8>()], 0..64), limit in 0usize..24)
+        {
+            match split_line(&bytes, limit) {
+                Ok(Some((len, consumed))) => {
+                    prop_assert!(len <= limit);
+                    prop_assert!(consumed <= bytes.len());
+                    prop_assert_eq!(bytes[consumed - 1], b'\n');
+                    prop_assert!(!bytes[..consumed - 1].contains(&b'\n'));
+                }
+                Ok(None) => {
+                    prop_assert!(!bytes.contains(&b'\n'));
+                    prop_assert!(bytes.len() <= limit);
+                }
+                Err(_) => {
+                    let first = bytes.iter().position(|&b| b == b'\n').unwrap_or(bytes.len());
+                    prop_assert!(first > limit);
+                }
+            }
+        }
+    }
+}
