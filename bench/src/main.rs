@@ -1,0 +1,238 @@
+//! lrpm-bench: the benchmark suite of lrpm.
+//!
+//! It measures lrpm on the scenarios of issue 7 (crash → restart, change
+//! of configuration, mass start, rest, shutdown, status, crash storm),
+//! measures in the same run the physical floor of the machine and
+//! supervisord on the scenarios it supports, and writes the figures, with
+//! lrpm's ratios to both, as Markdown (`docs/benchmarks.md`).
+//!
+//! Run it with `bench/run` (which builds lrpm and the suite first); see
+//! `bench/README.md`. The codemap:
+//!
+//! - `bench.rs`: the run's context (temporary directory, binaries, plan);
+//! - `cleanup.rs`: no process outlives the run, also on panic or Ctrl-C;
+//! - `collector.rs`: the workers' reports and who runs each job;
+//! - `lrpm.rs`, `supervisord.rs`: driving the two supervisors;
+//! - `scenarios/`: one module per scenario; `suite.rs`: their order;
+//! - `results.rs`, `report.rs`, `stats.rs`, `machine.rs`: the figures and
+//!   their Markdown.
+
+mod bench;
+mod cleanup;
+mod collector;
+mod lrpm;
+mod machine;
+mod procfs;
+mod report;
+mod results;
+mod scenarios;
+mod stats;
+mod suite;
+mod supervisord;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::bench::{Bench, Plan};
+use crate::results::{Metric, Results, Subject};
+use crate::suite::Part;
+
+/// The workspace this suite belongs to.
+const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+/// The benchmark suite of lrpm: lrpm against the physical floor of this
+/// machine and against supervisord.
+#[derive(Debug, Parser)]
+#[command(name = "lrpm-bench", version)]
+struct Args {
+    /// A smoke test: fewer samples, 1,000 jobs at most, a few minutes.
+    #[arg(long)]
+    quick: bool,
+
+    /// The size of lrpm's big farm [default: 10000; none with --quick];
+    /// 0 runs none.
+    #[arg(long, value_name = "JOBS")]
+    big_farm: Option<usize>,
+
+    /// Run only these parts (repeatable); ratios to a part not run show `—`.
+    #[arg(long, value_enum, value_name = "PART")]
+    only: Vec<Part>,
+
+    /// Do not measure (nor install) supervisord.
+    #[arg(long)]
+    no_supervisord: bool,
+
+    /// Where to write the Markdown report [default: docs/benchmarks.md, or
+    /// target/benchmarks-quick.md with --quick].
+    #[arg(long, value_name = "PATH")]
+    output: Option<PathBuf>,
+
+    /// Where the binaries under test are (lrpm, lrpmctl,
+    /// lrpm-bench-worker) [default: this program's directory].
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+
+    /// Wait up to this many seconds for the 1-minute load average to drop
+    /// below 0.5 before starting.
+    #[arg(long, value_name = "SECONDS", default_value = "0")]
+    wait_quiet: u64,
+
+    /// Keep the run's temporary directory (logs, generated configurations).
+    #[arg(long)]
+    keep: bool,
+}
+
+impl Args {
+    fn runs(&self, part: Part) -> bool {
+        (self.only.is_empty() || self.only.contains(&part))
+            && !(part == Part::Supervisord && self.no_supervisord)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lrpm-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    let workspace = Path::new(WORKSPACE)
+        .canonicalize()
+        .context("finding the workspace")?;
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("this program has no directory")?
+            .to_path_buf(),
+    };
+    let output = args.output.clone().unwrap_or_else(|| {
+        if args.quick {
+            workspace.join("target/benchmarks-quick.md")
+        } else {
+            workspace.join("docs/benchmarks.md")
+        }
+    });
+    wait_quiet(Duration::from_secs(args.wait_quiet));
+
+    let plan = Plan::new(args.quick, args.big_farm);
+    let (bench, _guard) = Bench::new(&bin_dir, plan, args.keep)?;
+    let mut results = Results::default();
+    let started = Instant::now();
+    let date = machine::utc_now();
+    let load_before = procfs::loadavg();
+    let load1_before = procfs::load1();
+    eprintln!(
+        "lrpm-bench: {} run in {}; load average {load_before}",
+        if args.quick { "quick" } else { "full" },
+        bench.dir.display()
+    );
+    if load1_before >= 0.5 {
+        eprintln!(
+            "lrpm-bench: the machine is busy (load {load1_before:.2}): figures will be noisy"
+        );
+    }
+
+    // A part that fails is reported, and the report of the others is still
+    // written; the run then exits non-zero.
+    let mut failed = Vec::new();
+    let mut record = |part: &str, outcome: anyhow::Result<()>, results: &mut Results| {
+        if let Err(e) = outcome {
+            eprintln!("lrpm-bench: {part} failed: {e:#}");
+            results.note(format!("**The {part} part failed**: {e:#}"));
+            failed.push(part.to_owned());
+        }
+    };
+    let farms = if args.runs(Part::Floor) || args.runs(Part::Lrpm) {
+        suite::size_farms(&bench, &mut results)?
+    } else {
+        Vec::new()
+    };
+    if args.runs(Part::Floor) {
+        let outcome = suite::floor(&bench, &farms, &mut results);
+        record("floor", outcome, &mut results);
+    }
+    if args.runs(Part::Lrpm) {
+        let outcome = suite::lrpm(&bench, &farms, &mut results);
+        record("lrpm", outcome, &mut results);
+    }
+    let mut supervisord_version = None;
+    if args.runs(Part::Supervisord) {
+        match supervisord::find_or_install() {
+            Ok(programs) => {
+                supervisord_version =
+                    machine::output(Command::new(&programs.supervisord).arg("--version"));
+                let outcome = suite::supervisord(&bench, &programs, &mut results);
+                record("supervisord", outcome, &mut results);
+                let start = results.median(Metric::MassStart, Subject::Supervisord, 1000);
+                results.note(format!(
+                    "supervisord is not run with more than 1,000 programs: it took {} to \
+                     start 1,000 here.",
+                    stats::Ms(start)
+                ));
+            }
+            Err(e) => results.note(format!("supervisord was not measured: {e:#}")),
+        }
+    }
+
+    let run = report::Run {
+        command: command_line(),
+        quick: args.quick,
+        date,
+        machine: machine::Machine::probe(&bench.bins.lrpm, &workspace),
+        supervisord: supervisord_version,
+        load_before,
+        load_after: procfs::loadavg(),
+        load1_before,
+        duration: started.elapsed(),
+    };
+    let markdown = report::render(&run, &results);
+    if let Some(dir) = output.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&output, &markdown).with_context(|| format!("writing {}", output.display()))?;
+    println!("{markdown}");
+    eprintln!(
+        "lrpm-bench: done in {:.0} s; report written to {}",
+        run.duration.as_secs_f64(),
+        output.display()
+    );
+    anyhow::ensure!(
+        failed.is_empty(),
+        "these parts failed: {}",
+        failed.join(", ")
+    );
+    Ok(())
+}
+
+/// The command as the report shows it: `bench/run` and the arguments
+/// given (bench/run passes them through unchanged).
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() {
+        "bench/run".into()
+    } else {
+        format!("bench/run {}", args.join(" "))
+    }
+}
+
+/// Waits up to `limit` for the 1-minute load average to drop below 0.5.
+fn wait_quiet(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while procfs::load1() >= 0.5 && Instant::now() < deadline {
+        eprintln!(
+            "lrpm-bench: waiting for a quiet machine (load {})",
+            procfs::loadavg()
+        );
+        std::thread::sleep(Duration::from_secs(15).min(limit));
+    }
+}

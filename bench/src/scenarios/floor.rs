@@ -1,0 +1,173 @@
+//! The floor: what the harness itself achieves doing the least possible
+//! work with the same worker, so that lrpm's figures can be read as a
+//! multiple of what this machine allows.
+//!
+//! The harness spawns with `std::process::Command` and no hooks, which
+//! lets std use `posix_spawn` (a vfork): the cheapest spawn there is.
+
+use std::os::fd::AsFd;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::process::{Pid, PidfdFlags, Signal, kill_process, pidfd_open, pidfd_send_signal};
+
+use crate::bench::{Bench, Plan, WorkerMode};
+use crate::cleanup;
+use crate::collector::Roster;
+use crate::procfs::monotonic_ns;
+use crate::results::{Metric, Results, Subject};
+
+/// Runs every floor measurement, with sequential farms of each of `farms`
+/// sizes.
+pub fn run(bench: &Bench, farms: &[usize], results: &mut Results) -> anyhow::Result<()> {
+    let plan = &bench.plan;
+    eprintln!("[floor] fork+exec+wait of /bin/true and of the worker");
+    spawn_wait(
+        results.times(Metric::SpawnTrue, Subject::Floor, 1),
+        plan.spawn_samples,
+        || {
+            let mut cmd = Command::new("/bin/true");
+            cmd.stdin(Stdio::null());
+            cmd
+        },
+    )?;
+    spawn_wait(
+        results.times(Metric::SpawnWorker, Subject::Floor, 1),
+        plan.spawn_samples,
+        || bench.worker_command(0, WorkerMode::True),
+    )?;
+    eprintln!("[floor] exit → wake and exit → replacement");
+    exit_replace(bench, results)?;
+    for &jobs in farms {
+        for session in 0..plan.floor_sessions(jobs) {
+            eprintln!("[floor] {jobs} sequential spawns, then SIGTERM to all ({session})");
+            sequential_farm(bench, jobs, results)?;
+        }
+    }
+    for (metric, jobs) in [
+        (Metric::SpawnTrue, 1),
+        (Metric::SpawnWorker, 1),
+        (Metric::ExitWake, 1),
+        (Metric::ExitReplace, 1),
+    ] {
+        if let Some(s) = results.get(metric, Subject::Floor, jobs) {
+            eprintln!("[floor] {metric:?}: {}", s.summary());
+        }
+    }
+    Ok(())
+}
+
+/// Times `samples` runs of the command `make` builds, each from spawn to
+/// reaped.
+fn spawn_wait(
+    out: &mut crate::stats::Samples,
+    samples: usize,
+    make: impl Fn() -> Command,
+) -> anyhow::Result<()> {
+    for _ in 0..samples {
+        cleanup::check_not_stopping()?;
+        let mut cmd = make();
+        let t0 = Instant::now();
+        let status = cmd.status().context("running the floor's child")?;
+        out.push(t0.elapsed());
+        anyhow::ensure!(status.success(), "the floor's child failed: {status}");
+    }
+    Ok(())
+}
+
+/// The minimal supervisor loop: SIGKILL the child, wait for its pidfd,
+/// reap it, spawn its replacement, receive the replacement's report.
+/// Records exit → wake and exit → replacement's `main`.
+fn exit_replace(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
+    let mut roster = Roster::new(1);
+    bench.collector.drain();
+    let mut child = Brood::default();
+    child.spawn(bench, 0)?;
+    roster.wait_for(&bench.collector, Duration::from_secs(10), |h| h.id == 0)?;
+    for _ in 0..bench.plan.exit_samples {
+        let pid = child.0[0].id();
+        let raw = Pid::from_raw(pid as i32).context("invariant: a child's pid is positive")?;
+        let pidfd = pidfd_open(raw, PidfdFlags::empty())?;
+        let t0 = monotonic_ns();
+        pidfd_send_signal(pidfd.as_fd(), Signal::KILL)?;
+        let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+        poll(&mut fds, None)?;
+        let woke = monotonic_ns();
+        results
+            .times(Metric::ExitWake, Subject::Floor, 1)
+            .push_ns(woke - t0);
+        child.0[0].wait()?;
+        child.0.clear();
+        child.spawn(bench, 0)?;
+        let new_pid = child.0[0].id();
+        let hello = roster.wait_for(&bench.collector, Duration::from_secs(10), |h| {
+            h.id == 0 && h.pid == new_pid
+        })?;
+        results
+            .times(Metric::ExitReplace, Subject::Floor, 1)
+            .push_ns(hello.ns.saturating_sub(t0));
+    }
+    Ok(())
+}
+
+/// Spawns `jobs` workers one after the other and waits for all their
+/// reports (the floor of a mass start), then SIGTERMs them all and reaps
+/// them (the floor of a shutdown).
+fn sequential_farm(bench: &Bench, jobs: usize, results: &mut Results) -> anyhow::Result<()> {
+    let mut roster = Roster::new(jobs);
+    bench.collector.drain();
+    let mut brood = Brood::default();
+    let t0 = monotonic_ns();
+    for id in 0..jobs {
+        brood.spawn(bench, id)?;
+    }
+    let last = roster.wait_all(&bench.collector, Plan::start_timeout(jobs))?;
+    results
+        .times(Metric::MassStart, Subject::Floor, jobs)
+        .push_ns(last.saturating_sub(t0));
+    let t0 = Instant::now();
+    for child in &brood.0 {
+        if let Some(pid) = Pid::from_raw(child.id() as i32) {
+            // Not reaped yet, so the pid is still this child's.
+            kill_process(pid, Signal::TERM)?;
+        }
+    }
+    for child in &mut brood.0 {
+        child.wait()?;
+    }
+    results
+        .times(Metric::Shutdown, Subject::Floor, jobs)
+        .push(t0.elapsed());
+    brood.0.clear();
+    Ok(())
+}
+
+/// Workers spawned by the harness itself, killed and reaped when dropped.
+#[derive(Debug, Default)]
+struct Brood(Vec<Child>);
+
+impl Brood {
+    fn spawn(&mut self, bench: &Bench, id: usize) -> anyhow::Result<()> {
+        cleanup::check_not_stopping()?;
+        let child = bench
+            .worker_command(id, WorkerMode::Pause)
+            .spawn()
+            .context("spawning a worker")?;
+        self.0.push(child);
+        Ok(())
+    }
+}
+
+impl Drop for Brood {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            // Children not reaped yet: their pids are still theirs.
+            let _ = child.kill();
+        }
+        for child in &mut self.0 {
+            let _ = child.wait();
+        }
+    }
+}

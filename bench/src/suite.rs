@@ -1,0 +1,272 @@
+//! Which scenarios run on which farm, in which order.
+//!
+//! A farm (a supervisor with N jobs) is expensive to start, so the
+//! scenarios share farms: each farm gives one mass-start sample when it
+//! starts and one shutdown sample when it stops, and the first farm of each
+//! size also hosts the at-rest, crash, configuration and status scenarios.
+
+use std::time::Duration;
+
+use crate::bench::{Bench, Descriptors};
+use crate::procfs;
+use crate::report::{self, jobs};
+use crate::results::{Metric, Results, Subject};
+use crate::scenarios::restart::Series;
+use crate::scenarios::{config_push, floor, mass_start, rest, restart, shutdown, status, storm};
+use crate::supervisord::Programs;
+
+/// The parts of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The floor: the harness's own spawns and restarts.
+    Floor,
+    /// lrpm.
+    Lrpm,
+    /// supervisord.
+    Supervisord,
+}
+
+/// A big farm whose start takes longer than this (in milliseconds) is
+/// started only once.
+const SLOW_START_MS: f64 = 60_000.0;
+
+/// How long lrpm is left alone between two crashes.
+const LRPM_SETTLE: Duration = Duration::from_millis(5);
+
+/// How long supervisord is left alone between two crashes: it marks a
+/// program RUNNING on its next tick (up to a second later), and a crash
+/// before that counts as a failed start and is backed off.
+const SUPERVISORD_SETTLE: Duration = Duration::from_millis(1500);
+
+/// A farm size of the run, and how lrpm gets the descriptors it needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Farm {
+    /// How many jobs.
+    pub jobs: usize,
+    /// The hard descriptor limit the harness gives lrpm, when the current
+    /// one is too low.
+    pub raise: Option<u64>,
+}
+
+/// Decides the farm sizes of the run: the plan's, except that a farm lrpm
+/// cannot get the descriptors for is cut down to the largest that fits.
+/// lrpm's descriptors per worker are measured on a farm of 200 jobs first.
+pub fn size_farms(bench: &Bench, results: &mut Results) -> anyhow::Result<Vec<Farm>> {
+    const PROBE: usize = 200;
+    let probe = mass_start::lrpm(bench, PROBE, None, &mut Results::default())?;
+    let base = procfs::fd_count(probe.lrpm.pid())?;
+    probe.lrpm.write_jobs("# no jobs\n")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let empty = procfs::fd_count(probe.lrpm.pid())?;
+    shutdown::lrpm(probe, &mut Results::default())?;
+    let per_worker = base.saturating_sub(empty) as f64 / PROBE as f64;
+    eprintln!("[sizing] lrpm uses {per_worker:.2} descriptors per worker");
+    let mut farms = Vec::new();
+    for &wanted in &bench.plan.farms {
+        let farm = match bench.descriptors(wanted, per_worker) {
+            Descriptors::Fit => Farm {
+                jobs: wanted,
+                raise: None,
+            },
+            Descriptors::Raise(hard) => {
+                results.note(format!(
+                    "RLIMIT_NOFILE: the hard limit here is {}, and lrpm needs about {} \
+                     descriptors for {} jobs ({per_worker:.1} per worker). The harness \
+                     raised the hard limit of the lrpm it starts to {hard} before exec; lrpm \
+                     then raises its own soft limit to it.",
+                    bench.nofile_hard,
+                    jobs((wanted as f64 * per_worker) as usize),
+                    jobs(wanted),
+                ));
+                Farm {
+                    jobs: wanted,
+                    raise: Some(hard),
+                }
+            }
+            Descriptors::Cap(fit) => {
+                results.note(format!(
+                    "RLIMIT_NOFILE: {w} jobs do not fit here. lrpm needs {per_worker:.1} \
+                     descriptors per worker (measured on {PROBE} jobs), about {} for {w} \
+                     jobs; the hard limit is {} and cannot be raised ({}). The big farm \
+                     (lrpm's and the floor's) has {} jobs instead, and the targets for {w} \
+                     jobs are not measurable here.",
+                    jobs((wanted as f64 * per_worker) as usize),
+                    jobs(bench.nofile_hard as usize),
+                    crate::bench::raise_obstacle(),
+                    jobs(fit),
+                    w = jobs(wanted),
+                ));
+                Farm {
+                    jobs: fit,
+                    raise: None,
+                }
+            }
+        };
+        if farm.jobs > 1000 {
+            results.set_big_farm(farm.jobs);
+        }
+        farms.push(farm);
+    }
+    Ok(farms)
+}
+
+/// Measures the floor.
+pub fn floor(bench: &Bench, farms: &[Farm], results: &mut Results) -> anyhow::Result<()> {
+    let sizes: Vec<usize> = farms.iter().map(|f| f.jobs).collect();
+    floor::run(bench, &sizes, results)
+}
+
+/// Measures lrpm on every scenario.
+pub fn lrpm(bench: &Bench, farms: &[Farm], results: &mut Results) -> anyhow::Result<()> {
+    let plan = &bench.plan;
+    let series = Series {
+        samples: plan.restart_samples,
+        settle: LRPM_SETTLE,
+        timeout: Duration::from_secs(10),
+    };
+
+    eprintln!("[lrpm] 1 job: crash → restart");
+    let mut farm = mass_start::lrpm(bench, 1, None, results)?;
+    restart::measure(
+        bench,
+        &mut farm.roster,
+        1,
+        series,
+        results.times(Metric::Restart, Subject::Lrpm, 1),
+    )?;
+    shutdown::lrpm(farm, results)?;
+
+    for &Farm { jobs, raise } in farms {
+        for session in 0..plan.sessions(jobs) {
+            eprintln!(
+                "[lrpm] {jobs} jobs: mass start ({}/{})",
+                session + 1,
+                plan.sessions(jobs)
+            );
+            let mut farm = mass_start::lrpm(bench, jobs, raise, results)?;
+            if session == 0 {
+                eprintln!("[lrpm] {jobs} jobs: at rest for {:?}", plan.rest_window);
+                let at_rest = rest::measure(farm.lrpm.pid(), plan.rest_window)?;
+                results.set_rest(Subject::Lrpm, jobs, at_rest);
+                eprintln!("[lrpm] {jobs} jobs: crash → restart");
+                restart::measure(
+                    bench,
+                    &mut farm.roster,
+                    jobs,
+                    series,
+                    results.times(Metric::Restart, Subject::Lrpm, jobs),
+                )?;
+                if jobs == 1000 {
+                    eprintln!("[lrpm] {jobs} jobs: configuration change → effect");
+                    config_push::lrpm(bench, &mut farm, plan.push_samples, results)?;
+                }
+                eprintln!("[lrpm] {jobs} jobs: status");
+                status::lrpm(
+                    bench,
+                    &farm,
+                    plan.status_samples(jobs),
+                    plan.table_samples(jobs),
+                    results,
+                )?;
+            }
+            eprintln!("[lrpm] {jobs} jobs: shutdown");
+            shutdown::lrpm(farm, results)?;
+            // Keeps the full run well under 15 minutes when lrpm is slow.
+            let start = results.median(Metric::MassStart, Subject::Lrpm, jobs);
+            if jobs > 1000 && start.is_some_and(|ms| ms > SLOW_START_MS) {
+                if session + 1 < plan.sessions(jobs) {
+                    results.note(format!(
+                        "lrpm took over {} s to start {} jobs, so the suite started that \
+                         farm only once.",
+                        SLOW_START_MS / 1000.0,
+                        report::jobs(jobs),
+                    ));
+                }
+                break;
+            }
+        }
+    }
+
+    eprintln!("[lrpm] crash storm of {} jobs", plan.storm_jobs);
+    storm::lrpm(bench, plan.storm_jobs, plan.storm_window, results)?;
+    report_progress(results, Subject::Lrpm);
+    Ok(())
+}
+
+/// Measures supervisord on the scenarios it supports, with one program
+/// and with 1,000.
+pub fn supervisord(
+    bench: &Bench,
+    programs: &Programs,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let plan = &bench.plan;
+    let series = Series {
+        samples: plan.supervisord_restart_samples,
+        settle: SUPERVISORD_SETTLE,
+        timeout: Duration::from_secs(30),
+    };
+
+    eprintln!("[supervisord] 1 program: crash → restart");
+    let mut farm = mass_start::supervisord(bench, programs, 1, false, results)?;
+    std::thread::sleep(SUPERVISORD_SETTLE);
+    restart::measure(
+        bench,
+        &mut farm.roster,
+        1,
+        series,
+        results.times(Metric::Restart, Subject::Supervisord, 1),
+    )?;
+    shutdown::supervisord(farm, results)?;
+
+    let jobs = 1000;
+    let sessions = if plan.quick { 1 } else { 2 };
+    for session in 0..sessions {
+        eprintln!(
+            "[supervisord] {jobs} programs: start ({}/{sessions})",
+            session + 1
+        );
+        let mut farm = mass_start::supervisord(bench, programs, jobs, session == 0, results)?;
+        if session == 0 {
+            eprintln!(
+                "[supervisord] {jobs} programs: at rest for {:?}",
+                plan.rest_window
+            );
+            let at_rest = rest::measure(farm.supervisord.pid(), plan.rest_window)?;
+            results.set_rest(Subject::Supervisord, jobs, at_rest);
+            eprintln!("[supervisord] {jobs} programs: crash → restart");
+            restart::measure(
+                bench,
+                &mut farm.roster,
+                jobs,
+                series,
+                results.times(Metric::Restart, Subject::Supervisord, jobs),
+            )?;
+            eprintln!("[supervisord] {jobs} programs: status");
+            let (socket, table) = if plan.quick { (5, 2) } else { (10, 5) };
+            status::supervisord(&farm, socket, table, results)?;
+        }
+        eprintln!("[supervisord] {jobs} programs: shutdown");
+        shutdown::supervisord(farm, results)?;
+    }
+    report_progress(results, Subject::Supervisord);
+    Ok(())
+}
+
+/// Prints the medians measured so far for `subject`.
+fn report_progress(results: &Results, subject: Subject) {
+    for metric in [
+        Metric::Restart,
+        Metric::ConfigPush,
+        Metric::MassStart,
+        Metric::Shutdown,
+        Metric::StatusSocket,
+        Metric::StatusTable,
+    ] {
+        for jobs in [1, 1000, results.big_farm().unwrap_or(10_000)] {
+            if let Some(s) = results.get(metric, subject, jobs) {
+                eprintln!("[{}] {metric:?} at {jobs}: {}", subject.name(), s.summary());
+            }
+        }
+    }
+}
