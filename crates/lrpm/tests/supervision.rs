@@ -138,18 +138,18 @@ fn a_job_can_run_as_another_user() {
 fn workers_inherit_no_descriptor_but_stdio() {
     let lrpm = Lrpm::start(
         "jobs.json",
-        r#"{"fds": {"name": "fds", "command": ["sh", "-c", "ls /proc/$$/fd | sort -n | tr '\\n' ' ' > fds.out; exec sleep 1000"]}}"#,
+        r#"{"fds": {"name": "fds", "command": ["sleep", "1000"]}}"#,
         &[],
     );
-    running_pid(&lrpm, "fds");
-    let out = lrpm.dir.path().join("fds.out");
-    wait_until("fds.out", LONG, || {
-        fs::read_to_string(&out).is_ok_and(|s| !s.is_empty())
-    });
-    let _ = &lrpm;
-    // The worker's cwd is lrpm's (the test's), so look where it wrote.
-    let text = fs::read_to_string(&out).expect("fds.out");
-    assert_eq!(text.trim(), "0 1 2", "inherited descriptors: {text}");
+    // The worker's own descriptors, read from outside: a shell listing its
+    // own would race with the pipes of its pipeline.
+    let pid = running_pid(&lrpm, "fds");
+    let mut fds: Vec<u32> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    assert_eq!(fds, [0, 1, 2], "inherited descriptors: {fds:?}");
 }
 
 #[test]
@@ -258,15 +258,21 @@ fn a_custom_stop_signal_is_used() {
         r#"
 [polite]
 name = "polite"
-command = "trap 'echo got-int; exit 0' INT; trap '' TERM; while true; do sleep 0.1; done"
+command = "trap 'echo got-int; exit 0' INT; trap '' TERM; echo ready; while true; do sleep 0.1; done"
 stopSignal = "SIGINT"
 "#,
         &[],
     );
     running_pid(&lrpm, "polite");
+    // Stop it only once its traps are set.
+    wait_until("the traps", LONG, || {
+        lrpm.stdout().contains("[polite] ready")
+    });
     lrpm.write_config("# no jobs\n");
     lrpm.wait_for("job gone", LONG, |s| job_in(s, "polite").is_none());
-    assert!(lrpm.stdout().contains("[polite] got-int"));
+    wait_until("the INT trap's output", LONG, || {
+        lrpm.stdout().contains("[polite] got-int")
+    });
 }
 
 #[test]
