@@ -1,5 +1,6 @@
 //! What every declaration target checks: parsing never panics, and its
 //! result is consistent.
+#![allow(dead_code)] // Each target uses a part of it.
 
 use lrpm_core::decl::{Declaration, Document, Format, SourceError, parse_documents};
 

@@ -2,7 +2,7 @@
 //!
 //! # Theory of operation
 //!
-//! [`Supervisor`] holds one [`Job`] per job id it supervises. The shell feeds
+//! [`Supervisor`] holds one `Job` per job id it supervises. The shell feeds
 //! it events, each with the current monotonic time:
 //!
 //! * [`Supervisor::handle_config`]: a new configuration was loaded; the farm is
@@ -399,19 +399,25 @@ impl Supervisor {
         self.source.last_error = Some(error);
     }
 
-    /// Records the pid of a process the shell has spawned.
-    pub fn handle_spawned(&mut self, run: RunId, pid: u32) {
+    /// Records the pid of a process the shell has spawned, and when it did:
+    /// the run's length is counted from then, not from when the spawn was
+    /// asked for (the shell may have had a queue of spawns to work through).
+    pub fn handle_spawned(&mut self, now: Instant, run: RunId, pid: u32) {
         let Some(job) = self.runs.get(&run).and_then(|id| self.jobs.get_mut(id)) else {
             return;
         };
         if let State::Running(proc) | State::Stopping { proc, .. } = &mut job.state {
             if proc.run == run {
                 proc.pid = Some(pid);
+                proc.since = proc.since.max(now);
             }
         }
     }
 
-    /// Handles the end of process `run` (or its failure to start).
+    /// Handles the end of process `run` (or its failure to start). `now` is
+    /// when it ended, as closely as the shell can tell, which may be a little
+    /// before the present: the run's length and the backoff delay count
+    /// from it.
     ///
     /// An exit of a process the core does not know (already handled) is
     /// ignored.

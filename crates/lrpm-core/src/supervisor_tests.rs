@@ -126,7 +126,7 @@ impl Sim {
                         },
                     );
                     self.spawns.push((self.t(), job));
-                    self.sup.handle_spawned(run, pid);
+                    self.sup.handle_spawned(self.now, run, pid);
                 }
                 Action::Signal { run, signal } => {
                     let t = self.t();
@@ -844,6 +844,29 @@ fn source_errors_leave_the_hold_in_place() {
 }
 
 #[test]
+fn a_run_is_timed_from_its_spawn_to_its_exit_not_to_their_handling() {
+    let t0 = Instant::now();
+    let mut sup = Supervisor::new(Config::default());
+    let mut s = spec("a");
+    s.short_run = 2 * SEC;
+    sup.handle_config(t0, decl(&[("a", s)]));
+    let Some(Action::Spawn { run, .. }) = sup.poll_action() else {
+        panic!("a spawn");
+    };
+    // A busy shell gets to the spawn 3 s late, and the process ends 1 s
+    // after it started: a short run, although 4 s passed since the config.
+    sup.handle_spawned(t0 + 3 * SEC, run, 42);
+    let after = sup.handle_exit(t0 + 4 * SEC, run, ExitStatus::code(1));
+    assert_eq!(after, AfterExit::Backoff(SEC));
+    // The exit is handled 3 s late too: the delay counts from the exit, so
+    // the restart is due at once.
+    let late = t0 + 7 * SEC;
+    assert_eq!(sup.poll_timeout(), Some(t0 + 5 * SEC));
+    sup.handle_timeout(late);
+    assert!(matches!(sup.poll_action(), Some(Action::Spawn { .. })));
+}
+
+#[test]
 fn a_hundred_thousand_jobs_reconcile_in_linear_time() {
     let mut sup = Supervisor::new(Config::default());
     let now = Instant::now();
@@ -854,7 +877,7 @@ fn a_hundred_thousand_jobs_reconcile_in_linear_time() {
     let mut run = 0;
     while let Some(action) = sup.poll_action() {
         if let Action::Spawn { run: r, .. } = action {
-            sup.handle_spawned(r, 1000 + r.0 as u32);
+            sup.handle_spawned(now, r, 1000 + r.0 as u32);
             spawns += 1;
             run = r.0;
         }

@@ -20,7 +20,9 @@
 //!   daemons included, atomically with respect to forks. The empty cgroup is
 //!   then removed. A tree whose `flock` nobody holds belongs to an lrpm that
 //!   died without cleaning up (SIGKILL): the next lrpm that starts beside it
-//!   kills what is left in it and removes it.
+//!   kills what is left in it and removes it. (That check and the creation
+//!   of a tree happen under an `flock` on the parent, so two lrpm starting
+//!   at once never take each other's new tree for a stale one.)
 //! * **A subreaper** ([`Orphans`], the fallback). Without a writable cgroup
 //!   v2 lrpm marks itself `PR_SET_CHILD_SUBREAPER`, so an orphaned
 //!   descendant of a worker is re-parented to lrpm instead of init. On every
@@ -154,15 +156,6 @@ impl Containment {
         }
         let orphans = (subreaper || pid_one).then(|| Orphans::new(subreaper));
         Ok(Containment { cgroups, orphans })
-    }
-
-    /// No containment besides process groups: for tests of the process
-    /// table.
-    pub fn none() -> Containment {
-        Containment {
-            cgroups: None,
-            orphans: None,
-        }
     }
 }
 
@@ -309,6 +302,10 @@ impl CgroupTree {
             )));
         }
         warn_if_not_delegated(parent);
+        // Two lrpm starting side by side must not take each other's new,
+        // not yet locked tree for a stale one: cleaning up and creating
+        // happen under a lock on the parent.
+        let _parent_lock = lock_parent(parent);
         remove_stale_trees(parent);
         let pid = std::process::id();
         let mut last_error = None;
@@ -409,8 +406,37 @@ fn warn_if_not_delegated(parent: &Path) {
     }
 }
 
+/// How long [`lock_parent`] waits for another lrpm to finish creating its
+/// tree.
+const PARENT_LOCK_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Takes an exclusive `flock` on the parent cgroup, which lrpm holds only
+/// while it removes stale trees and creates and locks its own. Gives up
+/// after [`PARENT_LOCK_PATIENCE`] (a lock held that long is not an lrpm's):
+/// the race it closes is then possible again, nothing worse.
+fn lock_parent(parent: &Path) -> Option<File> {
+    let dir = File::open(parent).ok()?;
+    let deadline = std::time::Instant::now() + PARENT_LOCK_PATIENCE;
+    loop {
+        match rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Some(dir),
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot lock {} to clean up stale lrpm cgroups: {e}",
+                    parent.display()
+                );
+                return None;
+            }
+        }
+    }
+}
+
 /// Removes the trees of lrpm processes that are gone: a tree whose `flock`
-/// can be taken has no live owner.
+/// can be taken, while the parent is locked ([`lock_parent`]), has no live
+/// owner.
 fn remove_stale_trees(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;

@@ -30,7 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 /// The longest line forwarded in one piece.
 pub const MAX_LINE: usize = 64 * 1024;
 /// How many bytes of lines may wait for the writer thread (each line counts
-/// for its length plus [`LINE_OVERHEAD`]).
+/// for its length plus a small overhead for its allocation).
 pub const QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// What a queued line costs besides its bytes (its allocation and its slot
 /// in the queue), so that a flood of empty lines is bounded too.

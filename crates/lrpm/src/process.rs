@@ -37,6 +37,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{LazyLock, Mutex, PoisonError};
+use std::time::Instant;
 
 use lrpm_core::job::{JobId, JobSpec, Program, Signal};
 use lrpm_core::status::ExitStatus;
@@ -389,6 +390,18 @@ fn libc_esrch() -> i32 {
     rustix::io::Errno::SRCH.raw_os_error()
 }
 
+/// A child's pidfd became readable: the child has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitEvent {
+    /// The process.
+    pub run: RunId,
+    /// When its pidfd became readable: the time of its end as closely as
+    /// lrpm can tell, before the event waits behind others. The core
+    /// measures the run's length and the backoff delay from it, so that a
+    /// busy event loop does not make short runs look long.
+    pub at: Instant,
+}
+
 /// A live child of lrpm.
 #[derive(Debug)]
 struct Entry {
@@ -403,7 +416,7 @@ struct Entry {
 #[derive(Debug)]
 pub struct ProcessTable {
     entries: HashMap<RunId, Entry>,
-    exits: mpsc::UnboundedSender<RunId>,
+    exits: mpsc::UnboundedSender<ExitEvent>,
     output: Output,
     ctx: SpawnContext,
     containment: Containment,
@@ -415,7 +428,7 @@ impl ProcessTable {
     /// job's processes as `containment` says.
     pub fn new(
         ctx: SpawnContext,
-        exits: mpsc::UnboundedSender<RunId>,
+        exits: mpsc::UnboundedSender<ExitEvent>,
         output: Output,
         containment: Containment,
     ) -> Self {
@@ -519,7 +532,10 @@ impl ProcessTable {
             // expected for a pidfd) is reported as an exit too, so the
             // process is reaped rather than forgotten.
             let _ = watch.readable().await.map(|mut guard| guard.retain_ready());
-            let _ = exits.send(run);
+            let _ = exits.send(ExitEvent {
+                run,
+                at: Instant::now(),
+            });
         });
         let pid = spawned.pid;
         self.entries.insert(

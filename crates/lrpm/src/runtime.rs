@@ -25,14 +25,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lrpm_core::Declaration;
 use lrpm_core::job::{JobId, Program};
 use lrpm_core::status::{ExitStatus, Status, SupervisorStatus};
-use lrpm_core::supervisor::{Action, AfterExit, ConfigOutcome, RunId, Supervisor};
+use lrpm_core::supervisor::{Action, AfterExit, ConfigOutcome, Supervisor};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::containment::Containment;
 use crate::control::{ControlMsg, Reply};
 use crate::output::Output;
-use crate::process::{ProcessTable, SpawnContext};
+use crate::process::{ExitEvent, ProcessTable, SpawnContext};
 use crate::protocol::Request;
 use crate::source::{SourceHandle, SourceUpdate};
 
@@ -50,8 +50,8 @@ pub struct Shell {
     pub core: Supervisor,
     /// Live children.
     pub procs: ProcessTable,
-    /// Child pidfds that became readable.
-    pub exits: mpsc::UnboundedReceiver<RunId>,
+    /// Child pidfds that became readable, with when.
+    pub exits: mpsc::UnboundedReceiver<ExitEvent>,
     /// Loaded configurations.
     pub updates: mpsc::UnboundedReceiver<SourceUpdate>,
     /// The running source.
@@ -75,7 +75,7 @@ impl Shell {
         ctx: SpawnContext,
         output: Output,
         containment: Containment,
-    ) -> (ProcessTable, mpsc::UnboundedReceiver<RunId>) {
+    ) -> (ProcessTable, mpsc::UnboundedReceiver<ExitEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (ProcessTable::new(ctx, tx, output, containment), rx)
     }
@@ -93,6 +93,9 @@ impl Shell {
         } else {
             None
         };
+        // When to give freed memory back to the system: some time after
+        // the first exit or load since the last time, never at rest.
+        let mut trim_at: Option<Instant> = None;
         loop {
             // Lets the other tasks (control connections, pidfd watchers,
             // output forwarders) run between two turns. Without it, a loop
@@ -112,12 +115,24 @@ impl Shell {
                     None => std::future::pending().await,
                 }
             };
+            let trim = async {
+                match trim_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 // More actions are queued: take them on the next turn, after
                 // whatever else is ready.
                 () = std::future::ready(()), if more => {}
-                Some(run) = self.exits.recv() => self.child_exited(run),
-                Some(update) = self.updates.recv() => self.config_loaded(update),
+                Some(exit) = self.exits.recv() => {
+                    self.child_exited(exit);
+                    trim_at.get_or_insert_with(|| Instant::now() + TRIM_AFTER);
+                }
+                Some(update) = self.updates.recv() => {
+                    self.config_loaded(update);
+                    trim_at.get_or_insert_with(|| Instant::now() + TRIM_AFTER);
+                }
                 Some(msg) = self.control.recv() => self.control_request(msg),
                 Some(()) = sigterm.recv() => self.shutdown("SIGTERM"),
                 Some(()) = sigint.recv() => {
@@ -134,6 +149,10 @@ impl Shell {
                 }
                 Some(()) = recv_opt(&mut sigchld) => self.procs.reap_orphans(),
                 () = sleep => self.core.handle_timeout(Instant::now()),
+                () = trim => {
+                    release_free_memory();
+                    trim_at = None;
+                }
             }
         }
         self.procs.close();
@@ -149,12 +168,14 @@ impl Shell {
         self.core.shutdown(Instant::now());
     }
 
-    fn child_exited(&mut self, run: RunId) {
-        let Some((job, status)) = self.procs.reap(run) else {
+    fn child_exited(&mut self, exit: ExitEvent) {
+        let Some((job, status)) = self.procs.reap(exit.run) else {
             return;
         };
         let how = describe_exit(&status);
-        match self.core.handle_exit(Instant::now(), run, status) {
+        // The time of the exit, not of its handling: under a storm the two
+        // are seconds apart, and a short run must not count as a long one.
+        match self.core.handle_exit(exit.at, exit.run, status) {
             AfterExit::Stopped => tracing::info!(job = %job, "stopped ({how})"),
             AfterExit::Restarted => tracing::warn!(job = %job, "{how}; restarting"),
             AfterExit::Backoff(delay) => tracing::warn!(
@@ -276,7 +297,7 @@ impl Shell {
             match self.procs.spawn(run, &job, &spec) {
                 Ok(pid) => {
                     tracing::info!(job = %job, pid, "started: {}", spec.program);
-                    self.core.handle_spawned(run, pid);
+                    self.core.handle_spawned(Instant::now(), run, pid);
                 }
                 Err(e) => {
                     let after = self.core.handle_exit(
@@ -349,6 +370,26 @@ const LOGGED_PROBLEMS: usize = 20;
 /// How much longer than `--source-timeout` the removal guard stays lifted
 /// after `lrpmctl reload --force`, waiting for the reloaded configuration.
 pub const FORCE_GRACE: Duration = Duration::from_secs(10);
+
+/// How long after the first exit or configuration load since the last trim
+/// lrpm gives the memory it freed back to the system: at most once per
+/// period while workers churn, and never at rest.
+const TRIM_AFTER: Duration = Duration::from_secs(5);
+
+/// Gives the heap's free pages back to the system. glibc keeps what a crash
+/// storm or a large configuration freed, fragmented, in its heaps: without
+/// this lrpm's memory would stay at its high-water mark (about 10 % above
+/// its baseline after a storm of 500 workers, half again after a soak).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim has no precondition; it only returns free
+        // memory of every arena to the system.
+        unsafe {
+            nix::libc::malloc_trim(0);
+        }
+    }
+}
 
 /// Receives from a signal stream that may not exist; never returns if it
 /// does not.
