@@ -30,7 +30,7 @@
 //! reaps through its pidfd.
 //!
 //! Architecture invariant: only the supervisor's main thread spawns, because
-//! the parent-death signal fires when the *thread* that forked exits.
+//! the parent-death signal fires when the *thread* that spawned exits.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CString, OsStr, OsString};

@@ -13,14 +13,14 @@
 //! the program runs; so lrpm does the clone itself:
 //!
 //! - `clone(CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_PIDFD | SIGCHLD)`
-//!   through glibc's `clone`, on a child stack allocated once ([`Spawner`]).
+//!   through glibc's `clone`, on a child stack allocated once (`Spawner`).
 //!   The child shares lrpm's memory (nothing is copied) and its descriptor
 //!   table; the calling thread is suspended until the child has exec'd or
 //!   exited, so one stack serves every spawn, and the kernel hands back the
 //!   child's pidfd (close-on-exec) with no separate `pidfd_open`.
 //! - The child's first act is `close_range(N, ~0, CLOSE_RANGE_UNSHARE)`: the
 //!   kernel gives it a private descriptor table holding only the descriptors
-//!   below `N`. Everything the child needs is below `N`: [`Spawner`] reserves
+//!   below `N`. Everything the child needs is below `N`: `Spawner` reserves
 //!   a few low descriptor numbers (slots) once, on `/dev/null`, and before each
 //!   clone the parent `dup3`s the child's stdout and stderr pipes and the
 //!   cgroup's `cgroup.procs` onto them; the stdin slot stays on `/dev/null`.
@@ -49,13 +49,13 @@
 //!   `Command` resets it as well), and clears the mask right before
 //!   `execve`: a worker starts with an empty mask and only the ignored
 //!   signals lrpm itself inherited.
-//! - A failing step writes which step and its errno into [`Report`], which
+//! - A failing step writes which step and its errno into `Report`, which
 //!   the child shares with the parent, and exits with 127; the parent reads
 //!   it once the clone has returned, reaps the child through its pidfd and
 //!   returns a [`Failure`].
 //!
 //! Architecture invariant: every descriptor lrpm opens is close-on-exec,
-//! and only the [`Spawner`]'s slots are ever placed on descriptors below its
+//! and only the `Spawner`'s slots are ever placed on descriptors below its
 //! limit `N` on purpose; the spawner's lock is held from the first `dup3`
 //! onto a slot until the slots are restored.
 
@@ -69,7 +69,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 /// calls; 256 KiB leaves a wide margin, with a guard page below.
 const STACK_SIZE: usize = 256 * 1024;
 
-/// How many slots [`Spawner`] reserves: stdin, stdout, stderr, cgroup.procs.
+/// How many slots `Spawner` reserves: stdin, stdout, stderr, cgroup.procs.
 const SLOTS: usize = 4;
 const STDIN: usize = 0;
 const STDOUT: usize = 1;
