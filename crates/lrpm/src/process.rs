@@ -809,11 +809,23 @@ mod tests {
         let spawned =
             spawn_command(SpawnRequest::new("sleep").arg("1000"), &ctx).expect("spawn sleep");
         let pid = spawned.pid.as_raw_nonzero().get();
-        let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .expect("fds")
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
-        fds.sort_unstable();
+        let read_fds = || {
+            let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .expect("fds")
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect();
+            fds.sort_unstable();
+            fds
+        };
+        // `sleep` may hold a file of its own for a moment as it starts (its
+        // locale): wait, boundedly, for it to settle; a leaked descriptor
+        // stays and fails the test.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let mut fds = read_fds();
+        while fds != [0, 1, 2] && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            fds = read_fds();
+        }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
         let _ = kill_process_group(spawned.pid, rustix::process::Signal::KILL);
         reap_child_blocking(spawned.pid, spawned.pidfd.as_fd());
