@@ -571,10 +571,11 @@ readable. *Exit → replacement*: the same, then reap it, spawn the next
 worker and take its `main`: a supervisor's restart with nothing else to do.
 *Sequential spawns*: spawn N workers one after the other, until the last
 `main`; then SIGTERM them all and reap them all (the floor of a shutdown).
-lrpm does more per spawn than the floor by design: a real `fork()` (its
-`pre_exec` hook arms the parent-death signal and restores the descriptor
-limit), a new process group, two pipes for the output, a pidfd registered
-with epoll, a log line.
+lrpm does more per spawn than the floor by design: its own vfork-style
+`clone` (the child joins the run's cgroup, arms the parent-death signal,
+restores the descriptor limit and resets its signals before it execs), a
+new process group, two pipes for the output, a pidfd registered with
+epoll, a log line.
 
 **supervisord** (Debian's package, installed by the suite if missing) runs
 as `supervisord -n -c CONF` with a configuration generated in the run's

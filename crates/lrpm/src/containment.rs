@@ -11,8 +11,8 @@
 //!   works). At start lrpm creates `lrpm-PID/` under its own cgroup (or
 //!   under `--cgroup PATH`) and holds an `flock` on it for as long as it
 //!   lives. Each spawn creates `lrpm-PID/job-ID-RUN/` and opens its
-//!   `cgroup.procs` before the fork; the child writes `0` to that descriptor
-//!   in its `pre_exec` hook (one raw `write`, no allocation), so it is in
+//!   `cgroup.procs` before the clone; the child writes `0` to that
+//!   descriptor first thing ([`crate::spawn`]: one raw `write`), so it is in
 //!   the cgroup before it runs a single instruction of the worker, and
 //!   nothing it forks can be outside it. When the worker's main process
 //!   ends, or when a stop escalates to SIGKILL, lrpm writes `1` to the
@@ -45,7 +45,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -572,14 +572,6 @@ impl JobCgroup {
             }
         });
     }
-}
-
-/// Writes `0` to `procs`, a cgroup's `cgroup.procs`: moves the calling
-/// process into that cgroup. Called in a child between fork and exec: it
-/// makes one raw system call and allocates nothing.
-pub fn join_cgroup(procs: &OwnedFd) -> io::Result<()> {
-    rustix::io::write(procs.as_fd(), b"0")?;
-    Ok(())
 }
 
 /// The value of [`RUN_ID_ENV`] for run `run` of this lrpm.

@@ -25,6 +25,7 @@ pub mod process;
 pub mod protocol;
 pub mod runtime;
 pub mod source;
+pub mod spawn;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -111,6 +112,9 @@ fn init_logging(options: &Options) {
 }
 
 fn supervise(options: Options, sandbox: Option<Sandbox>) -> anyhow::Result<ExitCode> {
+    // First, so that the spawner's descriptor slots get the lowest numbers
+    // and every child's private descriptor table stays a few entries long.
+    crate::spawn::reserve()?;
     process::cloexec_inherited_fds();
     let (child_nofile, raised) = process::raise_nofile_limit();
     match raised {

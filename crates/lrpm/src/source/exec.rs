@@ -239,8 +239,7 @@ impl SourceCommand {
     /// Starts the command; its stderr is logged by a task of its own, which
     /// returns the last line.
     fn start(&self) -> Result<(Child, pipe::Receiver, JoinHandle<Option<String>>), ExecFailure> {
-        let mut cmd = std::process::Command::new(&self.argv[0]);
-        cmd.args(&self.argv[1..]);
+        let cmd = process::SpawnRequest::new(&self.argv[0]).args(&self.argv[1..]);
         let spawned = process::spawn_command(cmd, &self.spawn).map_err(ExecFailure::Spawn)?;
         let pid = spawned.pid;
         tracing::debug!(pid = pid.as_raw_nonzero().get(), "{}: started", self.uri);

@@ -1,0 +1,642 @@
+//! The low-level spawn: a vfork-style `clone` whose cost does not grow with
+//! lrpm's memory or its number of open descriptors.
+//!
+//! # Theory of operation
+//!
+//! A `fork` copies the parent's page tables and its descriptor table, and
+//! the child's `exec` then tears the copied address space down and walks the
+//! whole table to close what is close-on-exec. lrpm holds three descriptors
+//! per worker (a pidfd and two pipes), so with a large farm every spawn paid
+//! for every other worker. `std::process::Command` forks as soon as a
+//! `pre_exec` hook is registered, and `posix_spawn` (which `Command` uses
+//! otherwise) can neither arm a parent-death signal nor join a cgroup before
+//! the program runs; so lrpm does the clone itself:
+//!
+//! - `clone(CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_PIDFD | SIGCHLD)`
+//!   through glibc's `clone`, on a child stack allocated once (`Spawner`).
+//!   The child shares lrpm's memory (nothing is copied) and its descriptor
+//!   table; the calling thread is suspended until the child has exec'd or
+//!   exited, so one stack serves every spawn, and the kernel hands back the
+//!   child's pidfd (close-on-exec) with no separate `pidfd_open`.
+//! - The child's first act is `close_range(N, ~0, CLOSE_RANGE_UNSHARE)`: the
+//!   kernel gives it a private descriptor table holding only the descriptors
+//!   below `N`. Everything the child needs is below `N`: `Spawner` reserves
+//!   a few low descriptor numbers (slots) once, on `/dev/null`, and before each
+//!   clone the parent `dup3`s the child's stdout and stderr pipes and the
+//!   cgroup's `cgroup.procs` onto them; the stdin slot stays on `/dev/null`.
+//!   When the clone returns, the slots are put back on `/dev/null`, so lrpm
+//!   holds no write end of a worker's pipes and its output reaches EOF when
+//!   the worker dies. `exec` then walks a table of a handful of entries.
+//!   Where `close_range` cannot unshare (kernels before 5.9) the child falls
+//!   back to `unshare(CLONE_FILES)`, which copies the whole table: correct
+//!   (every descriptor of lrpm is close-on-exec), only slower.
+//! - Between clone and exec the child runs on lrpm's memory, with lrpm's
+//!   thread-local storage, while lrpm's other threads keep running: it may
+//!   only make system calls on memory the parent prepared ([`Plan`]): no
+//!   allocation, no lock, no panic. Its steps, in order: join the run's
+//!   cgroup (with lrpm's credentials, before it can fork), `setpgid(0, 0)`,
+//!   stdio from the slots and every other descriptor closed, the identity
+//!   switch (raw `setgroups`/`setresgid`/`setresuid`: glibc's wrappers would
+//!   broadcast the change to lrpm's threads), the parent-death SIGKILL
+//!   (after the switch, which clears it) and a check that lrpm is still its
+//!   parent, the descriptor limit lrpm started with, the working directory,
+//!   the signal dispositions and mask, and `execve` of each candidate path
+//!   in turn (the `PATH` search is done by the parent, as `execvpe` would).
+//! - Signals: the parent blocks every signal in the spawning thread around
+//!   the clone, so none of lrpm's handlers can run in the child on shared
+//!   memory. The child sets every signal that has a handler back to
+//!   `SIG_DFL` while they are still blocked, SIGPIPE too (Rust ignores it;
+//!   `Command` resets it as well), and clears the mask right before
+//!   `execve`: a worker starts with an empty mask and only the ignored
+//!   signals lrpm itself inherited.
+//! - A failing step writes which step and its errno into `Report`, which
+//!   the child shares with the parent, and exits with 127; the parent reads
+//!   it once the clone has returned, reaps the child through its pidfd and
+//!   returns a [`Failure`].
+//!
+//! Architecture invariant: every descriptor lrpm opens is close-on-exec,
+//! and only the `Spawner`'s slots are ever placed on descriptors below its
+//! limit `N` on purpose; the spawner's lock is held from the first `dup3`
+//! onto a slot until the slots are restored.
+
+use std::ffi::{CStr, CString, c_int, c_void};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// The child's stack. Its frames are a few small functions making system
+/// calls; 256 KiB leaves a wide margin, with a guard page below.
+const STACK_SIZE: usize = 256 * 1024;
+
+/// How many slots `Spawner` reserves: stdin, stdout, stderr, cgroup.procs.
+const SLOTS: usize = 4;
+const STDIN: usize = 0;
+const STDOUT: usize = 1;
+const STDERR: usize = 2;
+const CGROUP: usize = 3;
+
+/// Whether children must take the `unshare(CLONE_FILES)` fallback, as on a
+/// kernel without `CLOSE_RANGE_UNSHARE` (for the tests of that path).
+#[cfg(test)]
+pub(crate) static FORCE_UNSHARE_FALLBACK: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// The step of the child that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Step {
+    /// Getting a private descriptor table.
+    Unshare = 1,
+    /// Joining the run's cgroup.
+    Cgroup,
+    /// `setpgid(0, 0)`.
+    ProcessGroup,
+    /// Putting the slots on stdin, stdout and stderr.
+    Stdio,
+    /// `setgroups`.
+    Groups,
+    /// `setresgid`.
+    Gid,
+    /// `setresuid`.
+    Uid,
+    /// Arming the parent-death signal.
+    DeathSignal,
+    /// lrpm died before the parent-death signal was armed.
+    ParentGone,
+    /// `chdir` to the job's working directory.
+    Chdir,
+    /// Resetting signal dispositions or the mask.
+    Signals,
+    /// `execve` of every candidate.
+    Exec,
+}
+
+impl Step {
+    fn from_raw(raw: u32) -> Option<Self> {
+        const ALL: [Step; 12] = [
+            Step::Unshare,
+            Step::Cgroup,
+            Step::ProcessGroup,
+            Step::Stdio,
+            Step::Groups,
+            Step::Gid,
+            Step::Uid,
+            Step::DeathSignal,
+            Step::ParentGone,
+            Step::Chdir,
+            Step::Signals,
+            Step::Exec,
+        ];
+        ALL.into_iter().find(|s| *s as u32 == raw)
+    }
+}
+
+/// Why a child did not reach its program.
+#[derive(Debug)]
+pub struct Failure {
+    /// The step that failed; `None` when the parent failed before the child
+    /// existed (`errno` is then the parent's).
+    pub step: Option<Step>,
+    /// The OS error.
+    pub error: std::io::Error,
+}
+
+impl Failure {
+    fn parent(error: std::io::Error) -> Self {
+        Self { step: None, error }
+    }
+}
+
+/// The user and groups a child switches to.
+#[derive(Debug, Clone, Default)]
+pub struct Switch {
+    /// Supplementary groups (set whenever the identity changes).
+    pub groups: Vec<rustix::process::Gid>,
+    /// Real, effective and saved group id.
+    pub gid: Option<rustix::process::Gid>,
+    /// Real, effective and saved user id.
+    pub uid: Option<rustix::process::Uid>,
+}
+
+/// Everything a child needs, prepared by the parent.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    /// The paths to `execve`, in order (one, unless `PATH` was searched).
+    pub candidates: &'a [CString],
+    /// The argument vector.
+    pub argv: &'a [CString],
+    /// The environment, `NAME=value` each.
+    pub envp: &'a [CString],
+    /// The working directory, if not lrpm's.
+    pub cwd: Option<&'a CStr>,
+    /// The identity to switch to, if any.
+    pub identity: Option<&'a Switch>,
+    /// lrpm's pid: a child whose parent is someone else once its
+    /// parent-death signal is armed gives up.
+    pub parent: rustix::process::Pid,
+    /// The descriptor limit to restore.
+    pub nofile: rustix::process::Rlimit,
+    /// The run's `cgroup.procs`, open for writing.
+    pub cgroup_procs: Option<BorrowedFd<'a>>,
+    /// The write end of the child's stdout.
+    pub stdout: BorrowedFd<'a>,
+    /// The write end of the child's stderr.
+    pub stderr: BorrowedFd<'a>,
+}
+
+/// A child that is running its program.
+#[derive(Debug)]
+pub struct Child {
+    /// Its pid, which is also its process-group id.
+    pub pid: rustix::process::Pid,
+    /// Its pidfd (blocking, close-on-exec).
+    pub pidfd: OwnedFd,
+}
+
+/// What the child reports back: written by the child only when a step
+/// fails, read by the parent once the clone has returned.
+#[derive(Debug, Default)]
+struct Report {
+    step: AtomicU32,
+    errno: AtomicI32,
+}
+
+/// The arguments of [`child_main`], on the parent's stack for the time of
+/// the clone; only plain data and raw pointers into memory the parent keeps
+/// alive until the clone returns.
+struct ChildArgs {
+    report: *const Report,
+    slots: [RawFd; SLOTS],
+    limit: RawFd,
+    has_cgroup: bool,
+    force_unshare: bool,
+    candidates: *const *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    cwd: *const libc::c_char,
+    identity: Option<*const Switch>,
+    parent: rustix::process::Pid,
+    nofile: libc::rlimit,
+}
+
+/// The reserved descriptor slots and the child stack; one per process,
+/// behind a lock.
+#[derive(Debug)]
+struct Spawner {
+    /// Descriptors on `/dev/null` (read-only: the stdin slot stays on it),
+    /// all close-on-exec, all at least 3.
+    slots: [OwnedFd; SLOTS],
+    /// One above the highest slot: the child keeps the descriptors below.
+    limit: RawFd,
+    /// The lowest address of the stack mapping (its guard page).
+    stack: *mut c_void,
+}
+
+// SAFETY: the stack pointer is only used under the spawner's lock, by the
+// thread that holds it; the mapping is never unmapped.
+unsafe impl Send for Spawner {}
+
+static SPAWNER: Mutex<Option<Spawner>> = Mutex::new(None);
+
+fn spawner() -> MutexGuard<'static, Option<Spawner>> {
+    // The spawner stays consistent whatever panicked while holding it: the
+    // slots are restored before anything can panic.
+    SPAWNER.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Reserves the descriptor slots and the child stack, if not done yet.
+///
+/// lrpm calls it first thing, so that the slots get the lowest numbers and
+/// the children's descriptor tables stay tiny; a later call (a test, a
+/// library) still works, with higher numbers.
+pub fn reserve() -> std::io::Result<()> {
+    let mut guard = spawner();
+    if guard.is_none() {
+        *guard = Some(Spawner::new()?);
+    }
+    Ok(())
+}
+
+impl Spawner {
+    fn new() -> std::io::Result<Self> {
+        use rustix::fs::{Mode, OFlags, open};
+        let mut slots = Vec::with_capacity(SLOTS);
+        while slots.len() < SLOTS {
+            let fd = open("/dev/null", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+            if fd.as_raw_fd() < 3 {
+                // lrpm was started with a closed stdio descriptor: leave
+                // /dev/null on it (without close-on-exec: it is stdio) so
+                // that no slot is one of 0, 1 or 2.
+                rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty())?;
+                std::mem::forget(fd);
+                continue;
+            }
+            slots.push(fd);
+        }
+        let limit = slots.iter().map(AsRawFd::as_raw_fd).max().unwrap_or(2) + 1;
+        let slots: [OwnedFd; SLOTS] = slots
+            .try_into()
+            .map_err(|_| std::io::Error::other("invariant: SLOTS descriptors"))?;
+        let page = rustix::param::page_size();
+        // SAFETY: a fresh anonymous private mapping; no existing memory is
+        // touched. It is never unmapped: the spawner lives as long as lrpm.
+        let stack = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                STACK_SIZE + page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if stack == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the first page of the mapping just made becomes the guard
+        // page; nothing uses it.
+        if unsafe { libc::mprotect(stack, page, libc::PROT_NONE) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            slots,
+            limit,
+            stack,
+        })
+    }
+
+    /// Puts `fd` on slot `i` (close-on-exec).
+    fn place(&self, i: usize, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+        // SAFETY: dup3 onto a descriptor this spawner owns: it replaces the
+        // open file behind the number, the OwnedFd stays valid.
+        let res = unsafe { libc::dup3(fd.as_raw_fd(), self.slots[i].as_raw_fd(), libc::O_CLOEXEC) };
+        if res < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Puts the slots other than stdin back on `/dev/null`.
+    fn restore(&self) {
+        for i in [STDOUT, STDERR, CGROUP] {
+            // The stdin slot is always on /dev/null. A dup3 between two
+            // valid descriptors only fails for lack of memory; the slot
+            // would then keep a pipe open, which the next spawn replaces.
+            let _ = self.place(i, self.slots[STDIN].as_fd());
+        }
+    }
+}
+
+/// A null-terminated array of pointers to the strings of `strings`, which
+/// must outlive it.
+fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(ptr::null()))
+        .collect()
+}
+
+/// Blocks every signal in the calling thread until dropped.
+struct SignalsBlocked {
+    old: libc::sigset_t,
+}
+
+impl SignalsBlocked {
+    fn new() -> std::io::Result<Self> {
+        // SAFETY: sigset_t is plain data; sigfillset initialises it and
+        // pthread_sigmask only reads `all` and writes `old`.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            let res = libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            if res != 0 {
+                return Err(std::io::Error::from_raw_os_error(res));
+            }
+            Ok(Self { old })
+        }
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `new`.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, ptr::null_mut());
+        }
+    }
+}
+
+/// Starts a child as `plan` says and returns once it runs its program, or
+/// with why it could not.
+pub fn spawn(plan: &Plan<'_>) -> Result<Child, Failure> {
+    let candidates = pointers(plan.candidates);
+    let argv = pointers(plan.argv);
+    let envp = pointers(plan.envp);
+    let report = Report::default();
+    reserve().map_err(Failure::parent)?;
+    let guard = spawner();
+    let spawner = guard
+        .as_ref()
+        .ok_or_else(|| Failure::parent(std::io::Error::other("invariant: reserved above")))?;
+    let args = ChildArgs {
+        report: &report,
+        slots: [
+            spawner.slots[STDIN].as_raw_fd(),
+            spawner.slots[STDOUT].as_raw_fd(),
+            spawner.slots[STDERR].as_raw_fd(),
+            spawner.slots[CGROUP].as_raw_fd(),
+        ],
+        limit: spawner.limit,
+        has_cgroup: plan.cgroup_procs.is_some(),
+        #[cfg(test)]
+        force_unshare: FORCE_UNSHARE_FALLBACK.load(Ordering::Relaxed),
+        #[cfg(not(test))]
+        force_unshare: false,
+        candidates: candidates.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        cwd: plan.cwd.map_or(ptr::null(), CStr::as_ptr),
+        identity: plan.identity.map(ptr::from_ref),
+        parent: plan.parent,
+        nofile: libc::rlimit {
+            rlim_cur: plan.nofile.current.unwrap_or(libc::RLIM_INFINITY),
+            rlim_max: plan.nofile.maximum.unwrap_or(libc::RLIM_INFINITY),
+        },
+    };
+    let placed = (|| {
+        spawner.place(STDOUT, plan.stdout)?;
+        spawner.place(STDERR, plan.stderr)?;
+        if let Some(procs) = plan.cgroup_procs {
+            spawner.place(CGROUP, procs)?;
+        }
+        SignalsBlocked::new()
+    })();
+    let blocked = match placed {
+        Ok(blocked) => blocked,
+        Err(e) => {
+            spawner.restore();
+            return Err(Failure::parent(e));
+        }
+    };
+    let mut pidfd: c_int = -1;
+    let page = rustix::param::page_size();
+    // The stack grows down: the child starts at the top of the mapping.
+    let top = spawner.stack.wrapping_byte_add(STACK_SIZE + page);
+    // SAFETY: `child_main` only makes system calls on `args` and the memory
+    // it points to, all of which lives on this frame or in `plan` until
+    // clone returns; CLONE_VFORK suspends this thread until the child has
+    // exec'd or exited, so the child is the only user of the stack, which
+    // the spawner's lock reserves to this thread. Every signal is blocked,
+    // so no handler of lrpm runs on the child's side.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            top,
+            libc::CLONE_VM
+                | libc::CLONE_VFORK
+                | libc::CLONE_FILES
+                | libc::CLONE_PIDFD
+                | libc::SIGCHLD,
+            ptr::from_ref(&args).cast_mut().cast::<c_void>(),
+            ptr::from_mut(&mut pidfd),
+            ptr::null_mut::<c_void>(),
+            ptr::null_mut::<c_int>(),
+        )
+    };
+    let clone_error = std::io::Error::last_os_error();
+    spawner.restore();
+    drop(blocked);
+    drop(guard);
+    if pid < 0 {
+        return Err(Failure::parent(clone_error));
+    }
+    // SAFETY: with CLONE_PIDFD the kernel stored a new descriptor, which is
+    // ours alone, in `pidfd`.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let pid = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| Failure::parent(std::io::Error::other("clone returned pid 0")))?;
+    let step = report.step.load(Ordering::Acquire);
+    if step == 0 {
+        return Ok(Child { pid, pidfd });
+    }
+    // The child has exited already (CLONE_VFORK): reap it.
+    let _ = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(pidfd.as_fd()),
+        rustix::process::WaitIdOptions::EXITED,
+    );
+    Err(Failure {
+        step: Step::from_raw(step),
+        error: std::io::Error::from_raw_os_error(report.errno.load(Ordering::Acquire)),
+    })
+}
+
+/// The errno of the last failed libc call, in the parent thread's
+/// thread-local storage, which the child uses while the parent is
+/// suspended.
+fn errno() -> c_int {
+    // SAFETY: __errno_location returns the calling thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Records the failure of `step` and exits.
+///
+/// # Safety
+///
+/// Only in the child, with `report` valid.
+unsafe fn fail(report: *const Report, step: Step, errno: c_int) -> ! {
+    // SAFETY: the parent keeps the report alive until clone returns, which
+    // is after this process has exited.
+    let report = unsafe { &*report };
+    report.errno.store(errno, Ordering::Release);
+    report.step.store(step as u32, Ordering::Release);
+    // SAFETY: _exit makes the exit system call only (no atexit handler).
+    unsafe { libc::_exit(127) }
+}
+
+/// The signals' highest number on Linux.
+const NSIG: c_int = 64;
+
+/// The kernel's `struct sigaction`: the handler comes first on every
+/// architecture; all zeros is `SIG_DFL` with no flags and an empty mask.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct KernelSigaction {
+    handler: usize,
+    rest: [u64; 4],
+}
+
+/// The child: from clone to execve. Raw system calls only (see the module
+/// documentation).
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the parent's ChildArgs, alive until clone returns.
+    let a = unsafe { &*arg.cast::<ChildArgs>() };
+    // SAFETY: each call below is a system call on descriptors, strings and
+    // arrays the parent prepared; none allocates, locks or unwinds; `fail`
+    // exits the child.
+    unsafe {
+        // A private descriptor table with only the descriptors below the
+        // limit: the slots, and what lrpm inherited (close-on-exec).
+        let unshared = !a.force_unshare
+            && libc::syscall(
+                libc::SYS_close_range,
+                a.limit as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_UNSHARE,
+            ) == 0;
+        if !unshared && libc::unshare(libc::CLONE_FILES) != 0 {
+            fail(a.report, Step::Unshare, errno());
+        }
+        if a.has_cgroup && libc::write(a.slots[CGROUP], b"0".as_ptr().cast(), 1) != 1 {
+            fail(a.report, Step::Cgroup, errno());
+        }
+        if libc::setpgid(0, 0) != 0 {
+            fail(a.report, Step::ProcessGroup, errno());
+        }
+        for (slot, target) in [(STDIN, 0), (STDOUT, 1), (STDERR, 2)] {
+            if libc::dup2(a.slots[slot], target) < 0 {
+                fail(a.report, Step::Stdio, errno());
+            }
+        }
+        // Nothing but stdio reaches the program. Without close_range (the
+        // fallback's kernels) every other descriptor is close-on-exec.
+        let _ = libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        );
+        if let Some(id) = a.identity {
+            let id = &*id;
+            if let Err(e) = rustix::thread::set_thread_groups(&id.groups) {
+                fail(a.report, Step::Groups, e.raw_os_error());
+            }
+            if let Some(gid) = id.gid {
+                if let Err(e) = rustix::thread::set_thread_res_gid(gid, gid, gid) {
+                    fail(a.report, Step::Gid, e.raw_os_error());
+                }
+            }
+            if let Some(uid) = id.uid {
+                if let Err(e) = rustix::thread::set_thread_res_uid(uid, uid, uid) {
+                    fail(a.report, Step::Uid, e.raw_os_error());
+                }
+            }
+        }
+        // After the identity switch, which clears it.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+            fail(a.report, Step::DeathSignal, errno());
+        }
+        // lrpm may have died between the clone and the prctl.
+        if libc::getppid() != a.parent.as_raw_nonzero().get() {
+            fail(a.report, Step::ParentGone, libc::ESRCH);
+        }
+        // Best effort: a child that cannot lower its own limit still runs.
+        let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &a.nofile);
+        if !a.cwd.is_null() && libc::chdir(a.cwd) != 0 {
+            fail(a.report, Step::Chdir, errno());
+        }
+        // Every signal is blocked (the parent's mask): put each handled
+        // signal, and SIGPIPE, back to its default before unblocking.
+        let dfl = KernelSigaction {
+            handler: 0,
+            rest: [0; 4],
+        };
+        for sig in 1..=NSIG {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut old = dfl;
+            let read = libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                ptr::null::<KernelSigaction>(),
+                &mut old as *mut KernelSigaction,
+                8usize,
+            );
+            let handled = read == 0 && old.handler != libc::SIG_DFL && old.handler != libc::SIG_IGN;
+            if (handled || sig == libc::SIGPIPE)
+                && libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl as *const KernelSigaction,
+                    ptr::null_mut::<KernelSigaction>(),
+                    8usize,
+                ) != 0
+            {
+                fail(a.report, Step::Signals, errno());
+            }
+        }
+        let empty: u64 = 0;
+        if libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            ptr::null_mut::<u64>(),
+            8usize,
+        ) != 0
+        {
+            fail(a.report, Step::Signals, errno());
+        }
+        // execvpe's rules: go on after a candidate that is missing or not
+        // accessible; EACCES wins over ENOENT in the end.
+        let mut seen_eacces = false;
+        let mut last = libc::ENOENT;
+        let mut candidate = a.candidates;
+        while !(*candidate).is_null() {
+            libc::execve(*candidate, a.argv, a.envp);
+            last = errno();
+            match last {
+                libc::EACCES => seen_eacces = true,
+                libc::ENOENT | libc::ENOTDIR => {}
+                _ => break,
+            }
+            candidate = candidate.add(1);
+        }
+        if seen_eacces && matches!(last, libc::ENOENT | libc::ENOTDIR) {
+            last = libc::EACCES;
+        }
+        fail(a.report, Step::Exec, last)
+    }
+}
