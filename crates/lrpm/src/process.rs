@@ -15,7 +15,7 @@
 //! signal for a process already reaped finds no entry in the table and is
 //! dropped; lrpm never signals a stranger.
 //!
-//! The pidfds are watched by one epoll set ([`crate::exits`]), not by a
+//! The pidfds are watched by one epoll set (`exits.rs`), not by a
 //! task each: [`ProcessTable::next_exit`] hands out the runs whose pidfd
 //! became readable.
 //!
