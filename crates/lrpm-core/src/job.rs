@@ -5,19 +5,23 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A job's unique identifier: the key of the configuration map.
 ///
 /// php-lrpm allows integer and string keys; both are normalised to a string,
 /// so `42` and `"42"` name the same job.
+///
+/// The text is shared: the core's maps and the process table hold a job's
+/// id many times over, and a clone only counts a reference.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct JobId(String);
+pub struct JobId(Arc<str>);
 
 impl JobId {
     /// Wraps an identifier.
     pub fn new(id: impl Into<String>) -> Self {
-        Self(id.into())
+        Self(Arc::from(id.into()))
     }
 
     /// The identifier as text.
@@ -34,7 +38,7 @@ impl fmt::Display for JobId {
 
 impl From<&str> for JobId {
     fn from(s: &str) -> Self {
-        Self(s.to_owned())
+        Self(Arc::from(s))
     }
 }
 
@@ -52,7 +56,15 @@ pub enum Program {
 impl fmt::Display for Program {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Program::Argv(argv) => f.write_str(&argv.join(" ")),
+            Program::Argv(argv) => {
+                for (i, arg) in argv.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(" ")?;
+                    }
+                    f.write_str(arg)?;
+                }
+                Ok(())
+            }
             Program::Shell(line) => f.write_str(line),
             Program::WorkerClass(class) => write!(f, "worker {class}"),
         }

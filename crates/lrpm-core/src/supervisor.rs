@@ -235,6 +235,121 @@ impl Held {
     }
 }
 
+/// The same moment on the monotonic clock and as UTC seconds, to convert
+/// the core's instants to wall-clock times.
+#[derive(Debug, Clone, Copy)]
+struct WallClock {
+    now: Instant,
+    wall_now: f64,
+}
+
+impl WallClock {
+    fn wall(self, t: Instant) -> f64 {
+        if t <= self.now {
+            self.wall_now - self.now.duration_since(t).as_secs_f64()
+        } else {
+            self.wall_now + t.duration_since(self.now).as_secs_f64()
+        }
+    }
+}
+
+/// Every job's status, borrowed from the core: see
+/// [`Supervisor::status_jobs`]. Serializes as a sequence of [`JobStatus`].
+#[derive(Debug, Clone, Copy)]
+pub struct JobsStatus<'a> {
+    sup: &'a Supervisor,
+    clock: WallClock,
+}
+
+impl JobsStatus<'_> {
+    /// How many jobs it lists.
+    pub fn len(&self) -> usize {
+        self.sup.jobs.len()
+    }
+
+    /// Whether it lists no job.
+    pub fn is_empty(&self) -> bool {
+        self.sup.jobs.is_empty()
+    }
+}
+
+impl serde::Serialize for JobsStatus<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            self.sup
+                .jobs
+                .iter()
+                .map(|(id, job)| JobView::new(id, job, self.clock)),
+        )
+    }
+}
+
+/// One job's status, borrowed: the fields of [`JobStatus`], in its order,
+/// so that both serialize alike.
+#[derive(serde::Serialize)]
+struct JobView<'a> {
+    id: &'a str,
+    name: &'a str,
+    /// The program's display form, written without an intermediate string.
+    command: DisplayStr<'a, crate::job::Program>,
+    state: JobState,
+    pid: Option<u32>,
+    started_at: Option<f64>,
+    restarts: u32,
+    last_exit: Option<ExitView<'a>>,
+    backoff_seconds: f64,
+    restart_at: Option<f64>,
+    mtime: Option<u64>,
+    declared: bool,
+    invalid: Option<&'a str>,
+}
+
+/// [`ExitInfo`], borrowed.
+#[derive(serde::Serialize)]
+struct ExitView<'a> {
+    #[serde(flatten)]
+    status: &'a ExitStatus,
+    at: f64,
+}
+
+/// Serializes a value's `Display` form as a string.
+struct DisplayStr<'a, T>(&'a T);
+
+impl<T: std::fmt::Display> serde::Serialize for DisplayStr<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self.0)
+    }
+}
+
+impl<'a> JobView<'a> {
+    fn new(id: &'a JobId, job: &'a Job, clock: WallClock) -> Self {
+        let (state, restart_at) = match &job.state {
+            State::Running(_) => (JobState::Running, None),
+            State::Stopping { .. } => (JobState::Stopping, None),
+            State::Backoff { until } => (JobState::Backoff, Some(clock.wall(*until))),
+        };
+        let proc = job.state.proc();
+        JobView {
+            id: id.as_str(),
+            name: &job.spec.name,
+            command: DisplayStr(&job.spec.program),
+            state,
+            pid: proc.and_then(|p| p.pid),
+            started_at: proc.map(|p| clock.wall(p.since)),
+            restarts: job.restarts,
+            last_exit: job.last_exit.as_ref().map(|(status, at)| ExitView {
+                status,
+                at: clock.wall(*at),
+            }),
+            backoff_seconds: job.backoff.peek().as_secs_f64(),
+            restart_at,
+            mtime: job.spec.mtime,
+            declared: job.declared,
+            invalid: job.invalid.as_deref(),
+        }
+    }
+}
+
 /// The supervision state machine. See the [module documentation](self).
 #[derive(Debug)]
 pub struct Supervisor {
@@ -545,51 +660,61 @@ impl Supervisor {
     /// The status of the source and of every job. `now` and `wall_now` are the
     /// same moment on the monotonic clock and as UTC seconds; they convert
     /// the core's instants to wall-clock times.
+    ///
+    /// This copies every job's status; [`Supervisor::status_source`] and
+    /// [`Supervisor::status_jobs`] give the same document without copying
+    /// the jobs', for serializing it at once.
     pub fn status(&self, now: Instant, wall_now: f64) -> (SourceStatus, Vec<JobStatus>) {
-        let wall = |t: Instant| -> f64 {
-            if t <= now {
-                wall_now - now.duration_since(t).as_secs_f64()
-            } else {
-                wall_now + t.duration_since(now).as_secs_f64()
-            }
-        };
-        let mut source = self.source.clone();
-        source.last_load_at = self.last_load.map(wall);
-        source.held = match (&self.held, self.config.max_removal_ratio) {
-            (Some(held), Some(ratio)) => Some(held.to_status(ratio, wall(held.since))),
-            _ => None,
-        };
+        let clock = WallClock { now, wall_now };
         let jobs = self
             .jobs
             .iter()
             .map(|(id, job)| {
-                let (state, restart_at) = match &job.state {
-                    State::Running(_) => (JobState::Running, None),
-                    State::Stopping { .. } => (JobState::Stopping, None),
-                    State::Backoff { until } => (JobState::Backoff, Some(wall(*until))),
-                };
-                let proc = job.state.proc();
+                let view = JobView::new(id, job, clock);
                 JobStatus {
-                    id: id.to_string(),
-                    name: job.spec.name.clone(),
+                    id: view.id.to_owned(),
+                    name: view.name.to_owned(),
                     command: job.spec.program.to_string(),
-                    state,
-                    pid: proc.and_then(|p| p.pid),
-                    started_at: proc.map(|p| wall(p.since)),
-                    restarts: job.restarts,
-                    last_exit: job.last_exit.as_ref().map(|(status, at)| ExitInfo {
-                        status: status.clone(),
-                        at: wall(*at),
+                    state: view.state,
+                    pid: view.pid,
+                    started_at: view.started_at,
+                    restarts: view.restarts,
+                    last_exit: view.last_exit.map(|exit| ExitInfo {
+                        status: exit.status.clone(),
+                        at: exit.at,
                     }),
-                    backoff_seconds: job.backoff.peek().as_secs_f64(),
-                    restart_at,
-                    mtime: job.spec.mtime,
-                    declared: job.declared,
-                    invalid: job.invalid.clone(),
+                    backoff_seconds: view.backoff_seconds,
+                    restart_at: view.restart_at,
+                    mtime: view.mtime,
+                    declared: view.declared,
+                    invalid: view.invalid.map(str::to_owned),
                 }
             })
             .collect();
-        (source, jobs)
+        (self.status_source(now, wall_now), jobs)
+    }
+
+    /// The source's part of [`Supervisor::status`].
+    pub fn status_source(&self, now: Instant, wall_now: f64) -> SourceStatus {
+        let clock = WallClock { now, wall_now };
+        let mut source = self.source.clone();
+        source.last_load_at = self.last_load.map(|t| clock.wall(t));
+        source.held = match (&self.held, self.config.max_removal_ratio) {
+            (Some(held), Some(ratio)) => Some(held.to_status(ratio, clock.wall(held.since))),
+            _ => None,
+        };
+        source
+    }
+
+    /// The jobs' part of [`Supervisor::status`], borrowed: it serializes
+    /// exactly as that `Vec<JobStatus>` does, straight from the core's
+    /// state, without a copy of any job's status. For a status of
+    /// thousands of jobs that is most of the work saved.
+    pub fn status_jobs(&self, now: Instant, wall_now: f64) -> JobsStatus<'_> {
+        JobsStatus {
+            sup: self,
+            clock: WallClock { now, wall_now },
+        }
     }
 
     /// ADDED or UPDATED or UNCHANGED: `spec` is the job's valid declaration.

@@ -146,6 +146,11 @@ impl Sim {
 
     fn check_invariants(&self) {
         let (_, jobs) = self.sup.status(self.now, 0.0);
+        // The borrowed status serializes exactly as the owned one.
+        let owned = serde_json::to_string(&jobs).expect("serializes");
+        let borrowed =
+            serde_json::to_string(&self.sup.status_jobs(self.now, 0.0)).expect("serializes");
+        assert_eq!(borrowed, owned, "status_jobs differs from status");
         let by_id: BTreeMap<&str, &JobStatus> = jobs.iter().map(|j| (j.id.as_str(), j)).collect();
         for j in &jobs {
             assert!(
@@ -1093,4 +1098,67 @@ fn spawn_carries_the_declaration() {
         other => panic!("expected a spawn, got {other:?}"),
     }
     assert_eq!(sup.poll_action(), None);
+}
+
+#[test]
+fn the_borrowed_status_serializes_as_the_owned_one_in_every_state() {
+    let mut sim = Sim::new();
+    let mut argv = JobSpec::new(
+        "N\u{e4}me \"quoted\"\n",
+        Program::Argv(vec![
+            "/bin/echo".into(),
+            "a b".into(),
+            "\\ \u{1f600}".into(),
+        ]),
+    );
+    argv.mtime = Some(42);
+    let worker = JobSpec::new("w", Program::WorkerClass("Mock".into()));
+    sim.config(decl(&[
+        ("running", argv),
+        ("backoff", spec("b")),
+        ("failed", spec("f")),
+        ("stopping", spec("s")),
+        ("worker", worker),
+        ("invalid", spec("i")),
+    ]));
+    sim.exit("backoff", 3);
+    let run = sim.run_of("failed").expect("run");
+    sim.exit_run(run, ExitStatus::spawn_failed("no such file: \"x\""));
+    sim.sup
+        .restart(sim.now, &JobId::from("stopping"))
+        .expect("known");
+    sim.run_actions();
+    let mut d = decl(&[
+        (
+            "running",
+            sim.sup.jobs[&JobId::from("running")].spec.as_ref().clone(),
+        ),
+        ("backoff", spec("b")),
+        ("failed", spec("f")),
+        ("stopping", spec("s")),
+        (
+            "worker",
+            JobSpec::new("w", Program::WorkerClass("Mock".into())),
+        ),
+    ]);
+    d.invalid
+        .insert("invalid".into(), "name: is required".into());
+    sim.config(d);
+    let states: BTreeSet<&str> = sim
+        .sup
+        .status(sim.now, 0.0)
+        .1
+        .iter()
+        .map(|j| j.state.as_str())
+        .collect();
+    assert_eq!(states.len(), 3, "every state is listed: {states:?}");
+    for wall in [0.0, 1_764_000_000.123_456, -5.5] {
+        let (_, jobs) = sim.sup.status(sim.now, wall);
+        let status_jobs = sim.sup.status_jobs(sim.now, wall);
+        assert_eq!(status_jobs.len(), jobs.len());
+        assert_eq!(
+            serde_json::to_string(&status_jobs).expect("serializes"),
+            serde_json::to_string(&jobs).expect("serializes")
+        );
+    }
 }

@@ -346,10 +346,19 @@ impl CgroupTree {
         &self.base
     }
 
+    /// The cgroup of run `run` of `job`, which [`CgroupTree::create_run`]
+    /// created: a run's path is built from the job and run ids when it is
+    /// needed rather than kept, since a farm has thousands of runs.
+    pub fn run(&self, job: &JobId, run: RunId) -> JobCgroup {
+        JobCgroup {
+            dir: self.base.join(run_dir_name(job, run)),
+        }
+    }
+
     /// Creates the cgroup of run `run` of `job`; returns it and its
     /// `cgroup.procs`, opened for the child to write itself into.
     pub fn create_run(&self, job: &JobId, run: RunId) -> io::Result<(JobCgroup, OwnedFd)> {
-        let dir = self.base.join(run_dir_name(job, run));
+        let dir = self.run(job, run).dir;
         std::fs::create_dir(&dir)?;
         let procs = std::fs::OpenOptions::new()
             .write(true)

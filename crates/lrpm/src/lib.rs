@@ -18,6 +18,7 @@ pub mod cli;
 pub mod containment;
 pub mod control;
 pub mod ctl;
+mod exits;
 pub mod library;
 mod lines;
 pub mod output;
@@ -178,7 +179,13 @@ fn supervise(options: Options, sandbox: Option<Sandbox>) -> anyhow::Result<ExitC
                 });
             }
         };
-        let (procs, exits) = Shell::process_table(spawn_ctx, output, containment);
+        let procs = match process::ProcessTable::new(spawn_ctx, output, containment) {
+            Ok(procs) => procs,
+            Err(e) => {
+                tracing::error!("cannot watch workers' exits (epoll): {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         tracing::info!(
             pid = std::process::id(),
             source = %source_uri,
@@ -193,13 +200,13 @@ fn supervise(options: Options, sandbox: Option<Sandbox>) -> anyhow::Result<ExitC
         Shell {
             core: lrpm_core::supervisor::Supervisor::new(config),
             procs,
-            exits,
             updates,
             source,
             control,
             started_at,
             worker_classes: sandbox.map(|s| s.worker_classes),
             force_window: options.source_timeout + runtime::FORCE_GRACE,
+            status_size: 0,
         }
         .run()
         .await;

@@ -17,6 +17,10 @@
 //! signal for a process already reaped finds no entry in the table and is
 //! dropped; lrpm never signals a stranger.
 //!
+//! The pidfds are watched by one epoll set (`exits.rs`), not by a
+//! task each: [`ProcessTable::next_exit`] hands out the runs whose pidfd
+//! became readable.
+//!
 //! Reaping kills what is left of the worker's process group first, so a
 //! restarted job can never meet the grandchildren of its previous run. With
 //! cgroups ([`crate::containment`]) each run also has a cgroup of its own,
@@ -49,11 +53,8 @@ use rustix::process::{
     Pid, Resource, Rlimit, WaitId, WaitIdOptions, getpgid, getrlimit, kill_process_group,
     pidfd_send_signal, setrlimit,
 };
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
-use tokio::sync::mpsc;
 
-use crate::containment::{self, Containment, JobCgroup};
+use crate::containment::{self, Containment};
 use crate::output::Output;
 use crate::spawn;
 
@@ -508,38 +509,42 @@ pub struct ExitEvent {
 struct Entry {
     job: JobId,
     pid: Pid,
-    pidfd: std::sync::Arc<AsyncFd<OwnedFd>>,
-    /// The run's cgroup, when cgroups are used.
-    cgroup: Option<JobCgroup>,
+    /// Its pidfd, in the table's epoll set until it is closed.
+    pidfd: OwnedFd,
+    /// Whether the run has a cgroup ([`containment::CgroupTree::run`] names
+    /// it from the job and run ids).
+    cgroup: bool,
 }
 
 /// The live children, by the core's run id.
 #[derive(Debug)]
 pub struct ProcessTable {
     entries: HashMap<RunId, Entry>,
-    exits: mpsc::UnboundedSender<ExitEvent>,
+    exits: crate::exits::ExitWatch,
     output: Output,
     ctx: SpawnContext,
     containment: Containment,
 }
 
 impl ProcessTable {
-    /// A table that reports each child whose pidfd becomes readable on
-    /// `exits`, forwards children's output to `output`, and contains each
-    /// job's processes as `containment` says.
-    pub fn new(
-        ctx: SpawnContext,
-        exits: mpsc::UnboundedSender<ExitEvent>,
-        output: Output,
-        containment: Containment,
-    ) -> Self {
-        Self {
+    /// A table that watches each child's pidfd ([`ProcessTable::next_exit`]),
+    /// forwards children's output to `output`, and contains each job's
+    /// processes as `containment` says. Call it within the runtime, which
+    /// watches the table's epoll set.
+    pub fn new(ctx: SpawnContext, output: Output, containment: Containment) -> io::Result<Self> {
+        Ok(Self {
             entries: HashMap::new(),
-            exits,
+            exits: crate::exits::ExitWatch::new()?,
             output,
             ctx,
             containment,
-        }
+        })
+    }
+
+    /// The next child whose pidfd became readable, with when it was seen:
+    /// the event loop reaps it with [`ProcessTable::reap`]. Cancel-safe.
+    pub async fn next_exit(&mut self) -> ExitEvent {
+        self.exits.next().await
     }
 
     /// Whether processes re-parented to lrpm must be reaped here
@@ -608,44 +613,25 @@ impl ProcessTable {
                 return Err(e);
             }
         };
-        // SAFETY: the pidfd is owned by the AsyncFd and is closed only when
-        // the AsyncFd is dropped, which deregisters it first.
-        let pidfd = unsafe { AsyncFd::register_with_interest(spawned.pidfd, Interest::READABLE) };
-        let pidfd = match pidfd {
-            Ok(fd) => std::sync::Arc::new(fd),
-            Err(e) => {
-                // It cannot be watched: kill it and reap it now.
-                let (pidfd, e) = e.into_parts();
-                let _ = kill_process_group(spawned.pid, rustix::process::Signal::KILL);
-                if let Some(cgroup) = cgroup {
-                    cgroup.kill();
-                    cgroup.remove();
-                }
-                reap_child_blocking(spawned.pid, pidfd.as_fd());
-                return Err(SpawnError::Io(e));
+        if let Err(e) = self.exits.watch(run, spawned.pidfd.as_fd(), false) {
+            // It cannot be watched: kill it and reap it now.
+            let _ = kill_process_group(spawned.pid, rustix::process::Signal::KILL);
+            if let Some(cgroup) = cgroup {
+                cgroup.kill();
+                cgroup.remove();
             }
-        };
+            reap_child_blocking(spawned.pid, spawned.pidfd.as_fd());
+            return Err(SpawnError::Io(e));
+        }
         self.output.forward(job, spawned.stdout, spawned.stderr);
-        let exits = self.exits.clone();
-        let watch = pidfd.clone();
-        tokio::spawn(async move {
-            // Readable once the process has exited. An error here (none is
-            // expected for a pidfd) is reported as an exit too, so the
-            // process is reaped rather than forgotten.
-            let _ = watch.readable().await.map(|mut guard| guard.retain_ready());
-            let _ = exits.send(ExitEvent {
-                run,
-                at: Instant::now(),
-            });
-        });
         let pid = spawned.pid;
         self.entries.insert(
             run,
             Entry {
                 job: job.clone(),
                 pid,
-                pidfd,
-                cgroup,
+                pidfd: spawned.pidfd,
+                cgroup: cgroup.is_some(),
             },
         );
         Ok(pid.as_raw_nonzero().get() as u32)
@@ -666,13 +652,19 @@ impl ProcessTable {
             }
         }
         if getpgid(Some(entry.pid)).is_ok_and(|pgid| pgid != entry.pid) {
-            let _ = pidfd_send_signal(entry.pidfd.get_ref().as_fd(), sig);
+            let _ = pidfd_send_signal(entry.pidfd.as_fd(), sig);
         }
         if signal == Signal::Kill {
-            if let Some(cgroup) = &entry.cgroup {
+            if let Some(cgroup) = self.cgroup(run, entry) {
                 cgroup.kill();
             }
         }
+    }
+
+    /// The cgroup of run `run`, if it has one.
+    fn cgroup(&self, run: RunId, entry: &Entry) -> Option<containment::JobCgroup> {
+        let tree = self.containment.cgroups.as_ref().filter(|_| entry.cgroup)?;
+        Some(tree.run(&entry.job, run))
     }
 
     /// Reaps process `run`, after killing whatever is left of its process
@@ -682,16 +674,24 @@ impl ProcessTable {
     pub fn reap(&mut self, run: RunId) -> Option<(JobId, ExitStatus)> {
         let entry = self.entries.get(&run)?;
         // Peek first: a spurious wake-up must not kill a live group.
-        waitid_status(entry.pidfd.get_ref().as_fd(), WaitIdOptions::NOWAIT)?;
+        if waitid_status(entry.pidfd.as_fd(), WaitIdOptions::NOWAIT).is_none() {
+            // Still running: watch it again (its watch was one-shot).
+            if let Err(e) = self.exits.watch(run, entry.pidfd.as_fd(), true) {
+                tracing::error!(job = %entry.job, "cannot watch the worker's exit: {e}");
+            }
+            return None;
+        }
         // The leader is a zombie, so its group id is still its own; kill
         // what is left of the group before the id can be reused.
         let _ = kill_process_group(entry.pid, rustix::process::Signal::KILL);
-        if let Some(cgroup) = &entry.cgroup {
+        let cgroup = self.cgroup(run, entry);
+        if let Some(cgroup) = &cgroup {
             cgroup.kill();
         }
-        let status = reap_child(entry.pid, entry.pidfd.get_ref().as_fd())?;
+        let status = reap_child(entry.pid, entry.pidfd.as_fd())?;
+        // Dropping the entry closes the pidfd, which leaves the epoll set.
         let entry = self.entries.remove(&run)?;
-        if let Some(cgroup) = entry.cgroup {
+        if let Some(cgroup) = cgroup {
             cgroup.remove();
         }
         // In the subreaper fallback the run's escaped processes were

@@ -24,16 +24,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lrpm_core::Declaration;
 use lrpm_core::job::{JobId, Program};
-use lrpm_core::status::{ExitStatus, Status, SupervisorStatus};
+use lrpm_core::status::{ExitStatus, SupervisorStatus};
 use lrpm_core::supervisor::{Action, AfterExit, ConfigOutcome, Supervisor};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::containment::Containment;
 use crate::control::{ControlMsg, Reply};
-use crate::output::Output;
-use crate::process::{ExitEvent, ProcessTable, SpawnContext};
-use crate::protocol::Request;
+use crate::process::{ExitEvent, ProcessTable};
+use crate::protocol::{Request, Response};
 use crate::source::{SourceHandle, SourceUpdate};
 
 /// Seconds since the Unix epoch, now.
@@ -48,10 +46,8 @@ pub fn wall_now() -> f64 {
 pub struct Shell {
     /// The supervision core.
     pub core: Supervisor,
-    /// Live children.
+    /// Live children; it also reports their exits.
     pub procs: ProcessTable,
-    /// Child pidfds that became readable, with when.
-    pub exits: mpsc::UnboundedReceiver<ExitEvent>,
     /// Loaded configurations.
     pub updates: mpsc::UnboundedReceiver<SourceUpdate>,
     /// The running source.
@@ -67,19 +63,12 @@ pub struct Shell {
     /// delivers next may still pass the removal guard: the longest a load
     /// may take, and some.
     pub force_window: Duration,
+    /// The buffer size the next status line starts with: about the last
+    /// one's, so that it is written without growing.
+    pub status_size: usize,
 }
 
 impl Shell {
-    /// Creates the process table and the channels its children report on.
-    pub fn process_table(
-        ctx: SpawnContext,
-        output: Output,
-        containment: Containment,
-    ) -> (ProcessTable, mpsc::UnboundedReceiver<ExitEvent>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (ProcessTable::new(ctx, tx, output, containment), rx)
-    }
-
     /// Runs until a shutdown has finished: every child reaped.
     pub async fn run(mut self) {
         let mut sigterm =
@@ -94,17 +83,22 @@ impl Shell {
             None
         };
         // When to give freed memory back to the system: some time after
-        // the first exit or load since the last time, never at rest.
+        // the first exit, load or spawn since the last time, never at rest.
+        // Spawns count too: a mass start outlasts the first trim after its
+        // load, and what its spawns freed afterwards would stay.
         let mut trim_at: Option<Instant> = None;
         loop {
-            // Lets the other tasks (control connections, pidfd watchers,
-            // output forwarders) run between two turns. Without it, a loop
+            // Lets the other tasks (control connections, output forwarders)
+            // run between two turns. Without it, a loop
             // that always finds an event ready (a crash storm's exits) runs
             // until tokio's cooperative budget is spent, 128 events later:
             // seconds, during which a status request waits. At rest this
             // costs nothing: the loop sleeps in `select!`.
             tokio::task::yield_now().await;
-            let more = self.perform_actions();
+            let (more, spawned) = self.perform_actions();
+            if spawned {
+                trim_at.get_or_insert_with(|| Instant::now() + TRIM_AFTER);
+            }
             if self.core.is_finished() {
                 break;
             }
@@ -125,7 +119,7 @@ impl Shell {
                 // More actions are queued: take them on the next turn, after
                 // whatever else is ready.
                 () = std::future::ready(()), if more => {}
-                Some(exit) = self.exits.recv() => {
+                exit = self.procs.next_exit() => {
                     self.child_exited(exit);
                     trim_at.get_or_insert_with(|| Instant::now() + TRIM_AFTER);
                 }
@@ -225,7 +219,7 @@ impl Shell {
 
     fn control_request(&mut self, msg: ControlMsg) {
         let reply = match msg.request {
-            Request::Status => Reply::Status(Box::new(self.status())),
+            Request::Status => Reply::StatusLine(self.status_line()),
             Request::Restart { id } => match self.core.restart(Instant::now(), &id.as_str().into())
             {
                 Ok(()) => {
@@ -259,25 +253,32 @@ impl Shell {
         let _ = msg.reply.send(reply);
     }
 
-    /// The whole status document.
-    pub fn status(&self) -> Status {
-        let (source, jobs) = self.core.status(Instant::now(), wall_now());
-        Status {
-            supervisor: SupervisorStatus {
-                pid: std::process::id(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                started_at: self.started_at,
-                shutting_down: self.core.is_shutting_down(),
-                source,
-            },
-            jobs,
-        }
+    /// The answer to `status`, encoded: the response line of the whole
+    /// status document, serialized straight from the core's state (no copy
+    /// of any job's status) into a buffer the size of the last one.
+    pub fn status_line(&mut self) -> Vec<u8> {
+        let (now, wall) = (Instant::now(), wall_now());
+        let supervisor = SupervisorStatus {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: self.started_at,
+            shutting_down: self.core.is_shutting_down(),
+            source: self.core.status_source(now, wall),
+        };
+        let jobs = self.core.status_jobs(now, wall);
+        // The last size, or a guess: a job takes about 250 bytes.
+        let capacity = self.status_size.max(1024 + 256 * jobs.len());
+        let line = Response::encode_status(&supervisor, &jobs, capacity);
+        self.status_size = line.len() + line.len() / 8;
+        line
     }
 
     /// Performs the core's actions, up to [`SPAWN_BUDGET`] spawns or
     /// [`SPAWN_SLICE`] of spawning, whichever comes first; returns whether
-    /// some are left for the next turn of the loop.
-    fn perform_actions(&mut self) -> bool {
+    /// some are left for the next turn of the loop, and whether it spawned
+    /// (or tried to).
+    fn perform_actions(&mut self) -> (bool, bool) {
+        let mut spawned = false;
         let started = Instant::now();
         for _ in 0..SPAWN_BUDGET {
             if started.elapsed() >= SPAWN_SLICE {
@@ -286,7 +287,7 @@ impl Shell {
             // Signals cost little: perform all of them before the next spawn.
             let (run, job, spec) = loop {
                 match self.core.poll_action() {
-                    None => return false,
+                    None => return (false, spawned),
                     Some(Action::Signal { run, signal }) => {
                         tracing::debug!(?run, %signal, "signalling");
                         self.procs.signal(run, signal);
@@ -294,6 +295,7 @@ impl Shell {
                     Some(Action::Spawn { run, job, spec }) => break (run, job, spec),
                 }
             };
+            spawned = true;
             match self.procs.spawn(run, &job, &spec) {
                 Ok(pid) => {
                     tracing::info!(job = %job, pid, "started: {}", spec.program);
@@ -313,7 +315,7 @@ impl Shell {
                 }
             }
         }
-        self.core.has_pending_actions()
+        (self.core.has_pending_actions(), spawned)
     }
 }
 
@@ -371,9 +373,10 @@ const LOGGED_PROBLEMS: usize = 20;
 /// after `lrpmctl reload --force`, waiting for the reloaded configuration.
 pub const FORCE_GRACE: Duration = Duration::from_secs(10);
 
-/// How long after the first exit or configuration load since the last trim
-/// lrpm gives the memory it freed back to the system: at most once per
-/// period while workers churn, and never at rest.
+/// How long after the first exit, spawn or configuration load since the
+/// last trim lrpm gives the memory it freed back to the system: at most
+/// once per period while workers churn, once after the last of them, and
+/// never at rest.
 const TRIM_AFTER: Duration = Duration::from_secs(5);
 
 /// Gives the heap's free pages back to the system. glibc keeps what a crash

@@ -93,20 +93,20 @@ pub(super) async fn serve(
             continue;
         }
         let response = match Request::decode(&line) {
-            Err(e) => Response::Error(e.to_string()),
-            Ok(Request::Help) => Response::help(),
+            Err(e) => Response::Error(e.to_string()).encode(),
+            Ok(Request::Help) => Response::help().encode(),
             Ok(request) => ask(&shared, request).await,
         };
-        if !write(&mut stream, &response).await {
+        if !write_line(&mut stream, &response).await {
             return;
         }
     }
 }
 
-/// Hands `request` to the event loop and waits for its answer.
-async fn ask(shared: &Shared, request: Request) -> Response {
+/// Hands `request` to the event loop and waits for its answer, encoded.
+async fn ask(shared: &Shared, request: Request) -> Vec<u8> {
     let (reply, answer) = oneshot::channel();
-    let gone = || Response::Error("lrpm is shutting down".into());
+    let gone = || Response::Error("lrpm is shutting down".into()).encode();
     if shared
         .requests
         .send(ControlMsg { request, reply })
@@ -116,9 +116,9 @@ async fn ask(shared: &Shared, request: Request) -> Response {
         return gone();
     }
     match answer.await {
-        Ok(Reply::Status(status)) => Response::Status(status),
-        Ok(Reply::Done(message)) => Response::Done(message),
-        Ok(Reply::Refused(error)) => Response::Error(error),
+        Ok(Reply::StatusLine(line)) => line,
+        Ok(Reply::Done(message)) => Response::Done(message).encode(),
+        Ok(Reply::Refused(error)) => Response::Error(error).encode(),
         Err(_) => gone(),
     }
 }
@@ -152,9 +152,13 @@ async fn read_line(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Vec<u8>
 /// Writes `response`; `false` if the connection failed or the client did
 /// not read it within [`WRITE_TIMEOUT`].
 async fn write(stream: &mut UnixStream, response: &Response) -> bool {
-    let line = response.encode();
+    write_line(stream, &response.encode()).await
+}
+
+/// Writes an encoded response line; as [`write`].
+async fn write_line(stream: &mut UnixStream, line: &[u8]) -> bool {
     matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&line)).await,
+        tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(line)).await,
         Ok(Ok(()))
     )
 }

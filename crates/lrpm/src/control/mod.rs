@@ -14,9 +14,11 @@
 //! bounded request lines with an idle timeout, decodes them with the shared
 //! [codec](crate::protocol), answers `help` itself and hands every other
 //! request to the supervisor's event loop as a [`ControlMsg`] with a
-//! one-shot reply channel. The event loop answers at once with a [`Reply`];
-//! encoding the answer and writing it to the client happen in the
-//! connection task, never in the loop.
+//! one-shot reply channel. The event loop answers at once with a [`Reply`]
+//! (for `status`, the response line itself, serialized straight from the
+//! core's state; copying every job's status for this task to encode cost
+//! more than serializing it); encoding other answers and writing to the
+//! client happen in the connection task, never in the loop.
 //!
 //! Architecture invariant: the event loop never waits on a client. The only
 //! thing it does for a request is compute a [`Reply`] and put it in a
@@ -33,7 +35,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lrpm_core::status::Status;
 use rustix::fs::FlockOperation;
 use tokio::net::UnixListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -54,8 +55,11 @@ pub struct ControlMsg {
 /// The event loop's answer to a [`ControlMsg`].
 #[derive(Debug)]
 pub enum Reply {
-    /// The status document.
-    Status(Box<Status>),
+    /// The status document, already encoded as the response line: the
+    /// event loop serializes it straight from the core's state, which is
+    /// cheaper than copying every job's status for the connection task to
+    /// encode (see `Shell::status_line`).
+    StatusLine(Vec<u8>),
     /// The request was carried out; a message for the operator.
     Done(String),
     /// The request was refused.

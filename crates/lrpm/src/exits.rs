@@ -1,0 +1,118 @@
+//! The watch on children's exits: one epoll set of their pidfds.
+//!
+//! # Theory of operation
+//!
+//! Every live child's pidfd is added to one epoll instance, one-shot, with
+//! its run id as the event's data; only that instance's descriptor is
+//! registered with the runtime. [`ExitWatch::next`] waits for it to become
+//! readable and takes every exit it reports at once, stamped with the time
+//! it was taken (the time of the exit as closely as lrpm can tell, before
+//! it waits behind others), then hands them out one by one. A child costs
+//! lrpm the kernel's epoll item, rather than a task, a runtime registration
+//! and a channel sender of its own. Closing a pidfd (at reaping) removes it
+//! from the set; a pidfd reported while its child still runs is armed again
+//! with [`ExitWatch::watch`].
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use lrpm_core::supervisor::RunId;
+use rustix::event::epoll;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use crate::process::ExitEvent;
+
+/// The epoll set of every live child's pidfd, one-shot, with the run id as
+/// the data of each; the only descriptor of it the runtime watches is the
+/// epoll instance's own.
+pub(crate) struct ExitWatch {
+    epoll: AsyncFd<OwnedFd>,
+    /// Exits taken from the set and not yet handed out, in the order taken.
+    ready: VecDeque<ExitEvent>,
+    /// `epoll_wait`'s buffer.
+    events: Vec<epoll::Event>,
+}
+
+/// How many exits one `epoll_wait` takes at most.
+const EXITS_PER_WAIT: usize = 256;
+
+impl std::fmt::Debug for ExitWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExitWatch")
+            .field("epoll", &self.epoll)
+            .field("ready", &self.ready)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExitWatch {
+    pub(crate) fn new() -> io::Result<ExitWatch> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        // SAFETY: the epoll descriptor is owned by the AsyncFd and is closed
+        // only when the AsyncFd is dropped, which deregisters it first.
+        let epoll = unsafe { AsyncFd::register_with_interest(epoll, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(ExitWatch {
+            epoll,
+            ready: VecDeque::new(),
+            events: Vec::new(),
+        })
+    }
+
+    /// Watches `pidfd` for the end of run `run` (again, with `rearm`).
+    pub(crate) fn watch(&self, run: RunId, pidfd: BorrowedFd<'_>, rearm: bool) -> io::Result<()> {
+        let data = epoll::EventData::new_u64(run.0);
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::ONESHOT;
+        if rearm {
+            epoll::modify(self.epoll.get_ref(), pidfd, data, flags)?;
+        } else {
+            epoll::add(self.epoll.get_ref(), pidfd, data, flags)?;
+        }
+        Ok(())
+    }
+
+    /// The next exit: one already taken, or the next the set reports.
+    /// Cancel-safe: exits taken from the set wait in `ready`.
+    pub(crate) async fn next(&mut self) -> ExitEvent {
+        loop {
+            if let Some(exit) = self.ready.pop_front() {
+                return exit;
+            }
+            let Ok(mut guard) = self.epoll.readable().await else {
+                // The runtime is shutting down; nothing more will come.
+                return std::future::pending().await;
+            };
+            self.events.clear();
+            self.events.reserve(EXITS_PER_WAIT);
+            let zero = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            let taken = epoll::wait(
+                guard.get_inner(),
+                rustix::buffer::spare_capacity(&mut self.events),
+                Some(&zero),
+            );
+            match taken {
+                Ok(0) => guard.clear_ready(),
+                Ok(_) => {
+                    let at = Instant::now();
+                    self.ready.extend(self.events.iter().map(|event| ExitEvent {
+                        run: RunId(event.data.u64()),
+                        at,
+                    }));
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    // None is expected (the descriptor and the buffer are
+                    // valid); do not spin on it.
+                    tracing::error!("cannot wait for children's exits: {e}");
+                    guard.clear_ready();
+                }
+            }
+        }
+    }
+}
