@@ -15,6 +15,14 @@
 //! too much, never on the supervisor, and nothing is buffered without
 //! bound (at most [`QUEUE_BYTES`] in the queue, whatever the lines'
 //! lengths).
+//!
+//! Once lrpm's descriptors are half used (its soft limit raised to the hard
+//! one), [`Output::forward`] hands the pipes of a new worker to an output
+//! hub ([`crate::hub`]) instead, a child process that runs this same code
+//! ([`Output::forward_counted`]) with its own queue and writer thread, to
+//! the same stdout and stderr; when no hub can take them at once, they are
+//! forwarded here. Idle streams cost little: no buffer of their own (see
+//! [`crate::lines`]), one prefix shared by a worker's two streams.
 
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
