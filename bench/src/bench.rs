@@ -256,19 +256,51 @@ impl Bench {
         cmd
     }
 
-    /// How lrpm, needing `per_worker` descriptors per worker, can be given
-    /// enough descriptors for `jobs` workers.
-    pub fn descriptors(&self, jobs: usize, per_worker: f64) -> Descriptors {
-        let needed = (jobs as f64 * per_worker).ceil() as u64 + FD_SLACK;
-        if needed <= self.nofile_hard {
+    /// How lrpm, using `sizing` descriptors per worker, can be given enough
+    /// descriptors for `jobs` workers.
+    pub fn descriptors(&self, jobs: usize, sizing: Sizing) -> Descriptors {
+        if jobs <= sizing.fit(self.nofile_hard) {
             return Descriptors::Fit;
         }
+        let needed = (jobs as f64 * sizing.in_process).ceil() as u64 + FD_SLACK;
         let raised = needed.next_power_of_two().max(65_536);
         if can_raise_nofile(raised) {
             return Descriptors::Raise(raised);
         }
-        let fit = (self.nofile_hard.saturating_sub(FD_SLACK) as f64 / per_worker) as usize;
-        Descriptors::Cap(fit / 1000 * 1000)
+        Descriptors::Cap(sizing.fit(self.nofile_hard) / 1000 * 1000)
+    }
+}
+
+/// lrpm's descriptors per worker, measured: in process (a pidfd and the
+/// read ends of two pipes), and beyond half of its descriptor limit, where
+/// lrpm hands the pipes to output hubs and keeps the pidfd.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizing {
+    /// Per worker while lrpm forwards output itself.
+    pub in_process: f64,
+    /// Per worker beyond half of lrpm's limit.
+    pub with_hubs: f64,
+}
+
+impl Sizing {
+    /// The most workers lrpm runs with a descriptor limit of `limit`: in
+    /// process up to half of it, then through hubs.
+    pub fn fit(&self, limit: u64) -> usize {
+        let half = limit / 2;
+        let in_process = half.saturating_sub(FD_SLACK) as f64 / self.in_process.max(0.01);
+        let beyond = (limit - half).saturating_sub(FD_SLACK) as f64 / self.with_hubs.max(0.01);
+        (in_process + beyond) as usize
+    }
+
+    /// About how many descriptors lrpm needs for `jobs` workers with a
+    /// descriptor limit of `limit`.
+    pub fn needed(&self, jobs: usize, limit: u64) -> u64 {
+        let half = limit / 2;
+        let in_process = (half as f64 / self.in_process.max(0.01)) as usize;
+        if jobs <= in_process {
+            return (jobs as f64 * self.in_process) as u64;
+        }
+        half + ((jobs - in_process) as f64 * self.with_hubs) as u64
     }
 }
 
@@ -307,11 +339,12 @@ fn can_raise_nofile(hard: u64) -> bool {
     cmd.status().is_ok_and(|s| s.success())
 }
 
-/// Makes `cmd` raise its hard descriptor limit to `hard` before exec; the
-/// spawn fails if it may not.
+/// Makes `cmd` set its hard descriptor limit to `hard` (and its soft one to
+/// at most that) before exec; the spawn fails if it may not raise it.
 pub fn with_nofile(cmd: &mut Command, hard: u64) {
+    let current = getrlimit(Resource::Nofile).current;
     let limit = Rlimit {
-        current: getrlimit(Resource::Nofile).current,
+        current: Some(current.map_or(hard, |soft| soft.min(hard))),
         maximum: Some(hard),
     };
     // SAFETY: the hook runs in the forked child before exec and makes one

@@ -20,6 +20,23 @@ pub struct CpuSnapshot {
 }
 
 impl CpuSnapshot {
+    /// Reads the CPU time of every thread of every process in `pids` (a
+    /// supervisor and its helpers: see [`supervisor_processes`]). Thread ids
+    /// are unique across processes, so the snapshots merge.
+    pub fn take_all(pids: &[u32]) -> io::Result<Self> {
+        let mut all = Self::default();
+        for (i, pid) in pids.iter().enumerate() {
+            match Self::take(*pid) {
+                Ok(one) => all.by_thread.extend(one.by_thread),
+                // The supervisor itself must be readable; a helper may have
+                // just ended.
+                Err(e) if i == 0 => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok(all)
+    }
+
     /// Reads the CPU time of every thread of `pid`.
     pub fn take(pid: u32) -> io::Result<Self> {
         let mut by_thread = HashMap::new();
@@ -79,6 +96,54 @@ impl Memory {
             hwm_kib: field("VmHWM:")?,
         })
     }
+}
+
+impl Memory {
+    /// The sum over the processes `pids` (a supervisor and its helpers).
+    /// The sum of peaks is an upper bound of the peak of the sum.
+    pub fn of_all(pids: &[u32]) -> io::Result<Self> {
+        let mut sum = Self::default();
+        for (i, pid) in pids.iter().enumerate() {
+            match Self::of(*pid) {
+                Ok(one) => {
+                    sum.rss_kib += one.rss_kib;
+                    sum.hwm_kib += one.hwm_kib;
+                }
+                Err(e) if i == 0 => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok(sum)
+    }
+}
+
+/// The argument with which lrpm starts an output hub (`lrpm::hub::HUB_MODE`).
+const HUB_MODE: &[u8] = b"__lrpm-output-hub";
+
+/// The processes that make up supervisor `pid`: itself, then its output
+/// hubs (the children of an lrpm running `__lrpm-output-hub`, which forward
+/// the output of workers beyond half of lrpm's descriptor limit). Another
+/// supervisor has no such children: just itself.
+pub fn supervisor_processes(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    for task in fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+    {
+        let Ok(task) = task else { continue };
+        let children = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            let is_hub = fs::read(format!("/proc/{child}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(HUB_MODE));
+            if is_hub {
+                pids.push(child);
+            }
+        }
+    }
+    pids
 }
 
 /// How many descriptors process `pid` has open.

@@ -63,6 +63,9 @@ pub enum Metric {
 /// The supervisor at rest after a mass start.
 #[derive(Debug, Clone, Copy)]
 pub struct Rest {
+    /// How many processes the figures add up: the supervisor, and for lrpm
+    /// its output hubs.
+    pub processes: usize,
     /// `VmRSS`, in KiB.
     pub rss_kib: u64,
     /// `VmHWM`, the peak resident size so far, in KiB.

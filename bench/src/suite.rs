@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use crate::bench::{Bench, Descriptors};
+use crate::bench::{Bench, Descriptors, Plan, Sizing, WorkerMode};
+use crate::lrpm::JobSet;
 use crate::procfs;
 use crate::report::{self, jobs};
 use crate::results::{Metric, Results, Subject};
@@ -60,14 +61,39 @@ pub fn size_farms(bench: &Bench, results: &mut Results) -> anyhow::Result<Vec<Fa
     let empty = procfs::fd_count(probe.lrpm.pid())?;
     shutdown::lrpm(probe, &mut Results::default())?;
     let per_worker = base.saturating_sub(empty) as f64 / PROBE as f64;
-    eprintln!("[sizing] lrpm uses {per_worker:.2} descriptors per worker");
+    let with_hubs = probe_with_hubs(bench)?;
+    eprintln!(
+        "[sizing] lrpm uses {per_worker:.2} descriptors per worker, {with_hubs:.2} beyond half \
+         of its limit (output hubs)"
+    );
+    let sizing = Sizing {
+        in_process: per_worker,
+        with_hubs,
+    };
     let mut farms = Vec::new();
     for &wanted in &bench.plan.farms {
-        let farm = match bench.descriptors(wanted, per_worker) {
-            Descriptors::Fit => Farm {
-                jobs: wanted,
-                raise: None,
-            },
+        let farm = match bench.descriptors(wanted, sizing) {
+            Descriptors::Fit => {
+                let needed = sizing.needed(wanted, bench.nofile_hard);
+                if (wanted as f64 * per_worker) as u64 + 256 > bench.nofile_hard {
+                    results.note(format!(
+                        "RLIMIT_NOFILE: the hard limit here is {}; {} jobs would need about \
+                         {} descriptors in lrpm alone at {per_worker:.1} per worker. Beyond \
+                         half of its limit lrpm hands its workers' output pipes to output hubs \
+                         (child processes) and keeps {with_hubs:.1} descriptor per worker: \
+                         about {} in all. Its memory and CPU figures add up lrpm and its \
+                         hubs.",
+                        jobs(bench.nofile_hard as usize),
+                        jobs(wanted),
+                        jobs((wanted as f64 * per_worker) as usize),
+                        jobs(needed as usize),
+                    ));
+                }
+                Farm {
+                    jobs: wanted,
+                    raise: None,
+                }
+            }
             Descriptors::Raise(hard) => {
                 results.note(format!(
                     "RLIMIT_NOFILE: the hard limit here is {}, and lrpm needs about {} \
@@ -86,11 +112,12 @@ pub fn size_farms(bench: &Bench, results: &mut Results) -> anyhow::Result<Vec<Fa
             Descriptors::Cap(fit) => {
                 results.note(format!(
                     "RLIMIT_NOFILE: {w} jobs do not fit here. lrpm needs {per_worker:.1} \
-                     descriptors per worker (measured on {PROBE} jobs), about {} for {w} \
-                     jobs; the hard limit is {} and cannot be raised ({}). The big farm \
-                     (lrpm's and the floor's) has {} jobs instead, and the targets for {w} \
-                     jobs are not measurable here.",
-                    jobs((wanted as f64 * per_worker) as usize),
+                     descriptors per worker (measured on {PROBE} jobs) up to half of its \
+                     limit and {with_hubs:.1} beyond (output hubs hold the pipes), about {} \
+                     for {w} jobs; the hard limit is {} and cannot be raised ({}). The big \
+                     farm (lrpm's and the floor's) has {} jobs instead, and the targets for \
+                     {w} jobs are not measurable here.",
+                    jobs(sizing.needed(wanted, bench.nofile_hard) as usize),
                     jobs(bench.nofile_hard as usize),
                     crate::bench::raise_obstacle(),
                     jobs(fit),
@@ -108,6 +135,39 @@ pub fn size_farms(bench: &Bench, results: &mut Results) -> anyhow::Result<Vec<Fa
         farms.push(farm);
     }
     Ok(farms)
+}
+
+/// Measures lrpm's descriptors per worker beyond half of its limit, where
+/// output hubs hold the workers' pipes: an lrpm limited to 1,024
+/// descriptors runs 400 jobs (past its threshold of 512 descriptors), then
+/// 600; the growth per added job is the figure.
+fn probe_with_hubs(bench: &Bench) -> anyhow::Result<f64> {
+    const LIMIT: u64 = 1024;
+    const FIRST: usize = 400;
+    const THEN: usize = 600;
+    let probe = mass_start::lrpm(bench, FIRST, Some(LIMIT), &mut Results::default())?;
+    let pid = probe.lrpm.pid();
+    let at_first = procfs::fd_count(pid)?;
+    probe
+        .lrpm
+        .write_jobs(&JobSet::new(THEN, WorkerMode::Pause).to_toml(bench))?;
+    let deadline = std::time::Instant::now() + Plan::start_timeout(THEN);
+    while probe.lrpm.running()? != (THEN, THEN) {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "lrpm limited to {LIMIT} descriptors did not run {THEN} jobs:\n{}",
+            probe.lrpm.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let at_then = procfs::fd_count(pid)?;
+    let hubs = procfs::supervisor_processes(pid).len() - 1;
+    anyhow::ensure!(
+        hubs > 0,
+        "no output hub for {THEN} jobs under a limit of {LIMIT} descriptors"
+    );
+    shutdown::lrpm(probe, &mut Results::default())?;
+    Ok(at_then.saturating_sub(at_first) as f64 / (THEN - FIRST) as f64)
 }
 
 /// Measures the floor.

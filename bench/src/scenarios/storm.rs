@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::bench::{Bench, WorkerMode};
 use crate::lrpm::{JobSet, Lrpm};
-use crate::procfs::CpuSnapshot;
+use crate::procfs::{self, CpuSnapshot};
 use crate::results::{Results, Storm, Subject};
 
 /// How long the storm runs before it is measured.
@@ -26,11 +26,11 @@ pub fn lrpm(
     lrpm.write_jobs(&JobSet::new(jobs, WorkerMode::True).to_toml(bench))?;
     std::thread::sleep(WARM_UP);
     let restarts_before = lrpm.restarts()?;
-    let cpu_before = CpuSnapshot::take(lrpm.pid())?;
+    let cpu_before = CpuSnapshot::take_all(&procfs::supervisor_processes(lrpm.pid()))?;
     let t0 = Instant::now();
     std::thread::sleep(window);
     let restarts_after = lrpm.restarts()?;
-    let cpu_after = CpuSnapshot::take(lrpm.pid())?;
+    let cpu_after = CpuSnapshot::take_all(&procfs::supervisor_processes(lrpm.pid()))?;
     let elapsed = t0.elapsed();
     anyhow::ensure!(
         restarts_after > restarts_before,

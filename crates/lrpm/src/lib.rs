@@ -19,6 +19,7 @@ pub mod containment;
 pub mod control;
 pub mod ctl;
 mod exits;
+pub mod hub;
 pub mod library;
 mod lines;
 pub mod output;
@@ -69,6 +70,10 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    if args.get(1).is_some_and(|a| a == hub::HUB_MODE) {
+        return hub::run(&args);
+    }
     let args = match Args::try_parse_from(args) {
         Ok(args) => args,
         Err(e) => {
@@ -126,7 +131,11 @@ fn supervise(options: Options, sandbox: Option<Sandbox>) -> anyhow::Result<ExitC
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (output, output_thread) = Output::start()?;
+    let (mut output, output_thread) = Output::start()?;
+    let hubs = hub::Hubs::new();
+    if let Some(hubs) = &hubs {
+        output.use_hubs(hubs.clone());
+    }
     let code = rt.block_on(async move {
         let (control_tx, control) = mpsc::channel(64);
         // The socket listens before anything is started, so a second lrpm
@@ -210,6 +219,11 @@ fn supervise(options: Options, sandbox: Option<Sandbox>) -> anyhow::Result<ExitC
         }
         .run()
         .await;
+        // Every worker is reaped: the hubs forward what is left in their
+        // pipes and exit.
+        if let Some(hubs) = hubs {
+            hubs.close().await;
+        }
         // Lets the answer to `stop` reach its client, then removes the socket.
         control_server.close().await;
         ExitCode::SUCCESS

@@ -1,11 +1,28 @@
 //! Reading a pipe line by line, with a bound on what is held.
+//!
+//! # Theory of operation
+//!
+//! A supervisor holds thousands of pipes that are idle almost all the
+//! time, so a reader keeps no buffer of its own while it waits: it reads
+//! into a chunk shared by every reader of its thread ([`CHUNK`] bytes,
+//! allocated once), and copies out only what it has to keep, which, once
+//! its complete lines are taken, is the partial line at the end (if any).
+//! Before it waits again it gives back what its buffer holds beyond that
+//! partial line. An idle stream therefore costs its task, its registration
+//! with the runtime and the bytes of its unfinished line, nothing more.
 
+use std::cell::RefCell;
 use std::io;
 
 use tokio::net::unix::pipe;
 
 /// How much is read from a pipe at a time.
 const CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// The chunk every reader of this thread reads into.
+    static SHARED_CHUNK: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// What to do with a line longer than the reader's limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,15 +124,26 @@ impl LineReader {
                 self.scanned = 0;
                 return Ok(Some(Line::Full(std::mem::take(&mut self.buf))));
             }
-            // An idle reader holds no buffer: with a thousand workers, a
-            // chunk reserved per pipe while it waits would be most of
-            // lrpm's memory, and, once churn has touched it, resident.
-            if self.buf.is_empty() && self.buf.capacity() > 0 {
-                self.buf = Vec::new();
+            // An idle reader holds no more than its partial line: with
+            // thousands of workers, a chunk kept per pipe while it waits
+            // would be most of lrpm's memory, and, once touched, resident.
+            if self.buf.is_empty() {
+                if self.buf.capacity() > 0 {
+                    self.buf = Vec::new();
+                }
+            } else if self.buf.capacity() > self.buf.len() + self.buf.len() / 2 {
+                self.buf.shrink_to_fit();
             }
             self.rx.readable().await?;
-            self.buf.reserve(CHUNK);
-            match self.rx.try_read_buf(&mut self.buf) {
+            let read = SHARED_CHUNK.with_borrow_mut(|chunk| {
+                if chunk.len() < CHUNK {
+                    chunk.resize(CHUNK, 0);
+                }
+                let n = self.rx.try_read(chunk)?;
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok::<_, io::Error>(n)
+            });
+            match read {
                 Ok(0) => self.eof = true,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -15,6 +15,14 @@
 //! too much, never on the supervisor, and nothing is buffered without
 //! bound (at most [`QUEUE_BYTES`] in the queue, whatever the lines'
 //! lengths).
+//!
+//! Once lrpm's descriptors are half used (its soft limit raised to the hard
+//! one), [`Output::forward`] hands the pipes of a new worker to an output
+//! hub ([`crate::hub`]) instead, a child process that runs this same code
+//! ([`Output::forward_counted`]) with its own queue and writer thread, to
+//! the same stdout and stderr; when no hub can take them at once, they are
+//! forwarded here. Idle streams cost little: no buffer of their own (see
+//! [`crate::lines`]), one prefix shared by a worker's two streams.
 
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
@@ -23,6 +31,7 @@ use std::thread::JoinHandle;
 
 use lrpm_core::job::JobId;
 
+use crate::hub::Hubs;
 use crate::lines::{Line as PipeLine, LineReader, Overlong};
 use tokio::net::unix::pipe;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -59,6 +68,26 @@ pub struct Output {
     tx: mpsc::UnboundedSender<Line>,
     /// The bytes the queue may still take.
     budget: Arc<Semaphore>,
+    /// Where workers' pipes go once lrpm's descriptors are half used.
+    hubs: Option<Hubs>,
+}
+
+/// Reports, when dropped, that the output of one worker has ended: an output
+/// hub counts the workers it holds with it.
+#[derive(Debug)]
+pub struct WorkerDone(mpsc::UnboundedSender<()>);
+
+impl WorkerDone {
+    /// Sends `()` on `tx` once dropped.
+    pub fn new(tx: mpsc::UnboundedSender<()>) -> Self {
+        Self(tx)
+    }
+}
+
+impl Drop for WorkerDone {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
 }
 
 /// The writer thread; join it after every [`Output`] handle is gone to make
@@ -87,16 +116,55 @@ impl Output {
     fn queue() -> (Output, mpsc::UnboundedReceiver<Line>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
-        (Output { tx, budget }, rx)
+        (
+            Output {
+                tx,
+                budget,
+                hubs: None,
+            },
+            rx,
+        )
     }
 
-    /// Forwards a worker's stdout and stderr until they are closed.
+    /// Hands the pipes of workers spawned once descriptors are half used to
+    /// `hubs` rather than reading them here.
+    pub fn use_hubs(&mut self, hubs: Hubs) {
+        self.hubs = Some(hubs);
+    }
+
+    /// Forwards a worker's stdout and stderr until they are closed: here,
+    /// or, once lrpm's descriptors are half used, through an output hub.
     pub fn forward(&self, job: &JobId, stdout: OwnedFd, stderr: OwnedFd) {
+        let (stdout, stderr) = match &self.hubs {
+            Some(hubs) if hubs.wanted(&stdout, &stderr) => match hubs.send(job, stdout, stderr) {
+                Ok(()) => return,
+                Err(pipes) => pipes,
+            },
+            _ => (stdout, stderr),
+        };
+        self.forward_here(job, stdout, stderr, None);
+    }
+
+    /// Forwards a worker's stdout and stderr in this process; `done` is
+    /// dropped once both have ended.
+    pub fn forward_counted(&self, job: &JobId, stdout: OwnedFd, stderr: OwnedFd, done: WorkerDone) {
+        self.forward_here(job, stdout, stderr, Some(Arc::new(done)));
+    }
+
+    fn forward_here(
+        &self,
+        job: &JobId,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+        done: Option<Arc<WorkerDone>>,
+    ) {
+        // One allocation for both streams' prefix.
+        let prefix: Arc<[u8]> = format!("[{job}] ").into_bytes().into();
         for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
             match pipe::Receiver::from_owned_fd(fd) {
                 Ok(rx) => {
-                    let prefix = format!("[{job}] ").into_bytes();
-                    tokio::spawn(forward_pipe(rx, prefix, stream, self.clone()));
+                    let task = forward_pipe(rx, prefix.clone(), stream, self.clone(), done.clone());
+                    tokio::spawn(task);
                 }
                 Err(e) => tracing::warn!(%job, "cannot read the output of the worker: {e}"),
             }
@@ -104,8 +172,15 @@ impl Output {
     }
 }
 
-/// Reads one pipe to its end, queueing prefixed lines.
-async fn forward_pipe(rx: pipe::Receiver, prefix: Vec<u8>, stream: Stream, output: Output) {
+/// Reads one pipe to its end, queueing prefixed lines; drops `_done` at the
+/// end.
+async fn forward_pipe(
+    rx: pipe::Receiver,
+    prefix: Arc<[u8]>,
+    stream: Stream,
+    output: Output,
+    _done: Option<Arc<WorkerDone>>,
+) {
     let mut reader = LineReader::new(rx, MAX_LINE, Overlong::Split);
     // A read error ends the stream like its end does: the worker is gone.
     while let Ok(Some(PipeLine::Full(line))) = reader.next().await {
@@ -177,7 +252,8 @@ mod tests {
         });
         let (output, mut rx) = Output::queue();
         let rx_pipe = pipe::Receiver::from_owned_fd(r).expect("receiver");
-        forward_pipe(rx_pipe, b"[j] ".to_vec(), Stream::Stdout, output).await;
+        let prefix: Arc<[u8]> = b"[j] ".to_vec().into();
+        forward_pipe(rx_pipe, prefix, Stream::Stdout, output, None).await;
         let mut lines = vec![];
         while let Ok(l) = rx.try_recv() {
             lines.push(l.bytes);

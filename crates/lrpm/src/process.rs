@@ -72,6 +72,17 @@ pub fn is_own_child(pid: Pid) -> bool {
     own_children().contains(&pid.as_raw_nonzero().get())
 }
 
+/// Records `pid`, a child that lrpm spawned outside [`spawn_command`] (an
+/// output hub), as an own child until it is reaped through its pidfd.
+pub fn register_own_child(pid: Pid) {
+    own_children().insert(pid.as_raw_nonzero().get());
+}
+
+/// Forgets `pid` as an own child: it was reaped by other means.
+pub fn forget_own_child(pid: Pid) {
+    own_children().remove(&pid.as_raw_nonzero().get());
+}
+
 /// Waits for child `pid`, which was just SIGKILLed, to end, reaps it through
 /// its `pidfd`, and forgets it as an own child.
 pub fn reap_child_blocking(pid: Pid, pidfd: BorrowedFd<'_>) {

@@ -356,7 +356,7 @@ fn check_worker_classes(decl: &mut Declaration, classes: Option<&BTreeSet<String
     }
 }
 
-fn describe_exit(status: &ExitStatus) -> String {
+pub(crate) fn describe_exit(status: &ExitStatus) -> String {
     match (status.code, status.signal, &status.error) {
         (Some(code), _, _) => format!("exited with code {code}"),
         (None, Some(sig), _) => format!("killed by {}", crate::signal_name(sig)),

@@ -60,6 +60,20 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
+/// Resident memory of lrpm `pid` and its output hubs (its children running
+/// `__lrpm-output-hub`), in KiB: the output queue's bound is per process.
+fn rss_with_hubs_kib(pid: u32) -> u64 {
+    let hubs = children_of(pid).into_iter().filter(|child| {
+        fs::read(format!("/proc/{child}/cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(b"__lrpm-output-hub".as_slice()))
+    });
+    rss_kib(pid)
+        + hubs
+            .filter(|h| state_of(*h).is_some())
+            .map(rss_kib)
+            .sum::<u64>()
+}
+
 /// How many descriptors `pid` has open.
 fn fd_count(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd"))
@@ -664,11 +678,11 @@ fn a_stuck_log_reader_bounds_lrpms_memory_and_blocks_only_the_talkers() {
     let mut lrpm = BlockedLrpm::start(FLOOD);
     let pid = lrpm.child.id();
     let status = |lrpm: &BlockedLrpm| raw_request(&lrpm.socket, r#"{"cmd":"status"}"#);
-    let rss_before = rss_kib(pid);
+    let rss_before = rss_with_hubs_kib(pid);
     // Nobody reads lrpm's stdout: its pipe fills, then the output queue,
     // then the flood's own pipe, and the flood waits.
     std::thread::sleep(Duration::from_secs(5));
-    let rss_blocked = rss_kib(pid);
+    let rss_blocked = rss_with_hubs_kib(pid);
     // Supervision goes on meanwhile.
     let answer = status(&lrpm).expect("status");
     let victim = pid_of(job_in(&answer, "victim").expect("victim")).expect("pid");
