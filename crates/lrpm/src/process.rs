@@ -650,20 +650,30 @@ impl ProcessTable {
 
     /// Sends `signal` to the process group of `run`, and to the process
     /// itself if it has left its group; SIGKILL also goes to the run's whole
-    /// cgroup. A process already reaped is not signalled.
+    /// cgroup. Any other signal is followed by SIGCONT, as systemd does, so
+    /// that a stopped worker (SIGSTOP, a debugger detached badly) gets to
+    /// handle its stop signal rather than wait for the SIGKILL. A process
+    /// already reaped is not signalled.
     pub fn signal(&self, run: RunId, signal: Signal) {
         let Some(entry) = self.entries.get(&run) else {
             return;
         };
         let sig = to_rustix(signal);
-        // Not reaped yet, so the pgid cannot have been reused.
-        if let Err(e) = kill_process_group(entry.pid, sig) {
-            if e != rustix::io::Errno::SRCH {
-                tracing::warn!(job = %entry.job, "cannot signal process group: {e}");
+        let left_group = getpgid(Some(entry.pid)).is_ok_and(|pgid| pgid != entry.pid);
+        let send = |sig| {
+            // Not reaped yet, so the pgid cannot have been reused.
+            if let Err(e) = kill_process_group(entry.pid, sig) {
+                if e != rustix::io::Errno::SRCH {
+                    tracing::warn!(job = %entry.job, "cannot signal process group: {e}");
+                }
             }
-        }
-        if getpgid(Some(entry.pid)).is_ok_and(|pgid| pgid != entry.pid) {
-            let _ = pidfd_send_signal(entry.pidfd.as_fd(), sig);
+            if left_group {
+                let _ = pidfd_send_signal(entry.pidfd.as_fd(), sig);
+            }
+        };
+        send(sig);
+        if signal != Signal::Kill {
+            send(rustix::process::Signal::CONT);
         }
         if signal == Signal::Kill {
             if let Some(cgroup) = self.cgroup(run, entry) {

@@ -142,14 +142,30 @@ fn workers_inherit_no_descriptor_but_stdio() {
         &[],
     );
     // The worker's own descriptors, read from outside: a shell listing its
-    // own would race with the pipes of its pipeline.
+    // own would race with the pipes of its pipeline. `sleep` itself opens
+    // its locale's files for a moment as it starts, so the test waits for
+    // it to settle; an inherited descriptor would stay open for good.
     let pid = running_pid(&lrpm, "fds");
-    let mut fds: Vec<u32> = fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("/proc/PID/fd")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    fds.sort_unstable();
-    assert_eq!(fds, [0, 1, 2], "inherited descriptors: {fds:?}");
+    let fds = || {
+        let mut fds: Vec<(u32, String)> = fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("/proc/PID/fd")
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let target = fs::read_link(e.path()).ok()?.display().to_string();
+                Some((e.file_name().to_str()?.parse().ok()?, target))
+            })
+            .collect();
+        fds.sort_unstable();
+        fds
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = fds();
+    while seen.len() != 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        seen = fds();
+    }
+    let numbers: Vec<u32> = seen.iter().map(|(fd, _)| *fd).collect();
+    assert_eq!(numbers, [0, 1, 2], "inherited descriptors: {seen:?}");
 }
 
 #[test]
@@ -273,6 +289,43 @@ stopSignal = "SIGINT"
     wait_until("the INT trap's output", LONG, || {
         lrpm.stdout().contains("[polite] got-int")
     });
+}
+
+#[test]
+fn a_stopped_worker_gets_sigcont_and_handles_its_stop_signal_before_the_timeout() {
+    let lrpm = Lrpm::start(
+        "jobs.toml",
+        r#"
+[frozen]
+name = "frozen"
+command = "trap 'echo got-term; exit 0' TERM; echo $$ > pid; kill -STOP $$; while true; do sleep 0.1; done"
+shutdownTimeoutSeconds = 30
+"#,
+        &[],
+    );
+    running_pid(&lrpm, "frozen");
+    let pid = read_pid(&lrpm.dir.path().join("pid"));
+    wait_until("the worker to stop itself", LONG, || {
+        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|s| s.trim_start().starts_with('T'))
+        })
+    });
+    let removed_at = Instant::now();
+    lrpm.write_config("# no jobs\n");
+    lrpm.wait_for("job gone", LONG, |s| job_in(s, "frozen").is_none());
+    let took = removed_at.elapsed();
+    // Without SIGCONT it would sit stopped until the SIGKILL, 30 s later.
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}");
+    wait_until("the TERM trap's output", LONG, || {
+        lrpm.stdout().contains("[frozen] got-term")
+    });
+    assert!(
+        !lrpm.stderr().contains("killed by SIGKILL"),
+        "{}",
+        lrpm.stderr()
+    );
 }
 
 #[test]
