@@ -10,11 +10,12 @@
 //! * **A cgroup v2 per run** ([`CgroupTree`], the default wherever it
 //!   works). At start lrpm creates `lrpm-PID/` under its own cgroup (or
 //!   under `--cgroup PATH`) and holds an `flock` on it for as long as it
-//!   lives. Each spawn creates `lrpm-PID/job-ID-RUN/` and opens its
-//!   `cgroup.procs` before the clone; the child writes `0` to that
-//!   descriptor first thing ([`crate::spawn`]: one raw `write`), so it is in
-//!   the cgroup before it runs a single instruction of the worker, and
-//!   nothing it forks can be outside it. When the worker's main process
+//!   lives. Each spawn creates `lrpm-PID/job-ID-RUN/` and opens it; the
+//!   child is cloned straight into it (`clone3` with `CLONE_INTO_CGROUP`)
+//!   or, where the kernel refuses that, writes `0` to its `cgroup.procs`
+//!   first thing ([`crate::spawn`]: one raw `write`), so it is in the cgroup
+//!   before it runs a single instruction of the worker, and nothing it forks
+//!   can be outside it. When the worker's main process
 //!   ends, or when a stop escalates to SIGKILL, lrpm writes `1` to the
 //!   cgroup's `cgroup.kill`: the kernel kills every process in it, escaped
 //!   daemons included, atomically with respect to forks. The empty cgroup is
@@ -356,18 +357,23 @@ impl CgroupTree {
     }
 
     /// Creates the cgroup of run `run` of `job`; returns it and its
-    /// `cgroup.procs`, opened for the child to write itself into.
+    /// directory, opened for the child to be cloned into
+    /// ([`crate::spawn`]).
     pub fn create_run(&self, job: &JobId, run: RunId) -> io::Result<(JobCgroup, OwnedFd)> {
         let dir = self.run(job, run).dir;
         std::fs::create_dir(&dir)?;
-        let procs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.procs"));
-        match procs {
-            Ok(procs) => Ok((JobCgroup { dir }, procs.into())),
+        let opened = rustix::fs::open(
+            &dir,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        );
+        match opened {
+            Ok(fd) => Ok((JobCgroup { dir }, fd)),
             Err(e) => {
                 let _ = std::fs::remove_dir(&dir);
-                Err(e)
+                Err(e.into())
             }
         }
     }

@@ -238,7 +238,7 @@ pub struct SpawnRequest {
     env: Vec<(OsString, OsString)>,
     cwd: Option<PathBuf>,
     identity: Option<spawn::Switch>,
-    cgroup_procs: Option<OwnedFd>,
+    cgroup: Option<OwnedFd>,
 }
 
 impl SpawnRequest {
@@ -336,19 +336,19 @@ pub struct Spawned {
     pub stderr: OwnedFd,
 }
 
-/// Spawns run `run` of a worker for `spec`; with `cgroup_procs` (the
-/// `cgroup.procs` of the run's cgroup, opened for writing) the child moves
-/// itself into that cgroup before it changes identity and execs.
+/// Spawns run `run` of a worker for `spec`; with `cgroup` (the directory of
+/// the run's cgroup) the child starts in that cgroup, or moves itself into
+/// it before anything else where it cannot be cloned into it.
 pub fn spawn(
     run: RunId,
     job: &JobId,
     spec: &JobSpec,
     ctx: &SpawnContext,
-    cgroup_procs: Option<OwnedFd>,
+    cgroup: Option<OwnedFd>,
 ) -> Result<Spawned, SpawnError> {
     let identity = resolve_identity(spec)?;
     let mut cmd = command(run, job, spec, ctx)?;
-    cmd.cgroup_procs = cgroup_procs;
+    cmd.cgroup = cgroup;
     cmd.identity = identity;
     spawn_command(cmd, ctx)
 }
@@ -459,7 +459,7 @@ pub fn spawn_command(cmd: SpawnRequest, ctx: &SpawnContext) -> Result<Spawned, S
         identity: cmd.identity.as_ref(),
         parent: ctx.parent,
         nofile: ctx.child_nofile,
-        cgroup_procs: cmd.cgroup_procs.as_ref().map(AsFd::as_fd),
+        cgroup: cmd.cgroup.as_ref().map(AsFd::as_fd),
         stdout: stdout_w.as_fd(),
         stderr: stderr_w.as_fd(),
     };
@@ -821,6 +821,42 @@ mod tests {
             env.iter()
                 .any(|(n, v)| n == containment::RUN_ID_ENV && v == "7.1")
         );
+    }
+
+    /// Spawns `sleep 1000` into a run's cgroup and returns the cgroup the
+    /// kernel says it is in, or `None` where lrpm would not use cgroups.
+    fn cgroup_of_a_spawn(run: u64) -> Option<(String, String)> {
+        let containment = Containment::setup(&containment::CgroupChoice::Auto).ok()?;
+        let tree = containment.cgroups.as_ref()?;
+        let job = JobId::from("cgroup-test");
+        let (cgroup, dir) = tree
+            .create_run(&job, RunId(run))
+            .expect("create the run's cgroup");
+        let ctx = SpawnContext::current(getrlimit(Resource::Nofile));
+        let mut request = SpawnRequest::new("sleep").arg("1000");
+        request.cgroup = Some(dir);
+        let spawned = spawn_command(request, &ctx).expect("spawn sleep");
+        let pid = spawned.pid.as_raw_nonzero().get();
+        let inside = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("its cgroup");
+        let _ = kill_process_group(spawned.pid, rustix::process::Signal::KILL);
+        reap_child_blocking(spawned.pid, spawned.pidfd.as_fd());
+        let expected = cgroup.dir().file_name()?.to_string_lossy().into_owned();
+        cgroup.remove();
+        Some((inside, expected))
+    }
+
+    #[test]
+    fn a_child_starts_in_its_cgroup_cloned_into_it_or_joining_it() {
+        let Some((inside, expected)) = cgroup_of_a_spawn(1) else {
+            eprintln!("no writable cgroup v2 here: nothing to check");
+            return;
+        };
+        assert!(inside.contains(&expected), "{inside} (expected {expected})");
+        spawn::clone3::FORCE_PROCS_FALLBACK.store(true, std::sync::atomic::Ordering::Relaxed);
+        let fallback = cgroup_of_a_spawn(2);
+        spawn::clone3::FORCE_PROCS_FALLBACK.store(false, std::sync::atomic::Ordering::Relaxed);
+        let (inside, expected) = fallback.expect("cgroups a moment ago");
+        assert!(inside.contains(&expected), "{inside} (expected {expected})");
     }
 
     /// Spawns `sleep 1000` and returns what a test checks: its descriptors

@@ -13,7 +13,9 @@
 //! the program runs; so lrpm does the clone itself:
 //!
 //! - `clone(CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_PIDFD | SIGCHLD)`
-//!   through glibc's `clone`, on a child stack allocated once (`Spawner`).
+//!   on a child stack allocated once (`Spawner`): with `clone3` and
+//!   `CLONE_INTO_CGROUP` when the run has a cgroup (x86_64, Linux 5.7; see
+//!   the `clone3` module), through glibc's `clone` otherwise.
 //!   The child shares lrpm's memory (nothing is copied) and its descriptor
 //!   table; the calling thread is suspended until the child has exec'd or
 //!   exited, so one stack serves every spawn, and the kernel hands back the
@@ -22,8 +24,9 @@
 //!   kernel gives it a private descriptor table holding only the descriptors
 //!   below `N`. Everything the child needs is below `N`: `Spawner` reserves
 //!   a few low descriptor numbers (slots) once, on `/dev/null`, and before each
-//!   clone the parent `dup3`s the child's stdout and stderr pipes and the
-//!   cgroup's `cgroup.procs` onto them; the stdin slot stays on `/dev/null`.
+//!   clone the parent `dup3`s the child's stdout and stderr pipes (and the
+//!   cgroup's `cgroup.procs`, when the child must join its cgroup itself)
+//!   onto them; the stdin slot stays on `/dev/null`.
 //!   When the clone returns, the slots are put back on `/dev/null`, so lrpm
 //!   holds no write end of a worker's pipes and its output reaches EOF when
 //!   the worker dies. `exec` then walks a table of a handful of entries.
@@ -177,8 +180,10 @@ pub struct Plan<'a> {
     pub parent: rustix::process::Pid,
     /// The descriptor limit to restore.
     pub nofile: rustix::process::Rlimit,
-    /// The run's `cgroup.procs`, open for writing.
-    pub cgroup_procs: Option<BorrowedFd<'a>>,
+    /// The run's cgroup directory (open read-only): the child is cloned
+    /// straight into it (`CLONE_INTO_CGROUP`), or, where `clone3` cannot do
+    /// that, writes itself into its `cgroup.procs` first thing.
+    pub cgroup: Option<BorrowedFd<'a>>,
     /// The write end of the child's stdout.
     pub stdout: BorrowedFd<'a>,
     /// The write end of the child's stderr.
@@ -390,7 +395,7 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Child, Failure> {
             spawner.slots[CGROUP].as_raw_fd(),
         ],
         limit: spawner.limit,
-        has_cgroup: plan.cgroup_procs.is_some(),
+        has_cgroup: false,
         #[cfg(test)]
         force_unshare: FORCE_UNSHARE_FALLBACK.load(Ordering::Relaxed),
         #[cfg(not(test))]
@@ -406,53 +411,28 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Child, Failure> {
             rlim_max: plan.nofile.maximum.unwrap_or(libc::RLIM_INFINITY),
         },
     };
-    let placed = (|| {
-        spawner.place(STDOUT, plan.stdout)?;
-        spawner.place(STDERR, plan.stderr)?;
-        if let Some(procs) = plan.cgroup_procs {
-            spawner.place(CGROUP, procs)?;
-        }
-        SignalsBlocked::new()
-    })();
-    let blocked = match placed {
-        Ok(blocked) => blocked,
-        Err(e) => {
-            spawner.restore();
-            return Err(Failure::parent(e));
-        }
-    };
+    let mut args = args;
     let mut pidfd: c_int = -1;
-    let page = rustix::param::page_size();
-    // The stack grows down: the child starts at the top of the mapping.
-    let top = spawner.stack.wrapping_byte_add(STACK_SIZE + page);
-    // SAFETY: `child_main` only makes system calls on `args` and the memory
-    // it points to, all of which lives on this frame or in `plan` until
-    // clone returns; CLONE_VFORK suspends this thread until the child has
-    // exec'd or exited, so the child is the only user of the stack, which
-    // the spawner's lock reserves to this thread. Every signal is blocked,
-    // so no handler of lrpm runs on the child's side.
-    let pid = unsafe {
-        libc::clone(
-            child_main,
-            top,
-            libc::CLONE_VM
-                | libc::CLONE_VFORK
-                | libc::CLONE_FILES
-                | libc::CLONE_PIDFD
-                | libc::SIGCHLD,
-            ptr::from_ref(&args).cast_mut().cast::<c_void>(),
-            ptr::from_mut(&mut pidfd),
-            ptr::null_mut::<c_void>(),
-            ptr::null_mut::<c_int>(),
-        )
+    // Cloned straight into its cgroup where clone3 can; otherwise the child
+    // joins it through its cgroup.procs, which costs the kernel an RCU grace
+    // period (the cgroup threadgroup lock taken for writing) on every spawn.
+    let mut into_cgroup = plan.cgroup.filter(|_| clone3::usable());
+    let pid = loop {
+        let result = clone_once(spawner, plan, &mut args, into_cgroup, &mut pidfd);
+        match result {
+            Err(e) if into_cgroup.is_some() => {
+                // Not on this kernel (or not into this cgroup): join it
+                // through cgroup.procs, as before clone3.
+                if clone3::unsupported(&e) {
+                    clone3::disable(&e);
+                }
+                into_cgroup = None;
+            }
+            Err(e) => return Err(Failure::parent(e)),
+            Ok(pid) => break pid,
+        }
     };
-    let clone_error = std::io::Error::last_os_error();
-    spawner.restore();
-    drop(blocked);
     drop(guard);
-    if pid < 0 {
-        return Err(Failure::parent(clone_error));
-    }
     // SAFETY: with CLONE_PIDFD the kernel stored a new descriptor, which is
     // ours alone, in `pidfd`.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
@@ -471,6 +451,102 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Child, Failure> {
         step: Step::from_raw(step),
         error: std::io::Error::from_raw_os_error(report.errno.load(Ordering::Acquire)),
     })
+}
+
+/// One clone of a child for `plan`: into the cgroup `into_cgroup` with
+/// clone3, or with glibc's `clone` (the child then joins `plan`'s cgroup, if
+/// any, through its `cgroup.procs`). The slots are placed for the child and
+/// restored, and every signal is blocked, for the time of the clone.
+fn clone_once(
+    spawner: &Spawner,
+    plan: &Plan<'_>,
+    args: &mut ChildArgs,
+    into_cgroup: Option<BorrowedFd<'_>>,
+    pidfd: &mut c_int,
+) -> std::io::Result<c_int> {
+    let procs = match plan.cgroup {
+        Some(dir) if into_cgroup.is_none() => Some(open_procs(dir)?),
+        _ => None,
+    };
+    args.has_cgroup = procs.is_some();
+    let placed = (|| {
+        spawner.place(STDOUT, plan.stdout)?;
+        spawner.place(STDERR, plan.stderr)?;
+        if let Some(procs) = &procs {
+            spawner.place(CGROUP, procs.as_fd())?;
+        }
+        SignalsBlocked::new()
+    })();
+    let blocked = match placed {
+        Ok(blocked) => blocked,
+        Err(e) => {
+            spawner.restore();
+            return Err(e);
+        }
+    };
+    let page = rustix::param::page_size();
+    let arg = ptr::from_mut(args).cast::<c_void>();
+    let pid = match into_cgroup {
+        // SAFETY: as for `libc::clone` below: `child_main` runs on the
+        // reserved stack (above its guard page) while this thread is
+        // suspended.
+        Some(cgroup) => unsafe {
+            clone3::spawn(
+                spawner.stack.wrapping_byte_add(page),
+                STACK_SIZE,
+                cgroup.as_raw_fd(),
+                arg,
+                pidfd,
+            )
+        },
+        // SAFETY: `child_main` only makes system calls on `args` and the
+        // memory it points to, all of which the caller keeps alive until
+        // clone returns; CLONE_VFORK suspends this thread until the child
+        // has exec'd or exited, so the child is the only user of the stack,
+        // which the spawner's lock reserves to this thread. Every signal is
+        // blocked, so no handler of lrpm runs on the child's side.
+        None => {
+            // The stack grows down: the child starts at the top of the
+            // mapping.
+            let top = spawner.stack.wrapping_byte_add(STACK_SIZE + page);
+            let pid = unsafe {
+                libc::clone(
+                    child_main,
+                    top,
+                    libc::CLONE_VM
+                        | libc::CLONE_VFORK
+                        | libc::CLONE_FILES
+                        | libc::CLONE_PIDFD
+                        | libc::SIGCHLD,
+                    arg,
+                    ptr::from_mut(pidfd),
+                    ptr::null_mut::<c_void>(),
+                    ptr::null_mut::<c_int>(),
+                )
+            };
+            if pid < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(pid)
+            }
+        }
+    };
+    spawner.restore();
+    drop(blocked);
+    // `procs` is closed here, after the child used it.
+    drop(procs);
+    pid
+}
+
+/// Opens the `cgroup.procs` of the cgroup directory `dir` for writing.
+fn open_procs(dir: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags, openat};
+    Ok(openat(
+        dir,
+        "cgroup.procs",
+        OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// The errno of the last failed libc call, in the parent thread's
@@ -638,5 +714,162 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             last = libc::EACCES;
         }
         fail(a.report, Step::Exec, last)
+    }
+}
+
+/// `clone3` with `CLONE_INTO_CGROUP`: the child starts in its run's cgroup,
+/// so it never migrates into it. A migration (a write to `cgroup.procs`)
+/// takes the kernel's cgroup threadgroup lock for writing, an RCU grace
+/// period of about a millisecond on every spawn; a clone into the cgroup
+/// takes it for reading only.
+///
+/// glibc has no `clone3` wrapper that runs a function on a new stack, so
+/// the system call is made here, in a few lines of assembly: after the
+/// call the child is on the reserved stack, with the parent's registers,
+/// and calls [`child_main`]. x86_64 only; elsewhere [`usable`] is false and
+/// lrpm uses glibc's `clone` and the `cgroup.procs` write.
+pub(crate) mod clone3 {
+    use std::ffi::{c_int, c_void};
+    use std::os::fd::RawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Whether to try `clone3` at all: cleared for good once the kernel (or
+    /// a seccomp filter) refuses it.
+    static USABLE: AtomicBool = AtomicBool::new(cfg!(target_arch = "x86_64"));
+
+    /// Whether children must join their cgroup through `cgroup.procs`, as
+    /// where `clone3` is refused (for the tests of that path).
+    #[cfg(test)]
+    pub(crate) static FORCE_PROCS_FALLBACK: AtomicBool = AtomicBool::new(false);
+
+    /// Whether `clone3` with `CLONE_INTO_CGROUP` may work here.
+    pub fn usable() -> bool {
+        #[cfg(test)]
+        if FORCE_PROCS_FALLBACK.load(Ordering::Relaxed) {
+            return false;
+        }
+        USABLE.load(Ordering::Relaxed)
+    }
+
+    /// Whether `error` says `clone3`, or one of its flags, is not available
+    /// (rather than that this one clone failed).
+    pub fn unsupported(error: &std::io::Error) -> bool {
+        matches!(
+            error.raw_os_error(),
+            Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EPERM)
+        )
+    }
+
+    /// Stops trying `clone3`, and says so once.
+    pub fn disable(error: &std::io::Error) {
+        if USABLE.swap(false, Ordering::Relaxed) {
+            tracing::info!(
+                "clone3 into a cgroup is not available ({error}): workers join their cgroup \
+                 after the clone, which is slower"
+            );
+        }
+    }
+
+    /// The kernel's `struct clone_args` (version 2, with `cgroup`).
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+
+    /// `CLONE_INTO_CGROUP` (Linux 5.7).
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+    /// Clones a child that runs [`super::child_main`]`(arg)` on the stack
+    /// `stack..stack + size`, in the cgroup whose directory is `cgroup`,
+    /// with the flags of glibc's path plus `CLONE_INTO_CGROUP`; stores its
+    /// pidfd in `pidfd` and returns its pid.
+    ///
+    /// # Safety
+    ///
+    /// As for `libc::clone` in [`super::clone_once`]: `stack` is a mapping
+    /// of `size` bytes (16-byte aligned at its top) that only the child
+    /// uses, `arg` points to `ChildArgs` that outlive the call, and every
+    /// signal is blocked in the calling thread.
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn spawn(
+        stack: *mut c_void,
+        size: usize,
+        cgroup: RawFd,
+        arg: *mut c_void,
+        pidfd: &mut c_int,
+    ) -> std::io::Result<c_int> {
+        let args = CloneArgs {
+            flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::CLONE_PIDFD)
+                as u64
+                | CLONE_INTO_CGROUP,
+            pidfd: std::ptr::from_mut(pidfd) as u64,
+            child_tid: 0,
+            parent_tid: 0,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: stack as u64,
+            stack_size: size as u64,
+            tls: 0,
+            set_tid: 0,
+            set_tid_size: 0,
+            cgroup: cgroup as u64,
+        };
+        let ret: i64;
+        // SAFETY: the parent comes back from the system call with its
+        // registers intact but rax, rcx and r11 (declared), and touches no
+        // memory of its own in between. The child comes back on the new
+        // stack (the kernel sets its stack pointer to the top of it), sees
+        // rax = 0, calls child_main with the argument kept in r13 (the
+        // kernel preserves r12 and r13), and exits with its return value if
+        // it ever returns; it never gets back to Rust code of this frame.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "mov rdi, r13",
+                "call r12",
+                "mov edi, eax",
+                "mov eax, {exit}",
+                "syscall",
+                "ud2",
+                "2:",
+                exit = const libc::SYS_exit,
+                inlateout("rax") libc::SYS_clone3 => ret,
+                in("rdi") &raw const args,
+                in("rsi") std::mem::size_of::<CloneArgs>(),
+                in("r12") super::child_main as *const () as usize,
+                in("r13") arg,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        if ret < 0 {
+            Err(std::io::Error::from_raw_os_error(-ret as i32))
+        } else {
+            Ok(ret as c_int)
+        }
+    }
+
+    /// Never called: [`usable`] is false on this architecture.
+    #[cfg(not(target_arch = "x86_64"))]
+    pub unsafe fn spawn(
+        _stack: *mut c_void,
+        _size: usize,
+        _cgroup: RawFd,
+        _arg: *mut c_void,
+        _pidfd: &mut c_int,
+    ) -> std::io::Result<c_int> {
+        Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
     }
 }
