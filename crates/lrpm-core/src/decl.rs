@@ -617,6 +617,68 @@ mod tests {
         JobId::from("j")
     }
 
+    /// The cost of a configuration push's parse, by format: 1,000 jobs as
+    /// the benchmark suite declares them. Prints the best of 20 parses of
+    /// each format, and of the format's own parser alone; checks that the
+    /// three formats give the same declaration.
+    ///
+    /// `cargo test --release -p lrpm-core --lib -- --ignored --nocapture parse_cost`
+    #[test]
+    #[ignore = "a measurement: run it in release mode, by hand"]
+    fn parse_cost_of_a_thousand_jobs_by_format() {
+        use std::fmt::Write as _;
+        use std::time::{Duration, Instant};
+        let mut toml = String::new();
+        let mut jobs = serde_json::Map::new();
+        for i in 0..1000 {
+            let argv = ["/usr/local/bin/worker", &i.to_string(), "/run/bench.sock"];
+            let _ = write!(
+                toml,
+                "[{i}]\nname = \"bench {i}\"\ncommand = {argv:?}\nshortRunTimeSeconds = 0\n\
+                 shutdownTimeoutSeconds = 10\nenv = {{ BENCH_GENERATION = \"0\" }}\n\n"
+            );
+            jobs.insert(
+                i.to_string(),
+                json!({"name": format!("bench {i}"), "command": argv,
+                       "shortRunTimeSeconds": 0, "shutdownTimeoutSeconds": 10,
+                       "env": {"BENCH_GENERATION": "0"}}),
+            );
+        }
+        let json_text = Value::Object(jobs).to_string();
+        let yaml_text =
+            serde_yaml_ng::to_string(&serde_json::from_str::<Value>(&json_text).unwrap()).unwrap();
+        let best = |f: &dyn Fn()| {
+            (0..20)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed()
+                })
+                .min()
+                .unwrap_or(Duration::ZERO)
+        };
+        let reference = parse(Format::Json, &json_text).unwrap();
+        for (format, text) in [
+            (Format::Toml, toml.as_str()),
+            (Format::Json, json_text.as_str()),
+            (Format::Yaml, yaml_text.as_str()),
+        ] {
+            assert_eq!(parse(format, text).unwrap(), reference, "{format:?}");
+            let whole = best(&|| {
+                parse(format, text).unwrap();
+            });
+            let parser = best(&|| match format {
+                Format::Toml => drop(toml::from_str::<toml::Table>(text).unwrap()),
+                Format::Json => drop(serde_json::from_str::<Value>(text).unwrap()),
+                Format::Yaml => drop(serde_yaml_ng::from_str::<Value>(text).unwrap()),
+            });
+            eprintln!(
+                "{format:?}: {} KiB, parse_documents {whole:?} (of which the parser {parser:?})",
+                text.len() / 1024
+            );
+        }
+    }
+
     /// A valid job body with `extra` fields added (or replaced).
     fn job(extra: Value) -> Value {
         let mut body = json!({"name": "Job", "command": ["sleep", "1"]});
