@@ -386,7 +386,7 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Child, Failure> {
     let spawner = guard
         .as_ref()
         .ok_or_else(|| Failure::parent(std::io::Error::other("invariant: reserved above")))?;
-    let args = ChildArgs {
+    let mut args = ChildArgs {
         report: &report,
         slots: [
             spawner.slots[STDIN].as_raw_fd(),
@@ -395,6 +395,7 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Child, Failure> {
             spawner.slots[CGROUP].as_raw_fd(),
         ],
         limit: spawner.limit,
+        // Set by `clone_once`, which knows how the child gets its cgroup.
         has_cgroup: false,
         #[cfg(test)]
         force_unshare: FORCE_UNSHARE_FALLBACK.load(Ordering::Relaxed),
@@ -411,7 +412,6 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Child, Failure> {
             rlim_max: plan.nofile.maximum.unwrap_or(libc::RLIM_INFINITY),
         },
     };
-    let mut args = args;
     let mut pidfd: c_int = -1;
     // Cloned straight into its cgroup where clone3 can; otherwise the child
     // joins it through its cgroup.procs, which costs the kernel an RCU grace
