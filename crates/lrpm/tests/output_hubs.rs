@@ -10,19 +10,11 @@ mod support;
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{Lrpm, pid_alive, signal};
+use support::{Lrpm, pid_alive, signal, wait_until};
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Starts lrpm on `config` with a descriptor limit of `nofile` (soft and
 /// hard).

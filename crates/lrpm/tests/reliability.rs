@@ -33,7 +33,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Lrpm, job_in, pid_alive, raw_request, signal};
+use support::{Lrpm, job_in, pid_alive, pid_of, raw_request, signal, wait_until};
 
 /// How long anything may take on a loaded 2-core machine before a test
 /// gives up.
@@ -129,22 +129,9 @@ fn sleepers(marker: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Waits until `cond` holds, polling every 20 ms; panics after `timeout`.
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The jobs of a status response.
 fn jobs(status: &Value) -> &[Value] {
     status["jobs"].as_array().map_or(&[], Vec::as_slice)
-}
-
-fn pid_of(job: &Value) -> Option<u32> {
-    job["pid"].as_u64().map(|p| p as u32)
 }
 
 /// Whether every one of `n` jobs is running with a pid.

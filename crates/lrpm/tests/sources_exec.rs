@@ -7,10 +7,10 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-use support::{Lrpm, job_in, pid_alive, signal};
+use support::{Lrpm, job_in, jobs, pid_alive, signal, wait_until};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -38,18 +38,6 @@ fn start(source: &str, args: &[&str], env: &[(&str, &str)], files: &[(&str, &str
         .arg(source);
     let config = dir.path().join("jobs.json");
     Lrpm::spawn_in(dir, socket, config, command).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// A one-line JSON job map with a `sleep` job for each id.
-fn jobs(ids: &[&str]) -> String {
-    let map: serde_json::Map<String, Value> = ids
-        .iter()
-        .map(|id| {
-            let job = serde_json::json!({"name": id, "command": ["sleep", "300"]});
-            ((*id).to_owned(), job)
-        })
-        .collect();
-    Value::Object(map).to_string()
 }
 
 /// Replaces a file in lrpm's directory atomically.
@@ -89,14 +77,6 @@ fn wait_for_no_error(lrpm: &Lrpm) {
     lrpm.wait_for("the source error to clear", LONG, |s| {
         s["supervisor"]["source"]["last_error"].is_null()
     });
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The pids written to a file, one a line, once there are at least `n`.

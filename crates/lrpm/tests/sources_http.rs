@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Lrpm, job_in, signal};
+use support::{Lrpm, job_in, jobs, signal};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -295,18 +295,6 @@ fn reason(status: u16) -> &'static str {
         500 => "Internal Server Error",
         _ => "Whatever",
     }
-}
-
-/// A one-line JSON job map with a `sleep` job for each id.
-fn jobs(ids: &[&str]) -> String {
-    let map: serde_json::Map<String, Value> = ids
-        .iter()
-        .map(|id| {
-            let job = serde_json::json!({"name": id, "command": ["sleep", "300"]});
-            ((*id).to_owned(), job)
-        })
-        .collect();
-    Value::Object(map).to_string()
 }
 
 /// Starts lrpm on `source` with `args`, and the environment changed by

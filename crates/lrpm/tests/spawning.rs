@@ -8,19 +8,11 @@ mod support;
 use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{Lrpm, job_in};
+use support::{Lrpm, job_in, wait_until};
 
 const LONG: Duration = Duration::from_secs(20);
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn running_pid(lrpm: &Lrpm, id: &str) -> u32 {
     let status = lrpm.wait_for(&format!("job {id} running"), LONG, |s| {

@@ -9,13 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Lrpm, pid_alive};
+use support::{Lrpm, pid_alive, pid_of, wait_until};
 
 const LONG: Duration = Duration::from_secs(20);
-
-fn pid_of(job: &Value) -> Option<u32> {
-    job["pid"].as_u64().map(|p| p as u32)
-}
 
 fn running_pid(lrpm: &Lrpm, id: &str) -> u32 {
     let status = lrpm.wait_for(&format!("job {id} running"), LONG, |s| {
@@ -30,14 +26,6 @@ fn job_in(status: &Value, id: &str) -> Option<Value> {
         .iter()
         .find(|j| j["id"] == id)
         .cloned()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn read_pid(path: &Path) -> u32 {

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 /// How long lrpm may take to answer on its socket after it was started.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -372,4 +374,30 @@ pub fn signal(pid: u32, signal: rustix::process::Signal) {
     {
         let _ = rustix::process::kill_process(pid, signal);
     }
+}
+
+/// Polls `cond` every 10 ms until it holds; panics after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The pid of a job of the status document, if it has one.
+pub fn pid_of(job: &Value) -> Option<u32> {
+    job["pid"].as_u64().map(|p| p as u32)
+}
+
+/// A one-line JSON job map with a `sleep` job for each id.
+pub fn jobs(ids: &[&str]) -> String {
+    let map: serde_json::Map<String, Value> = ids
+        .iter()
+        .map(|id| {
+            let job = serde_json::json!({"name": id, "command": ["sleep", "300"]});
+            ((*id).to_owned(), job)
+        })
+        .collect();
+    Value::Object(map).to_string()
 }
