@@ -13,8 +13,10 @@
 pub mod backoff;
 pub mod decl;
 pub mod job;
+pub mod reparse;
 pub mod status;
 pub mod supervisor;
 
 pub use decl::{Declaration, Document, Format, SourceError};
 pub use job::{JobId, JobSpec, Program, Signal};
+pub use reparse::Reparser;

@@ -718,10 +718,10 @@ impl Supervisor {
     }
 
     /// ADDED or UPDATED or UNCHANGED: `spec` is the job's valid declaration.
-    fn declare(&mut self, now: Instant, id: JobId, spec: JobSpec) {
+    fn declare(&mut self, now: Instant, id: JobId, spec: Arc<JobSpec>) {
         let Some(job) = self.jobs.get_mut(&id) else {
             let job = Job {
-                spec: Arc::new(spec),
+                spec,
                 pending: None,
                 declared: true,
                 invalid: None,
@@ -739,7 +739,7 @@ impl Supervisor {
             // Removed, still stopping, and declared again: start it anew
             // once the old process is gone.
             job.declared = true;
-            job.pending = Some(Arc::new(spec));
+            job.pending = Some(spec);
             if let State::Stopping { proc, kill_at, .. } = job.state {
                 self.set_state(
                     &id,
@@ -753,10 +753,10 @@ impl Supervisor {
             return;
         }
         let latest = job.pending.as_ref().unwrap_or(&job.spec);
-        if !latest.needs_restart_for(&spec) {
+        // The same declaration as last time (a reparse reuses it): unchanged.
+        if Arc::ptr_eq(latest, &spec) || !latest.needs_restart_for(&spec) {
             return;
         }
-        let spec = Arc::new(spec);
         match job.state {
             State::Running(_) => {
                 job.pending = Some(spec);

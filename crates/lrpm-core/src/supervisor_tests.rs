@@ -23,7 +23,7 @@ fn decl(jobs: &[(&str, JobSpec)]) -> Declaration {
     Declaration {
         jobs: jobs
             .iter()
-            .map(|(id, s)| (JobId::from(*id), s.clone()))
+            .map(|(id, s)| (JobId::from(*id), Arc::new(s.clone())))
             .collect(),
         ..Declaration::default()
     }
@@ -964,12 +964,12 @@ fn to_declaration(slots: &[Option<Decl>]) -> Declaration {
                 let mut s = spec(&format!("v{v}"));
                 s.short_run = Duration::from_millis(1500);
                 s.shutdown_timeout = Duration::from_millis(700 * u64::from(*v));
-                d.jobs.insert(id, s);
+                d.jobs.insert(id, Arc::new(s));
             }
             Some(Decl::ValidMtime(m)) => {
                 let mut s = spec("m");
                 s.mtime = Some(*m);
-                d.jobs.insert(id, s);
+                d.jobs.insert(id, Arc::new(s));
             }
             Some(Decl::Invalid) => {
                 d.invalid.insert(id, "name: is required".into());

@@ -680,7 +680,7 @@ mod tests {
             let program = Program::Argv(vec!["sleep".into(), "100000".into()]);
             decl.jobs.insert(
                 JobId::new(format!("job-{i}")),
-                JobSpec::new(format!("Job number {i}"), program),
+                std::sync::Arc::new(JobSpec::new(format!("Job number {i}"), program)),
             );
         }
         let start = Instant::now();

@@ -47,7 +47,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 
-use super::{ConfigSource, LoadError, Loaded, MAX_DOCUMENT, OpenError, SourceOptions, parse_json};
+use super::{ConfigSource, LoadError, Loaded, MAX_DOCUMENT, OpenError, Parser, SourceOptions};
 use crate::lines::{Line, LineReader, Overlong};
 use crate::output::MAX_LINE;
 use crate::process::{self, SpawnContext, SpawnError, waitid_status};
@@ -174,6 +174,7 @@ struct SourceCommand {
     spawn: SpawnContext,
     /// How a streaming command talks.
     dialect: Dialect,
+    parser: Parser,
 }
 
 /// How a streaming command talks to lrpm.
@@ -201,6 +202,7 @@ impl SourceCommand {
             label: format!("exec:{program}").into(),
             spawn: options.spawn.clone(),
             dialect: Dialect::Exec,
+            parser: Parser::default(),
         }
     }
 
@@ -208,7 +210,7 @@ impl SourceCommand {
     async fn configuration(&self, bytes: Vec<u8>) -> Result<Declaration, LoadError> {
         let text = document(bytes).map_err(|f| self.error(f))?;
         match self.dialect {
-            Dialect::Exec => parse_json(self.uri.clone(), text).await,
+            Dialect::Exec => self.parser.json(self.uri.clone(), text).await,
             Dialect::Sandbox { .. } => {
                 let reply: SandboxLine = serde_json::from_str(&text)
                     .map_err(|e| self.error(ExecFailure::Protocol(e.to_string())))?;
@@ -217,7 +219,10 @@ impl SourceCommand {
                         ok: true,
                         jobs: Some(jobs),
                         ..
-                    } => parse_json(self.uri.clone(), jobs.get().to_owned()).await,
+                    } => {
+                        let text = jobs.get().to_owned();
+                        self.parser.json(self.uri.clone(), text).await
+                    }
                     SandboxLine { error, .. } => Err(LoadError::Other(format!(
                         "{}: loadConfiguration failed: {}",
                         self.uri,
@@ -458,7 +463,9 @@ impl ConfigSource for PolledExec {
     async fn load(&mut self) -> Result<Loaded, LoadError> {
         let text = self.run().await.map_err(|f| self.command.error(f))?;
         Ok(Loaded::Config(
-            parse_json(self.command.uri.clone(), text).await?,
+            (self.command.parser)
+                .json(self.command.uri.clone(), text)
+                .await?,
         ))
     }
 

@@ -3,31 +3,33 @@
 //! Changes are pushed by inotify (through `notify`), watching the *parent
 //! directory* of a file, not the file itself: an editor's atomic rename
 //! replaces the inode, and a watch on the old inode would go quiet forever.
-//! Events are debounced: once a writer has closed the file or renamed it
-//! into place the configuration is read after [`SETTLE`] of quiet; while a
-//! file is still being modified, after [`QUIET`]. The poll at `--interval`
+//! A file closed by its writer or renamed into place is read at once; a
+//! directory's after [`SETTLE`] of quiet (a burst of files is one change);
+//! a file still being modified, after [`QUIET`]. The poll at `--interval`
 //! remains as a fallback (a network file system, a missed event).
 //!
 //! A zero-byte file is taken for a write in progress and changes nothing.
 //! Only regular files are read (a FIFO in a file's place would block the
 //! read), and no more than [`MAX_DOCUMENT`] for the whole source, as for
 //! the other sources. Reading and parsing run on a blocking thread, so a
-//! large file never stalls the supervisor.
+//! large file never stalls the supervisor, and only the jobs whose text
+//! changed are checked again ([`Parser`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use lrpm_core::decl::{Document, Format, parse_documents};
+use lrpm_core::Reparser;
+use lrpm_core::decl::{Document, Format};
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, timeout_at};
 
-use super::{ConfigSource, LoadError, Loaded, MAX_DOCUMENT, OpenError, SourceOptions};
+use super::{ConfigSource, LoadError, Loaded, MAX_DOCUMENT, OpenError, Parser, SourceOptions};
 
-/// Quiet time after a writer closed or renamed a file.
+/// Quiet time, in a directory, after a writer closed or renamed a file.
 pub const SETTLE: Duration = Duration::from_millis(2);
 /// Quiet time while a file is being written without being closed.
 pub const QUIET: Duration = Duration::from_millis(50);
@@ -44,6 +46,10 @@ pub struct FileSource {
     wake: Arc<Notify>,
     /// Set by an event that says a writer has finished.
     settled: Arc<AtomicBool>,
+    parser: Parser,
+    /// Whether the next load is delivered even if the configuration is
+    /// unchanged: the first one, one after a failure, one asked for.
+    deliver: bool,
     /// Kept alive for its watch.
     _watcher: RecommendedWatcher,
 }
@@ -117,6 +123,8 @@ impl FileSource {
             interval: options.interval,
             wake,
             settled,
+            parser: Parser::default(),
+            deliver: true,
             _watcher: watcher,
         })
     }
@@ -132,7 +140,7 @@ fn is_config_file(path: &Path) -> bool {
 }
 
 /// Reads and parses the configuration; runs on a blocking thread.
-fn read(path: &Path, is_dir: bool) -> Result<Loaded, LoadError> {
+fn read(path: &Path, is_dir: bool, reparser: &mut Reparser) -> Result<Loaded, LoadError> {
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError {
         let path = path.to_path_buf();
         move |source| LoadError::Io { path, source }
@@ -180,7 +188,7 @@ fn read(path: &Path, is_dir: bool) -> Result<Loaded, LoadError> {
             text,
         })
         .collect();
-    Ok(Loaded::Config(parse_documents(&docs)?))
+    Ok(Loaded::Config(reparser.parse(&docs)?))
 }
 
 /// Reads `file`, which must be a regular file of at most `limit` bytes
@@ -224,13 +232,29 @@ impl ConfigSource for FileSource {
         self.settled.store(false, Ordering::Relaxed);
         let path = self.path.clone();
         let is_dir = self.is_dir;
-        tokio::task::spawn_blocking(move || read(&path, is_dir))
-            .await
-            .unwrap_or_else(|e| {
-                Err(LoadError::Other(format!(
-                    "reading the configuration failed: {e}"
-                )))
+        // One change often brings two events (a rename is seen from both
+        // of its names): the second load finds what the first delivered.
+        let deliver = std::mem::take(&mut self.deliver);
+        let loaded = self
+            .parser
+            .run(move |reparser| {
+                Ok(match read(&path, is_dir, reparser)? {
+                    Loaded::Config(_) if !deliver && reparser.unchanged() => Loaded::Unchanged,
+                    loaded => loaded,
+                })
             })
+            .await;
+        // What was asked for holds until something is delivered.
+        self.deliver = match &loaded {
+            Ok(Loaded::Config(_)) => false,
+            Ok(Loaded::Unchanged) => deliver,
+            Err(_) => true,
+        };
+        loaded
+    }
+
+    fn reload_requested(&mut self) {
+        self.deliver = true;
     }
 
     async fn changed(&mut self) {
@@ -243,6 +267,13 @@ impl ConfigSource for FileSource {
         tokio::select! {
             () = poll => return,
             () = self.wake.notified() => {}
+        }
+        // A file renamed into place or closed by its writer is whole: read
+        // it at once. A directory waits for a moment of quiet after such an
+        // event too, so that a burst of files (a checkout, a sync) is read
+        // as one configuration.
+        if !self.is_dir && self.settled.load(Ordering::Relaxed) {
+            return;
         }
         // Debounce: wait for a moment of quiet, but not forever.
         let give_up = Instant::now() + MAX_DELAY;

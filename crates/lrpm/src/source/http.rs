@@ -40,7 +40,7 @@ use reqwest::header::{
 use reqwest::{StatusCode, Url, redirect};
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::{ConfigSource, LoadError, Loaded, MAX_DOCUMENT, OpenError, SourceOptions, parse_json};
+use super::{ConfigSource, LoadError, Loaded, MAX_DOCUMENT, OpenError, Parser, SourceOptions};
 
 pub use super::HTTP_TOKEN_ENV as TOKEN_ENV;
 /// How many redirects one load follows at most.
@@ -148,6 +148,7 @@ pub struct HttpSource {
     /// When the next long-polling request may start.
     next_at: Instant,
     backoff: Backoff,
+    parser: Parser,
 }
 
 impl HttpSource {
@@ -180,6 +181,7 @@ impl HttpSource {
             validators: Validators::default(),
             next_at: Instant::now(),
             backoff: Backoff::new(LONG_POLL_BACKOFF_MAX),
+            parser: Parser::default(),
         })
     }
 
@@ -301,12 +303,14 @@ impl ConfigSource for HttpSource {
                 tracing::debug!("{}: not modified", self.shown);
                 Ok(Loaded::Unchanged)
             }
-            Ok(Fetched::Document(text, validators)) => {
-                parse_json(self.shown.clone(), text).await.map(|decl| {
+            Ok(Fetched::Document(text, validators)) => self
+                .parser
+                .json(self.shown.clone(), text)
+                .await
+                .map(|decl| {
                     self.validators = validators;
                     Loaded::Config(decl)
-                })
-            }
+                }),
             Err(failure) => Err(self.error(failure)),
         };
         if result.is_err() {

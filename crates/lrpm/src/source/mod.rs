@@ -29,11 +29,12 @@ pub mod http;
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lrpm_core::Declaration;
-use lrpm_core::decl::{Document, Format, parse_documents};
+use lrpm_core::Reparser;
+use lrpm_core::decl::{Document, Format};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
@@ -183,23 +184,55 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// (64 MiB); anything larger is refused while it is read, never buffered.
 pub const MAX_DOCUMENT: usize = 64 * 1024 * 1024;
 
-/// Parses a JSON job map that came from `origin` (a command, a URL), on a
-/// blocking thread so that a large document never stalls the supervisor.
-pub async fn parse_json(origin: String, text: String) -> Result<Declaration, LoadError> {
-    tokio::task::spawn_blocking(move || {
-        let doc = Document {
-            origin: &origin,
-            format: Format::Json,
-            text: &text,
-        };
-        parse_documents(&[doc]).map_err(LoadError::from)
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(LoadError::Other(format!(
-            "parsing the configuration failed: {e}"
-        )))
-    })
+/// A source's parser: parses on a blocking thread, so that a large
+/// document never stalls the supervisor, and remembers the configuration
+/// it parsed last, so that only the jobs whose declaration changed since
+/// are checked again ([`Reparser`]). Clones share what it remembers.
+#[derive(Debug, Clone, Default)]
+pub struct Parser(Arc<Mutex<Reparser>>);
+
+impl Parser {
+    /// Parses a JSON job map that came from `origin` (a command, a URL).
+    pub async fn json(&self, origin: String, text: String) -> Result<Declaration, LoadError> {
+        self.run(move |reparser| {
+            let doc = Document {
+                origin: &origin,
+                format: Format::Json,
+                text: &text,
+            };
+            reparser.parse(&[doc]).map_err(LoadError::from)
+        })
+        .await
+    }
+
+    /// Runs `parse` (which reads and parses) with the reparser, on a
+    /// blocking thread.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        parse: impl FnOnce(&mut Reparser) -> Result<T, LoadError> + Send + 'static,
+    ) -> Result<T, LoadError> {
+        let shared = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut reparser = match shared.lock() {
+                Ok(reparser) => reparser,
+                // A parse that panicked may have left it half updated:
+                // start afresh.
+                Err(poisoned) => {
+                    shared.clear_poison();
+                    let mut reparser = poisoned.into_inner();
+                    *reparser = Reparser::new();
+                    reparser
+                }
+            };
+            parse(&mut reparser)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(LoadError::Other(format!(
+                "parsing the configuration failed: {e}"
+            )))
+        })
+    }
 }
 
 /// Opens the source named by `uri` (a path, `file:PATH`, `exec:COMMAND…`,

@@ -1,0 +1,898 @@
+//! Parsing a configuration again after a change, checking again only the
+//! jobs whose text changed.
+//!
+//! # Theory of operation
+//!
+//! A source that pushes changes (a file rewritten, a command printing a new
+//! map) hands over the whole configuration every time, while a change
+//! usually touches one job among thousands. Building every job's value and
+//! validating it again costs milliseconds per thousand jobs (TOML the most:
+//! its parser builds every table). A [`Reparser`] does that once, and then
+//! only for what changed:
+//!
+//! 1. **Split.** Each JSON or TOML document is cut, without building any
+//!    value, into its jobs' *fragments*: the exact text that declares each
+//!    job. In JSON that is the job's value (a `serde_json` `RawValue`); in
+//!    TOML, every item of the document whose key path starts with the job's
+//!    key (its `[42]` and `[42.env]` sections, a root-level `42.name = …`),
+//!    in document order, found by `toml_parser`'s event parser, which checks
+//!    the grammar of the whole document on the way (with `toml`'s own
+//!    whitespace rules and nesting limit).
+//! 2. **Reuse or check.** A fragment equal, byte for byte, to the one the
+//!    same document had for the same key last time gets last time's
+//!    verdict: the very same `Arc<JobSpec>` (so the supervisor sees an
+//!    unchanged job by its pointer), or the same reason it is invalid. Any
+//!    other fragment is parsed alone and checked by
+//!    [`validate_job`](crate::decl::validate_job).
+//!
+//! The declaration is equal to what [`parse_documents`] makes of the same
+//! documents, which the property tests below check on generated documents
+//! and edits. Where the split cannot vouch for that, a document goes the
+//! whole way, through [`parse_documents`]' own parse: a YAML document, one
+//! with a syntax error (whose message, and its line, come from the whole
+//! document's parse) or whose top level is not a map, a TOML fragment that
+//! does not parse alone.
+//!
+//! Why a TOML document can be cut so: TOML's rules (a key is defined once,
+//! a table is not defined twice, …) are about key paths, and paths that
+//! start with different keys never meet. A document is valid if and only
+//! if each of its jobs' fragments is, and a fragment parsed alone gives its
+//! job's value. Items at the root level come before the first `[table]`
+//! header, so a fragment in document order is itself a well-formed
+//! document.
+//!
+//! [`parse_documents`]: crate::decl::parse_documents
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use toml_parser::decoder::Encoding;
+use toml_parser::parser::{EventReceiver, RecursionGuard, ValidateWhitespace};
+use toml_parser::{ErrorSink, ParseError, Raw, Source, Span};
+
+use crate::decl::{self, Declaration, Document, Format, SourceError, Verdict};
+use crate::job::JobId;
+
+/// Parses a source's configuration again and again, checking only the jobs
+/// whose declaration changed since the last time (see the module's docs).
+#[derive(Debug, Default)]
+pub struct Reparser {
+    /// Per document (its origin): its jobs' last fragments.
+    known: HashMap<String, KnownDocument>,
+    /// Whether the last parse succeeded.
+    succeeded: bool,
+    /// Whether the last parse succeeded and declared what the one before
+    /// it did, to the byte.
+    unchanged: bool,
+}
+
+/// How many bytes of fragments a reparser remembers at most (an 8 MiB
+/// configuration, about 50,000 jobs); beyond, a job is checked at every
+/// parse, and the memory a huge document took is given back.
+const MAX_REMEMBERED: usize = 8 << 20;
+
+/// What a document declared last time.
+#[derive(Debug, Default)]
+struct KnownDocument {
+    /// Per job key: the job's last fragment.
+    jobs: HashMap<String, Known>,
+    /// How many fragments it had (a key may come twice in JSON); `None`
+    /// for a document new to this parse.
+    fragments: Option<usize>,
+}
+
+/// A fragment seen before, and what it declares.
+#[derive(Debug)]
+struct Known {
+    fragment: Box<str>,
+    id: JobId,
+    verdict: Verdict,
+    /// Whether the current parse has seen it (the others are forgotten
+    /// after it).
+    seen: bool,
+}
+
+impl Reparser {
+    /// A reparser that knows nothing yet: its first parse checks every job.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses `docs` as [`parse_documents`](crate::decl::parse_documents)
+    /// does, reusing the verdict of every job whose declaration is, byte for
+    /// byte, the one the same document had in an earlier call.
+    pub fn parse(&mut self, docs: &[Document<'_>]) -> Result<Declaration, SourceError> {
+        // Compared with a parse that failed (which may have remembered some
+        // of its fragments) or with none, everything is new.
+        let mut unchanged = std::mem::take(&mut self.succeeded);
+        self.unchanged = false;
+        let mut remembered = 0;
+        let mut declared: BTreeMap<JobId, Vec<(&str, Verdict)>> = BTreeMap::new();
+        for doc in docs {
+            let (verdicts, reused) = self.verdicts(doc, &mut remembered)?;
+            unchanged &= reused;
+            for (id, verdict) in verdicts {
+                declared.entry(id).or_default().push((doc.origin, verdict));
+            }
+        }
+        // What these documents no longer declare is forgotten.
+        let before = self.known.len();
+        self.known
+            .retain(|origin, _| docs.iter().any(|doc| doc.origin == origin));
+        for doc in self.known.values_mut() {
+            doc.jobs.retain(|_, known| std::mem::take(&mut known.seen));
+        }
+        self.succeeded = true;
+        self.unchanged = unchanged && self.known.len() == before;
+        Ok(decl::merge(declared))
+    }
+
+    /// Whether the last parse succeeded and found the documents of the
+    /// one before it, job for job, to the byte (a source may then skip
+    /// delivering what it already delivered). False after the first parse,
+    /// and whenever a job came, went or changed, or could not be compared
+    /// (a YAML document, one with a syntax error, a job whose declaration
+    /// is too large to remember).
+    pub fn unchanged(&self) -> bool {
+        self.unchanged
+    }
+
+    /// The jobs `doc` declares, in document order, with their verdicts;
+    /// and whether every one of them was reused. Fragments are remembered
+    /// while `remembered` stays under [`MAX_REMEMBERED`].
+    fn verdicts(
+        &mut self,
+        doc: &Document<'_>,
+        remembered: &mut usize,
+    ) -> Result<(Vec<(JobId, Verdict)>, bool), SourceError> {
+        let fragments = match doc.format {
+            Format::Json => split_json(doc.text),
+            Format::Toml => split_toml(doc.text),
+            Format::Yaml => None,
+        };
+        let Some(fragments) = fragments else {
+            return Ok((decl::verdicts(doc)?, false));
+        };
+        let known = self.known.entry(doc.origin.to_owned()).or_default();
+        // The same number of fragments as last time, and all of them
+        // reused, one per key: the same jobs.
+        let count = Some(fragments.len());
+        let mut reused = std::mem::replace(&mut known.fragments, count) == count;
+        let known = &mut known.jobs;
+        let mut verdicts = Vec::with_capacity(fragments.len());
+        for (key, text) in fragments {
+            if let Some(seen) = known.get_mut(&key) {
+                // A key twice in one document.
+                reused &= !seen.seen;
+                if *seen.fragment == *text {
+                    seen.seen = true;
+                    *remembered += text.len();
+                    verdicts.push((seen.id.clone(), seen.verdict.clone()));
+                    continue;
+                }
+            }
+            reused = false;
+            let Some((id, verdict)) = check(doc, &key, &text) else {
+                return Ok((decl::verdicts(doc)?, false));
+            };
+            verdicts.push((id.clone(), verdict.clone()));
+            if *remembered + text.len() > MAX_REMEMBERED {
+                known.remove(&key);
+                continue;
+            }
+            *remembered += text.len();
+            let fragment = text.into_owned().into_boxed_str();
+            let seen = true;
+            known.insert(
+                key,
+                Known {
+                    fragment,
+                    id,
+                    verdict,
+                    seen,
+                },
+            );
+        }
+        Ok((verdicts, reused))
+    }
+}
+
+/// The job that fragment `text` of `doc` declares under `key`, checked; or
+/// `None` if the fragment does not parse alone (the whole document's parse
+/// then says why).
+fn check(doc: &Document<'_>, key: &str, text: &str) -> Option<(JobId, Verdict)> {
+    // Parsed even when the key cannot be an id: the whole document is
+    // valid only if this fragment is.
+    let body = match doc.format {
+        Format::Json => serde_json::from_str(text).ok()?,
+        Format::Toml => {
+            let alone = Document { text, ..*doc };
+            let mut entries = decl::parse_document(&alone).ok()?.into_iter();
+            match (entries.next(), entries.next()) {
+                (Some((Value::String(k), body)), None) if k == key => body,
+                _ => return None,
+            }
+        }
+        Format::Yaml => return None,
+    };
+    Some(match decl::job_id(Value::String(key.to_owned())) {
+        Ok(id) => {
+            let verdict = decl::verdict(&id, &body);
+            (id, verdict)
+        }
+        Err((id, reason)) => (id, Err(reason)),
+    })
+}
+
+/// A document's jobs: each key with its fragment, in document order.
+type Fragments<'a> = Vec<(String, Cow<'a, str>)>;
+
+/// Cuts a JSON document into its jobs' values; `None` if it is not a valid
+/// JSON map.
+fn split_json(text: &str) -> Option<Fragments<'_>> {
+    /// The top-level map's entries, values left as text.
+    struct Entries<'a>(Vec<(String, &'a RawValue)>);
+
+    impl<'de> Deserialize<'de> for Entries<'de> {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct EntriesVisitor;
+            impl<'de> Visitor<'de> for EntriesVisitor {
+                type Value = Entries<'de>;
+
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a map of job id to job")
+                }
+
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                    while let Some(entry) = map.next_entry()? {
+                        entries.push(entry);
+                    }
+                    Ok(Entries(entries))
+                }
+            }
+            deserializer.deserialize_map(EntriesVisitor)
+        }
+    }
+
+    let Entries(entries) = serde_json::from_str(text).ok()?;
+    Some(
+        entries
+            .into_iter()
+            .map(|(key, raw)| (key, Cow::Borrowed(raw.get())))
+            .collect(),
+    )
+}
+
+/// The nesting limit of the `toml` crate's parser (arrays and inline
+/// tables), which a document must respect to be split.
+const TOML_DEPTH: u32 = 80;
+
+/// Cuts a TOML document into its jobs' fragments; `None` if its grammar is
+/// wrong.
+fn split_toml(text: &str) -> Option<Fragments<'_>> {
+    let source = Source::new(text);
+    let tokens = source.lex().into_vec();
+    let mut items = Items {
+        source,
+        starts: Vec::new(),
+        depth: 0,
+        next_key: NextKey::Item,
+        in_tables: false,
+        failed: false,
+    };
+    let mut error: Option<ParseError> = None;
+    {
+        let mut whitespace = ValidateWhitespace::new(&mut items, source);
+        let mut guarded = RecursionGuard::new(&mut whitespace, TOML_DEPTH);
+        toml_parser::parser::parse_document(&tokens, &mut guarded, &mut error);
+    }
+    if error.is_some() || items.failed {
+        return None;
+    }
+    Some(group(text, items.starts))
+}
+
+/// Joins the items of each key, in document order: one slice of the text
+/// when they follow each other (the usual `[42]`, `[42.env]`), a copy
+/// otherwise.
+fn group(text: &str, starts: Vec<(usize, String)>) -> Fragments<'_> {
+    let ends: Vec<usize> = starts
+        .iter()
+        .skip(1)
+        .map(|&(start, _)| start)
+        .chain([text.len()])
+        .collect();
+    let mut order: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for ((start, key), end) in starts.into_iter().zip(ends) {
+        match index.get(&key) {
+            Some(&i) => order[i].1.push((start, end)),
+            None => {
+                index.insert(key.clone(), order.len());
+                order.push((key, vec![(start, end)]));
+            }
+        }
+    }
+    order
+        .into_iter()
+        .map(|(key, spans)| {
+            let contiguous = spans.windows(2).all(|w| w[0].1 == w[1].0);
+            let first = spans[0].0;
+            let last = spans[spans.len() - 1].1;
+            let fragment = if contiguous {
+                Cow::Borrowed(&text[first..last])
+            } else {
+                Cow::Owned(spans.iter().map(|&(s, e)| &text[s..e]).collect())
+            };
+            (key, fragment)
+        })
+        .collect()
+}
+
+/// What the next key of the document's top level begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NextKey {
+    /// A root-level item (`42.name = …`): only before the first header, at
+    /// the start of a line.
+    Item,
+    /// The header just opened (`[42.env]`).
+    Header,
+    /// Nothing: a key inside an item.
+    Inner,
+}
+
+/// Receives the parser's events and notes where each top-level item starts
+/// and which job key it belongs to.
+struct Items<'i> {
+    source: Source<'i>,
+    /// Each item's start offset and first key, decoded.
+    starts: Vec<(usize, String)>,
+    /// How deep inside arrays and inline tables the parser is.
+    depth: u32,
+    next_key: NextKey,
+    /// Whether a `[table]` header has been seen: every later key-value
+    /// belongs to a table.
+    in_tables: bool,
+    /// A key did not decode.
+    failed: bool,
+}
+
+impl Items<'_> {
+    fn key(&mut self, span: Span, encoding: Option<Encoding>) -> Option<String> {
+        let raw = self.source.input().get(span.start()..span.end())?;
+        let mut key = Cow::Borrowed("");
+        let mut error: Option<ParseError> = None;
+        Raw::new_unchecked(raw, encoding, span).decode_key(&mut key, &mut error);
+        error.is_none().then(|| key.into_owned())
+    }
+}
+
+impl EventReceiver for Items<'_> {
+    fn std_table_open(&mut self, span: Span, _error: &mut dyn ErrorSink) {
+        self.starts.push((span.start(), String::new()));
+        self.next_key = NextKey::Header;
+        self.in_tables = true;
+    }
+
+    fn array_table_open(&mut self, span: Span, error: &mut dyn ErrorSink) {
+        self.std_table_open(span, error);
+    }
+
+    fn inline_table_open(&mut self, _span: Span, _error: &mut dyn ErrorSink) -> bool {
+        self.depth += 1;
+        true
+    }
+
+    fn inline_table_close(&mut self, _span: Span, _error: &mut dyn ErrorSink) {
+        self.depth = self.depth.saturating_sub(1);
+    }
+
+    fn array_open(&mut self, span: Span, error: &mut dyn ErrorSink) -> bool {
+        self.inline_table_open(span, error)
+    }
+
+    fn array_close(&mut self, span: Span, error: &mut dyn ErrorSink) {
+        self.inline_table_close(span, error);
+    }
+
+    fn simple_key(&mut self, span: Span, encoding: Option<Encoding>, _error: &mut dyn ErrorSink) {
+        if self.depth > 0 {
+            return;
+        }
+        let next = std::mem::replace(&mut self.next_key, NextKey::Inner);
+        if next == NextKey::Inner {
+            return;
+        }
+        let Some(key) = self.key(span, encoding) else {
+            self.failed = true;
+            return;
+        };
+        match next {
+            NextKey::Header => match self.starts.last_mut() {
+                Some((_, first)) => *first = key,
+                None => self.failed = true,
+            },
+            _ => self.starts.push((span.start(), key)),
+        }
+    }
+
+    fn newline(&mut self, _span: Span, _error: &mut dyn ErrorSink) {
+        if self.depth == 0 && !self.in_tables {
+            self.next_key = NextKey::Item;
+        }
+    }
+
+    fn error(&mut self, _span: Span, _error: &mut dyn ErrorSink) {
+        self.failed = true;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap.
+mod tests {
+    use super::*;
+    use crate::decl::parse_documents;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    fn toml(text: &str) -> Document<'_> {
+        Document {
+            origin: "jobs.toml",
+            format: Format::Toml,
+            text,
+        }
+    }
+
+    fn fragments(text: &str) -> Vec<(String, String)> {
+        split_toml(text)
+            .unwrap()
+            .into_iter()
+            .map(|(key, fragment)| (key, fragment.into_owned()))
+            .collect()
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        expected
+            .iter()
+            .map(|&(k, f)| (k.to_owned(), f.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_toml_document_is_cut_at_its_items_and_grouped_by_first_key() {
+        let text = "# jobs\n\
+                    a = { name = \"A\", command = [\"true\"] }\n\
+                    \"b.c\".name = 'B'\n\
+                    \"b.c\".command = [\n  [\"x\"],\n  \"[y]\",\n]\n\
+                    [d]\nname = \"\"\"\n[not a header]\n\"\"\"\n\
+                    [e]\nname = \"E\"\n\
+                    [d.env]\nX = \"1\"\n\
+                    [[f]]\nname = \"F\"";
+        assert_eq!(
+            fragments(text),
+            pairs(&[
+                ("a", "a = { name = \"A\", command = [\"true\"] }\n"),
+                (
+                    "b.c",
+                    "\"b.c\".name = 'B'\n\"b.c\".command = [\n  [\"x\"],\n  \"[y]\",\n]\n"
+                ),
+                (
+                    "d",
+                    "[d]\nname = \"\"\"\n[not a header]\n\"\"\"\n[d.env]\nX = \"1\"\n"
+                ),
+                ("e", "[e]\nname = \"E\"\n"),
+                ("f", "[[f]]\nname = \"F\""),
+            ])
+        );
+    }
+
+    #[test]
+    fn quoted_and_bare_spellings_of_a_key_are_one_job() {
+        let text = "[\"42\"]\nname = \"x\"\n[ 42 . env ]\nA = \"1\"\n";
+        assert_eq!(fragments(text), pairs(&[("42", text)]));
+    }
+
+    #[test]
+    fn a_grammar_error_is_left_to_the_whole_documents_parse() {
+        for text in [
+            "[a\nname = 1\n",
+            "a = [1, 2\n",
+            "a = 1 b = 2\n",
+            "a = 1\n\u{1}",
+        ] {
+            assert!(
+                split_toml(text).is_none(),
+                "{text:?}: {:?}",
+                split_toml(text)
+            );
+        }
+        let deep = format!("a = {}{}\n", "[".repeat(100), "]".repeat(100));
+        assert!(split_toml(&deep).is_none());
+        assert!(split_json("[1, 2]").is_none());
+        assert!(split_json("{\"a\": 1").is_none());
+    }
+
+    #[test]
+    fn a_fragment_that_does_not_parse_alone_fails_as_the_whole_document_does() {
+        let text = "[a]\nname = \"A\"\ncommand = [\"true\"]\n[b]\nname = \n";
+        assert!(split_toml(text).is_some());
+        let error = Reparser::new().parse(&[toml(text)]).unwrap_err();
+        assert_eq!(error, parse_documents(&[toml(text)]).unwrap_err());
+        assert!(error.to_string().contains("line 5"), "{error}");
+        // Also under a key that cannot be an id.
+        let text = "[\"\".env]\nB = \"A\"\nB = \"x\"\n";
+        let error = Reparser::new().parse(&[toml(text)]).unwrap_err();
+        assert_eq!(error, parse_documents(&[toml(text)]).unwrap_err());
+    }
+
+    #[test]
+    fn an_unchanged_job_keeps_its_declaration_and_a_changed_one_is_checked_again() {
+        let mut reparser = Reparser::new();
+        let before = "[a]\nname = \"A\"\ncommand = [\"true\"]\n\n\
+                      [b]\nname = \"B\"\ncommand = [\"true\"]\n\n\
+                      [c]\nname = \"C\"\n";
+        let first = reparser.parse(&[toml(before)]).unwrap();
+        let after = before.replace("\"B\"", "\"B2\"");
+        let second = reparser.parse(&[toml(&after)]).unwrap();
+        assert_eq!(second, parse_documents(&[toml(&after)]).unwrap());
+        assert!(Arc::ptr_eq(
+            &first.jobs[&"a".into()],
+            &second.jobs[&"a".into()]
+        ));
+        assert!(!Arc::ptr_eq(
+            &first.jobs[&"b".into()],
+            &second.jobs[&"b".into()]
+        ));
+        assert_eq!(second.jobs[&"b".into()].name, "B2");
+        assert_eq!(second.invalid[&"c".into()], first.invalid[&"c".into()]);
+    }
+
+    #[test]
+    fn what_a_document_no_longer_declares_is_forgotten() {
+        let mut reparser = Reparser::new();
+        let one = "[a]\nname = \"A\"\ncommand = [\"true\"]\n";
+        let two = format!("{one}[b]\nname = \"B\"\ncommand = [\"true\"]\n");
+        reparser.parse(&[toml(&two)]).unwrap();
+        reparser.parse(&[toml(one)]).unwrap();
+        assert_eq!(reparser.known["jobs.toml"].jobs.len(), 1);
+        reparser.parse(&[]).unwrap();
+        assert!(reparser.known.is_empty());
+    }
+
+    #[test]
+    fn a_broken_document_changes_nothing_it_knows() {
+        let mut reparser = Reparser::new();
+        let good = "{\"a\": {\"name\": \"A\", \"command\": [\"true\"]}}";
+        let doc = |text| Document {
+            origin: "jobs.json",
+            format: Format::Json,
+            text,
+        };
+        let first = reparser.parse(&[doc(good)]).unwrap();
+        let broken = reparser.parse(&[doc("{\"a\": ")]).unwrap_err();
+        assert_eq!(broken, parse_documents(&[doc("{\"a\": ")]).unwrap_err());
+        let again = reparser.parse(&[doc(good)]).unwrap();
+        assert!(Arc::ptr_eq(
+            &first.jobs[&"a".into()],
+            &again.jobs[&"a".into()]
+        ));
+    }
+
+    #[test]
+    fn unchanged_says_whether_a_parse_found_what_the_last_good_one_did() {
+        let json = |text| Document {
+            origin: "jobs.json",
+            format: Format::Json,
+            text,
+        };
+        let a = "{\"a\": {\"name\": \"A\", \"command\": [\"true\"]}}";
+        let ab = "{\"a\": {\"name\": \"A\", \"command\": [\"true\"]}, \"b\": {}}";
+        let mut reparser = Reparser::new();
+        let mut unchanged = |docs: &[Document<'_>]| {
+            let parsed = reparser.parse(docs).is_ok();
+            parsed && reparser.unchanged()
+        };
+        assert!(!unchanged(&[json(a)]), "the first parse");
+        assert!(unchanged(&[json(a)]));
+        assert!(!unchanged(&[json(ab)]), "a job came");
+        assert!(unchanged(&[json(ab)]));
+        assert!(!unchanged(&[json(a)]), "a job went");
+        assert!(!unchanged(&[json("{\"a\": 1")]), "a failure");
+        assert!(!unchanged(&[json(a)]), "after a failure");
+        assert!(!unchanged(&[json(a), toml("")]), "a document came");
+        let yaml = Document {
+            origin: "jobs.yaml",
+            format: Format::Yaml,
+            text: "a: {name: A, command: [\"true\"]}",
+        };
+        assert!(!unchanged(&[yaml]));
+        assert!(!unchanged(&[yaml]), "YAML is parsed whole");
+        let huge = format!(
+            "{{\"a\": {{\"name\": \"{}\", \"command\": [\"true\"]}}}}",
+            "x".repeat(MAX_REMEMBERED)
+        );
+        assert!(!unchanged(&[json(&huge)]));
+        assert!(!unchanged(&[json(&huge)]), "too large to remember");
+    }
+
+    /// One job of a generated configuration.
+    #[derive(Debug, Clone)]
+    struct GenJob {
+        key: &'static str,
+        name: String,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        short_run: Option<f64>,
+        extra: Option<(String, i64)>,
+        style: Style,
+        /// Whether its key is written bare where TOML allows.
+        bare: bool,
+    }
+
+    /// How a generated job is written in TOML.
+    #[derive(Debug, Clone, Copy)]
+    enum Style {
+        /// `[key]`, and its `env` as a `[key.env]` table at the end.
+        Section,
+        /// `key = { … }` at the root.
+        Inline,
+        /// `key.name = …` lines at the root.
+        Dotted,
+    }
+
+    const KEYS: [&str; 6] = ["a", "b", "42", "x y", "a.b", "-7"];
+
+    fn text() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "A", "", "[z]", "x\ny", "q\"uote", "tab\t", "\\", "é", "[[w]]", "#h",
+        ])
+        .prop_map(str::to_owned)
+    }
+
+    fn gen_job() -> impl Strategy<Value = GenJob> {
+        (
+            prop::sample::select(KEYS.to_vec()),
+            text(),
+            prop::collection::vec(text(), 0..3),
+            prop::collection::vec(("[A-C]", text()), 0..3),
+            prop::option::of(prop::sample::select(vec![0.0, 1.5, -1.0])),
+            prop::option::of(("[a-z]{1,3}", any::<i64>())),
+            prop::sample::select(vec![Style::Section, Style::Inline, Style::Dotted]),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(key, name, argv, env, short_run, extra, style, bare)| GenJob {
+                    key,
+                    name,
+                    argv,
+                    env,
+                    short_run,
+                    extra,
+                    style,
+                    bare,
+                },
+            )
+    }
+
+    fn quote(s: &str) -> String {
+        serde_json::to_string(s).unwrap()
+    }
+
+    /// The job's fields as TOML key-value pairs (`env` apart).
+    fn fields(job: &GenJob) -> Vec<String> {
+        let argv: Vec<String> = job.argv.iter().map(|a| quote(a)).collect();
+        let mut fields = vec![
+            format!("name = {}", quote(&job.name)),
+            format!("command = [\n  {},\n]", argv.join(",\n  ")),
+        ];
+        if let Some(s) = job.short_run {
+            fields.push(format!("shortRunTimeSeconds = {s:?}"));
+        }
+        if let Some((k, v)) = &job.extra {
+            fields.push(format!("{k} = {v}"));
+        }
+        fields
+    }
+
+    fn env(job: &GenJob) -> Vec<String> {
+        job.env
+            .iter()
+            .map(|(k, v)| format!("{k} = {}", quote(v)))
+            .collect()
+    }
+
+    /// The jobs as a TOML document; repeated keys make it invalid, as they
+    /// should.
+    fn render_toml(jobs: &[GenJob]) -> String {
+        let mut root = String::from("# generated\n");
+        let mut tables = String::new();
+        let mut env_tables = String::new();
+        for job in jobs {
+            let bare = job
+                .key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-');
+            let key = if job.bare && bare {
+                job.key.to_owned()
+            } else {
+                quote(job.key)
+            };
+            match job.style {
+                Style::Inline => {
+                    let mut all = fields(job);
+                    all.push(format!("env = {{ {} }}", env(job).join(", ")));
+                    let all = all.join(", ").replace('\n', "");
+                    root.push_str(&format!("{key} = {{ {all} }}\n"));
+                }
+                Style::Dotted => {
+                    for field in fields(job).iter().chain(&env(job)) {
+                        let prefix = if env(job).contains(field) {
+                            format!("{key}.env.")
+                        } else {
+                            format!("{key}.")
+                        };
+                        root.push_str(&format!("{prefix}{field}\n"));
+                    }
+                }
+                Style::Section => {
+                    tables.push_str(&format!("\n[{key}] # job\n{}\n", fields(job).join("\n")));
+                    if !job.env.is_empty() {
+                        env_tables.push_str(&format!("[{key}.env]\n{}\n", env(job).join("\n")));
+                    }
+                }
+            }
+        }
+        root + &tables + &env_tables
+    }
+
+    fn render_json(jobs: &[GenJob]) -> String {
+        let mut out = String::from("{");
+        for (i, job) in jobs.iter().enumerate() {
+            let mut map = serde_json::Map::new();
+            map.insert("name".into(), job.name.clone().into());
+            map.insert("command".into(), job.argv.clone().into());
+            if let Some(s) = job.short_run {
+                map.insert("shortRunTimeSeconds".into(), s.into());
+            }
+            let env: serde_json::Map<String, Value> = job
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into()))
+                .collect();
+            map.insert("env".into(), env.into());
+            if i > 0 {
+                out.push_str(",\n");
+            }
+            out.push_str(&format!("{}: {}", quote(job.key), Value::Object(map)));
+        }
+        out + "}"
+    }
+
+    /// A step of a configuration's life: a change of one job, or a
+    /// keystroke anywhere in the text (which may break it).
+    #[derive(Debug, Clone)]
+    enum Step {
+        Replace(usize, GenJob),
+        Remove(usize),
+        Add(GenJob),
+        Delete(usize),
+        Insert(usize, char),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => (any::<usize>(), gen_job()).prop_map(|(i, job)| Step::Replace(i, job)),
+            1 => any::<usize>().prop_map(Step::Remove),
+            1 => gen_job().prop_map(Step::Add),
+            1 => any::<usize>().prop_map(Step::Delete),
+            1 => (any::<usize>(), prop::sample::select(vec!['[', ']', '"', '\n', '=', 'x', '.', ',', '{']))
+                .prop_map(|(at, c)| Step::Insert(at, c)),
+        ]
+    }
+
+    /// Applies `step` to the jobs, or to `edited` (the text, once a
+    /// keystroke has made it more than a rendering of the jobs).
+    fn apply(
+        step: &Step,
+        jobs: &mut Vec<GenJob>,
+        edited: &mut Option<String>,
+        render: &dyn Fn(&[GenJob]) -> String,
+    ) {
+        let n = jobs.len();
+        match step {
+            Step::Replace(i, job) if n > 0 => jobs[i % n] = job.clone(),
+            Step::Remove(i) if n > 0 => drop(jobs.remove(i % n)),
+            Step::Add(job) => jobs.push(job.clone()),
+            Step::Delete(at) => {
+                let text = edited.get_or_insert_with(|| render(jobs));
+                let chars: Vec<char> = text.chars().collect();
+                if !chars.is_empty() {
+                    let at = at % chars.len();
+                    *text = chars[..at].iter().chain(&chars[at + 1..]).collect();
+                }
+                return;
+            }
+            Step::Insert(at, c) => {
+                let text = edited.get_or_insert_with(|| render(jobs));
+                let chars: Vec<char> = text.chars().collect();
+                let at = at % (chars.len() + 1);
+                *text = chars[..at].iter().chain([c]).chain(&chars[at..]).collect();
+                return;
+            }
+            _ => {}
+        }
+        *edited = None;
+    }
+
+    fn same_as_a_whole_parse(
+        format: Format,
+        render: &dyn Fn(&[GenJob]) -> String,
+        jobs: Vec<GenJob>,
+        steps: Vec<Step>,
+    ) -> Result<(), TestCaseError> {
+        let mut jobs = jobs;
+        let mut reparser = Reparser::new();
+        let mut edited = None;
+        let mut last: Option<Declaration> = None;
+        for step in std::iter::once(None).chain(steps.iter().map(Some)) {
+            if let Some(step) = step {
+                apply(step, &mut jobs, &mut edited, render);
+            }
+            let text = edited.clone().unwrap_or_else(|| render(&jobs));
+            let doc = Document {
+                origin: "jobs",
+                format,
+                text: &text,
+            };
+            let reparsed = reparser.parse(&[doc]);
+            prop_assert_eq!(&reparsed, &parse_documents(&[doc]), "{}", text);
+            // Unchanged means the declaration of the last successful parse.
+            if let Ok(now) = &reparsed {
+                if reparser.unchanged() {
+                    prop_assert_eq!(Some(now), last.as_ref());
+                }
+            }
+            // The same text again: every job is the same declaration.
+            if let Ok(first) = reparsed {
+                let again = reparser.parse(&[doc]).unwrap();
+                // (Unless a key comes twice: that is never taken as unchanged.)
+                let twice = again.invalid.values().any(|r| r.starts_with("declared "));
+                prop_assert!(reparser.unchanged() || twice, "{}", text);
+                last = Some(again.clone());
+                prop_assert_eq!(first.jobs.len(), again.jobs.len());
+                for (old, new) in first.jobs.values().zip(again.jobs.values()) {
+                    prop_assert!(Arc::ptr_eq(old, new), "{}", text);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Through any life of a TOML configuration, what a reparser makes
+        /// of each text is what a whole parse makes of it.
+        #[test]
+        fn a_reparse_of_toml_equals_a_whole_parse(
+            jobs in prop::collection::vec(gen_job(), 0..6),
+            steps in prop::collection::vec(step(), 1..12),
+        ) {
+            same_as_a_whole_parse(Format::Toml, &render_toml, jobs, steps)?;
+        }
+
+        /// The same for JSON.
+        #[test]
+        fn a_reparse_of_json_equals_a_whole_parse(
+            jobs in prop::collection::vec(gen_job(), 0..6),
+            steps in prop::collection::vec(step(), 1..12),
+        ) {
+            same_as_a_whole_parse(Format::Json, &render_json, jobs, steps)?;
+        }
+    }
+}
