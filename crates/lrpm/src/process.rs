@@ -83,8 +83,8 @@ pub fn forget_own_child(pid: Pid) {
     own_children().remove(&pid.as_raw_nonzero().get());
 }
 
-/// Waits for child `pid`, which was just SIGKILLed, to end, reaps it through
-/// its `pidfd`, and forgets it as an own child.
+/// Waits for child `pid`, which has ended or was just SIGKILLed, to end,
+/// reaps it through its `pidfd`, and forgets it as an own child.
 pub fn reap_child_blocking(pid: Pid, pidfd: BorrowedFd<'_>) {
     let _ = rustix::process::waitid(WaitId::PidFd(pidfd), WaitIdOptions::EXITED);
     own_children().remove(&pid.as_raw_nonzero().get());
@@ -531,6 +531,9 @@ struct Entry {
 #[derive(Debug)]
 pub struct ProcessTable {
     entries: HashMap<RunId, Entry>,
+    /// Ended runs whose zombie and cgroup are left for
+    /// [`ProcessTable::bury`], after the replacements' spawns.
+    ended: Vec<(Entry, Option<containment::JobCgroup>)>,
     exits: crate::exits::ExitWatch,
     output: Output,
     ctx: SpawnContext,
@@ -545,6 +548,7 @@ impl ProcessTable {
     pub fn new(ctx: SpawnContext, output: Output, containment: Containment) -> io::Result<Self> {
         Ok(Self {
             entries: HashMap::new(),
+            ended: Vec::new(),
             exits: crate::exits::ExitWatch::new()?,
             output,
             ctx,
@@ -577,6 +581,7 @@ impl ProcessTable {
     /// Kills what is left once every worker has been reaped (adopted
     /// processes, cgroups); runs at shutdown.
     pub fn close(&mut self) {
+        self.bury();
         if let Some(orphans) = &mut self.containment.orphans {
             orphans.kill_all();
         }
@@ -688,37 +693,46 @@ impl ProcessTable {
         Some(tree.run(&entry.job, run))
     }
 
-    /// Reaps process `run`, after killing whatever is left of its process
-    /// group and of its cgroup (or, in the subreaper fallback, the
-    /// processes it left behind). Returns its job and how it ended, or
-    /// `None` if it is not known or not finished.
+    /// Takes the end of process `run`: kills whatever is left of its
+    /// process group and of its cgroup (or, in the subreaper fallback, the
+    /// processes it left behind), and returns its job and how it ended; or
+    /// `None` if it is not known or not finished. The zombie itself is
+    /// reaped, and the cgroup removed, by [`ProcessTable::bury`]: the
+    /// replacement's spawn does not wait for that.
     pub fn reap(&mut self, run: RunId) -> Option<(JobId, ExitStatus)> {
         let entry = self.entries.get(&run)?;
-        // Peek first: a spurious wake-up must not kill a live group.
-        if waitid_status(entry.pidfd.as_fd(), WaitIdOptions::NOWAIT).is_none() {
+        // Peek only: a spurious wake-up must not kill a live group, and the
+        // zombie keeps the group id from being reused until it is buried.
+        let Some(status) = waitid_status(entry.pidfd.as_fd(), WaitIdOptions::NOWAIT) else {
             // Still running: watch it again (its watch was one-shot).
             if let Err(e) = self.exits.watch(run, entry.pidfd.as_fd(), true) {
                 tracing::error!(job = %entry.job, "cannot watch the worker's exit: {e}");
             }
             return None;
-        }
-        // The leader is a zombie, so its group id is still its own; kill
-        // what is left of the group before the id can be reused.
+        };
         let _ = kill_process_group(entry.pid, rustix::process::Signal::KILL);
         let cgroup = self.cgroup(run, entry);
         if let Some(cgroup) = &cgroup {
             cgroup.kill();
         }
-        let status = reap_child(entry.pid, entry.pidfd.as_fd())?;
-        // Dropping the entry closes the pidfd, which leaves the epoll set.
         let entry = self.entries.remove(&run)?;
-        if let Some(cgroup) = cgroup {
-            cgroup.remove();
-        }
+        let job = entry.job.clone();
+        self.ended.push((entry, cgroup));
         // In the subreaper fallback the run's escaped processes were
         // adopted: kill them now that their run has ended.
         self.reap_orphans();
-        Some((entry.job, status))
+        Some((job, status))
+    }
+
+    /// Reaps the zombies of the runs [`ProcessTable::reap`] took, closing
+    /// their pidfds (which leave the epoll set), and removes their cgroups.
+    pub fn bury(&mut self) {
+        for (entry, cgroup) in self.ended.drain(..) {
+            reap_child_blocking(entry.pid, entry.pidfd.as_fd());
+            if let Some(cgroup) = cgroup {
+                cgroup.remove();
+            }
+        }
     }
 }
 

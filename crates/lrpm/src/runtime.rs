@@ -88,6 +88,17 @@ impl Shell {
         // load, and what its spawns freed afterwards would stay.
         let mut trim_at: Option<Instant> = None;
         loop {
+            // The actions of the last event first: a crashed worker's
+            // replacement is spawned before anything else is done.
+            let (more, spawned) = self.perform_actions();
+            // Then what an exit leaves to clean up (its zombie, its cgroup).
+            self.procs.bury();
+            if spawned {
+                trim_at.get_or_insert_with(|| Instant::now() + TRIM_AFTER);
+            }
+            if self.core.is_finished() {
+                break;
+            }
             // Lets the other tasks (control connections, output forwarders)
             // run between two turns. Without it, a loop
             // that always finds an event ready (a crash storm's exits) runs
@@ -95,13 +106,6 @@ impl Shell {
             // seconds, during which a status request waits. At rest this
             // costs nothing: the loop sleeps in `select!`.
             tokio::task::yield_now().await;
-            let (more, spawned) = self.perform_actions();
-            if spawned {
-                trim_at.get_or_insert_with(|| Instant::now() + TRIM_AFTER);
-            }
-            if self.core.is_finished() {
-                break;
-            }
             let deadline = self.core.poll_timeout();
             let sleep = async {
                 match deadline {
