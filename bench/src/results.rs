@@ -37,8 +37,12 @@ pub enum Metric {
     SpawnWorker,
     /// SIGKILL of a child → its parent woken by the child's pidfd (floor).
     ExitWake,
-    /// SIGKILL of a child → reaped, respawned, replacement's `main` (floor).
+    /// SIGKILL of a child → reaped, respawned, replacement's `main`, with
+    /// the pause between samples that lrpm's crashes have (floor).
     ExitReplace,
+    /// The same, back to back: each crash as soon as the last replacement
+    /// reported (floor).
+    ExitReplaceBackToBack,
     /// SIGKILL of a worker → its replacement's `main`.
     Restart,
     /// Jobs file rewritten → the changed job's new worker's `main`.

@@ -31,9 +31,6 @@ pub enum Part {
 /// started only once.
 const SLOW_START_MS: f64 = 60_000.0;
 
-/// How long lrpm is left alone between two crashes.
-const LRPM_SETTLE: Duration = Duration::from_millis(5);
-
 /// How long supervisord is left alone between two crashes: it marks a
 /// program RUNNING on its next tick (up to a second later), and a crash
 /// before that counts as a failed start and is backed off.
@@ -181,7 +178,7 @@ pub fn lrpm(bench: &Bench, farms: &[Farm], results: &mut Results) -> anyhow::Res
     let plan = &bench.plan;
     let series = Series {
         samples: plan.restart_samples,
-        settle: LRPM_SETTLE,
+        settle: restart::PAUSE,
         timeout: Duration::from_secs(10),
     };
 

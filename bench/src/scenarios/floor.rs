@@ -18,6 +18,7 @@ use crate::cleanup;
 use crate::collector::Roster;
 use crate::procfs::monotonic_ns;
 use crate::results::{Metric, Results, Subject};
+use crate::scenarios::restart;
 
 /// Runs every floor measurement, with sequential farms of each of `farms`
 /// sizes.
@@ -39,7 +40,13 @@ pub fn run(bench: &Bench, farms: &[usize], results: &mut Results) -> anyhow::Res
         || bench.worker_command(0, WorkerMode::True),
     )?;
     eprintln!("[floor] exit → wake and exit → replacement");
-    exit_replace(bench, results)?;
+    exit_replace(bench, restart::PAUSE, Metric::ExitReplace, results)?;
+    exit_replace(
+        bench,
+        Duration::ZERO,
+        Metric::ExitReplaceBackToBack,
+        results,
+    )?;
     for &jobs in farms {
         for session in 0..plan.floor_sessions(jobs) {
             eprintln!("[floor] {jobs} sequential spawns, then SIGTERM to all ({session})");
@@ -51,6 +58,7 @@ pub fn run(bench: &Bench, farms: &[usize], results: &mut Results) -> anyhow::Res
         (Metric::SpawnWorker, 1),
         (Metric::ExitWake, 1),
         (Metric::ExitReplace, 1),
+        (Metric::ExitReplaceBackToBack, 1),
     ] {
         if let Some(s) = results.get(metric, Subject::Floor, jobs) {
             eprintln!("[floor] {metric:?}: {}", s.summary());
@@ -79,8 +87,14 @@ fn spawn_wait(
 
 /// The minimal supervisor loop: SIGKILL the child, wait for its pidfd,
 /// reap it, spawn its replacement, receive the replacement's report.
-/// Records exit → wake and exit → replacement's `main`.
-fn exit_replace(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
+/// Records exit → wake and exit → replacement's `main` (as `metric`),
+/// with `pause` between a replacement's report and the next crash.
+fn exit_replace(
+    bench: &Bench,
+    pause: Duration,
+    metric: Metric,
+    results: &mut Results,
+) -> anyhow::Result<()> {
     let mut roster = Roster::new(1);
     bench.collector.drain();
     let mut child = Brood::default();
@@ -95,9 +109,12 @@ fn exit_replace(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
         let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
         poll(&mut fds, None)?;
         let woke = monotonic_ns();
-        results
-            .times(Metric::ExitWake, Subject::Floor, 1)
-            .push_ns(woke - t0);
+        // Exit → wake is the paused series' only.
+        if metric == Metric::ExitReplace {
+            results
+                .times(Metric::ExitWake, Subject::Floor, 1)
+                .push_ns(woke - t0);
+        }
         child.0[0].wait()?;
         child.0.clear();
         child.spawn(bench, 0)?;
@@ -106,8 +123,9 @@ fn exit_replace(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
             h.id == 0 && h.pid == new_pid
         })?;
         results
-            .times(Metric::ExitReplace, Subject::Floor, 1)
+            .times(metric, Subject::Floor, 1)
             .push_ns(hello.ns.saturating_sub(t0));
+        std::thread::sleep(pause);
     }
     Ok(())
 }

@@ -14,6 +14,11 @@ use crate::collector::Roster;
 use crate::procfs::{self, monotonic_ns};
 use crate::stats::{Rng, Samples};
 
+/// How long a supervisor is left alone after a replacement reported,
+/// before the next crash: lrpm's crash series and the floor's pause this
+/// long, so that their crashes meet the machine in the same state.
+pub const PAUSE: Duration = Duration::from_millis(5);
+
 /// How one series of crashes is run.
 #[derive(Debug, Clone, Copy)]
 pub struct Series {
