@@ -73,9 +73,9 @@ pub struct Lrpm {
 
 impl Lrpm {
     /// Starts lrpm on an empty jobs file, with its hard descriptor limit
-    /// raised to `raise_nofile` if given, and waits until its control
-    /// socket answers.
-    pub fn start(bench: &Bench, raise_nofile: Option<u64>) -> anyhow::Result<Self> {
+    /// raised to `raise_nofile` if given and `args` before the jobs file,
+    /// and waits until its control socket answers.
+    pub fn start(bench: &Bench, raise_nofile: Option<u64>, args: &[&str]) -> anyhow::Result<Self> {
         let dir = bench.session_dir("lrpm")?;
         // The jobs file has a directory of its own: lrpm watches the
         // directory, and its own log being written next to it would wake
@@ -90,6 +90,7 @@ impl Lrpm {
         let mut cmd = Command::new(&bench.bins.lrpm);
         cmd.arg("--socket")
             .arg(&socket)
+            .args(args)
             .arg(&jobs_file)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)

@@ -76,6 +76,12 @@ const ROWS: &[Row] = &[
         floor: Some((Metric::MassStart, 1000, "sequential spawns")),
     },
     Row {
+        label: "mass start, `--cgroup off` (no cgroup per run)",
+        metric: Metric::MassStartUncontained,
+        jobs: 1000,
+        floor: Some((Metric::MassStart, 1000, "sequential spawns")),
+    },
+    Row {
         label: "mass start",
         metric: Metric::MassStart,
         jobs: BIG,
@@ -136,6 +142,7 @@ fn label(metric: Metric, subject: Subject) -> &'static str {
         (Metric::Restart, _) => "crash → restart",
         (Metric::ConfigPush, _) => "config change → effect",
         (Metric::MassStart, _) => "mass start",
+        (Metric::MassStartUncontained, _) => "mass start, `--cgroup off`",
         (Metric::Shutdown, _) => "shutdown",
         (Metric::StatusSocket, Subject::Supervisord) => "status, raw XML-RPC over the socket",
         (Metric::StatusSocket, _) => "status, raw over the socket",
@@ -567,7 +574,9 @@ renaming a complete file into place, as a careful writer does.
   file, stop the old worker (SIGTERM) and reap it, and spawn the new one.
 - *Mass start*: t0 just before the jobs file is written; the figure runs to
   the last worker's `main`. Each farm is started anew (the `n` column),
-  and each is also shut down, which gives the shutdown samples.
+  and each is also shut down, which gives the shutdown samples. The
+  1,000-job start is also run with `--cgroup off` (a subreaper instead of a
+  cgroup per run), to show what the containment costs.
 - *At rest*: one second after a mass start, lrpm's CPU time is the sum of
   `/proc/PID/task/*/schedstat` (exact nanoseconds, not 10 ms ticks) over the
   window; its memory is `VmRSS` and `VmHWM` from `/proc/PID/status`.

@@ -50,6 +50,8 @@ pub enum Metric {
     /// Configuration given → every worker's `main` ran. For the floor:
     /// the harness spawning the workers one after the other.
     MassStart,
+    /// The same for lrpm with `--cgroup off`: no cgroup per run.
+    MassStartUncontained,
     /// supervisord started → `supervisorctl status` shows every program
     /// RUNNING (polled, so coarse).
     AllRunning,

@@ -244,6 +244,19 @@ pub fn lrpm(bench: &Bench, farms: &[Farm], results: &mut Results) -> anyhow::Res
         }
     }
 
+    // What containment costs a mass start: the same start without a
+    // cgroup per run.
+    let jobs = 1000;
+    for session in 0..plan.sessions(jobs) {
+        eprintln!(
+            "[lrpm] {jobs} jobs, --cgroup off: mass start ({}/{})",
+            session + 1,
+            plan.sessions(jobs)
+        );
+        let farm = mass_start::lrpm_uncontained(bench, jobs, results)?;
+        shutdown::lrpm(farm, &mut Results::default())?;
+    }
+
     eprintln!("[lrpm] crash storm of {} jobs", plan.storm_jobs);
     storm::lrpm(bench, plan.storm_jobs, plan.storm_window, results)?;
     report_progress(results, Subject::Lrpm);

@@ -39,7 +39,37 @@ pub fn lrpm(
     raise_nofile: Option<u64>,
     results: &mut Results,
 ) -> anyhow::Result<LrpmFarm> {
-    let lrpm = Lrpm::start(bench, raise_nofile)?;
+    start(bench, jobs, raise_nofile, &[], Metric::MassStart, results)
+}
+
+/// The same with `--cgroup off` (no cgroup per run, a subreaper instead),
+/// recorded as [`Metric::MassStartUncontained`]: what the containment
+/// costs a mass start.
+pub fn lrpm_uncontained(
+    bench: &Bench,
+    jobs: usize,
+    results: &mut Results,
+) -> anyhow::Result<LrpmFarm> {
+    let off = ["--cgroup", "off"];
+    start(
+        bench,
+        jobs,
+        None,
+        &off,
+        Metric::MassStartUncontained,
+        results,
+    )
+}
+
+fn start(
+    bench: &Bench,
+    jobs: usize,
+    raise_nofile: Option<u64>,
+    args: &[&str],
+    metric: Metric,
+    results: &mut Results,
+) -> anyhow::Result<LrpmFarm> {
+    let lrpm = Lrpm::start(bench, raise_nofile, args)?;
     let set = JobSet::new(jobs, WorkerMode::Pause);
     let content = set.to_toml(bench);
     let mut roster = Roster::new(jobs);
@@ -50,7 +80,7 @@ pub fn lrpm(
         Err(e) => return Err(e.context(format!("lrpm's log ends with:\n{}", lrpm.log_tail()))),
     };
     results
-        .times(Metric::MassStart, Subject::Lrpm, jobs)
+        .times(metric, Subject::Lrpm, jobs)
         .push_ns(last.saturating_sub(t0));
     // Every worker ran its main, so lrpm has recorded every spawn.
     let (listed, running) = lrpm.running()?;

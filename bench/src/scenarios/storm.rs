@@ -22,7 +22,7 @@ pub fn lrpm(
     window: Duration,
     results: &mut Results,
 ) -> anyhow::Result<()> {
-    let lrpm = Lrpm::start(bench, None)?;
+    let lrpm = Lrpm::start(bench, None, &[])?;
     lrpm.write_jobs(&JobSet::new(jobs, WorkerMode::True).to_toml(bench))?;
     std::thread::sleep(WARM_UP);
     let restarts_before = lrpm.restarts()?;
