@@ -473,6 +473,28 @@ fn edits_are_picked_up_atomic_rename_and_in_place() {
 }
 
 #[test]
+fn a_change_is_delivered_once_and_a_reload_delivers_even_an_unchanged_file() {
+    // Every configuration lrpm applies logs its invalid job once.
+    let config = "[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n[bad]\nname = \"\"\n";
+    let lrpm = Lrpm::start("jobs.toml", config, &["--interval", "3600"]);
+    let applied = || lrpm.stderr().matches("invalid job left out").count();
+    running_pid(&lrpm, "a");
+    wait_until("the first configuration applied", LONG, || applied() == 1);
+    // A rename is two inotify events (the file is seen from both of its
+    // names); the second load finds what the first delivered.
+    lrpm.write_config(&config.replace("1000", "1001"));
+    lrpm.wait_for("a restarted", LONG, |s| {
+        job_in(s, "a").is_some_and(|j| j["command"] == "sleep 1001" && j["state"] == "running")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(applied(), 2, "{}", lrpm.stderr());
+    // A reload asked for is delivered even though nothing changed.
+    let answer = lrpm.request(r#"{"cmd":"reload"}"#);
+    assert_eq!(answer["ok"], true, "{answer}");
+    wait_until("the reload applied", LONG, || applied() == 3);
+}
+
+#[test]
 fn mtime_rule_of_php_lrpm() {
     let job = |mtime: u64, cmd: &str| {
         format!(
