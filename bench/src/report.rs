@@ -625,8 +625,8 @@ raw status is the XML-RPC call `supervisor.getAllProcessInfo` that
 `supervisorctl status` makes, over the same socket. It is not run with
 10,000 programs.
 
-**Targets missed**: what limits them, and what was measured to find it, is in
-[bench/README.md](../bench/README.md#what-limits-the-targets-still-missed).
+**What limits each target**, and what was measured to find it, is in
+[bench/README.md](../bench/README.md#what-limits-the-targets-met-or-not).
 
 **Statistics.** Medians and percentiles use the nearest rank, so they are
 always one of the samples; with fewer than 20 samples the p95 and p99 are
