@@ -165,13 +165,13 @@ impl Reparser {
         let known = &mut known.jobs;
         let mut verdicts = Vec::with_capacity(fragments.len());
         for (key, text) in fragments {
-            if let Some(seen) = known.get_mut(&key) {
-                // A key twice in one document.
-                reused &= !seen.seen;
-                if *seen.fragment == *text {
-                    seen.seen = true;
+            if let Some(last) = known.get_mut(&key) {
+                // Seen already: a key twice in one document.
+                reused &= !last.seen;
+                if *last.fragment == *text {
+                    last.seen = true;
                     *remembered += text.len();
-                    verdicts.push((seen.id.clone(), seen.verdict.clone()));
+                    verdicts.push((last.id.clone(), last.verdict.clone()));
                     continue;
                 }
             }
@@ -208,7 +208,12 @@ fn check(doc: &Document<'_>, key: &str, text: &str) -> Option<(JobId, Verdict)> 
     // Parsed even when the key cannot be an id: the whole document is
     // valid only if this fragment is.
     let body = match doc.format {
-        Format::Json => serde_json::from_str(text).ok()?,
+        // Inside a list, to be as deep as in the document's map: the
+        // parser's nesting limit must fail it here if it fails it there.
+        Format::Json => {
+            let [body] = serde_json::from_str::<[Value; 1]>(&format!("[{text}]")).ok()?;
+            body
+        }
         Format::Toml => {
             let alone = Document { text, ..*doc };
             let mut entries = decl::parse_document(&alone).ok()?.into_iter();
@@ -528,6 +533,33 @@ mod tests {
         let text = "[\"\".env]\nB = \"A\"\nB = \"x\"\n";
         let error = Reparser::new().parse(&[toml(text)]).unwrap_err();
         assert_eq!(error, parse_documents(&[toml(text)]).unwrap_err());
+    }
+
+    #[test]
+    fn a_job_nested_as_deep_as_the_parser_allows_alone_fails_as_in_its_document() {
+        for depth in [79, 80, 81] {
+            let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let text = format!("[a]\nname = \"A\"\nworkerConfig = {body}\n");
+            assert_eq!(
+                Reparser::new().parse(&[toml(&text)]),
+                parse_documents(&[toml(&text)]),
+                "{depth}"
+            );
+        }
+        for depth in [126, 127, 128] {
+            let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let text = format!("{{\"a\": {{\"name\": \"A\", \"workerConfig\": {body}}}}}");
+            let doc = Document {
+                origin: "jobs.json",
+                format: Format::Json,
+                text: &text,
+            };
+            assert_eq!(
+                Reparser::new().parse(&[doc]),
+                parse_documents(&[doc]),
+                "{depth}"
+            );
+        }
     }
 
     #[test]

@@ -273,6 +273,12 @@ impl ConfigSource for FileSource {
         // event too, so that a burst of files (a checkout, a sync) is read
         // as one configuration.
         if !self.is_dir && self.settled.load(Ordering::Relaxed) {
+            // The other events of the same change (a rename is seen from
+            // both of its names) come from the same read of the inotify
+            // queue, a moment later: let them arrive, and take them, so
+            // that this one load covers them.
+            tokio::task::yield_now().await;
+            let _ = tokio::time::timeout(Duration::ZERO, self.wake.notified()).await;
             return;
         }
         // Debounce: wait for a moment of quiet, but not forever.
