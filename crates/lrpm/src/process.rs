@@ -629,27 +629,21 @@ impl ProcessTable {
                 return Err(e);
             }
         };
-        if let Err(e) = self.exits.watch(run, spawned.pidfd.as_fd(), false) {
-            // It cannot be watched: kill it and reap it now.
-            let _ = kill_process_group(spawned.pid, rustix::process::Signal::KILL);
-            if let Some(cgroup) = cgroup {
-                cgroup.kill();
-                cgroup.remove();
-            }
-            reap_child_blocking(spawned.pid, spawned.pidfd.as_fd());
+        let watched = self.exits.watch(run, spawned.pidfd.as_fd(), false);
+        let pid = spawned.pid;
+        let entry = Entry {
+            job: job.clone(),
+            pid,
+            pidfd: spawned.pidfd,
+            cgroup: cgroup.is_some(),
+        };
+        if let Err(e) = watched {
+            // It cannot be watched: kill it, and bury it with the ended runs.
+            self.end(entry, cgroup);
             return Err(SpawnError::Io(e));
         }
         self.output.forward(job, spawned.stdout, spawned.stderr);
-        let pid = spawned.pid;
-        self.entries.insert(
-            run,
-            Entry {
-                job: job.clone(),
-                pid,
-                pidfd: spawned.pidfd,
-                cgroup: cgroup.is_some(),
-            },
-        );
+        self.entries.insert(run, entry);
         Ok(pid.as_raw_nonzero().get() as u32)
     }
 
@@ -710,21 +704,28 @@ impl ProcessTable {
             }
             return None;
         };
-        let _ = kill_process_group(entry.pid, rustix::process::Signal::KILL);
         let cgroup = self.cgroup(run, entry);
-        if let Some(cgroup) = &cgroup {
-            cgroup.kill();
-        }
         let entry = self.entries.remove(&run)?;
         let job = entry.job.clone();
-        self.ended.push((entry, cgroup));
+        self.end(entry, cgroup);
         // In the subreaper fallback the run's escaped processes were
         // adopted: kill them now that their run has ended.
         self.reap_orphans();
         Some((job, status))
     }
 
-    /// Reaps the zombies of the runs [`ProcessTable::reap`] took, closing
+    /// Kills what is left of `entry`'s process group (the zombie still pins
+    /// its id) and of its cgroup, and leaves the zombie and the cgroup to
+    /// [`ProcessTable::bury`].
+    fn end(&mut self, entry: Entry, cgroup: Option<containment::JobCgroup>) {
+        let _ = kill_process_group(entry.pid, rustix::process::Signal::KILL);
+        if let Some(cgroup) = &cgroup {
+            cgroup.kill();
+        }
+        self.ended.push((entry, cgroup));
+    }
+
+    /// Reaps the zombies of the ended runs ([`ProcessTable::reap`]), closing
     /// their pidfds (which leave the epoll set), and removes their cgroups.
     pub fn bury(&mut self) {
         for (entry, cgroup) in self.ended.drain(..) {

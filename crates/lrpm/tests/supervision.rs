@@ -39,6 +39,13 @@ fn read_pid(path: &Path) -> u32 {
         .expect("pid")
 }
 
+/// The pid job `id`'s shell wrote to `pid` in lrpm's directory, once the
+/// job runs.
+fn written_pid(lrpm: &Lrpm, id: &str) -> u32 {
+    running_pid(lrpm, id);
+    read_pid(&lrpm.dir.path().join("pid"))
+}
+
 fn kill(pid: u32, signal: rustix::process::Signal) {
     let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
     let _ = rustix::process::kill_process(pid, signal);
@@ -239,8 +246,7 @@ shutdownTimeoutSeconds = 1.5
 "#,
         &[],
     );
-    running_pid(&lrpm, "stubborn");
-    let pid = read_pid(&lrpm.dir.path().join("pid"));
+    let pid = written_pid(&lrpm, "stubborn");
     let removed_at = Instant::now();
     lrpm.write_config("# no jobs\n");
     std::thread::sleep(Duration::from_millis(1000));
@@ -291,8 +297,7 @@ shutdownTimeoutSeconds = 30
 "#,
         &[],
     );
-    running_pid(&lrpm, "frozen");
-    let pid = read_pid(&lrpm.dir.path().join("pid"));
+    let pid = written_pid(&lrpm, "frozen");
     wait_until("the worker to stop itself", LONG, || {
         fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
             stat.rsplit(')')
