@@ -48,6 +48,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lrpm_core::job::JobId;
@@ -143,7 +144,7 @@ impl Containment {
         if let Some(tree) = &cgroups {
             tracing::info!(
                 "each job runs in a cgroup of its own under {}",
-                tree.base.display()
+                tree.base().display()
             );
         }
         let subreaper = cgroups.is_none();
@@ -280,8 +281,8 @@ fn run_dir_name(job: &JobId, run: RunId) -> String {
 /// lrpm's own cgroup tree: `PARENT/lrpm-PID/`, one child per live run.
 #[derive(Debug)]
 pub struct CgroupTree {
-    /// `PARENT/lrpm-PID`.
-    base: PathBuf,
+    /// `PARENT/lrpm-PID`, where the runs' cgroups go.
+    runs: RunCgroups,
     /// The tree's directory, `flock`ed for as long as lrpm lives: a tree
     /// nobody holds is stale.
     _lock: File,
@@ -334,7 +335,7 @@ impl CgroupTree {
                 return Err(CgroupError::NoKill { path: base });
             }
             return Ok(CgroupTree {
-                base,
+                runs: RunCgroups { base: base.into() },
                 _lock: lock,
                 closed: false,
             });
@@ -344,10 +345,44 @@ impl CgroupTree {
 
     /// The tree's directory.
     pub fn base(&self) -> &Path {
+        self.runs.base()
+    }
+
+    /// Where the runs' cgroups go: a handle that spawning threads can keep.
+    pub fn runs(&self) -> &RunCgroups {
+        &self.runs
+    }
+
+    /// Kills whatever is left in the tree and removes it. Runs at shutdown,
+    /// once every worker has been reaped, and on drop.
+    pub fn close(&mut self) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        let left = kill_and_remove_tree(self.base());
+        if left > 0 {
+            tracing::warn!(
+                "killed {left} processes left in {} at shutdown",
+                self.base().display()
+            );
+        }
+    }
+}
+
+/// Where the cgroups of an lrpm's runs go (`PARENT/lrpm-PID/`): a cheap
+/// handle, shared with the threads that spawn (the `lanes` module).
+#[derive(Debug, Clone)]
+pub struct RunCgroups {
+    base: Arc<Path>,
+}
+
+impl RunCgroups {
+    /// The tree's directory.
+    pub fn base(&self) -> &Path {
         &self.base
     }
 
-    /// The cgroup of run `run` of `job`, which [`CgroupTree::create_run`]
+    /// The cgroup of run `run` of `job`, which [`RunCgroups::create_run`]
     /// created: a run's path is built from the job and run ids when it is
     /// needed rather than kept, since a farm has thousands of runs.
     pub fn run(&self, job: &JobId, run: RunId) -> JobCgroup {
@@ -375,21 +410,6 @@ impl CgroupTree {
                 let _ = std::fs::remove_dir(&dir);
                 Err(e.into())
             }
-        }
-    }
-
-    /// Kills whatever is left in the tree and removes it. Runs at shutdown,
-    /// once every worker has been reaped, and on drop.
-    pub fn close(&mut self) {
-        if std::mem::replace(&mut self.closed, true) {
-            return;
-        }
-        let left = kill_and_remove_tree(&self.base);
-        if left > 0 {
-            tracing::warn!(
-                "killed {left} processes left in {} at shutdown",
-                self.base.display()
-            );
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod control;
 pub mod ctl;
 mod exits;
 pub mod hub;
+mod lanes;
 pub mod library;
 mod lines;
 pub mod output;

@@ -22,7 +22,7 @@
 //! ([`Output::forward_counted`]) with its own queue and writer thread, to
 //! the same stdout and stderr; when no hub can take them at once, they are
 //! forwarded here. Idle streams cost little: no buffer of their own (see
-//! [`crate::lines`]), one prefix shared by a worker's two streams.
+//! the `lines` module), one prefix shared by a worker's two streams.
 
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;

@@ -42,7 +42,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Instant;
 
 use lrpm_core::job::{JobId, JobSpec, Program, Signal};
@@ -600,27 +600,40 @@ impl ProcessTable {
         self.entries.is_empty()
     }
 
-    /// Spawns process `run` of `job`; returns its pid.
+    /// Spawns the process of each run of `batch`, on two threads at once
+    /// (the `lanes` module; a batch of one on the calling thread alone);
+    /// returns their pids (or errors) in the order of `batch`. The table
+    /// itself is only touched on the calling thread, once the children run.
     ///
     /// With cgroups, a run whose cgroup cannot be created still starts, in
     /// its process group only, with a warning: running the job matters more
     /// than containing its daemons.
-    pub fn spawn(&mut self, run: RunId, job: &JobId, spec: &JobSpec) -> Result<u32, SpawnError> {
-        let (cgroup, procs) = match &self.containment.cgroups {
-            Some(tree) => match tree.create_run(job, run) {
-                Ok((cgroup, procs)) => (Some(cgroup), Some(procs)),
-                Err(e) => {
-                    tracing::warn!(
-                        %job,
-                        "cannot create a cgroup under {}: {e}; starting it without one",
-                        tree.base().display()
-                    );
-                    (None, None)
-                }
-            },
-            None => (None, None),
-        };
-        let spawned = match spawn(run, job, spec, &self.ctx, procs) {
+    pub fn spawn_batch(&mut self, batch: &[Spawn]) -> Vec<Result<u32, SpawnError>> {
+        let cgroups = self.cgroups();
+        let ctx = self.ctx.clone();
+        let started = crate::lanes::map(batch.to_vec(), move |s: &Spawn| {
+            start(cgroups.as_ref(), &ctx, s.run, &s.job, &s.spec)
+        });
+        batch
+            .iter()
+            .zip(started)
+            .map(|(s, started)| self.admit(s.run, &s.job, started))
+            .collect()
+    }
+
+    /// Where the runs' cgroups go, if they have cgroups.
+    fn cgroups(&self) -> Option<containment::RunCgroups> {
+        self.containment
+            .cgroups
+            .as_ref()
+            .map(|tree| tree.runs().clone())
+    }
+
+    /// Puts a started run in the table: its exit watched, its output
+    /// forwarded.
+    fn admit(&mut self, run: RunId, job: &JobId, started: Started) -> Result<u32, SpawnError> {
+        let Started { spawned, cgroup } = started;
+        let spawned = match spawned {
             Ok(spawned) => spawned,
             Err(e) => {
                 if let Some(cgroup) = cgroup {
@@ -684,7 +697,7 @@ impl ProcessTable {
     /// The cgroup of run `run`, if it has one.
     fn cgroup(&self, run: RunId, entry: &Entry) -> Option<containment::JobCgroup> {
         let tree = self.containment.cgroups.as_ref().filter(|_| entry.cgroup)?;
-        Some(tree.run(&entry.job, run))
+        Some(tree.runs().run(&entry.job, run))
     }
 
     /// Takes the end of process `run`: kills whatever is left of its
@@ -734,6 +747,52 @@ impl ProcessTable {
                 cgroup.remove();
             }
         }
+    }
+}
+
+/// A spawn the core asked for ([`lrpm_core::supervisor::Action::Spawn`]).
+#[derive(Debug, Clone)]
+pub struct Spawn {
+    /// The run.
+    pub run: RunId,
+    /// Its job.
+    pub job: JobId,
+    /// The declaration it runs.
+    pub spec: Arc<JobSpec>,
+}
+
+/// A run's spawn, done on any thread, before the table admits it.
+struct Started {
+    spawned: Result<Spawned, SpawnError>,
+    /// Its cgroup; removed by the table if the spawn failed.
+    cgroup: Option<containment::JobCgroup>,
+}
+
+/// Creates run `run`'s cgroup (under `cgroups`, if given) and starts its
+/// child in it. A cgroup that cannot be created is warned about, and the
+/// run starts without one.
+fn start(
+    cgroups: Option<&containment::RunCgroups>,
+    ctx: &SpawnContext,
+    run: RunId,
+    job: &JobId,
+    spec: &JobSpec,
+) -> Started {
+    let (cgroup, procs) = match cgroups.map(|runs| (runs, runs.create_run(job, run))) {
+        Some((_, Ok((cgroup, procs)))) => (Some(cgroup), Some(procs)),
+        Some((runs, Err(e))) => {
+            tracing::warn!(
+                %job,
+                "cannot create a cgroup under {}: {e}; starting it without one",
+                runs.base().display()
+            );
+            (None, None)
+        }
+        None => (None, None),
+    };
+    Started {
+        spawned: spawn(run, job, spec, ctx, procs),
+        cgroup,
     }
 }
 
@@ -845,6 +904,7 @@ mod tests {
         let tree = containment.cgroups.as_ref()?;
         let job = JobId::from("cgroup-test");
         let (cgroup, dir) = tree
+            .runs()
             .create_run(&job, RunId(run))
             .expect("create the run's cgroup");
         let ctx = SpawnContext::current(getrlimit(Resource::Nofile));

@@ -23,14 +23,14 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lrpm_core::Declaration;
-use lrpm_core::job::{JobId, Program};
+use lrpm_core::job::{JobId, Program, Signal};
 use lrpm_core::status::{ExitStatus, SupervisorStatus};
-use lrpm_core::supervisor::{Action, AfterExit, ConfigOutcome, Supervisor};
+use lrpm_core::supervisor::{Action, AfterExit, ConfigOutcome, RunId, Supervisor};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::control::{ControlMsg, Reply};
-use crate::process::{ExitEvent, ProcessTable};
+use crate::process::{ExitEvent, ProcessTable, Spawn};
 use crate::protocol::{Request, Response};
 use crate::source::{SourceHandle, SourceUpdate};
 
@@ -282,50 +282,79 @@ impl Shell {
     /// some are left for the next turn of the loop, and whether it spawned
     /// (or tried to).
     fn perform_actions(&mut self) -> (bool, bool) {
-        let mut spawned = false;
+        let mut spawned = 0;
         let started = Instant::now();
-        for _ in 0..SPAWN_BUDGET {
-            if started.elapsed() >= SPAWN_SLICE {
+        while spawned < SPAWN_BUDGET && started.elapsed() < SPAWN_SLICE {
+            let (batch, then) = self.next_batch(SPAWN_BATCH.min(SPAWN_BUDGET - spawned));
+            if batch.is_empty() {
                 break;
             }
-            // Signals cost little: perform all of them before the next spawn.
-            let (run, job, spec) = loop {
-                match self.core.poll_action() {
-                    None => return (false, spawned),
-                    Some(Action::Signal { run, signal }) => {
-                        tracing::debug!(?run, %signal, "signalling");
-                        self.procs.signal(run, signal);
+            spawned += batch.len();
+            let results = self.procs.spawn_batch(&batch);
+            for (Spawn { run, job, spec }, result) in batch.into_iter().zip(results) {
+                match result {
+                    Ok(pid) => {
+                        tracing::info!(job = %job, pid, "started: {}", spec.program);
+                        self.core.handle_spawned(Instant::now(), run, pid);
                     }
-                    Some(Action::Spawn { run, job, spec }) => break (run, job, spec),
-                }
-            };
-            spawned = true;
-            match self.procs.spawn(run, &job, &spec) {
-                Ok(pid) => {
-                    tracing::info!(job = %job, pid, "started: {}", spec.program);
-                    self.core.handle_spawned(Instant::now(), run, pid);
-                }
-                Err(e) => {
-                    let after = self.core.handle_exit(
-                        Instant::now(),
-                        run,
-                        ExitStatus::spawn_failed(e.to_string()),
-                    );
-                    let retry = match after {
-                        AfterExit::Backoff(d) => format!("; retrying in {}", crate::humantime(d)),
-                        _ => String::new(),
-                    };
-                    tracing::error!(job = %job, "cannot start: {e}{retry}");
+                    Err(e) => {
+                        let after = self.core.handle_exit(
+                            Instant::now(),
+                            run,
+                            ExitStatus::spawn_failed(e.to_string()),
+                        );
+                        let retry = match after {
+                            AfterExit::Backoff(d) => {
+                                format!("; retrying in {}", crate::humantime(d))
+                            }
+                            _ => String::new(),
+                        };
+                        tracing::error!(job = %job, "cannot start: {e}{retry}");
+                    }
                 }
             }
+            if let Some((run, signal)) = then {
+                self.signal(run, signal);
+            }
         }
-        (self.core.has_pending_actions(), spawned)
+        (self.core.has_pending_actions(), spawned > 0)
+    }
+
+    /// Takes the core's next actions: up to `max` spawns, performing the
+    /// signals that come between them at once (they cost little), except a
+    /// signal to one of these spawns' runs, which must follow its spawn: it
+    /// ends the batch and is returned with it.
+    fn next_batch(&mut self, max: usize) -> (Vec<Spawn>, Option<(RunId, Signal)>) {
+        let mut batch = Vec::new();
+        while batch.len() < max {
+            match self.core.poll_action() {
+                None => break,
+                Some(Action::Signal { run, signal }) => {
+                    if batch.iter().any(|s: &Spawn| s.run == run) {
+                        return (batch, Some((run, signal)));
+                    }
+                    self.signal(run, signal);
+                }
+                Some(Action::Spawn { run, job, spec }) => batch.push(Spawn { run, job, spec }),
+            }
+        }
+        (batch, None)
+    }
+
+    fn signal(&mut self, run: RunId, signal: Signal) {
+        tracing::debug!(?run, %signal, "signalling");
+        self.procs.signal(run, signal);
     }
 }
 
 /// How many processes one turn of the event loop spawns at most, so that a
 /// mass start never keeps exits and control requests waiting for long.
 const SPAWN_BUDGET: usize = 32;
+
+/// How many spawns are handed to the process table at once, to be spread
+/// over its two spawning threads ([`crate::lanes`]); the event loop checks
+/// [`SPAWN_SLICE`] between batches.
+const SPAWN_BATCH: usize = 8;
 
 /// How long one turn of the event loop spends spawning at most: on a loaded
 /// machine a spawn, which waits for the child to exec, can take tens of

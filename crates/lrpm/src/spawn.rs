@@ -18,15 +18,20 @@
 //!   the `clone3` module), through glibc's `clone` otherwise.
 //!   The child shares lrpm's memory (nothing is copied) and its descriptor
 //!   table; the calling thread is suspended until the child has exec'd or
-//!   exited, so one stack serves every spawn, and the kernel hands back the
-//!   child's pidfd (close-on-exec) with no separate `pidfd_open`.
+//!   exited, so one stack serves every spawn of that thread, and the kernel
+//!   hands back the child's pidfd (close-on-exec) with no separate
+//!   `pidfd_open`. Two threads may spawn at once (the `lanes` module): there
+//!   is a `Spawner` (stack and slots) per thread that may, each behind its
+//!   own lock, and a spawn takes whichever is free.
 //! - The child's first act is `close_range(N, ~0, CLOSE_RANGE_UNSHARE)`: the
 //!   kernel gives it a private descriptor table holding only the descriptors
 //!   below `N`. Everything the child needs is below `N`: `Spawner` reserves
 //!   a few low descriptor numbers (slots) once, on `/dev/null`, and before each
 //!   clone the parent `dup3`s the child's stdout and stderr pipes (and the
 //!   cgroup's `cgroup.procs`, when the child must join its cgroup itself)
-//!   onto them; the stdin slot stays on `/dev/null`.
+//!   onto them; the stdin slot stays on `/dev/null`. (A child also keeps the
+//!   other spawner's slots below `N` until it has its stdio, and then
+//!   closes every descriptor above 2.)
 //!   When the clone returns, the slots are put back on `/dev/null`, so lrpm
 //!   holds no write end of a worker's pipes and its output reaches EOF when
 //!   the worker dies. `exec` then walks a table of a handful of entries.
@@ -59,8 +64,8 @@
 //!
 //! Architecture invariant: every descriptor lrpm opens is close-on-exec,
 //! and only the `Spawner`'s slots are ever placed on descriptors below its
-//! limit `N` on purpose; the spawner's lock is held from the first `dup3`
-//! onto a slot until the slots are restored.
+//! limit `N` on purpose; a spawner's lock is held from the first `dup3`
+//! onto one of its slots until its slots are restored.
 
 use std::ffi::{CStr, CString, c_int, c_void};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -225,8 +230,8 @@ struct ChildArgs {
     nofile: libc::rlimit,
 }
 
-/// The reserved descriptor slots and the child stack; one per process,
-/// behind a lock.
+/// The reserved descriptor slots and the child stack of one spawning
+/// thread, behind a lock.
 #[derive(Debug)]
 struct Spawner {
     /// Descriptors on `/dev/null` (read-only: the stdin slot stays on it),
@@ -242,23 +247,38 @@ struct Spawner {
 // thread that holds it; the mapping is never unmapped.
 unsafe impl Send for Spawner {}
 
-static SPAWNER: Mutex<Option<Spawner>> = Mutex::new(None);
+/// How many spawns may run at once ([`crate::lanes`]), each on a spawner
+/// of its own.
+const LANES: usize = crate::lanes::THREADS;
 
+static SPAWNERS: [Mutex<Option<Spawner>>; LANES] = [const { Mutex::new(None) }; LANES];
+
+/// A free spawner, or the first one (waiting for it) if all are busy.
 fn spawner() -> MutexGuard<'static, Option<Spawner>> {
-    // The spawner stays consistent whatever panicked while holding it: the
+    // A spawner stays consistent whatever panicked while holding it: the
     // slots are restored before anything can panic.
-    SPAWNER.lock().unwrap_or_else(PoisonError::into_inner)
+    SPAWNERS
+        .iter()
+        .find_map(|lane| match lane.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        })
+        .unwrap_or_else(|| SPAWNERS[0].lock().unwrap_or_else(PoisonError::into_inner))
 }
 
-/// Reserves the descriptor slots and the child stack, if not done yet.
+/// Reserves the descriptor slots and the child stack of every spawner, if not
+/// done yet.
 ///
 /// lrpm calls it first thing, so that the slots get the lowest numbers and
 /// the children's descriptor tables stay tiny; a later call (a test, a
 /// library) still works, with higher numbers.
 pub fn reserve() -> std::io::Result<()> {
-    let mut guard = spawner();
-    if guard.is_none() {
-        *guard = Some(Spawner::new()?);
+    for lane in &SPAWNERS {
+        let mut guard = lane.lock().unwrap_or_else(PoisonError::into_inner);
+        if guard.is_none() {
+            *guard = Some(Spawner::new()?);
+        }
     }
     Ok(())
 }
@@ -381,8 +401,10 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Child, Failure> {
     let argv = pointers(plan.argv);
     let envp = pointers(plan.envp);
     let report = Report::default();
-    reserve().map_err(Failure::parent)?;
-    let guard = spawner();
+    let mut guard = spawner();
+    if guard.is_none() {
+        *guard = Some(Spawner::new().map_err(Failure::parent)?);
+    }
     let spawner = guard
         .as_ref()
         .ok_or_else(|| Failure::parent(std::io::Error::other("invariant: reserved above")))?;

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
@@ -210,4 +210,60 @@ fn lrpm_keeps_no_write_end_of_a_workers_output() {
     wait_until("the second line", LONG, || {
         lrpm.stdout().contains(&format!("[w] hello from {second}"))
     });
+}
+
+/// The children of each thread of process `pid`, by the thread's name.
+fn children_by_thread(pid: u32) -> BTreeMap<String, Vec<u32>> {
+    let mut by_thread = BTreeMap::<String, Vec<u32>>::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let task = task.expect("task").path();
+        let (Ok(name), Ok(list)) = (
+            fs::read_to_string(task.join("comm")),
+            fs::read_to_string(task.join("children")),
+        ) else {
+            continue;
+        };
+        by_thread.entry(name.trim().to_owned()).or_default().extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    by_thread.retain(|_, children| !children.is_empty());
+    by_thread
+}
+
+#[test]
+fn a_mass_start_spawns_on_two_threads_and_their_workers_live_on() {
+    let ids: Vec<String> = (0..100).map(|i| format!("w{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let lrpm = Lrpm::start("jobs.json", &support::jobs(&ids), &[]);
+    let running = |s: &serde_json::Value| -> BTreeMap<String, u64> {
+        ids.iter()
+            .filter_map(|id| {
+                let job = job_in(s, id)?;
+                (job["state"] == "running").then_some(((*id).to_owned(), job["pid"].as_u64()?))
+            })
+            .collect()
+    };
+    let status = lrpm.wait_for("100 workers running", LONG, |s| running(s).len() == 100);
+    let pids = running(&status);
+    // A worker's parent is the thread that cloned it: both spawned some.
+    let by_thread = children_by_thread(lrpm.pid());
+    let helper = by_thread.get("lrpm-spawn").map_or(0, Vec::len);
+    let total: usize = by_thread.values().map(Vec::len).sum();
+    assert_eq!(total, 100, "{by_thread:?}");
+    assert!(
+        helper > 0 && helper < 100,
+        "the spawn helper started {helper} of 100 workers: {by_thread:?}"
+    );
+    // The parent-death signal follows the cloning thread: had the helper
+    // ended, its workers would have died with it.
+    std::thread::sleep(Duration::from_millis(500));
+    let status = lrpm.status();
+    assert_eq!(running(&status), pids, "a worker died or was restarted");
+    assert!(
+        ids.iter()
+            .all(|id| job_in(&status, id).is_some_and(|j| j["restarts"] == 0)),
+        "no restarts: {status}"
+    );
 }
