@@ -52,6 +52,9 @@ pub enum Metric {
     MassStart,
     /// The same for lrpm with `--cgroup off`: no cgroup per run.
     MassStartUncontained,
+    /// The floor's mass start on two threads, each spawning half of the
+    /// workers one after the other, as lrpm spawns.
+    MassStartTwoThreads,
     /// supervisord started → `supervisorctl status` shows every program
     /// RUNNING (polled, so coarse).
     AllRunning,

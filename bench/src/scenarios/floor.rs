@@ -51,6 +51,8 @@ pub fn run(bench: &Bench, farms: &[usize], results: &mut Results) -> anyhow::Res
         for session in 0..plan.floor_sessions(jobs) {
             eprintln!("[floor] {jobs} sequential spawns, then SIGTERM to all ({session})");
             sequential_farm(bench, jobs, results)?;
+            eprintln!("[floor] {jobs} spawns on two threads ({session})");
+            two_thread_farm(bench, jobs, results)?;
         }
     }
     for (metric, jobs) in [
@@ -162,19 +164,63 @@ fn sequential_farm(bench: &Bench, jobs: usize, results: &mut Results) -> anyhow:
     Ok(())
 }
 
+/// Spawns `jobs` workers on two threads, each spawning every other one in
+/// turn, and waits for all their reports: what a mass start can reach on
+/// this machine when spawns overlap, as lrpm's do (two threads spawn).
+fn two_thread_farm(bench: &Bench, jobs: usize, results: &mut Results) -> anyhow::Result<()> {
+    let mut roster = Roster::new(jobs);
+    bench.collector.drain();
+    // The commands are made first, here: `Bench` stays on this thread.
+    let commands = |first: usize| -> Vec<Command> {
+        (first..jobs)
+            .step_by(2)
+            .map(|id| bench.worker_command(id, WorkerMode::Pause))
+            .collect()
+    };
+    let (mine, theirs) = (commands(0), commands(1));
+    let t0 = monotonic_ns();
+    // Each brood kills and reaps its workers when dropped, at the end.
+    let ((_mine, spawned), (_theirs, their_spawned)) = std::thread::scope(|scope| {
+        let helper = scope.spawn(move || Brood::spawn_all(theirs));
+        let mine = Brood::spawn_all(mine);
+        let theirs = helper
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (mine, theirs)
+    });
+    spawned?;
+    their_spawned?;
+    let last = roster.wait_all(&bench.collector, Plan::start_timeout(jobs))?;
+    results
+        .times(Metric::MassStartTwoThreads, Subject::Floor, jobs)
+        .push_ns(last.saturating_sub(t0));
+    Ok(())
+}
+
 /// Workers spawned by the harness itself, killed and reaped when dropped.
 #[derive(Debug, Default)]
 struct Brood(Vec<Child>);
 
 impl Brood {
     fn spawn(&mut self, bench: &Bench, id: usize) -> anyhow::Result<()> {
+        self.spawn_command(bench.worker_command(id, WorkerMode::Pause))
+    }
+
+    fn spawn_command(&mut self, mut command: Command) -> anyhow::Result<()> {
         cleanup::check_not_stopping()?;
-        let child = bench
-            .worker_command(id, WorkerMode::Pause)
-            .spawn()
-            .context("spawning a worker")?;
+        let child = command.spawn().context("spawning a worker")?;
         self.0.push(child);
         Ok(())
+    }
+
+    /// Spawns `commands` one after the other; stops at the first failure,
+    /// which comes with the workers spawned until then.
+    fn spawn_all(commands: Vec<Command>) -> (Brood, anyhow::Result<()>) {
+        let mut brood = Brood::default();
+        let spawned = commands
+            .into_iter()
+            .try_for_each(|command| brood.spawn_command(command));
+        (brood, spawned)
     }
 }
 
