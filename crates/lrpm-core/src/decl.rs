@@ -135,19 +135,21 @@ pub(crate) fn verdicts(doc: &Document<'_>) -> Result<Vec<(JobId, Verdict)>, Sour
     let entries = parse_document(doc)?;
     Ok(entries
         .into_iter()
-        .map(|(key, body)| match job_id(key) {
-            Ok(id) => {
-                let verdict = verdict(&id, &body);
-                (id, verdict)
-            }
-            Err((id, reason)) => (id, Err(reason)),
-        })
+        .map(|(key, body)| verdict(key, &body))
         .collect())
 }
 
-/// The verdict on job `id` declared as `body`.
-pub(crate) fn verdict(id: &JobId, body: &Value) -> Verdict {
-    validate_job(id, body).map(|(spec, warnings)| (Arc::new(spec), warnings))
+/// The job that top-level key `key` names, and the verdict on its
+/// declaration `body` (invalid if the key cannot be an id).
+pub(crate) fn verdict(key: Value, body: &Value) -> (JobId, Verdict) {
+    match job_id(key) {
+        Ok(id) => {
+            let verdict =
+                validate_job(&id, body).map(|(spec, warnings)| (Arc::new(spec), warnings));
+            (id, verdict)
+        }
+        Err((id, reason)) => (id, Err(reason)),
+    }
 }
 
 /// The declaration of the jobs of all documents, each with its origins and
@@ -437,7 +439,7 @@ fn declared_twice(origins: &[&str]) -> String {
 
 /// The job id a top-level key names; or the key as text and why it cannot
 /// be an id.
-pub(crate) fn job_id(key: Value) -> Result<JobId, (JobId, String)> {
+fn job_id(key: Value) -> Result<JobId, (JobId, String)> {
     match key {
         Value::String(s) if s.is_empty() || s.contains(char::is_control) => Err((
             JobId::new(s),

@@ -224,13 +224,7 @@ fn check(doc: &Document<'_>, key: &str, text: &str) -> Option<(JobId, Verdict)> 
         }
         Format::Yaml => return None,
     };
-    Some(match decl::job_id(Value::String(key.to_owned())) {
-        Ok(id) => {
-            let verdict = decl::verdict(&id, &body);
-            (id, verdict)
-        }
-        Err((id, reason)) => (id, Err(reason)),
-    })
+    Some(decl::verdict(Value::String(key.to_owned()), &body))
 }
 
 /// A document's jobs: each key with its fragment, in document order.

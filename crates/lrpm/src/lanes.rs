@@ -39,7 +39,6 @@ where
     F: Fn(&I) -> T + Send + Sync + 'static,
 {
     let batch = Arc::new(Batch {
-        left: Mutex::new(inputs.len()),
         results: Mutex::new(inputs.iter().map(|_| None).collect()),
         inputs,
         f,
@@ -53,22 +52,19 @@ where
         }
     }
     batch.work();
-    let mut left = batch.left.lock().unwrap_or_else(PoisonError::into_inner);
-    while *left > 0 {
-        left = batch
+    let mut results = batch.results.lock().unwrap_or_else(PoisonError::into_inner);
+    while results.iter().any(Option::is_none) {
+        results = batch
             .done
-            .wait(left)
+            .wait(results)
             .unwrap_or_else(PoisonError::into_inner);
     }
-    drop(left);
-    let results =
-        std::mem::take(&mut *batch.results.lock().unwrap_or_else(PoisonError::into_inner));
-    results
+    std::mem::take(&mut *results)
         .into_iter()
         .map(|result| match result {
             Some(Ok(value)) => value,
             Some(Err(panic)) => resume_unwind(panic),
-            None => unreachable!("every item is done when none is left"),
+            None => unreachable!("the caller waited for every item"),
         })
         .collect()
 }
@@ -79,10 +75,9 @@ struct Batch<I, T, F> {
     f: F,
     /// The next item to take.
     next: AtomicUsize,
+    /// Each item's result, once it is done.
     results: Mutex<Vec<Option<std::thread::Result<T>>>>,
-    /// How many items are not done yet.
-    left: Mutex<usize>,
-    /// Notified when `left` reaches zero.
+    /// Notified when the last item is done.
     done: Condvar,
 }
 
@@ -105,10 +100,9 @@ where
                 return;
             };
             let result = catch_unwind(AssertUnwindSafe(|| (self.f)(input)));
-            self.results.lock().unwrap_or_else(PoisonError::into_inner)[i] = Some(result);
-            let mut left = self.left.lock().unwrap_or_else(PoisonError::into_inner);
-            *left -= 1;
-            if *left == 0 {
+            let mut results = self.results.lock().unwrap_or_else(PoisonError::into_inner);
+            results[i] = Some(result);
+            if results.iter().all(Option::is_some) {
                 self.done.notify_all();
             }
         }

@@ -609,7 +609,11 @@ impl ProcessTable {
     /// its process group only, with a warning: running the job matters more
     /// than containing its daemons.
     pub fn spawn_batch(&mut self, batch: &[Spawn]) -> Vec<Result<u32, SpawnError>> {
-        let cgroups = self.cgroups();
+        let cgroups = self
+            .containment
+            .cgroups
+            .as_ref()
+            .map(|tree| tree.runs().clone());
         let ctx = self.ctx.clone();
         let started = crate::lanes::map(batch.to_vec(), move |s: &Spawn| {
             start(cgroups.as_ref(), &ctx, s.run, &s.job, &s.spec)
@@ -619,14 +623,6 @@ impl ProcessTable {
             .zip(started)
             .map(|(s, started)| self.admit(s.run, &s.job, started))
             .collect()
-    }
-
-    /// Where the runs' cgroups go, if they have cgroups.
-    fn cgroups(&self) -> Option<containment::RunCgroups> {
-        self.containment
-            .cgroups
-            .as_ref()
-            .map(|tree| tree.runs().clone())
     }
 
     /// Puts a started run in the table: its exit watched, its output
@@ -778,17 +774,19 @@ fn start(
     job: &JobId,
     spec: &JobSpec,
 ) -> Started {
-    let (cgroup, procs) = match cgroups.map(|runs| (runs, runs.create_run(job, run))) {
-        Some((_, Ok((cgroup, procs)))) => (Some(cgroup), Some(procs)),
-        Some((runs, Err(e))) => {
-            tracing::warn!(
-                %job,
-                "cannot create a cgroup under {}: {e}; starting it without one",
-                runs.base().display()
-            );
-            (None, None)
-        }
+    let (cgroup, procs) = match cgroups {
         None => (None, None),
+        Some(runs) => match runs.create_run(job, run) {
+            Ok((cgroup, procs)) => (Some(cgroup), Some(procs)),
+            Err(e) => {
+                tracing::warn!(
+                    %job,
+                    "cannot create a cgroup under {}: {e}; starting it without one",
+                    runs.base().display()
+                );
+                (None, None)
+            }
+        },
     };
     Started {
         spawned: spawn(run, job, spec, ctx, procs),

@@ -30,7 +30,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::control::{ControlMsg, Reply};
-use crate::process::{ExitEvent, ProcessTable, Spawn};
+use crate::process::{ExitEvent, ProcessTable, Spawn, SpawnError};
 use crate::protocol::{Request, Response};
 use crate::source::{SourceHandle, SourceUpdate};
 
@@ -291,33 +291,37 @@ impl Shell {
             }
             spawned += batch.len();
             let results = self.procs.spawn_batch(&batch);
-            for (Spawn { run, job, spec }, result) in batch.into_iter().zip(results) {
-                match result {
-                    Ok(pid) => {
-                        tracing::info!(job = %job, pid, "started: {}", spec.program);
-                        self.core.handle_spawned(Instant::now(), run, pid);
-                    }
-                    Err(e) => {
-                        let after = self.core.handle_exit(
-                            Instant::now(),
-                            run,
-                            ExitStatus::spawn_failed(e.to_string()),
-                        );
-                        let retry = match after {
-                            AfterExit::Backoff(d) => {
-                                format!("; retrying in {}", crate::humantime(d))
-                            }
-                            _ => String::new(),
-                        };
-                        tracing::error!(job = %job, "cannot start: {e}{retry}");
-                    }
-                }
+            for (spawn, result) in batch.into_iter().zip(results) {
+                self.spawn_done(spawn, result);
             }
             if let Some((run, signal)) = then {
                 self.signal(run, signal);
             }
         }
         (self.core.has_pending_actions(), spawned > 0)
+    }
+
+    /// Tells the core how `spawn` went, and the log.
+    fn spawn_done(&mut self, spawn: Spawn, result: Result<u32, SpawnError>) {
+        let Spawn { run, job, spec } = spawn;
+        match result {
+            Ok(pid) => {
+                tracing::info!(job = %job, pid, "started: {}", spec.program);
+                self.core.handle_spawned(Instant::now(), run, pid);
+            }
+            Err(e) => {
+                let after = self.core.handle_exit(
+                    Instant::now(),
+                    run,
+                    ExitStatus::spawn_failed(e.to_string()),
+                );
+                let retry = match after {
+                    AfterExit::Backoff(d) => format!("; retrying in {}", crate::humantime(d)),
+                    _ => String::new(),
+                };
+                tracing::error!(job = %job, "cannot start: {e}{retry}");
+            }
+        }
     }
 
     /// Takes the core's next actions: up to `max` spawns, performing the

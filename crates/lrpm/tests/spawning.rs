@@ -25,17 +25,7 @@ fn running_pid(lrpm: &Lrpm, id: &str) -> u32 {
 
 /// The pids of every child of process `pid` (all its threads').
 fn children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("children")).ok())
-        .flat_map(|list| {
-            list.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
+    children_by_thread(pid).into_values().flatten().collect()
 }
 
 /// A `SigXxx:` mask of /proc/PID/status.
@@ -212,11 +202,15 @@ fn lrpm_keeps_no_write_end_of_a_workers_output() {
     });
 }
 
-/// The children of each thread of process `pid`, by the thread's name.
+/// The children of each thread of process `pid` (a child's parent is the
+/// thread that cloned it), by the thread's name.
 fn children_by_thread(pid: u32) -> BTreeMap<String, Vec<u32>> {
     let mut by_thread = BTreeMap::<String, Vec<u32>>::new();
-    for task in fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
-        let task = task.expect("task").path();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_thread;
+    };
+    for task in tasks.flatten() {
+        let task = task.path();
         let (Ok(name), Ok(list)) = (
             fs::read_to_string(task.join("comm")),
             fs::read_to_string(task.join("children")),
