@@ -225,19 +225,21 @@ fn serve<S: Read + Write>(
             headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
         }
     }
-    let request = Request {
+    let mut request = Request {
         path,
         headers,
         answered: 0,
     };
-    // Recorded as it arrives, even if the answer takes long.
-    let index = {
-        let mut requests = requests.lock().expect("requests");
-        requests.push(request.clone());
-        requests.len() - 1
+    // Recorded with the status of its answer, before any delay of a slow
+    // one, and under the handler's lock so that the record keeps the order
+    // of the answers: a test that waits for n requests sees n answered ones.
+    let mut reply = {
+        let mut handler = handler.lock().expect("handler");
+        let reply = handler(&request);
+        request.answered = status_of(&reply);
+        requests.lock().expect("requests").push(request);
+        reply
     };
-    let mut reply = (handler.lock().expect("handler"))(&request);
-    requests.lock().expect("requests")[index].answered = status_of(&reply);
     while let Reply::Slow(delay, inner) = reply {
         std::thread::sleep(delay);
         reply = *inner;
