@@ -145,7 +145,7 @@ mod tests {
         let caller = std::thread::current().id();
         let out = map((0..64).collect::<Vec<u64>>(), move |&i| {
             // Long enough that the helper wakes up before the caller is done.
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            std::thread::sleep(std::time::Duration::from_millis(5));
             (i * i, std::thread::current().id() != caller)
         });
         let squares: Vec<u64> = out.iter().map(|(sq, _)| *sq).collect();

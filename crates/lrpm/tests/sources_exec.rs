@@ -73,6 +73,22 @@ fn wait_for_error(lrpm: &Lrpm, text: &str) -> String {
     last_error(&status).expect("an error").to_owned()
 }
 
+/// The line of lrpm's log that reports a source error containing `text`,
+/// once there is one: an error that lasts only until the command's next run
+/// delivers may come and go between two looks at the status.
+fn wait_for_logged_error(lrpm: &Lrpm, text: &str) -> String {
+    let line = || {
+        lrpm.stderr()
+            .lines()
+            .find(|l| l.contains("configuration source failed") && l.contains(text))
+            .map(str::to_owned)
+    };
+    wait_until(&format!("a logged source error {text:?}"), LONG, || {
+        line().is_some()
+    });
+    line().expect("the line")
+}
+
 fn wait_for_no_error(lrpm: &Lrpm) {
     lrpm.wait_for("the source error to clear", LONG, |s| {
         s["supervisor"]["source"]["last_error"].is_null()
@@ -320,8 +336,11 @@ fn a_streaming_command_that_dies_is_restarted_with_backoff() {
     let a = running_pid(&lrpm, "a");
     let first = pids(&path(&lrpm, "runs"), 1)[0];
     signal(first, rustix::process::Signal::KILL);
-    let error = wait_for_error(&lrpm, "killed by SIGKILL; restarting in 1s");
-    assert!(error.starts_with("exec:./stream.sh: "), "{error}");
+    let error = wait_for_logged_error(&lrpm, "killed by SIGKILL; restarting in 1s");
+    assert!(
+        error.contains("keeping the last good configuration: exec:./stream.sh: "),
+        "{error}"
+    );
     let second = pids(&path(&lrpm, "runs"), 2)[1];
     assert_ne!(first, second);
     // Its first document is the configuration the farm already runs.
@@ -329,7 +348,7 @@ fn a_streaming_command_that_dies_is_restarted_with_backoff() {
     assert_eq!(running_pid(&lrpm, "a"), a);
     // A second early death waits twice as long.
     signal(second, rustix::process::Signal::KILL);
-    wait_for_error(&lrpm, "killed by SIGKILL; restarting in 2s");
+    wait_for_logged_error(&lrpm, "killed by SIGKILL; restarting in 2s");
     pids(&path(&lrpm, "runs"), 3);
     wait_for_no_error(&lrpm);
     // Changes still flow through the third run.
@@ -357,7 +376,8 @@ fn reload_restarts_a_streaming_command_and_shutdown_stops_it() {
     assert!(lrpm.status()["supervisor"]["source"]["last_error"].is_null());
     let status = lrpm.terminate();
     assert!(status.success(), "{status:?}\n{}", lrpm.stderr());
-    assert!(!pid_alive(second), "the command outlived lrpm");
+    // SIGKILLed as lrpm ends: dead a moment later.
+    wait_until("the command to die with lrpm", LONG, || !pid_alive(second));
 }
 
 // The PHP bridge (examples/php), under Debian's php-cli.

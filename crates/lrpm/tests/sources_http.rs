@@ -618,9 +618,16 @@ fn interval_zero_long_polls_at_most_once_a_second() {
     let lrpm = start(&server.url("/jobs.json"), &["-i", "0"], &[]);
     running_pid(&lrpm, "a");
     let first = server.count();
+    let since = Instant::now();
     std::thread::sleep(Duration::from_secs(3));
     let more = server.count() - first;
-    assert!((1..=4).contains(&more), "{more} requests in 3 s");
+    // At most one a second, and one more for the second already begun; the
+    // sleep may last longer than asked on a loaded machine.
+    let seconds = since.elapsed().as_secs_f64();
+    assert!(
+        more >= 1 && more as f64 <= seconds + 1.0,
+        "{more} requests in {seconds:.2} s"
+    );
 }
 
 #[test]

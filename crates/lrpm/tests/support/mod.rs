@@ -24,6 +24,9 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one raw request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a worker may take to write its pid file.
+pub const PID_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A running lrpm, with its config, socket and logs in a temp dir.
 #[derive(Debug)]
 pub struct Lrpm {
@@ -383,6 +386,20 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The pid a worker wrote to `path`, once the file holds one. The value
+/// returned is the one seen, not a second read: a worker that rewrites the
+/// file truncates it first.
+pub fn read_pid(path: &Path) -> u32 {
+    let mut pid = None;
+    wait_until(&format!("a pid in {}", path.display()), PID_TIMEOUT, || {
+        pid = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        pid.is_some()
+    });
+    pid.expect("a pid")
 }
 
 /// The pid of a job of the status document, if it has one.
