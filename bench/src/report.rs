@@ -223,7 +223,7 @@ fn header(out: &mut String, run: &Run) {
          itself doing the least possible work) and against supervisord, in \
          one run. Regenerate this file with:\n\n\
          ```sh\n\
-         bench/run            # the full run (6 to 10 minutes here); writes docs/benchmarks.md\n\
+         bench/run            # the full run (4 to 5 minutes here); writes docs/benchmarks.md\n\
          bench/run --quick    # a smoke test: fewer samples, 1,000 jobs at most;\n\
          \x20                    # writes target/benchmarks-quick.md\n\
          ```\n\n\
