@@ -692,7 +692,9 @@ fn a_stuck_log_reader_bounds_lrpms_memory_and_blocks_only_the_talkers() {
         rss_blocked < rss_before + 16 * 1024,
         "lrpm grew from {rss_before} KiB to {rss_blocked} KiB behind a stuck stdout"
     );
-    assert!(restart < Duration::from_secs(3), "{restart:?}");
+    // A supervisor blocked by its stdout would never restart it: the bound
+    // only has to be finite.
+    assert!(restart < Duration::from_secs(10), "{restart:?}");
     // Once the reader reads again, everything comes through.
     let mut out = lrpm.child.stdout.take().expect("stdout");
     let reader = std::thread::spawn(move || {
