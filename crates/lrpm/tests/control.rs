@@ -157,12 +157,10 @@ command = ["sleep", "1000"]
 
     // crashy runs again for a few milliseconds every second or two: ask
     // again if lrpmctl's status caught it then.
-    let mut text = String::new();
-    support::wait_until("lrpmctl to show crashy in backoff", SETTLE, || {
+    let text = support::wait_for_value("lrpmctl to show crashy in backoff", SETTLE, || {
         let output = lrpm.ctl(&["status"]);
         assert_exit(&output, 0);
-        text = stdout(&output);
-        text.contains("backoff")
+        Some(stdout(&output)).filter(|text| text.contains("backoff"))
     });
     assert!(text.contains("exit 3"), "{text}");
     assert!(text.contains("invalid jobs"), "{text}");

@@ -26,14 +26,16 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Lrpm, job_in, pid_alive, pid_of, raw_request, read_pid, signal, wait_until};
+use support::{
+    Lrpm, job_in, pid_alive, pid_of, raw_request, read_pid, signal, wait_for_value, wait_until,
+};
 
 /// How long anything may take on a loaded 2-core machine before a test
 /// gives up.
@@ -479,14 +481,10 @@ fn crash_storm(storm: Storm) {
     wait_until("no zombie children", Duration::from_secs(10), || {
         zombie_children(lrpm_pid).is_empty()
     });
-    let mut fds_after = usize::MAX;
-    wait_until(
+    let fds_after = wait_for_value(
         "the descriptors back to the baseline",
         Duration::from_secs(10),
-        || {
-            fds_after = fd_count(lrpm_pid);
-            fds_after <= fds_before
-        },
+        || Some(fd_count(lrpm_pid)).filter(|&fds| fds <= fds_before),
     );
     // The trim may be due a moment after the look above: give it time.
     let memory_back = Instant::now() + Duration::from_secs(10);
@@ -861,15 +859,14 @@ fn a_job_and_everything_it_forks_share_a_cgroup_that_is_removed_with_it() {
     );
     // The daemon, in a session of its own, is in the job's cgroup too (once
     // the shell has forked it).
-    let mut members = std::collections::BTreeSet::new();
-    wait_until("the daemon in the job's cgroup", LONG, || {
-        members = children_of(pid)
+    let members = wait_for_value("the daemon in the job's cgroup", LONG, || {
+        let members: BTreeSet<u32> = children_of(pid)
             .into_iter()
             .chain(sleepers("100000"))
             .chain([pid])
             .filter(|p| cgroup_of(*p).as_deref() == Some(cgroup.as_str()))
             .collect();
-        members.len() >= 2
+        (members.len() >= 2).then_some(members)
     });
     // The job's end removes the cgroup; lrpm's end removes its tree.
     let mut lrpm = lrpm;

@@ -77,16 +77,12 @@ fn wait_for_error(lrpm: &Lrpm, text: &str) -> String {
 /// once there is one: an error that lasts only until the command's next run
 /// delivers may come and go between two looks at the status.
 fn wait_for_logged_error(lrpm: &Lrpm, text: &str) -> String {
-    let line = || {
+    support::wait_for_value(&format!("a logged source error {text:?}"), LONG, || {
         lrpm.stderr()
             .lines()
             .find(|l| l.contains("configuration source failed") && l.contains(text))
             .map(str::to_owned)
-    };
-    wait_until(&format!("a logged source error {text:?}"), LONG, || {
-        line().is_some()
-    });
-    line().expect("the line")
+    })
 }
 
 fn wait_for_no_error(lrpm: &Lrpm) {

@@ -381,25 +381,29 @@ pub fn signal(pid: u32, signal: rustix::process::Signal) {
 
 /// Polls `cond` every 10 ms until it holds; panics after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    wait_for_value(what, timeout, || cond().then_some(()));
+}
+
+/// Polls `look` every 10 ms until it finds something, and returns what it
+/// found (not a second look, which may see something else); panics after
+/// `timeout`.
+pub fn wait_for_value<T>(what: &str, timeout: Duration, mut look: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
-    while !cond() {
+    loop {
+        if let Some(value) = look() {
+            return value;
+        }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
-/// The pid a worker wrote to `path`, once the file holds one. The value
-/// returned is the one seen, not a second read: a worker that rewrites the
-/// file truncates it first.
+/// The pid a worker wrote to `path`, once the file holds one (a worker that
+/// rewrites the file truncates it first).
 pub fn read_pid(path: &Path) -> u32 {
-    let mut pid = None;
-    wait_until(&format!("a pid in {}", path.display()), PID_TIMEOUT, || {
-        pid = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        pid.is_some()
-    });
-    pid.expect("a pid")
+    wait_for_value(&format!("a pid in {}", path.display()), PID_TIMEOUT, || {
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    })
 }
 
 /// The pid of a job of the status document, if it has one.
