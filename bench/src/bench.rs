@@ -195,7 +195,7 @@ impl Bench {
             if !from.is_file() {
                 bail!(
                     "{} is missing: build it first with \
-                     `cargo build --release -p lrpm -p lrpm-bench --bins` (bench/run does)",
+                     `cargo build --release -p lrpm -p lrpmctl -p lrpm-bench --bins` (bench/run does)",
                     from.display()
                 );
             }

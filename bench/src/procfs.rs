@@ -117,7 +117,7 @@ impl Memory {
     }
 }
 
-/// The argument with which lrpm starts an output hub (`lrpm::hub::HUB_MODE`).
+/// The argument with which lrpm starts an output hub (`HUB_ROLE` of lrpm's `base` module).
 const HUB_MODE: &[u8] = b"__lrpm-output-hub";
 
 /// The processes that make up supervisor `pid`: itself, then its output

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lrpm::protocol::{MAX_REQUEST_LEN, Request, Response, split_line, split_line_from};
+use lrpm_proto::codec::{MAX_REQUEST_LEN, Request, Response, split_line, split_line_from};
 
 fuzz_target!(|data: &[u8]| {
     // The server frames lines with a bound and decodes each.

@@ -10,11 +10,6 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-/// Exit code of a usage error (EX_USAGE).
-pub const EX_USAGE: u8 = 64;
-/// Exit code of a missing input file (EX_NOINPUT).
-pub const EX_NOINPUT: u8 = 66;
-
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -81,7 +76,7 @@ pub struct Args {
     /// leave its process group (setsid, double fork). Under systemd, give
     /// the unit Delegate=yes.
     #[arg(long, value_name = "auto|off|PATH", default_value = "auto")]
-    pub cgroup: crate::containment::CgroupChoice,
+    pub cgroup: lrpm_process::containment::CgroupChoice,
 
     /// Log line format.
     #[arg(long, value_enum, default_value = "text")]
@@ -113,7 +108,7 @@ pub struct Options {
     /// The removal guard's ratio, if it is on.
     pub max_removal_ratio: Option<f64>,
     /// Where job cgroups go.
-    pub cgroup: crate::containment::CgroupChoice,
+    pub cgroup: lrpm_process::containment::CgroupChoice,
     /// Log format.
     pub log_format: LogFormat,
     /// Log level.

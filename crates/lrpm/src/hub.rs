@@ -7,7 +7,7 @@
 //! ends of its stdout and stderr pipes. Where the hard `RLIMIT_NOFILE`
 //! cannot be raised (20,000 here, and in many containers) that caps a farm
 //! at about 6,600 workers. So lrpm forwards output itself
-//! ([`crate::output`]) only while the pipes it is given are numbered below
+//! (the `output` module) only while the pipes it is given are numbered below
 //! half of its soft limit (descriptors are allocated lowest first, so the
 //! number of a new descriptor is a lower bound of how many are open, and
 //! costs nothing to read). The pipes of a worker spawned beyond that go to
@@ -28,12 +28,15 @@
 //! (a full socket, no hub can be started) has its output forwarded in
 //! process, as before.
 //!
-//! A hub raises its soft descriptor limit to the hard one, arms a
-//! parent-death SIGKILL (so it never outlives lrpm, even one killed with
-//! SIGKILL), stays in lrpm's cgroup and process group (it is not a job),
-//! and ignores SIGTERM, SIGINT and SIGHUP: its life follows lrpm's, not the
-//! terminal's. lrpm records it as an own child ([`crate::process`]) and
-//! reaps it through its pidfd, so the orphan reaper never takes its status.
+//! A hub is spawned as every child of lrpm is (`lrpm_process::command`),
+//! early in a mass start and so while lrpm's descriptor table is still
+//! small: its socket handed on as descriptor 3, lrpm's own stdout and
+//! stderr, a parent-death SIGKILL (so it never outlives lrpm, even one
+//! killed with SIGKILL), a process group of its own, in lrpm's cgroup (it
+//! is not a job). It raises its soft descriptor limit to the hard one and
+//! ignores SIGTERM, SIGINT and SIGHUP: its life follows lrpm's, not the
+//! terminal's. lrpm follows it through its pidfd (an own child), so the
+//! orphan reaper never takes its status.
 //!
 //! At shutdown, once every worker has been reaped and the cgroups killed,
 //! lrpm shuts the write side of each hub's socket ([`Hubs::close`]). A hub
@@ -46,31 +49,29 @@
 //! SIGPIPE) on their next write; most die of it and are restarted as
 //! crashed workers.
 
-use std::ffi::OsString;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, ExitCode, Stdio};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use lrpm_core::job::JobId;
+use lrpm_process::command::{SpawnContext, spawn_command};
+use lrpm_process::fd::register;
+use lrpm_process::pidfd::AsyncChild;
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, Shutdown, SocketFlags, SocketType,
 };
-use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::base::Role;
 use crate::output::{Output, WorkerDone};
-
-/// The first argument that starts an output hub.
-pub const HUB_MODE: &str = "__lrpm-output-hub";
 
 /// Descriptors a hub keeps for itself (stdio, its socket, the runtime's)
 /// besides its workers' pipes.
@@ -98,8 +99,8 @@ struct Pool {
     threshold: RawFd,
     /// How many workers one hub takes.
     capacity: usize,
-    /// lrpm's pid, checked by a hub once its parent-death signal is armed.
-    parent: Pid,
+    /// How a hub is spawned.
+    ctx: SpawnContext,
     /// The hubs that are alive, and their watchers (which reap them).
     hubs: Vec<(Arc<Hub>, JoinHandle<()>)>,
     /// No hub is started before then: the last start failed.
@@ -111,9 +112,8 @@ struct Pool {
 /// One hub, as lrpm sees it.
 #[derive(Debug)]
 struct Hub {
-    pid: Pid,
+    child: AsyncChild,
     sock: AsyncFd<OwnedFd>,
-    pidfd: AsyncFd<OwnedFd>,
     /// How many workers' pipes it holds.
     held: AtomicUsize,
     /// Cleared when its socket reports its end.
@@ -125,7 +125,7 @@ struct Hub {
 impl Hubs {
     /// The hubs of the current process, given its descriptor limit (after
     /// it was raised); `None` when the soft limit is unlimited.
-    pub fn new() -> Option<Hubs> {
+    pub(crate) fn new(ctx: SpawnContext) -> Option<Hubs> {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
         let soft = limit.current?;
         let hard = limit.maximum.unwrap_or(soft).max(soft);
@@ -133,7 +133,7 @@ impl Hubs {
         Some(Hubs(Arc::new(Mutex::new(Pool {
             threshold: RawFd::try_from(soft / 2).unwrap_or(RawFd::MAX),
             capacity: capacity.max(1),
-            parent: rustix::process::getpid(),
+            ctx,
             hubs: Vec::new(),
             retry_at: None,
             closing: false,
@@ -188,23 +188,11 @@ impl Hubs {
             }
             Err(e) => {
                 if e.kind() != io::ErrorKind::WouldBlock {
-                    tracing::warn!(hub = %hub.pid.as_raw_nonzero(), "cannot hand the output of {job} to its hub: {e}");
+                    tracing::warn!(hub = %hub.child.pid().as_raw_nonzero(), "cannot hand the output of {job} to its hub: {e}");
                 }
                 Err((stdout, stderr))
             }
         }
-    }
-
-    /// How many hubs are alive and how many workers they hold.
-    pub fn load(&self) -> (usize, usize) {
-        let pool = self.pool();
-        let alive = pool
-            .hubs
-            .iter()
-            .filter(|(hub, _)| hub.alive.load(Ordering::Relaxed));
-        alive.fold((0, 0), |(n, held), (hub, _)| {
-            (n + 1, held + hub.held.load(Ordering::Relaxed))
-        })
     }
 
     /// Closes every hub and waits for it to forward the rest of its
@@ -227,11 +215,11 @@ impl Hubs {
                 .is_err()
             {
                 tracing::warn!(
-                    hub = %hub.pid.as_raw_nonzero(),
+                    hub = %hub.child.pid().as_raw_nonzero(),
                     "the output hub did not finish within {}; killing it",
-                    crate::humantime(EXIT_GRACE)
+                    crate::base::humantime(EXIT_GRACE)
                 );
-                let _ = pidfd_send_signal(hub.pidfd.get_ref(), Signal::KILL);
+                hub.child.kill();
                 let _ = tokio::time::timeout(EXIT_GRACE, watcher).await;
             }
         }
@@ -244,11 +232,11 @@ impl Pool {
         if self.retry_at.is_some_and(|at| Instant::now() < at) {
             return None;
         }
-        match spawn_hub(self.parent) {
+        match spawn_hub(&self.ctx) {
             Ok(hub) => {
                 self.retry_at = None;
                 tracing::info!(
-                    hub = %hub.pid.as_raw_nonzero(),
+                    hub = %hub.child.pid().as_raw_nonzero(),
                     "output hub started: it forwards the output of up to {} new workers",
                     self.capacity
                 );
@@ -265,83 +253,27 @@ impl Pool {
     }
 }
 
-/// Spawns a hub: `/proc/self/exe __lrpm-output-hub FD`.
-fn spawn_hub(parent: Pid) -> io::Result<Arc<Hub>> {
+/// Spawns a hub: `/proc/self/exe __lrpm-output-hub 3`, its socket handed
+/// on as descriptor 3.
+fn spawn_hub(ctx: &SpawnContext) -> io::Result<Arc<Hub>> {
     let (ours, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
     )?;
-    let fd = theirs.as_raw_fd();
-    let mut cmd = Command::new("/proc/self/exe");
-    if let Some(name) = std::env::args_os().next() {
-        cmd.arg0(name);
-    }
-    cmd.arg(HUB_MODE)
-        .arg(fd.to_string())
-        .stdin(Stdio::null())
-        .env_remove(crate::source::HTTP_TOKEN_ENV)
-        .env_remove(crate::containment::RUN_ID_ENV);
-    // SAFETY: the hook runs in the forked child before exec; it only makes
-    // raw system calls through rustix (no allocation, no lock). `fd` is
-    // open in the child: `theirs` lives until after the spawn.
-    unsafe {
-        cmd.pre_exec(move || {
-            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-            // lrpm may have died between the fork and the prctl.
-            if rustix::process::getppid() != Some(parent) {
-                return Err(io::Error::from_raw_os_error(
-                    rustix::io::Errno::SRCH.raw_os_error(),
-                ));
-            }
-            let theirs = BorrowedFd::borrow_raw(fd);
-            rustix::io::fcntl_setfd(theirs, rustix::io::FdFlags::empty())?;
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn()?;
-    drop(theirs);
-    let pid = Pid::from_child(&child);
-    // The child is ours and not reaped, so its pid is still valid.
-    let pidfd = match pidfd_open(pid, PidfdFlags::NONBLOCK) {
-        Ok(fd) => fd,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(io::Error::other(format!("pidfd_open: {e}")));
-        }
-    };
-    // `child` is dropped without being waited on: its watcher reaps it
-    // through the pidfd.
-    crate::process::register_own_child(pid);
-    // SAFETY: each descriptor is owned by its AsyncFd and closed only when
-    // the AsyncFd is dropped, which deregisters it first.
-    let registered = unsafe {
-        AsyncFd::register_with_interest(ours, Interest::READABLE | Interest::WRITABLE)
-            .map_err(|e| e.into_parts().1)
-            .and_then(|sock| {
-                let pidfd = AsyncFd::register_with_interest(pidfd, Interest::READABLE)
-                    .map_err(|e| e.into_parts().1)?;
-                Ok((sock, pidfd))
-            })
-    };
-    match registered {
-        Ok((sock, pidfd)) => Ok(Arc::new(Hub {
-            pid,
-            sock,
-            pidfd,
-            held: AtomicUsize::new(0),
-            alive: AtomicBool::new(true),
-            closing: AtomicBool::new(false),
-        })),
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            crate::process::forget_own_child(pid);
-            Err(e)
-        }
-    }
+    let request = Role::handed_hub().request().inherit_output().hand(theirs);
+    let spawned = spawn_command(request, ctx).map_err(io::Error::other)?;
+    let child = AsyncChild::new(spawned.pid, spawned.pidfd)?;
+    let sock = register(ours, Interest::READABLE | Interest::WRITABLE).map_err(|(_, e)| e)?;
+    // A hub that cannot be used is killed and reaped when `child` drops.
+    Ok(Arc::new(Hub {
+        child,
+        sock,
+        held: AtomicUsize::new(0),
+        alive: AtomicBool::new(true),
+        closing: AtomicBool::new(false),
+    }))
 }
 
 impl Hub {
@@ -392,21 +324,12 @@ async fn watch(hub: Arc<Hub>) {
         }
     }
     hub.alive.store(false, Ordering::Relaxed);
-    let _ = hub
-        .pidfd
-        .readable()
-        .await
-        .map(|mut guard| guard.retain_ready());
-    let status = crate::process::reap_child(hub.pid, hub.pidfd.get_ref().as_fd());
-    let status = status.map_or_else(
-        || "its end was not seen".to_owned(),
-        |s| crate::runtime::describe_exit(&s),
-    );
+    let status = crate::base::describe_exit(&hub.child.wait().await);
     if hub.closing.load(Ordering::Relaxed) {
-        tracing::debug!(hub = %hub.pid.as_raw_nonzero(), "output hub exited: {status}");
+        tracing::debug!(hub = %hub.child.pid().as_raw_nonzero(), "output hub exited: {status}");
     } else {
         tracing::error!(
-            hub = %hub.pid.as_raw_nonzero(),
+            hub = %hub.child.pid().as_raw_nonzero(),
             held = hub.held.load(Ordering::Relaxed),
             "output hub ended unexpectedly ({status}); the workers whose output it forwarded \
              will fail to write and be restarted; new workers go to a new hub"
@@ -414,26 +337,18 @@ async fn watch(hub: Arc<Hub>) {
     }
 }
 
-/// Runs an output hub: `args` are the whole command line
-/// (`PROGRAM __lrpm-output-hub FD`). Returns once lrpm closed the socket and
-/// every pipe the hub held reached its end.
-pub(crate) fn run(args: &[OsString]) -> ExitCode {
-    let Some(fd) = args
-        .get(2)
-        .and_then(|a| a.to_str())
-        .and_then(|a| a.parse::<RawFd>().ok())
-        .filter(|fd| *fd > 2)
-    else {
-        eprintln!("lrpm: {HUB_MODE} needs the descriptor of its socket");
-        return ExitCode::from(crate::cli::EX_USAGE);
-    };
+/// Runs an output hub on the socket `fd` that lrpm handed it. Returns once
+/// lrpm closed the socket and every pipe the hub held reached its end.
+pub(crate) fn run(fd: RawFd) -> ExitCode {
     // A hub holds two descriptors per worker: as many as it may.
-    let _ = crate::process::raise_nofile_limit();
-    // SAFETY: lrpm passed this descriptor open for this process to own;
-    // nothing else in it refers to it. A number that is not an open socket
-    // makes the first read fail, and the hub exits.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let _ = rustix::io::fcntl_setfd(&sock, rustix::io::FdFlags::CLOEXEC);
+    let _ = lrpm_process::fd::raise_nofile_limit();
+    let sock = match lrpm_process::fd::take_handed(fd) {
+        Ok(sock) => sock,
+        Err(e) => {
+            eprintln!("lrpm output hub: descriptor {fd}: {e}");
+            return ExitCode::from(crate::base::EX_USAGE);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -476,12 +391,7 @@ async fn serve(sock: OwnedFd, output: Output) -> io::Result<()> {
         SignalKind::hangup(),
     ]
     .map(signal);
-    // SAFETY: the descriptor is owned by the AsyncFd and closed only when
-    // the AsyncFd is dropped, which deregisters it first.
-    let sock = unsafe {
-        AsyncFd::register_with_interest(sock, Interest::READABLE | Interest::WRITABLE)
-            .map_err(|e| e.into_parts().1)?
-    };
+    let sock = register(sock, Interest::READABLE | Interest::WRITABLE).map_err(|(_, e)| e)?;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut held = 0usize;
     let mut open = true;
@@ -552,5 +462,34 @@ async fn receive(
             return Ok(Some((job, stdout, stderr)));
         }
         // Anything else is not from lrpm: drop it (and its descriptors).
+    }
+}
+
+/// Where a new worker's output goes: forwarded here, or, once lrpm's
+/// descriptors are half used, handed to an output hub.
+#[derive(Debug)]
+pub(crate) struct Forwarding {
+    output: Output,
+    hubs: Option<Hubs>,
+}
+
+impl Forwarding {
+    /// Forwards through `output`, and through `hubs` when there are any.
+    pub(crate) fn new(output: Output, hubs: Option<Hubs>) -> Self {
+        Self { output, hubs }
+    }
+
+    /// Forwards a worker's stdout and stderr until they are closed: here,
+    /// or, once lrpm's descriptors are half used, through an output hub;
+    /// here too when no hub can take them at once.
+    pub(crate) fn forward(&self, job: &JobId, stdout: OwnedFd, stderr: OwnedFd) {
+        let (stdout, stderr) = match &self.hubs {
+            Some(hubs) if hubs.wanted(&stdout, &stderr) => match hubs.send(job, stdout, stderr) {
+                Ok(()) => return,
+                Err(pipes) => pipes,
+            },
+            _ => (stdout, stderr),
+        };
+        self.output.forward(job, stdout, stderr);
     }
 }

@@ -13,22 +13,18 @@
 //! [event loop](runtime). [`run`] is the entry point the `lrpm` binary
 //! calls.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
-pub mod cli;
-pub mod containment;
-pub mod control;
-pub mod ctl;
-mod exits;
-pub mod hub;
-mod lanes;
+mod base;
+mod cli;
+mod control;
+mod hub;
 pub mod library;
 mod lines;
-pub mod output;
-pub mod process;
-pub mod protocol;
-pub mod runtime;
-pub mod source;
-pub mod spawn;
+mod output;
+mod process;
+mod runtime;
+mod source;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -37,9 +33,13 @@ use clap::Parser;
 pub use lrpm_core;
 use tokio::sync::mpsc;
 
-use crate::cli::{Args, EX_NOINPUT, EX_USAGE, LogFormat, Options};
+use lrpm_process::command::SpawnContext;
+use lrpm_process::containment::Containment;
+
+use crate::base::{EX_NOINPUT, EX_USAGE, HIDDEN_ENV, Role};
+use crate::cli::{Args, LogFormat, Options};
+use crate::hub::Forwarding;
 use crate::output::Output;
-use crate::process::SpawnContext;
 use crate::runtime::Shell;
 use crate::source::{OpenError, SourceOptions};
 
@@ -51,44 +51,57 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    run_with(args, None)
+    run_as(args.into_iter().map(Into::into).collect(), None)
 }
 
-/// What a library-mode binary brings besides the `lrpm` command line: its
-/// registered worker classes and whether it has a configuration source.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Sandbox {
-    /// The `workerClass` names it can run.
-    pub(crate) worker_classes: std::collections::BTreeSet<String>,
-    /// Whether it has a built-in configuration source.
-    pub(crate) has_source: bool,
-}
+impl library::Lrpm {
+    /// Runs the role this process was started for, with the process's own
+    /// arguments: the supervisor (the `lrpm` command line), a worker, or
+    /// the configuration source. Returns the exit code.
+    pub fn main(self) -> ExitCode {
+        self.main_with(std::env::args_os())
+    }
 
-/// Makes glibc's malloc use one arena for every thread of the process. lrpm's
-/// threads (the event loop, the output writer, the blocking pool that reads
-/// configurations) rarely allocate at the same time, and an arena per thread
-/// kept megabytes of freed memory each (the thread that parses a large
-/// configuration most of all). Called before any thread starts.
-fn one_malloc_arena() {
-    // SAFETY: mallopt only tunes the allocator; M_ARENA_MAX takes effect
-    // for threads that have not allocated yet, and no other thread runs.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
+    /// [`Lrpm::main`](library::Lrpm::main) with explicit arguments (the
+    /// first is the program name).
+    pub fn main_with<I, T>(self, args: I) -> ExitCode
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        run_as(args.into_iter().map(Into::into).collect(), Some(self))
     }
 }
 
-/// [`run`], for a plain `lrpm` (`sandbox` is `None`) or a library-mode
-/// binary.
-pub(crate) fn run_with<I, T>(args: I, sandbox: Option<Sandbox>) -> ExitCode
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-    one_malloc_arena();
-    if args.get(1).is_some_and(|a| a == hub::HUB_MODE) {
-        return hub::run(&args);
+/// Runs the role `args` name: the one place the roles of a re-executed
+/// lrpm are dispatched, for the plain `lrpm` (`library` is `None`) and a
+/// library-mode binary alike.
+fn run_as(args: Vec<OsString>, library: Option<library::Lrpm>) -> ExitCode {
+    lrpm_process::mem::one_arena();
+    let role = match Role::parse(&args) {
+        Ok(role) => role,
+        Err(e) => {
+            eprintln!("lrpm: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    match (role, library) {
+        (Role::Supervisor, library) => supervise_args(args, library),
+        (Role::OutputHub { fd }, _) => hub::run(fd),
+        (Role::Worker { class }, Some(library)) => library.run_worker(&class),
+        (Role::Config { interval_secs }, Some(library)) => {
+            library.run_config(std::time::Duration::from_secs_f64(interval_secs))
+        }
+        (Role::Worker { .. } | Role::Config { .. }, None) => {
+            eprintln!("lrpm: this binary has no registered workers or configuration source");
+            ExitCode::from(EX_USAGE)
+        }
     }
+}
+
+/// The supervisor's role: parses and validates its command line, then
+/// supervises.
+fn supervise_args(args: Vec<OsString>, library: Option<library::Lrpm>) -> ExitCode {
     let args = match Args::try_parse_from(args) {
         Ok(args) => args,
         Err(e) => {
@@ -100,7 +113,7 @@ where
             };
         }
     };
-    let has_source = sandbox.as_ref().is_some_and(|s| s.has_source);
+    let has_source = library.as_ref().is_some_and(library::Lrpm::has_source);
     let options = match args.validate(has_source) {
         Ok(options) => options,
         Err(e) => {
@@ -109,7 +122,8 @@ where
         }
     };
     init_logging(&options);
-    match supervise(options, sandbox) {
+    let worker_classes = library.as_ref().map(library::Lrpm::worker_classes);
+    match supervise(options, worker_classes) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -132,12 +146,17 @@ fn init_logging(options: &Options) {
     };
 }
 
-fn supervise(options: Options, sandbox: Option<Sandbox>) -> anyhow::Result<ExitCode> {
+/// Supervises the farm as `options` say, with the worker classes of a
+/// library-mode binary (`None`: commands only).
+fn supervise(
+    options: Options,
+    worker_classes: Option<std::collections::BTreeSet<String>>,
+) -> anyhow::Result<ExitCode> {
     // First, so that the spawner's descriptor slots get the lowest numbers
     // and every child's private descriptor table stays a few entries long.
-    crate::spawn::reserve()?;
-    process::cloexec_inherited_fds();
-    let (child_nofile, raised) = process::raise_nofile_limit();
+    lrpm_process::spawn::reserve()?;
+    lrpm_process::fd::cloexec_inherited();
+    let (child_nofile, raised) = lrpm_process::fd::raise_nofile_limit();
     match raised {
         Some(limit) => tracing::info!("descriptor limit raised to {limit}"),
         None => tracing::info!("descriptor limit is unlimited"),
@@ -146,11 +165,10 @@ fn supervise(options: Options, sandbox: Option<Sandbox>) -> anyhow::Result<ExitC
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (mut output, output_thread) = Output::start()?;
-    let hubs = hub::Hubs::new();
-    if let Some(hubs) = &hubs {
-        output.use_hubs(hubs.clone());
-    }
+    let (output, output_thread) = Output::start()?;
+    let spawn_ctx = SpawnContext::current(child_nofile, HIDDEN_ENV);
+    let hubs = hub::Hubs::new(spawn_ctx.clone());
+    let forwarding = Forwarding::new(output, hubs.clone());
     let code = rt.block_on(async move {
         let (control_tx, control) = mpsc::channel(64);
         // The socket listens before anything is started, so a second lrpm
@@ -164,7 +182,7 @@ fn supervise(options: Options, sandbox: Option<Sandbox>) -> anyhow::Result<ExitC
         };
         // Before anything is spawned: a subreaper must be one before the
         // first child can leave an orphan.
-        let containment = match containment::Containment::setup(&options.cgroup) {
+        let containment = match Containment::setup(&options.cgroup) {
             Ok(containment) => containment,
             Err(e) => {
                 tracing::error!("{e}");
@@ -172,10 +190,6 @@ fn supervise(options: Options, sandbox: Option<Sandbox>) -> anyhow::Result<ExitC
             }
         };
         let (updates_tx, updates) = mpsc::unbounded_channel();
-        let spawn_ctx = SpawnContext {
-            worker_binary: sandbox.is_some(),
-            ..SpawnContext::current(child_nofile)
-        };
         let source_options = SourceOptions {
             interval: options.interval,
             timeout: options.source_timeout,
@@ -203,13 +217,14 @@ fn supervise(options: Options, sandbox: Option<Sandbox>) -> anyhow::Result<ExitC
                 });
             }
         };
-        let procs = match process::ProcessTable::new(spawn_ctx, output, containment) {
-            Ok(procs) => procs,
-            Err(e) => {
-                tracing::error!("cannot watch workers' exits (epoll): {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+        let procs =
+            match process::ProcessTable::new(spawn_ctx, worker_classes.is_some(), containment) {
+                Ok(procs) => procs,
+                Err(e) => {
+                    tracing::error!("cannot watch workers' exits (epoll): {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
         tracing::info!(
             pid = std::process::id(),
             source = %source_uri,
@@ -224,11 +239,12 @@ fn supervise(options: Options, sandbox: Option<Sandbox>) -> anyhow::Result<ExitC
         Shell {
             core: lrpm_core::supervisor::Supervisor::new(config),
             procs,
+            output: forwarding,
             updates,
             source,
             control,
             started_at,
-            worker_classes: sandbox.map(|s| s.worker_classes),
+            worker_classes,
             force_window: options.source_timeout + runtime::FORCE_GRACE,
             status_size: 0,
         }
@@ -246,46 +262,4 @@ fn supervise(options: Options, sandbox: Option<Sandbox>) -> anyhow::Result<ExitC
     rt.shutdown_timeout(runtime::RUNTIME_SHUTDOWN);
     output_thread.join();
     Ok(code)
-}
-
-/// A short human form of a duration: `250ms`, `4s`, `1.5s`, `2m8s`.
-pub(crate) fn humantime(d: std::time::Duration) -> String {
-    let ms = d.as_millis();
-    match ms {
-        0..1000 => format!("{ms}ms"),
-        1000..60_000 if ms % 1000 == 0 => format!("{}s", ms / 1000),
-        1000..60_000 => format!("{:.1}s", d.as_secs_f64()),
-        _ => format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000),
-    }
-}
-
-/// The name of signal number `n` (`SIGTERM`), or `signal N`.
-pub fn signal_name(n: i32) -> String {
-    use rustix::process::Signal as S;
-    const NAMES: [(S, &str); 20] = [
-        (S::HUP, "SIGHUP"),
-        (S::INT, "SIGINT"),
-        (S::QUIT, "SIGQUIT"),
-        (S::ILL, "SIGILL"),
-        (S::TRAP, "SIGTRAP"),
-        (S::ABORT, "SIGABRT"),
-        (S::BUS, "SIGBUS"),
-        (S::FPE, "SIGFPE"),
-        (S::KILL, "SIGKILL"),
-        (S::USR1, "SIGUSR1"),
-        (S::SEGV, "SIGSEGV"),
-        (S::USR2, "SIGUSR2"),
-        (S::PIPE, "SIGPIPE"),
-        (S::ALARM, "SIGALRM"),
-        (S::TERM, "SIGTERM"),
-        (S::XCPU, "SIGXCPU"),
-        (S::XFSZ, "SIGXFSZ"),
-        (S::SYS, "SIGSYS"),
-        (S::WINCH, "SIGWINCH"),
-        (S::STOP, "SIGSTOP"),
-    ];
-    NAMES
-        .iter()
-        .find(|(s, _)| s.as_raw() == n)
-        .map_or_else(|| format!("signal {n}"), |(_, name)| (*name).to_owned())
 }

@@ -16,13 +16,11 @@
 //! bound (at most [`QUEUE_BYTES`] in the queue, whatever the lines'
 //! lengths).
 //!
-//! Once lrpm's descriptors are half used (its soft limit raised to the hard
-//! one), [`Output::forward`] hands the pipes of a new worker to an output
-//! hub ([`crate::hub`]) instead, a child process that runs this same code
+//! An output hub (the `hub` module) runs this same code
 //! ([`Output::forward_counted`]) with its own queue and writer thread, to
-//! the same stdout and stderr; when no hub can take them at once, they are
-//! forwarded here. Idle streams cost little: no buffer of their own (see
-//! the `lines` module), one prefix shared by a worker's two streams.
+//! the same stdout and stderr. Idle streams cost little: no buffer of their
+//! own (see the `lines` module), one prefix shared by a worker's two
+//! streams.
 
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
@@ -31,7 +29,6 @@ use std::thread::JoinHandle;
 
 use lrpm_core::job::JobId;
 
-use crate::hub::Hubs;
 use crate::lines::{Line as PipeLine, LineReader, Overlong};
 use tokio::net::unix::pipe;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -68,8 +65,6 @@ pub struct Output {
     tx: mpsc::UnboundedSender<Line>,
     /// The bytes the queue may still take.
     budget: Arc<Semaphore>,
-    /// Where workers' pipes go once lrpm's descriptors are half used.
-    hubs: Option<Hubs>,
 }
 
 /// Reports, when dropped, that the output of one worker has ended: an output
@@ -116,32 +111,11 @@ impl Output {
     fn queue() -> (Output, mpsc::UnboundedReceiver<Line>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
-        (
-            Output {
-                tx,
-                budget,
-                hubs: None,
-            },
-            rx,
-        )
+        (Output { tx, budget }, rx)
     }
 
-    /// Hands the pipes of workers spawned once descriptors are half used to
-    /// `hubs` rather than reading them here.
-    pub fn use_hubs(&mut self, hubs: Hubs) {
-        self.hubs = Some(hubs);
-    }
-
-    /// Forwards a worker's stdout and stderr until they are closed: here,
-    /// or, once lrpm's descriptors are half used, through an output hub.
+    /// Forwards a worker's stdout and stderr until they are closed.
     pub fn forward(&self, job: &JobId, stdout: OwnedFd, stderr: OwnedFd) {
-        let (stdout, stderr) = match &self.hubs {
-            Some(hubs) if hubs.wanted(&stdout, &stderr) => match hubs.send(job, stdout, stderr) {
-                Ok(()) => return,
-                Err(pipes) => pipes,
-            },
-            _ => (stdout, stderr),
-        };
         self.forward_here(job, stdout, stderr, None);
     }
 

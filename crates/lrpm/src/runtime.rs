@@ -17,7 +17,7 @@
 //! in bounded batches, so that a crash storm never keeps them waiting.
 //!
 //! When lrpm adopts orphans (a subreaper, or PID 1), SIGCHLD wakes the loop
-//! too, to reap them ([`crate::containment`]).
+//! too, to reap them ([`lrpm_process::containment`]).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,9 +30,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::control::{ControlMsg, Reply};
-use crate::process::{ExitEvent, ProcessTable, Spawn, SpawnError};
-use crate::protocol::{Request, Response};
+use lrpm_process::command::SpawnError;
+use lrpm_process::exits::ExitEvent;
+
+use crate::hub::Forwarding;
+use crate::process::{ProcessTable, Spawn, Started};
 use crate::source::{SourceHandle, SourceUpdate};
+use lrpm_proto::codec::{Request, Response};
 
 /// Seconds since the Unix epoch, now.
 pub fn wall_now() -> f64 {
@@ -48,6 +52,8 @@ pub struct Shell {
     pub core: Supervisor,
     /// Live children; it also reports their exits.
     pub procs: ProcessTable,
+    /// Where a new worker's output goes.
+    pub output: Forwarding,
     /// Loaded configurations.
     pub updates: mpsc::UnboundedReceiver<SourceUpdate>,
     /// The running source.
@@ -148,7 +154,7 @@ impl Shell {
                 Some(()) = recv_opt(&mut sigchld) => self.procs.reap_orphans(),
                 () = sleep => self.core.handle_timeout(Instant::now()),
                 () = trim => {
-                    release_free_memory();
+                    lrpm_process::mem::trim();
                     trim_at = None;
                 }
             }
@@ -170,7 +176,7 @@ impl Shell {
         let Some((job, status)) = self.procs.reap(exit.run) else {
             return;
         };
-        let how = describe_exit(&status);
+        let how = crate::base::describe_exit(&status);
         // The time of the exit, not of its handling: under a storm the two
         // are seconds apart, and a short run must not count as a long one.
         match self.core.handle_exit(exit.at, exit.run, status) {
@@ -179,7 +185,7 @@ impl Shell {
             AfterExit::Backoff(delay) => tracing::warn!(
                 job = %job,
                 "{how} too soon; restarting in {}",
-                crate::humantime(delay)
+                crate::base::humantime(delay)
             ),
             AfterExit::Unknown => {}
         }
@@ -302,10 +308,15 @@ impl Shell {
     }
 
     /// Tells the core how `spawn` went, and the log.
-    fn spawn_done(&mut self, spawn: Spawn, result: Result<u32, SpawnError>) {
+    fn spawn_done(&mut self, spawn: Spawn, result: Result<Started, SpawnError>) {
         let Spawn { run, job, spec } = spawn;
         match result {
-            Ok(pid) => {
+            Ok(Started {
+                pid,
+                stdout,
+                stderr,
+            }) => {
+                self.output.forward(&job, stdout, stderr);
                 tracing::info!(job = %job, pid, "started: {}", spec.program);
                 self.core.handle_spawned(Instant::now(), run, pid);
             }
@@ -316,7 +327,7 @@ impl Shell {
                     ExitStatus::spawn_failed(e.to_string()),
                 );
                 let retry = match after {
-                    AfterExit::Backoff(d) => format!("; retrying in {}", crate::humantime(d)),
+                    AfterExit::Backoff(d) => format!("; retrying in {}", crate::base::humantime(d)),
                     _ => String::new(),
                 };
                 tracing::error!(job = %job, "cannot start: {e}{retry}");
@@ -393,15 +404,6 @@ fn check_worker_classes(decl: &mut Declaration, classes: Option<&BTreeSet<String
     }
 }
 
-pub(crate) fn describe_exit(status: &ExitStatus) -> String {
-    match (status.code, status.signal, &status.error) {
-        (Some(code), _, _) => format!("exited with code {code}"),
-        (None, Some(sig), _) => format!("killed by {}", crate::signal_name(sig)),
-        (None, None, Some(error)) => format!("could not start: {error}"),
-        (None, None, None) => "ended".to_owned(),
-    }
-}
-
 /// How many invalid jobs, and how many warnings, one configuration logs;
 /// status has them all.
 const LOGGED_PROBLEMS: usize = 20;
@@ -415,21 +417,6 @@ pub const FORCE_GRACE: Duration = Duration::from_secs(10);
 /// once per period while workers churn, once after the last of them, and
 /// never at rest.
 const TRIM_AFTER: Duration = Duration::from_secs(5);
-
-/// Gives the heap's free pages back to the system. glibc keeps what a crash
-/// storm or a large configuration freed, fragmented, in its heaps: without
-/// this lrpm's memory would stay at its high-water mark (about 10 % above
-/// its baseline after a storm of 500 workers, half again after a soak).
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: malloc_trim has no precondition; it only returns free
-        // memory of every arena to the system.
-        unsafe {
-            nix::libc::malloc_trim(0);
-        }
-    }
-}
 
 /// Receives from a signal stream that may not exist; never returns if it
 /// does not.

@@ -257,7 +257,7 @@ fn status_on_a_terminal(lrpm: &Lrpm, no_color: bool) -> Option<String> {
     }
     let line = format!(
         "{} --socket {} status",
-        env!("CARGO_BIN_EXE_lrpmctl"),
+        support::lrpmctl_bin().display(),
         lrpm.socket.display()
     );
     let mut command = Command::new("/usr/bin/script");
@@ -784,7 +784,7 @@ fn another_uid_is_refused() {
     let dir = lrpm.dir.path();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
     let ctl = dir.join("lrpmctl");
-    std::fs::copy(env!("CARGO_BIN_EXE_lrpmctl"), &ctl).expect("copy lrpmctl");
+    std::fs::copy(support::lrpmctl_bin(), &ctl).expect("copy lrpmctl");
     std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o755)).expect("chmod lrpmctl");
     let as_nobody = |args: &[&str]| {
         let mut command = Command::new(setpriv);

@@ -8,7 +8,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 
 use super::{ControlMsg, IDLE_TIMEOUT, MAX_CONNECTIONS, Reply, Shared, WRITE_TIMEOUT};
-use crate::protocol::{self, MAX_REQUEST_LEN, Request, Response};
+use lrpm_proto::codec::{self as protocol, MAX_REQUEST_LEN, Request, Response};
 
 /// How long a connection that sent an over-long line is drained before it
 /// is closed, so that its client can read the error instead of a reset.

@@ -12,7 +12,7 @@
 //! idle or hostile client only ever holds up itself. A connection task
 //! checks the peer's credentials (root and lrpm's own uid only), reads
 //! bounded request lines with an idle timeout, decodes them with the shared
-//! [codec](crate::protocol), answers `help` itself and hands every other
+//! [codec](lrpm_proto::codec), answers `help` itself and hands every other
 //! request to the supervisor's event loop as a [`ControlMsg`] with a
 //! one-shot reply channel. The event loop answers at once with a [`Reply`]
 //! (for `status`, the response line itself, serialized straight from the
@@ -40,7 +40,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::protocol::Request;
+use lrpm_proto::codec::Request;
 
 /// A request from a control client, handed to the supervisor's event loop,
 /// which answers on `reply`.
@@ -216,11 +216,6 @@ pub async fn start(
 }
 
 impl ControlServer {
-    /// The socket's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Stops accepting, lets connections write the answers they already
     /// have (for at most [`CLOSE_GRACE`]: the answer to `stop` among them),
     /// then removes the socket.

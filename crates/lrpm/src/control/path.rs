@@ -1,5 +1,6 @@
-//! Where the control socket lives: the one path chain that both the server
-//! and `lrpmctl` follow.
+//! Where the server binds the control socket: the path chain of
+//! `lrpm_proto::socket`, which `lrpmctl` follows too, and the private
+//! directory the socket lives in.
 //!
 //! An explicit path (`--socket`, or `LRPM_SOCKET`) always wins. Otherwise
 //! the candidates are, in order, `/run/lrpm/control.sock`,
@@ -9,7 +10,6 @@
 //! where a socket exists, so it finds a server of its own uid as well as
 //! root's.
 
-use std::ffi::OsString;
 use std::fs::DirBuilder;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -19,51 +19,11 @@ use rustix::fs::Access;
 
 use super::ControlError;
 
-/// The file name of the socket in the default directories.
-pub const SOCKET_NAME: &str = "control.sock";
-
-/// The default socket paths, most preferred first.
-pub fn default_candidates() -> Vec<PathBuf> {
-    candidates(
-        std::env::var_os("XDG_RUNTIME_DIR"),
-        rustix::process::getuid().as_raw(),
-    )
-}
-
-fn candidates(xdg_runtime_dir: Option<OsString>, uid: u32) -> Vec<PathBuf> {
-    let mut paths = vec![Path::new("/run/lrpm").join(SOCKET_NAME)];
-    // A relative XDG_RUNTIME_DIR is invalid by the XDG specification; it is
-    // ignored rather than resolved against whatever the current directory is.
-    if let Some(dir) = xdg_runtime_dir
-        .map(PathBuf::from)
-        .filter(|d| d.is_absolute())
-    {
-        paths.push(dir.join("lrpm").join(SOCKET_NAME));
-    }
-    paths.push(PathBuf::from(format!("/tmp/lrpm-{uid}")).join(SOCKET_NAME));
-    paths
-}
-
-/// The socket a client should connect to: `explicit` if given, else the
-/// first default candidate where something exists.
-///
-/// When nothing exists anywhere, the error lists every path tried.
-pub fn client_socket(explicit: Option<&Path>) -> Result<PathBuf, Vec<PathBuf>> {
-    if let Some(path) = explicit {
-        return Ok(path.to_owned());
-    }
-    let candidates = default_candidates();
-    match candidates.iter().find(|p| p.symlink_metadata().is_ok()) {
-        Some(path) => Ok(path.clone()),
-        None => Err(candidates),
-    }
-}
-
 /// The socket the server should bind: `explicit` if given (its missing
 /// parent directories are created with mode 0700; existing ones are left as
 /// they are), else the first default candidate whose directory can be
 /// created or is already lrpm's own; that directory is made mode 0700.
-pub fn server_socket(explicit: Option<&Path>) -> Result<PathBuf, ControlError> {
+pub(crate) fn server_socket(explicit: Option<&Path>) -> Result<PathBuf, ControlError> {
     if let Some(path) = explicit {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             if !parent.exists() {
@@ -80,7 +40,7 @@ pub fn server_socket(explicit: Option<&Path>) -> Result<PathBuf, ControlError> {
         return Ok(path.to_owned());
     }
     let mut tried = Vec::new();
-    for path in default_candidates() {
+    for path in lrpm_proto::socket::default_candidates(rustix::process::getuid().as_raw()) {
         let dir = path
             .parent()
             .expect("invariant: a default candidate has a directory");
@@ -122,32 +82,6 @@ fn private_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_chain_is_run_then_xdg_then_tmp() {
-        assert_eq!(
-            candidates(Some("/run/user/1000".into()), 1000),
-            [
-                PathBuf::from("/run/lrpm/control.sock"),
-                PathBuf::from("/run/user/1000/lrpm/control.sock"),
-                PathBuf::from("/tmp/lrpm-1000/control.sock"),
-            ]
-        );
-        assert_eq!(
-            candidates(None, 0),
-            [
-                PathBuf::from("/run/lrpm/control.sock"),
-                PathBuf::from("/tmp/lrpm-0/control.sock"),
-            ]
-        );
-        assert_eq!(candidates(Some("relative".into()), 5).len(), 2);
-    }
-
-    #[test]
-    fn an_explicit_path_wins() {
-        let path = Path::new("/nonexistent/x.sock");
-        assert_eq!(client_socket(Some(path)), Ok(path.to_owned()));
-    }
 
     #[test]
     fn private_dirs_are_created_0700_and_fixed_when_ours() {

@@ -13,24 +13,14 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::ConfigurationSource;
+use super::api::ConfigurationSource;
 
-/// Runs the configuration source made by `factory`, with `args` (the
-/// interval in seconds).
-pub fn run(
-    args: &[std::ffi::OsString],
+/// Runs the configuration source made by `factory`, loading every
+/// `interval` (0: again as soon as a load is done).
+pub(crate) fn run(
+    interval: Duration,
     factory: Box<dyn FnOnce() -> Box<dyn ConfigurationSource>>,
 ) -> ExitCode {
-    let interval = args
-        .first()
-        .and_then(|a| a.to_str())
-        .and_then(|a| a.parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64);
-    let Some(interval) = interval else {
-        eprintln!("lrpm: the configuration sandbox needs an interval in seconds");
-        return ExitCode::from(crate::cli::EX_USAGE);
-    };
     // SIGHUP writes a byte to this pipe; the wait between loads polls it.
     let (hup_rx, hup_tx) = match std::os::unix::net::UnixStream::pair() {
         Ok(pair) => pair,

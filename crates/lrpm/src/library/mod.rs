@@ -59,59 +59,20 @@
 //! }
 //! ```
 
-pub mod config;
-pub mod worker;
+mod api;
+mod config;
+mod worker;
 
-use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::process::ExitCode;
+use std::time::Duration;
 
-/// The error type of worker and source code: anything that can be shown.
-pub type Error = Box<dyn std::error::Error + Send + Sync>;
-
-/// A worker: php-lrpm's `Worker` interface.
-///
-/// lrpm calls [`Worker::start`] once with the job's `workerConfig`, then
-/// [`Worker::cycle`] in a loop until it is asked to stop. Put a pause at the
-/// end of `cycle` when there is no work, so as not to spin; a stop request
-/// (SIGTERM) is honoured between two cycles, and a worker still busy after
-/// the job's `shutdownTimeoutSeconds` is killed.
-///
-/// An error or a panic ends the worker's process with a non-zero code, and
-/// lrpm restarts it (with backoff if it ran shorter than
-/// `shortRunTimeSeconds`).
-pub trait Worker {
-    /// Called once, with the job's `workerConfig`.
-    fn start(&mut self, config: &serde_json::Value) -> Result<(), Error>;
-    /// Called again and again until the worker is asked to stop.
-    fn cycle(&mut self) -> Result<(), Error>;
-}
-
-/// A configuration source: php-lrpm's `ConfigurationSource` interface.
-///
-/// [`ConfigurationSource::load_configuration`] returns the whole job map
-/// (see the job declaration in `docs/configuration.md`). lrpm calls it
-/// every `--interval` seconds, at once on `lrpmctl reload` or SIGHUP, and,
-/// with `--interval 0`, again as soon as it returns: a source that blocks
-/// until the configuration changes is then a push source.
-///
-/// An error keeps the farm on its last good configuration and shows in
-/// status; a panic or a hang (no answer within the interval plus
-/// `--source-timeout`) restarts the source's process with backoff. Either
-/// way the workers keep running.
-pub trait ConfigurationSource {
-    /// Loads the whole job map.
-    fn load_configuration(&mut self) -> Result<serde_json::Value, Error>;
-}
+pub use self::api::{ConfigurationSource, Error, Worker};
+use crate::base::EX_USAGE;
 
 type WorkerFactory = Box<dyn Fn() -> Box<dyn Worker>>;
 type SourceFactory = Box<dyn FnOnce() -> Box<dyn ConfigurationSource>>;
-
-/// The first argument that starts a worker sandbox.
-pub const WORKER_MODE: &str = "__lrpm-worker";
-/// The first argument that starts a configuration sandbox.
-pub const CONFIG_MODE: &str = "__lrpm-config";
 
 /// A library-mode lrpm: registered workers and, optionally, a
 /// configuration source.
@@ -164,45 +125,36 @@ impl Lrpm {
         self
     }
 
-    /// Runs the role this process was started for, with the process's own
-    /// arguments: the supervisor (the `lrpm` command line), a worker, or
-    /// the configuration source. Returns the exit code.
-    pub fn main(self) -> ExitCode {
-        self.main_with(std::env::args_os())
+    /// The `workerClass` names it can run.
+    pub(crate) fn worker_classes(&self) -> BTreeSet<String> {
+        self.workers.keys().cloned().collect()
     }
 
-    /// [`Lrpm::main`] with explicit arguments (the first is the program
-    /// name).
-    pub fn main_with<I, T>(self, args: I) -> ExitCode
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<OsString> + Clone,
-    {
-        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        match args.get(1).and_then(|a| a.to_str()) {
-            Some(WORKER_MODE) => {
-                let class = args.get(2).and_then(|a| a.to_str()).unwrap_or_default();
-                match self.workers.get(class) {
-                    Some(factory) => worker::run(class, factory),
-                    None => {
-                        eprintln!("lrpm: no worker is registered as {class:?}");
-                        ExitCode::from(crate::cli::EX_USAGE)
-                    }
-                }
+    /// Whether it has a configuration source.
+    pub(crate) fn has_source(&self) -> bool {
+        self.source.is_some()
+    }
+
+    /// Runs the worker sandbox of `class`; a usage error if no worker is
+    /// registered under that name.
+    pub(crate) fn run_worker(&self, class: &str) -> ExitCode {
+        match self.workers.get(class) {
+            Some(factory) => worker::run(class, factory),
+            None => {
+                eprintln!("lrpm: no worker is registered as {class:?}");
+                ExitCode::from(EX_USAGE)
             }
-            Some(CONFIG_MODE) => match self.source {
-                Some(factory) => config::run(&args[2..], factory),
-                None => {
-                    eprintln!("lrpm: no configuration source is registered");
-                    ExitCode::from(crate::cli::EX_USAGE)
-                }
-            },
-            _ => {
-                let sandbox = crate::Sandbox {
-                    worker_classes: self.workers.keys().cloned().collect(),
-                    has_source: self.source.is_some(),
-                };
-                crate::run_with(args, Some(sandbox))
+        }
+    }
+
+    /// Runs the configuration sandbox; a usage error if no source is
+    /// registered.
+    pub(crate) fn run_config(self, interval: Duration) -> ExitCode {
+        match self.source {
+            Some(factory) => config::run(interval, factory),
+            None => {
+                eprintln!("lrpm: no configuration source is registered");
+                ExitCode::from(EX_USAGE)
             }
         }
     }

@@ -4,13 +4,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::Worker;
+use super::api::Worker;
 
 /// Runs one worker of class `class`: `start` once with the job's
 /// `workerConfig` (from `LRPM_WORKER_CONFIG`), then `cycle` until SIGTERM or
 /// SIGINT arrives (checked between cycles) or the supervisor is gone.
 /// Exits 0 after a requested stop, 1 after an error; a panic exits 101.
-pub fn run(class: &str, factory: &dyn Fn() -> Box<dyn Worker>) -> ExitCode {
+pub(crate) fn run(class: &str, factory: &dyn Fn() -> Box<dyn Worker>) -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {

@@ -32,25 +32,25 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use lrpm_core::Declaration;
 use lrpm_core::backoff::Backoff;
 use lrpm_core::status::ExitStatus;
-use rustix::process::{Pid, Signal, WaitIdOptions, kill_process_group, pidfd_send_signal};
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncReadExt, Interest};
+use lrpm_process::command::{SpawnContext, SpawnError, SpawnRequest, spawn_command};
+use lrpm_process::pidfd::AsyncChild;
+use rustix::process::Signal;
+use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 
 use super::{ConfigSource, LoadError, Loaded, MAX_DOCUMENT, OpenError, Parser, SourceOptions};
+use crate::base::Role;
 use crate::lines::{Line, LineReader, Overlong};
 use crate::output::MAX_LINE;
-use crate::process::{self, SpawnContext, SpawnError, waitid_status};
 
 /// The longest a streaming command waits before it is started again.
 pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -96,7 +96,7 @@ pub struct ExecError {
 
 fn restart_note(restart_in: Option<Duration>) -> String {
     restart_in.map_or_else(String::new, |d| {
-        format!("; restarting in {}", crate::humantime(d))
+        format!("; restarting in {}", crate::base::humantime(d))
     })
 }
 
@@ -118,7 +118,7 @@ pub enum ExecFailure {
         stderr: Option<String>,
     },
     /// A signal killed it.
-    #[error("killed by {}{}", crate::signal_name(*.signal), quote(.stderr))]
+    #[error("killed by {}{}", crate::base::signal_name(*.signal), quote(.stderr))]
     Killed {
         /// The signal number.
         signal: i32,
@@ -129,7 +129,7 @@ pub enum ExecFailure {
     #[error("{0}")]
     Lost(String),
     /// It did not finish within `--source-timeout`.
-    #[error("did not finish within {}; its process group was killed", crate::humantime(*.0))]
+    #[error("did not finish within {}; its process group was killed", crate::base::humantime(*.0))]
     Timeout(Duration),
     /// Its output is larger than [`MAX_DOCUMENT`].
     #[error("printed a document larger than {} MiB; it was discarded", MAX_DOCUMENT >> 20)]
@@ -144,7 +144,7 @@ pub enum ExecFailure {
     #[error("printed a line that is not the sandbox protocol: {0}")]
     Protocol(String),
     /// A configuration sandbox said nothing for too long.
-    #[error("sent no configuration for {}; its process group was killed", crate::humantime(*.0))]
+    #[error("sent no configuration for {}; its process group was killed", crate::base::humantime(*.0))]
     Silent(Duration),
 }
 
@@ -243,112 +243,23 @@ impl SourceCommand {
 
     /// Starts the command; its stderr is logged by a task of its own, which
     /// returns the last line.
-    fn start(&self) -> Result<(Child, pipe::Receiver, JoinHandle<Option<String>>), ExecFailure> {
-        let cmd = process::SpawnRequest::new(&self.argv[0]).args(&self.argv[1..]);
-        let spawned = process::spawn_command(cmd, &self.spawn).map_err(ExecFailure::Spawn)?;
+    fn start(
+        &self,
+    ) -> Result<(AsyncChild, pipe::Receiver, JoinHandle<Option<String>>), ExecFailure> {
+        let cmd = SpawnRequest::new(&self.argv[0]).args(&self.argv[1..]);
+        let spawned = spawn_command(cmd, &self.spawn).map_err(ExecFailure::Spawn)?;
         let pid = spawned.pid;
         tracing::debug!(pid = pid.as_raw_nonzero().get(), "{}: started", self.uri);
-        // SAFETY: the pidfd is owned by the AsyncFd and is closed only when
-        // the AsyncFd is dropped, which deregisters it first.
-        let pidfd =
-            match unsafe { AsyncFd::register_with_interest(spawned.pidfd, Interest::READABLE) } {
-                Ok(fd) => fd,
-                Err(e) => {
-                    // It cannot be watched: kill it and reap it now.
-                    let (pidfd, e) = e.into_parts();
-                    let _ = kill_process_group(pid, Signal::KILL);
-                    process::reap_child_blocking(pid, pidfd.as_fd());
-                    return Err(ExecFailure::Spawn(SpawnError::Io(e)));
-                }
-            };
-        let child = Child {
-            pid,
-            pidfd: Some(pidfd),
-        };
+        let (stdout, stderr) = spawned
+            .output
+            .ok_or_else(|| ExecFailure::Read(io::Error::other("invariant: output is piped")))?;
+        let child = AsyncChild::new(pid, spawned.pidfd)
+            .map_err(|e| ExecFailure::Spawn(SpawnError::Io(e)))?;
         // From here on, dropping `child` kills the command.
-        let stdout = pipe::Receiver::from_owned_fd(spawned.stdout).map_err(ExecFailure::Read)?;
-        let stderr = pipe::Receiver::from_owned_fd(spawned.stderr).map_err(ExecFailure::Read)?;
+        let stdout = pipe::Receiver::from_owned_fd(stdout).map_err(ExecFailure::Read)?;
+        let stderr = pipe::Receiver::from_owned_fd(stderr).map_err(ExecFailure::Read)?;
         let stderr = tokio::spawn(log_stderr(stderr, self.label.clone()));
         Ok((child, stdout, stderr))
-    }
-}
-
-/// A running command. Dropped before it was reaped, it kills its process
-/// group and has it reaped in the background.
-#[derive(Debug)]
-struct Child {
-    /// Its pid, which is also its process-group id.
-    pid: Pid,
-    /// Its pidfd; `None` once it is reaped.
-    pidfd: Option<AsyncFd<OwnedFd>>,
-}
-
-impl Child {
-    /// Waits until the command's main process ends, kills what is left of
-    /// its process group, and reaps it. Cancel-safe.
-    async fn wait(&mut self) -> ExitStatus {
-        loop {
-            let Some(pidfd) = &self.pidfd else {
-                return ExitStatus::spawn_failed("already reaped");
-            };
-            match pidfd.readable().await {
-                Ok(mut ready) => {
-                    if waitid_status(ready.get_inner().as_fd(), WaitIdOptions::NOWAIT).is_none() {
-                        ready.clear_ready();
-                        continue;
-                    }
-                }
-                Err(e) => {
-                    // Only a runtime shutting down gets here.
-                    self.kill();
-                    return ExitStatus::spawn_failed(format!("cannot watch it: {e}"));
-                }
-            }
-            let Some(pidfd) = self.pidfd.take() else {
-                continue;
-            };
-            // The leader is a zombie, so its group id is still its own: kill
-            // what is left of the group before the id can be reused.
-            let _ = kill_process_group(self.pid, Signal::KILL);
-            return process::reap_child(self.pid, pidfd.get_ref().as_fd())
-                .unwrap_or_else(|| ExitStatus::spawn_failed("it vanished"));
-        }
-    }
-
-    /// Sends `signal` to the command's main process, if it is not reaped.
-    fn signal(&self, signal: Signal) {
-        if let Some(pidfd) = &self.pidfd {
-            let _ = pidfd_send_signal(pidfd.get_ref().as_fd(), signal);
-        }
-    }
-
-    /// Kills the command's process group, and the command itself should it
-    /// have left the group. A reaped command is not signalled: its pid may
-    /// belong to a stranger by now.
-    fn kill(&self) {
-        if let Some(pidfd) = &self.pidfd {
-            let _ = kill_process_group(self.pid, Signal::KILL);
-            let _ = pidfd_send_signal(pidfd.get_ref().as_fd(), Signal::KILL);
-        }
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        self.kill();
-        let Some(pidfd) = self.pidfd.take() else {
-            return;
-        };
-        // Reap it once it is gone, without blocking whoever dropped it. A
-        // runtime that is shutting down drops the task, and the zombie goes
-        // with lrpm.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let pid = self.pid;
-            runtime.spawn(async move {
-                let _ = pidfd.readable().await;
-                let _ = process::reap_child(pid, pidfd.get_ref().as_fd());
-            });
-        }
     }
 }
 
@@ -418,7 +329,7 @@ impl PolledExec {
 
     /// Runs the command once and returns its stdout.
     async fn run(&self) -> Result<String, ExecFailure> {
-        let (mut child, mut stdout, stderr) = self.command.start()?;
+        let (child, mut stdout, stderr) = self.command.start()?;
         let mut out = Vec::new();
         let run = async {
             let mut open = true;
@@ -556,11 +467,10 @@ impl StreamingExec {
     /// ([`crate::library`]). `interval` is `--interval` (`None` for 0).
     pub fn sandbox(interval: Option<Duration>, options: &SourceOptions) -> Self {
         let seconds = interval.map_or(0.0, |i| i.as_secs_f64());
-        let argv = vec![
-            "/proc/self/exe".to_owned(),
-            crate::library::CONFIG_MODE.to_owned(),
-            seconds.to_string(),
-        ];
+        let argv = Role::Config {
+            interval_secs: seconds,
+        }
+        .argv();
         let mut command = SourceCommand::new(SANDBOX_URI, argv, options);
         command.label = SANDBOX_URI.into();
         command.dialect = Dialect::Sandbox {
@@ -575,7 +485,7 @@ pub const SANDBOX_URI: &str = "built-in configuration source";
 
 impl Drop for StreamingExec {
     fn drop(&mut self) {
-        // Dropping the task's future drops the command's `Child`, which
+        // Dropping the task's future drops the command's `AsyncChild`, which
         // kills it.
         self.task.abort();
     }
@@ -636,7 +546,7 @@ async fn keep_running(command: SourceCommand, mailbox: Arc<Mailbox>, restart: Ar
 
 /// Runs a streaming command once, delivering each document it prints.
 async fn stream_once(command: &SourceCommand, mailbox: &Mailbox, restart: &Notify) -> RunEnd {
-    let (mut child, stdout, stderr) = match command.start() {
+    let (child, stdout, stderr) = match command.start() {
         Ok(started) => started,
         Err(failure) => return RunEnd::Ended(failure),
     };

@@ -42,7 +42,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 
 use super::{ConfigSource, LoadError, Loaded, MAX_DOCUMENT, OpenError, Parser, SourceOptions};
 
-pub use super::HTTP_TOKEN_ENV as TOKEN_ENV;
+use crate::base::HTTP_TOKEN_ENV as TOKEN_ENV;
 /// How many redirects one load follows at most.
 pub const MAX_REDIRECTS: usize = 5;
 /// With `--interval 0`, the shortest time between the starts of two

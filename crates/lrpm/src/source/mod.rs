@@ -38,7 +38,7 @@ use lrpm_core::decl::{Document, Format};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::process::SpawnContext;
+use lrpm_process::command::SpawnContext;
 
 /// What a load found.
 #[derive(Debug)]
@@ -172,10 +172,6 @@ pub struct SourceOptions {
     /// How the commands of exec sources are spawned (as workers are).
     pub spawn: SpawnContext,
 }
-
-/// The environment variable that holds a bearer token for the HTTP source;
-/// no child of lrpm inherits it.
-pub const HTTP_TOKEN_ENV: &str = "LRPM_HTTP_TOKEN";
 
 /// The default of `--source-timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

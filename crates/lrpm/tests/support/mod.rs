@@ -297,9 +297,22 @@ pub fn raw_request(socket: &Path, json_line: &str) -> Result<serde_json::Value, 
     serde_json::from_str(&answer).map_err(|e| format!("bad answer {answer:?}: {e}"))
 }
 
+/// The `lrpmctl` binary: built by its own crate into the same directory as
+/// `lrpm` (`cargo build --workspace`, or any test run of the workspace,
+/// which builds the binaries of every crate with integration tests).
+pub fn lrpmctl_bin() -> std::path::PathBuf {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_lrpm")).with_file_name("lrpmctl");
+    assert!(
+        bin.exists(),
+        "{} is not built: run `cargo build --workspace` first",
+        bin.display()
+    );
+    bin
+}
+
 /// A `Command` for the `lrpmctl` binary, with no socket set.
 pub fn ctl_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lrpmctl"));
+    let mut command = Command::new(lrpmctl_bin());
     command.stdin(Stdio::null());
     command
 }

@@ -5,8 +5,8 @@ use std::io::Write;
 
 use clap::CommandFactory;
 
-use super::CtlError;
-use super::cli::Cli;
+use crate::cli::Cli;
+use crate::error::CtlError;
 
 /// Prints the completion script for `shell`.
 pub fn completions(shell: clap_complete::Shell) -> Result<(), CtlError> {

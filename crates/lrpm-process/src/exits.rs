@@ -23,17 +23,29 @@ use rustix::event::epoll;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::process::ExitEvent;
+use crate::fd::register;
 
 /// The epoll set of every live child's pidfd, one-shot, with the run id as
 /// the data of each; the only descriptor of it the runtime watches is the
 /// epoll instance's own.
-pub(crate) struct ExitWatch {
+pub struct ExitWatch {
     epoll: AsyncFd<OwnedFd>,
     /// Exits taken from the set and not yet handed out, in the order taken.
     ready: VecDeque<ExitEvent>,
     /// `epoll_wait`'s buffer.
     events: Vec<epoll::Event>,
+}
+
+/// A child's pidfd became readable: the child has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitEvent {
+    /// The process.
+    pub run: RunId,
+    /// When its pidfd became readable: the time of its end as closely as
+    /// lrpm can tell, before the event waits behind others. The core
+    /// measures the run's length and the backoff delay from it, so that a
+    /// busy event loop does not make short runs look long.
+    pub at: Instant,
 }
 
 /// How many exits one `epoll_wait` takes at most.
@@ -49,12 +61,10 @@ impl std::fmt::Debug for ExitWatch {
 }
 
 impl ExitWatch {
-    pub(crate) fn new() -> io::Result<ExitWatch> {
+    /// An empty watch, registered with the current runtime.
+    pub fn new() -> io::Result<ExitWatch> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        // SAFETY: the epoll descriptor is owned by the AsyncFd and is closed
-        // only when the AsyncFd is dropped, which deregisters it first.
-        let epoll = unsafe { AsyncFd::register_with_interest(epoll, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
+        let epoll = register(epoll, Interest::READABLE).map_err(|(_, e)| e)?;
         Ok(ExitWatch {
             epoll,
             ready: VecDeque::new(),
@@ -63,7 +73,7 @@ impl ExitWatch {
     }
 
     /// Watches `pidfd` for the end of run `run` (again, with `rearm`).
-    pub(crate) fn watch(&self, run: RunId, pidfd: BorrowedFd<'_>, rearm: bool) -> io::Result<()> {
+    pub fn watch(&self, run: RunId, pidfd: BorrowedFd<'_>, rearm: bool) -> io::Result<()> {
         let data = epoll::EventData::new_u64(run.0);
         let flags = epoll::EventFlags::IN | epoll::EventFlags::ONESHOT;
         if rearm {
@@ -76,7 +86,7 @@ impl ExitWatch {
 
     /// The next exit: one already taken, or the next the set reports.
     /// Cancel-safe: exits taken from the set wait in `ready`.
-    pub(crate) async fn next(&mut self) -> ExitEvent {
+    pub async fn next(&mut self) -> ExitEvent {
         loop {
             if let Some(exit) = self.ready.pop_front() {
                 return exit;

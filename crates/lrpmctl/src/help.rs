@@ -3,17 +3,18 @@
 
 use clap::CommandFactory;
 
-use super::cli::Cli;
-use super::client::Client;
-use super::{Context, CtlError};
-use crate::protocol::Request;
+use crate::cli::Cli;
+use crate::client::Client;
+use crate::common::Context;
+use crate::error::CtlError;
+use lrpm_proto::codec::Request;
 
 /// Runs `lrpmctl help [COMMAND]`.
 pub fn run(ctx: &Context, command: Option<&str>) -> Result<(), CtlError> {
     if ctx.json {
         let mut client = Client::connect(ctx.socket())?;
         let answer = client.call(&Request::Help)?;
-        super::check(ctx, answer)?;
+        crate::common::check(ctx, answer)?;
         return Ok(());
     }
     let mut cli = Cli::command().bin_name("lrpmctl");
@@ -37,5 +38,5 @@ pub fn run(ctx: &Context, command: Option<&str>) -> Result<(), CtlError> {
     if !text.ends_with('\n') {
         text.push('\n');
     }
-    super::print(&text)
+    crate::common::print(&text)
 }

@@ -38,7 +38,7 @@
 //! lrpm's own children, which are reaped through their pidfds: the orphan
 //! reaper lists children through `/proc` and waits for each by pid
 //! (`waitid(P_PID)`), skipping every pid in the registry of own children
-//! that [`crate::process`] keeps. It never calls `waitpid(-1)`.
+//! that [`crate::children`] keeps. It never calls `waitpid(-1)`.
 //!
 //! When lrpm is PID 1 (a container's init), orphans are re-parented to it
 //! whatever the mode, so it reaps them in both modes.
@@ -56,7 +56,8 @@ use lrpm_core::supervisor::RunId;
 use rustix::fs::FlockOperation;
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 
-use crate::process;
+use crate::children;
+use crate::procfs;
 
 /// The environment variable that names a worker's run: `LRPM_PID.RUN`.
 /// Every process the worker starts inherits it (unless it clears its
@@ -653,7 +654,7 @@ impl Orphans {
     /// fallback, kills every one whose run is not `live`.
     pub fn reap(&mut self, live: impl Fn(RunId) -> bool) {
         for pid in children() {
-            if process::is_own_child(pid) {
+            if children::is_own_child(pid) {
                 continue;
             }
             match rustix::process::waitid(
@@ -696,7 +697,7 @@ impl Orphans {
         loop {
             let adopted: Vec<Pid> = children()
                 .into_iter()
-                .filter(|pid| !process::is_own_child(*pid))
+                .filter(|pid| !children::is_own_child(*pid))
                 .collect();
             if adopted.is_empty() || std::time::Instant::now() >= deadline {
                 return;
@@ -776,13 +777,10 @@ fn children() -> Vec<Pid> {
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            u32::try_from(*pid)
                 .ok()
-                .and_then(|stat| {
-                    let after = &stat[stat.rfind(')')? + 1..];
-                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(me)
+                .and_then(procfs::read_stat)
+                .is_some_and(|stat| stat.ppid == me)
         })
         .filter_map(Pid::from_raw)
         .collect()

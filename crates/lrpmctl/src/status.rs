@@ -8,17 +8,18 @@ use anstyle::{AnsiColor, Style};
 use lrpm_core::status::{ExitInfo, JobState, JobStatus, Status};
 use unicode_width::UnicodeWidthStr;
 
-use super::client::Client;
-use super::procfs::{Sampler, Usage};
-use super::{Context, CtlError};
-use crate::protocol::{Request, Response};
+use crate::client::Client;
+use crate::common::Context;
+use crate::error::CtlError;
+use crate::procfs::{Sampler, Usage};
+use lrpm_proto::codec::{Request, Response};
 
 /// Runs `lrpmctl status`.
 pub fn run(ctx: &Context) -> Result<(), CtlError> {
     let mut client = Client::connect(ctx.socket())?;
     let answer = client.call(&Request::Status)?;
     let path = answer.path.clone();
-    match super::check(ctx, answer)? {
+    match crate::common::check(ctx, answer)? {
         Response::Status(_) if ctx.json => Ok(()),
         Response::Status(status) => {
             let stdout = std::io::stdout();
@@ -35,7 +36,7 @@ pub fn run(ctx: &Context) -> Result<(), CtlError> {
                 // A terminal that says it has no columns gets no limit.
                 width: width.filter(|&w| w > 0),
             };
-            super::print(&render(&status, &view, &Sampler::now()))
+            crate::common::print(&render(&status, &view, &Sampler::now()))
         }
         _ => Err(CtlError::Invalid {
             path,
@@ -287,7 +288,7 @@ fn row(job: &JobStatus, usage: Option<Usage>, now: f64) -> [String; 9] {
 fn last_exit(exit: &ExitInfo, now: f64) -> String {
     let how = match (exit.status.code, exit.status.signal) {
         (Some(code), _) => format!("exit {code}"),
-        (None, Some(signal)) => crate::signal_name(signal),
+        (None, Some(signal)) => format!("signal {signal}"),
         (None, None) => "spawn failed".to_owned(),
     };
     format!("{how}, {} ago", duration(now - exit.at))

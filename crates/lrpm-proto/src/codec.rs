@@ -13,7 +13,7 @@
 //! neither side ever buffers without limit; [`Request::decode`] and
 //! [`Response::decode`] turn one line into a value with a precise error for
 //! every way it can be wrong, and the `encode` methods do the reverse. The
-//! server ([`crate::control`]) and the client ([`crate::ctl`]) only move
+//! server (lrpm's control module) and the client (`lrpmctl`) only move
 //! bytes.
 
 use lrpm_core::status::{Status, SupervisorStatus};

@@ -4,10 +4,11 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::client::Client;
-use super::procfs::pid_alive;
-use super::{Context, CtlError};
-use crate::protocol::Request;
+use crate::client::Client;
+use crate::common::Context;
+use crate::error::CtlError;
+use crate::procfs::pid_alive;
+use lrpm_proto::codec::Request;
 
 /// How often lrpmctl looks whether lrpm is gone.
 const POLL: Duration = Duration::from_millis(20);
@@ -21,10 +22,10 @@ pub fn run(ctx: &Context, timeout: Duration, wait: bool) -> Result<(), CtlError>
     let pid = client.peer_pid();
     let path = client.path().to_owned();
     let answer = client.call(&Request::Stop)?;
-    let message = super::done_message(ctx, answer)?;
+    let message = crate::common::done_message(ctx, answer)?;
     drop(client);
     if !ctx.json {
-        super::print(&format!("{message}\n"))?;
+        crate::common::print(&format!("{message}\n"))?;
     }
     if !wait {
         return Ok(());
@@ -41,7 +42,7 @@ pub fn run(ctx: &Context, timeout: Duration, wait: bool) -> Result<(), CtlError>
     }
     if !ctx.json {
         let who = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-        super::print(&format!("lrpm{who} has exited\n"))?;
+        crate::common::print(&format!("lrpm{who} has exited\n"))?;
     }
     Ok(())
 }

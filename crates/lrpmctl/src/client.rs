@@ -5,9 +5,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::CtlError;
-use crate::control::path::client_socket;
-use crate::protocol::{self, MAX_RESPONSE_LEN, Request, Response};
+use crate::error::CtlError;
+use lrpm_proto::codec::{self as protocol, MAX_RESPONSE_LEN, Request, Response};
+use lrpm_proto::socket::client_socket;
 
 /// How long lrpm may take to answer. It answers at once unless its event
 /// loop is busy, e.g. spawning thousands of workers at startup.
@@ -45,13 +45,16 @@ impl Client {
     /// Connects to the socket named by `explicit`, or to the first default
     /// socket that exists.
     pub fn connect(explicit: Option<&Path>) -> Result<Client, CtlError> {
-        let path = client_socket(explicit).map_err(|tried| CtlError::NoSocket {
-            tried: tried
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
+        let path =
+            client_socket(explicit, rustix::process::getuid().as_raw()).map_err(|tried| {
+                CtlError::NoSocket {
+                    tried: tried
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+            })?;
         let stream = UnixStream::connect(&path).map_err(|source| CtlError::Connect {
             path: path.clone(),
             source,
@@ -78,7 +81,7 @@ impl Client {
 
     /// The pid of the lrpm at the other end, when it is visible from here.
     pub fn peer_pid(&self) -> Option<u32> {
-        crate::control::peer_credentials(&self.stream).ok()?.1
+        lrpm_process::fd::peer_credentials(&self.stream).ok()?.1
     }
 
     /// Sends `request` and reads its answer.

@@ -67,77 +67,32 @@
 //! limit `N` on purpose; a spawner's lock is held from the first `dup3`
 //! onto one of its slots until its slots are restored.
 
+mod child;
+mod clone3;
+
 use std::ffi::{CStr, CString, c_int, c_void};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use self::child::{CGROUP, ChildArgs, HANDED, Report, SLOTS, STDERR, STDIN, STDOUT, child_main};
+pub use self::child::{Step, Switch};
 
 /// The child's stack. Its frames are a few small functions making system
 /// calls; 256 KiB leaves a wide margin, with a guard page below.
 const STACK_SIZE: usize = 256 * 1024;
 
-/// How many slots `Spawner` reserves: stdin, stdout, stderr, cgroup.procs.
-const SLOTS: usize = 4;
-const STDIN: usize = 0;
-const STDOUT: usize = 1;
-const STDERR: usize = 2;
-const CGROUP: usize = 3;
-
-/// Whether children must take the `unshare(CLONE_FILES)` fallback, as on a
-/// kernel without `CLOSE_RANGE_UNSHARE` (for the tests of that path).
-#[cfg(test)]
-pub(crate) static FORCE_UNSHARE_FALLBACK: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
-/// The step of the child that failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Step {
-    /// Getting a private descriptor table.
-    Unshare = 1,
-    /// Joining the run's cgroup.
-    Cgroup,
-    /// `setpgid(0, 0)`.
-    ProcessGroup,
-    /// Putting the slots on stdin, stdout and stderr.
-    Stdio,
-    /// `setgroups`.
-    Groups,
-    /// `setresgid`.
-    Gid,
-    /// `setresuid`.
-    Uid,
-    /// Arming the parent-death signal.
-    DeathSignal,
-    /// lrpm died before the parent-death signal was armed.
-    ParentGone,
-    /// `chdir` to the job's working directory.
-    Chdir,
-    /// Resetting signal dispositions or the mask.
-    Signals,
-    /// `execve` of every candidate.
-    Exec,
-}
-
-impl Step {
-    fn from_raw(raw: u32) -> Option<Self> {
-        const ALL: [Step; 12] = [
-            Step::Unshare,
-            Step::Cgroup,
-            Step::ProcessGroup,
-            Step::Stdio,
-            Step::Groups,
-            Step::Gid,
-            Step::Uid,
-            Step::DeathSignal,
-            Step::ParentGone,
-            Step::Chdir,
-            Step::Signals,
-            Step::Exec,
-        ];
-        ALL.into_iter().find(|s| *s as u32 == raw)
-    }
+/// Fallback paths of older kernels, taken on request so that tests can run
+/// them where the kernel has the newer calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fallbacks {
+    /// Get the private descriptor table with `unshare(CLONE_FILES)`, as on
+    /// a kernel without `CLOSE_RANGE_UNSHARE` (before 5.9).
+    pub unshare: bool,
+    /// Join the cgroup through its `cgroup.procs`, as where `clone3` is
+    /// refused.
+    pub join_cgroup: bool,
 }
 
 /// Why a child did not reach its program.
@@ -154,17 +109,6 @@ impl Failure {
     fn parent(error: std::io::Error) -> Self {
         Self { step: None, error }
     }
-}
-
-/// The user and groups a child switches to.
-#[derive(Debug, Clone, Default)]
-pub struct Switch {
-    /// Supplementary groups (set whenever the identity changes).
-    pub groups: Vec<rustix::process::Gid>,
-    /// Real, effective and saved group id.
-    pub gid: Option<rustix::process::Gid>,
-    /// Real, effective and saved user id.
-    pub uid: Option<rustix::process::Uid>,
 }
 
 /// Everything a child needs, prepared by the parent.
@@ -193,6 +137,10 @@ pub struct Plan<'a> {
     pub stdout: BorrowedFd<'a>,
     /// The write end of the child's stderr.
     pub stderr: BorrowedFd<'a>,
+    /// A descriptor the child gets as `HANDED_FD` (3).
+    pub handed: Option<BorrowedFd<'a>>,
+    /// Fallback paths to take even where they are not needed.
+    pub fallbacks: Fallbacks,
 }
 
 /// A child that is running its program.
@@ -202,32 +150,6 @@ pub struct Child {
     pub pid: rustix::process::Pid,
     /// Its pidfd (blocking, close-on-exec).
     pub pidfd: OwnedFd,
-}
-
-/// What the child reports back: written by the child only when a step
-/// fails, read by the parent once the clone has returned.
-#[derive(Debug, Default)]
-struct Report {
-    step: AtomicU32,
-    errno: AtomicI32,
-}
-
-/// The arguments of [`child_main`], on the parent's stack for the time of
-/// the clone; only plain data and raw pointers into memory the parent keeps
-/// alive until the clone returns.
-struct ChildArgs {
-    report: *const Report,
-    slots: [RawFd; SLOTS],
-    limit: RawFd,
-    has_cgroup: bool,
-    force_unshare: bool,
-    candidates: *const *const libc::c_char,
-    argv: *const *const libc::c_char,
-    envp: *const *const libc::c_char,
-    cwd: *const libc::c_char,
-    identity: Option<*const Switch>,
-    parent: rustix::process::Pid,
-    nofile: libc::rlimit,
 }
 
 /// The reserved descriptor slots and the child stack of one spawning
@@ -344,7 +266,7 @@ impl Spawner {
 
     /// Puts the slots other than stdin back on `/dev/null`.
     fn restore(&self) {
-        for i in [STDOUT, STDERR, CGROUP] {
+        for i in [STDOUT, STDERR, CGROUP, HANDED] {
             // The stdin slot is always on /dev/null. A dup3 between two
             // valid descriptors only fails for lack of memory; the slot
             // would then keep a pipe open, which the next spawn replaces.
@@ -415,14 +337,13 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Child, Failure> {
             spawner.slots[STDOUT].as_raw_fd(),
             spawner.slots[STDERR].as_raw_fd(),
             spawner.slots[CGROUP].as_raw_fd(),
+            spawner.slots[HANDED].as_raw_fd(),
         ],
         limit: spawner.limit,
         // Set by `clone_once`, which knows how the child gets its cgroup.
         has_cgroup: false,
-        #[cfg(test)]
-        force_unshare: FORCE_UNSHARE_FALLBACK.load(Ordering::Relaxed),
-        #[cfg(not(test))]
-        force_unshare: false,
+        force_unshare: plan.fallbacks.unshare,
+        has_handed: plan.handed.is_some(),
         candidates: candidates.as_ptr(),
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
@@ -438,7 +359,9 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Child, Failure> {
     // Cloned straight into its cgroup where clone3 can; otherwise the child
     // joins it through its cgroup.procs, which costs the kernel an RCU grace
     // period (the cgroup threadgroup lock taken for writing) on every spawn.
-    let mut into_cgroup = plan.cgroup.filter(|_| clone3::usable());
+    let mut into_cgroup = plan
+        .cgroup
+        .filter(|_| !plan.fallbacks.join_cgroup && clone3::usable());
     let pid = loop {
         let result = clone_once(spawner, plan, &mut args, into_cgroup, &mut pidfd);
         match result {
@@ -496,6 +419,9 @@ fn clone_once(
         spawner.place(STDERR, plan.stderr)?;
         if let Some(procs) = &procs {
             spawner.place(CGROUP, procs.as_fd())?;
+        }
+        if let Some(handed) = plan.handed {
+            spawner.place(HANDED, handed)?;
         }
         SignalsBlocked::new()
     })();
@@ -569,329 +495,4 @@ fn open_procs(dir: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
         OFlags::WRONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )?)
-}
-
-/// The errno of the last failed libc call, in the parent thread's
-/// thread-local storage, which the child uses while the parent is
-/// suspended.
-fn errno() -> c_int {
-    // SAFETY: __errno_location returns the calling thread's errno slot.
-    unsafe { *libc::__errno_location() }
-}
-
-/// Records the failure of `step` and exits.
-///
-/// # Safety
-///
-/// Only in the child, with `report` valid.
-unsafe fn fail(report: *const Report, step: Step, errno: c_int) -> ! {
-    // SAFETY: the parent keeps the report alive until clone returns, which
-    // is after this process has exited.
-    let report = unsafe { &*report };
-    report.errno.store(errno, Ordering::Release);
-    report.step.store(step as u32, Ordering::Release);
-    // SAFETY: _exit makes the exit system call only (no atexit handler).
-    unsafe { libc::_exit(127) }
-}
-
-/// The signals' highest number on Linux.
-const NSIG: c_int = 64;
-
-/// The kernel's `struct sigaction`: the handler comes first on every
-/// architecture; all zeros is `SIG_DFL` with no flags and an empty mask.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct KernelSigaction {
-    handler: usize,
-    rest: [u64; 4],
-}
-
-/// The child: from clone to execve. Raw system calls only (see the module
-/// documentation).
-extern "C" fn child_main(arg: *mut c_void) -> c_int {
-    // SAFETY: `arg` is the parent's ChildArgs, alive until clone returns.
-    let a = unsafe { &*arg.cast::<ChildArgs>() };
-    // SAFETY: each call below is a system call on descriptors, strings and
-    // arrays the parent prepared; none allocates, locks or unwinds; `fail`
-    // exits the child.
-    unsafe {
-        // A private descriptor table with only the descriptors below the
-        // limit: the slots, and what lrpm inherited (close-on-exec).
-        let unshared = !a.force_unshare
-            && libc::syscall(
-                libc::SYS_close_range,
-                a.limit as libc::c_uint,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_UNSHARE,
-            ) == 0;
-        if !unshared && libc::unshare(libc::CLONE_FILES) != 0 {
-            fail(a.report, Step::Unshare, errno());
-        }
-        if a.has_cgroup && libc::write(a.slots[CGROUP], b"0".as_ptr().cast(), 1) != 1 {
-            fail(a.report, Step::Cgroup, errno());
-        }
-        if libc::setpgid(0, 0) != 0 {
-            fail(a.report, Step::ProcessGroup, errno());
-        }
-        for (slot, target) in [(STDIN, 0), (STDOUT, 1), (STDERR, 2)] {
-            if libc::dup2(a.slots[slot], target) < 0 {
-                fail(a.report, Step::Stdio, errno());
-            }
-        }
-        // Nothing but stdio reaches the program. Without close_range (the
-        // fallback's kernels) every other descriptor is close-on-exec.
-        let _ = libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            0,
-        );
-        if let Some(id) = a.identity {
-            let id = &*id;
-            if let Err(e) = rustix::thread::set_thread_groups(&id.groups) {
-                fail(a.report, Step::Groups, e.raw_os_error());
-            }
-            if let Some(gid) = id.gid {
-                if let Err(e) = rustix::thread::set_thread_res_gid(gid, gid, gid) {
-                    fail(a.report, Step::Gid, e.raw_os_error());
-                }
-            }
-            if let Some(uid) = id.uid {
-                if let Err(e) = rustix::thread::set_thread_res_uid(uid, uid, uid) {
-                    fail(a.report, Step::Uid, e.raw_os_error());
-                }
-            }
-        }
-        // After the identity switch, which clears it.
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-            fail(a.report, Step::DeathSignal, errno());
-        }
-        // lrpm may have died between the clone and the prctl.
-        if libc::getppid() != a.parent.as_raw_nonzero().get() {
-            fail(a.report, Step::ParentGone, libc::ESRCH);
-        }
-        // Best effort: a child that cannot lower its own limit still runs.
-        let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &a.nofile);
-        if !a.cwd.is_null() && libc::chdir(a.cwd) != 0 {
-            fail(a.report, Step::Chdir, errno());
-        }
-        // Every signal is blocked (the parent's mask): put each handled
-        // signal, and SIGPIPE, back to its default before unblocking.
-        let dfl = KernelSigaction {
-            handler: 0,
-            rest: [0; 4],
-        };
-        for sig in 1..=NSIG {
-            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                continue;
-            }
-            let mut old = dfl;
-            let read = libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                ptr::null::<KernelSigaction>(),
-                &mut old as *mut KernelSigaction,
-                8usize,
-            );
-            let handled = read == 0 && old.handler != libc::SIG_DFL && old.handler != libc::SIG_IGN;
-            if (handled || sig == libc::SIGPIPE)
-                && libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    &dfl as *const KernelSigaction,
-                    ptr::null_mut::<KernelSigaction>(),
-                    8usize,
-                ) != 0
-            {
-                fail(a.report, Step::Signals, errno());
-            }
-        }
-        let empty: u64 = 0;
-        if libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &empty as *const u64,
-            ptr::null_mut::<u64>(),
-            8usize,
-        ) != 0
-        {
-            fail(a.report, Step::Signals, errno());
-        }
-        // execvpe's rules: go on after a candidate that is missing or not
-        // accessible; EACCES wins over ENOENT in the end.
-        let mut seen_eacces = false;
-        let mut last = libc::ENOENT;
-        let mut candidate = a.candidates;
-        while !(*candidate).is_null() {
-            libc::execve(*candidate, a.argv, a.envp);
-            last = errno();
-            match last {
-                libc::EACCES => seen_eacces = true,
-                libc::ENOENT | libc::ENOTDIR => {}
-                _ => break,
-            }
-            candidate = candidate.add(1);
-        }
-        if seen_eacces && matches!(last, libc::ENOENT | libc::ENOTDIR) {
-            last = libc::EACCES;
-        }
-        fail(a.report, Step::Exec, last)
-    }
-}
-
-/// `clone3` with `CLONE_INTO_CGROUP`: the child starts in its run's cgroup,
-/// so it never migrates into it. A migration (a write to `cgroup.procs`)
-/// takes the kernel's cgroup threadgroup lock for writing, an RCU grace
-/// period of about a millisecond on every spawn; a clone into the cgroup
-/// takes it for reading only.
-///
-/// glibc has no `clone3` wrapper that runs a function on a new stack, so
-/// the system call is made here, in a few lines of assembly: after the
-/// call the child is on the reserved stack, with the parent's registers,
-/// and calls [`child_main`]. x86_64 only; elsewhere [`usable`] is false and
-/// lrpm uses glibc's `clone` and the `cgroup.procs` write.
-pub(crate) mod clone3 {
-    use std::ffi::{c_int, c_void};
-    use std::os::fd::RawFd;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    /// Whether to try `clone3` at all: cleared for good once the kernel (or
-    /// a seccomp filter) refuses it.
-    static USABLE: AtomicBool = AtomicBool::new(cfg!(target_arch = "x86_64"));
-
-    /// Whether children must join their cgroup through `cgroup.procs`, as
-    /// where `clone3` is refused (for the tests of that path).
-    #[cfg(test)]
-    pub(crate) static FORCE_PROCS_FALLBACK: AtomicBool = AtomicBool::new(false);
-
-    /// Whether `clone3` with `CLONE_INTO_CGROUP` may work here.
-    pub fn usable() -> bool {
-        #[cfg(test)]
-        if FORCE_PROCS_FALLBACK.load(Ordering::Relaxed) {
-            return false;
-        }
-        USABLE.load(Ordering::Relaxed)
-    }
-
-    /// Whether `error` says `clone3`, or one of its flags, is not available
-    /// (rather than that this one clone failed).
-    pub fn unsupported(error: &std::io::Error) -> bool {
-        matches!(
-            error.raw_os_error(),
-            Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EPERM)
-        )
-    }
-
-    /// Stops trying `clone3`, and says so once.
-    pub fn disable(error: &std::io::Error) {
-        if USABLE.swap(false, Ordering::Relaxed) {
-            tracing::info!(
-                "clone3 into a cgroup is not available ({error}): workers join their cgroup \
-                 after the clone, which is slower"
-            );
-        }
-    }
-
-    /// The kernel's `struct clone_args` (version 2, with `cgroup`).
-    #[repr(C)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
-
-    /// `CLONE_INTO_CGROUP` (Linux 5.7).
-    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-
-    /// Clones a child that runs [`super::child_main`]`(arg)` on the stack
-    /// `stack..stack + size`, in the cgroup whose directory is `cgroup`,
-    /// with the flags of glibc's path plus `CLONE_INTO_CGROUP`; stores its
-    /// pidfd in `pidfd` and returns its pid.
-    ///
-    /// # Safety
-    ///
-    /// As for `libc::clone` in [`super::clone_once`]: `stack` is a mapping
-    /// of `size` bytes (16-byte aligned at its top) that only the child
-    /// uses, `arg` points to `ChildArgs` that outlive the call, and every
-    /// signal is blocked in the calling thread.
-    #[cfg(target_arch = "x86_64")]
-    pub unsafe fn spawn(
-        stack: *mut c_void,
-        size: usize,
-        cgroup: RawFd,
-        arg: *mut c_void,
-        pidfd: &mut c_int,
-    ) -> std::io::Result<c_int> {
-        let args = CloneArgs {
-            flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::CLONE_PIDFD)
-                as u64
-                | CLONE_INTO_CGROUP,
-            pidfd: std::ptr::from_mut(pidfd) as u64,
-            child_tid: 0,
-            parent_tid: 0,
-            exit_signal: libc::SIGCHLD as u64,
-            stack: stack as u64,
-            stack_size: size as u64,
-            tls: 0,
-            set_tid: 0,
-            set_tid_size: 0,
-            cgroup: cgroup as u64,
-        };
-        let ret: i64;
-        // SAFETY: the parent comes back from the system call with its
-        // registers intact but rax, rcx and r11 (declared), and touches no
-        // memory of its own in between. The child comes back on the new
-        // stack (the kernel sets its stack pointer to the top of it), sees
-        // rax = 0, calls child_main with the argument kept in r13 (the
-        // kernel preserves r12 and r13), and exits with its return value if
-        // it ever returns; it never gets back to Rust code of this frame.
-        unsafe {
-            std::arch::asm!(
-                "syscall",
-                "test rax, rax",
-                "jnz 2f",
-                "mov rdi, r13",
-                "call r12",
-                "mov edi, eax",
-                "mov eax, {exit}",
-                "syscall",
-                "ud2",
-                "2:",
-                exit = const libc::SYS_exit,
-                inlateout("rax") libc::SYS_clone3 => ret,
-                in("rdi") &raw const args,
-                in("rsi") std::mem::size_of::<CloneArgs>(),
-                in("r12") super::child_main as *const () as usize,
-                in("r13") arg,
-                lateout("rcx") _,
-                lateout("r11") _,
-                options(nostack),
-            );
-        }
-        if ret < 0 {
-            Err(std::io::Error::from_raw_os_error(-ret as i32))
-        } else {
-            Ok(ret as c_int)
-        }
-    }
-
-    /// Never called: [`usable`] is false on this architecture.
-    #[cfg(not(target_arch = "x86_64"))]
-    pub unsafe fn spawn(
-        _stack: *mut c_void,
-        _size: usize,
-        _cgroup: RawFd,
-        _arg: *mut c_void,
-        _pidfd: &mut c_int,
-    ) -> std::io::Result<c_int> {
-        Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
-    }
 }

@@ -1,0 +1,13 @@
+//! What the lrpm supervisor and its control client `lrpmctl` share: the
+//! control protocol's [codec], the [socket] path chain, and the [exit]
+//! codes.
+//!
+//! Architecture invariant: this crate performs no I/O beyond looking at
+//! paths ([`socket::client_socket`]); it depends on neither tokio nor libc,
+//! rustix or nix, so the codec is the same pure code on both ends.
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod exit;
+pub mod socket;

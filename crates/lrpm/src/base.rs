@@ -1,0 +1,231 @@
+//! The vocabulary every module of the shell shares: exit codes, the names
+//! of environment variables, and the roles a re-executed lrpm binary plays.
+//!
+//! Architecture invariant: this module imports nothing from the crate, so
+//! any module may import it.
+
+use std::ffi::OsString;
+use std::os::fd::RawFd;
+
+use lrpm_core::status::ExitStatus;
+use lrpm_process::command::{HANDED_FD, SpawnRequest};
+
+pub(crate) use lrpm_proto::exit::{EX_NOINPUT, EX_USAGE};
+
+/// A worker's job id.
+pub(crate) const JOB_ID_ENV: &str = "LRPM_JOB_ID";
+/// A worker's job name.
+pub(crate) const JOB_NAME_ENV: &str = "LRPM_JOB_NAME";
+/// A worker's `workerConfig`, as JSON.
+pub(crate) const WORKER_CONFIG_ENV: &str = "LRPM_WORKER_CONFIG";
+/// The bearer token of the HTTP source: never inherited by a child.
+pub(crate) const HTTP_TOKEN_ENV: &str = "LRPM_HTTP_TOKEN";
+/// What no child of lrpm inherits from lrpm's own environment unless its
+/// declaration sets it: the HTTP source's secret, and an `LRPM_RUN_ID` lrpm
+/// itself inherited (which would tie the child to a run of another lrpm).
+pub(crate) const HIDDEN_ENV: &[&str] = &[HTTP_TOKEN_ENV, lrpm_process::containment::RUN_ID_ENV];
+
+/// The first argument of a worker sandbox: `BINARY __lrpm-worker CLASS`.
+pub(crate) const WORKER_ROLE: &str = "__lrpm-worker";
+/// The first argument of a configuration sandbox:
+/// `BINARY __lrpm-config INTERVAL`.
+pub(crate) const CONFIG_ROLE: &str = "__lrpm-config";
+/// The first argument of an output hub: `BINARY __lrpm-output-hub FD`.
+pub(crate) const HUB_ROLE: &str = "__lrpm-output-hub";
+
+/// What a run of the lrpm binary (or of a library-mode binary) is for,
+/// read from its first argument. lrpm re-executes itself
+/// (`/proc/self/exe`) for every role but the supervisor's.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Role {
+    /// The supervisor, with its command line.
+    Supervisor,
+    /// A worker sandbox running the registered worker `class`.
+    Worker {
+        /// The `workerClass`.
+        class: String,
+    },
+    /// The configuration sandbox, loading every `interval_secs` seconds (0:
+    /// streaming).
+    Config {
+        /// `--interval`, in seconds.
+        interval_secs: f64,
+    },
+    /// An output hub, on the socket it was handed as descriptor `fd`.
+    OutputHub {
+        /// Its socket's descriptor number.
+        fd: RawFd,
+    },
+}
+
+/// A role's arguments that make no sense.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct RoleError(String);
+
+impl Role {
+    /// The role of a process started with `args` (the first is the program
+    /// name).
+    pub(crate) fn parse(args: &[OsString]) -> Result<Role, RoleError> {
+        let arg = |i: usize| args.get(i).and_then(|a| a.to_str());
+        match arg(1) {
+            Some(WORKER_ROLE) => match arg(2) {
+                Some(class) => Ok(Role::Worker {
+                    class: class.to_owned(),
+                }),
+                None => Err(RoleError(format!("{WORKER_ROLE} needs a worker class"))),
+            },
+            Some(CONFIG_ROLE) => match arg(2).and_then(|s| s.parse::<f64>().ok()) {
+                Some(interval_secs) if interval_secs.is_finite() && interval_secs >= 0.0 => {
+                    Ok(Role::Config { interval_secs })
+                }
+                _ => Err(RoleError(format!(
+                    "{CONFIG_ROLE} needs the interval in seconds"
+                ))),
+            },
+            Some(HUB_ROLE) => match arg(2).and_then(|s| s.parse::<RawFd>().ok()) {
+                Some(fd) if fd > 2 => Ok(Role::OutputHub { fd }),
+                _ => Err(RoleError(format!(
+                    "{HUB_ROLE} needs the descriptor of its socket"
+                ))),
+            },
+            _ => Ok(Role::Supervisor),
+        }
+    }
+
+    /// The arguments after the program name that start this role.
+    fn args(&self) -> Vec<String> {
+        match self {
+            Role::Supervisor => Vec::new(),
+            Role::Worker { class } => vec![WORKER_ROLE.to_owned(), class.clone()],
+            Role::Config { interval_secs } => {
+                vec![CONFIG_ROLE.to_owned(), interval_secs.to_string()]
+            }
+            Role::OutputHub { fd } => vec![HUB_ROLE.to_owned(), fd.to_string()],
+        }
+    }
+
+    /// The argv that runs this role in this very binary (even if its file
+    /// was replaced since), for a command source.
+    pub(crate) fn argv(&self) -> Vec<String> {
+        let mut argv = vec![SELF_EXE.to_owned()];
+        argv.extend(self.args());
+        argv
+    }
+
+    /// A request that runs this role in this very binary, under the name it
+    /// was started with.
+    pub(crate) fn request(&self) -> SpawnRequest {
+        let mut request = SpawnRequest::new(SELF_EXE);
+        if let Some(name) = std::env::args_os().next() {
+            request = request.arg0(name);
+        }
+        request.args(self.args())
+    }
+
+    /// The role of an output hub that is handed its socket by
+    /// [`SpawnRequest::hand`].
+    pub(crate) fn handed_hub() -> Role {
+        Role::OutputHub { fd: HANDED_FD }
+    }
+}
+
+/// A short human form of a duration: `250ms`, `4s`, `1.5s`, `2m8s`.
+pub(crate) fn humantime(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0..1000 => format!("{ms}ms"),
+        1000..60_000 if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        1000..60_000 => format!("{:.1}s", d.as_secs_f64()),
+        _ => format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000),
+    }
+}
+
+/// The name of signal number `n` (`SIGTERM`), or `signal N`.
+pub(crate) fn signal_name(n: i32) -> String {
+    use rustix::process::Signal as S;
+    const NAMES: [(S, &str); 20] = [
+        (S::HUP, "SIGHUP"),
+        (S::INT, "SIGINT"),
+        (S::QUIT, "SIGQUIT"),
+        (S::ILL, "SIGILL"),
+        (S::TRAP, "SIGTRAP"),
+        (S::ABORT, "SIGABRT"),
+        (S::BUS, "SIGBUS"),
+        (S::FPE, "SIGFPE"),
+        (S::KILL, "SIGKILL"),
+        (S::USR1, "SIGUSR1"),
+        (S::SEGV, "SIGSEGV"),
+        (S::USR2, "SIGUSR2"),
+        (S::PIPE, "SIGPIPE"),
+        (S::ALARM, "SIGALRM"),
+        (S::TERM, "SIGTERM"),
+        (S::XCPU, "SIGXCPU"),
+        (S::XFSZ, "SIGXFSZ"),
+        (S::SYS, "SIGSYS"),
+        (S::WINCH, "SIGWINCH"),
+        (S::STOP, "SIGSTOP"),
+    ];
+    NAMES
+        .iter()
+        .find(|(s, _)| s.as_raw() == n)
+        .map_or_else(|| format!("signal {n}"), |(_, name)| (*name).to_owned())
+}
+
+/// How a process ended, for the log.
+pub(crate) fn describe_exit(status: &ExitStatus) -> String {
+    match (status.code, status.signal, &status.error) {
+        (Some(code), _, _) => format!("exited with code {code}"),
+        (None, Some(sig), _) => format!("killed by {}", signal_name(sig)),
+        (None, None, Some(error)) => format!("could not start: {error}"),
+        (None, None, None) => "ended".to_owned(),
+    }
+}
+
+/// This very binary.
+const SELF_EXE: &str = "/proc/self/exe";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn every_role_parses_back_from_the_arguments_it_builds() {
+        for role in [
+            Role::Worker {
+                class: "Mailer".into(),
+            },
+            Role::Config { interval_secs: 2.5 },
+            Role::Config { interval_secs: 0.0 },
+            Role::handed_hub(),
+        ] {
+            let mut argv = vec!["lrpm".to_owned()];
+            argv.extend(role.args());
+            let argv: Vec<OsString> = argv.into_iter().map(OsString::from).collect();
+            assert_eq!(Role::parse(&argv), Ok(role.clone()), "{argv:?}");
+            assert_eq!(role.argv()[0], SELF_EXE);
+        }
+    }
+
+    #[test]
+    fn anything_else_is_the_supervisor_and_a_broken_role_an_error() {
+        assert_eq!(Role::parse(&args(&["lrpm"])), Ok(Role::Supervisor));
+        assert_eq!(
+            Role::parse(&args(&["lrpm", "jobs.toml"])),
+            Ok(Role::Supervisor)
+        );
+        for broken in [
+            &["lrpm", WORKER_ROLE][..],
+            &["lrpm", CONFIG_ROLE, "-1"],
+            &["lrpm", CONFIG_ROLE, "NaN"],
+            &["lrpm", HUB_ROLE, "2"],
+            &["lrpm", HUB_ROLE, "x"],
+        ] {
+            assert!(Role::parse(&args(broken)).is_err(), "{broken:?}");
+        }
+    }
+}
