@@ -89,8 +89,12 @@ pub fn register(
         .map_err(|e| e.into_parts())
 }
 
-/// The uid and, when the kernel tells, the pid of the peer of a Unix
-/// socket.
+/// The uid and, when it is visible from here, the pid of the process at the
+/// other end of a connected Unix socket (SO_PEERCRED).
+///
+/// This uses nix rather than rustix's `socket_peercred`, whose pid is a
+/// non-zero type: the kernel reports pid 0 for a peer in a pid namespace
+/// this process cannot see.
 pub fn peer_credentials(socket: &impl std::os::fd::AsFd) -> io::Result<(u32, Option<u32>)> {
     let cred = nix::sys::socket::getsockopt(socket, nix::sys::socket::sockopt::PeerCredentials)
         .map_err(io::Error::from)?;

@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 
-use super::{ControlMsg, IDLE_TIMEOUT, MAX_CONNECTIONS, Reply, Shared, WRITE_TIMEOUT};
+use super::msg::{ControlMsg, IDLE_TIMEOUT, MAX_CONNECTIONS, Reply, Shared, WRITE_TIMEOUT};
 use lrpm_proto::codec::{self as protocol, MAX_REQUEST_LEN, Request, Response};
 
 /// How long a connection that sent an over-long line is drained before it
@@ -49,7 +49,7 @@ pub(super) async fn serve(
     mut shutdown: watch::Receiver<bool>,
     _slot: OwnedSemaphorePermit,
 ) {
-    match super::peer_credentials(&stream) {
+    match lrpm_process::fd::peer_credentials(&stream) {
         Ok((uid, _)) if uid == 0 || uid == shared.own_uid.as_raw() => {}
         Ok((uid, pid)) => {
             tracing::warn!(uid, pid, "control connection refused: permission denied");

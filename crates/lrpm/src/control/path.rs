@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::Access;
 
-use super::ControlError;
+use super::msg::ControlError;
 
 /// The socket the server should bind: `explicit` if given (its missing
 /// parent directories are created with mode 0700; existing ones are left as

@@ -47,7 +47,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 
-use super::{ConfigSource, LoadError, Loaded, MAX_DOCUMENT, OpenError, Parser, SourceOptions};
+use super::api::{ConfigSource, LoadError, Loaded, MAX_DOCUMENT, OpenError, Parser, SourceOptions};
 use crate::base::Role;
 use crate::lines::{Line, LineReader, Overlong};
 use crate::output::MAX_LINE;
@@ -607,6 +607,12 @@ async fn stream_once(command: &SourceCommand, mailbox: &Mailbox, restart: &Notif
         // Even exit code 0: a streaming command is not supposed to end.
         None => ExecFailure::Exited { code: 0, stderr },
     })
+}
+
+impl From<ExecError> for LoadError {
+    fn from(e: ExecError) -> Self {
+        LoadError::Kind(Box::new(e))
+    }
 }
 
 #[cfg(test)]

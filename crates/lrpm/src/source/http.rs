@@ -40,7 +40,7 @@ use reqwest::header::{
 use reqwest::{StatusCode, Url, redirect};
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::{ConfigSource, LoadError, Loaded, MAX_DOCUMENT, OpenError, Parser, SourceOptions};
+use super::api::{ConfigSource, LoadError, Loaded, MAX_DOCUMENT, OpenError, Parser, SourceOptions};
 
 use crate::base::HTTP_TOKEN_ENV as TOKEN_ENV;
 /// How many redirects one load follows at most.
@@ -447,6 +447,12 @@ fn mask(uri: &str) -> String {
             }
             _ => uri.to_owned(),
         },
+    }
+}
+
+impl From<HttpError> for LoadError {
+    fn from(e: HttpError) -> Self {
+        LoadError::Kind(Box::new(e))
     }
 }
 

@@ -22,71 +22,19 @@
 //! streaming) and [`http`] (GET, polled, conditional). `docs/sources.md`
 //! describes them for users.
 
+mod api;
 pub mod exec;
 pub mod file;
 #[cfg(feature = "http")]
 pub mod http;
 
-use std::future::Future;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use lrpm_core::Declaration;
-use lrpm_core::Reparser;
-use lrpm_core::decl::{Document, Format};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
-use lrpm_process::command::SpawnContext;
-
-/// What a load found.
-#[derive(Debug)]
-pub enum Loaded {
-    /// A whole configuration.
-    Config(Declaration),
-    /// Nothing new (a file being written, an HTTP 304…).
-    Unchanged,
-}
-
-/// Why a load failed; the supervisor keeps its last good configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// A file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The configuration is not a readable job map.
-    #[error(transparent)]
-    Parse(#[from] lrpm_core::SourceError),
-    /// The command of an exec source failed.
-    #[error(transparent)]
-    Exec(#[from] exec::ExecError),
-    /// The request of an HTTP source failed.
-    #[cfg(feature = "http")]
-    #[error(transparent)]
-    Http(#[from] http::HttpError),
-    /// Anything else the source reports.
-    #[error("{0}")]
-    Other(String),
-}
-
-/// A source of configurations, polled or pushing.
-pub trait ConfigSource: Send + 'static {
-    /// Reads the whole configuration now.
-    fn load(&mut self) -> impl Future<Output = Result<Loaded, LoadError>> + Send;
-    /// Waits until the configuration may have changed.
-    fn changed(&mut self) -> impl Future<Output = ()> + Send;
-    /// Called when a reload was requested, before the `load()` it causes.
-    /// Most sources need nothing more than that load; a streaming source
-    /// restarts its stream here.
-    fn reload_requested(&mut self) {}
-}
+pub use self::api::{ConfigSource, DEFAULT_TIMEOUT, LoadError, Loaded, OpenError, SourceOptions};
 
 /// What a source's driver sends to the supervisor.
 pub type SourceUpdate = Result<Declaration, LoadError>;
@@ -142,93 +90,6 @@ pub fn spawn<S: ConfigSource>(
         }
     });
     SourceHandle { reload, task }
-}
-
-/// Why a source could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// The source argument is not one lrpm understands (exit code 64).
-    #[error("{0}")]
-    Usage(String),
-    /// A file source does not exist (exit code 66).
-    #[error("{path}: no such file or directory")]
-    NotFound {
-        /// The path.
-        path: PathBuf,
-    },
-    /// Anything else (exit code 1).
-    #[error("{0}")]
-    Other(String),
-}
-
-/// Settings that apply to every source.
-#[derive(Debug, Clone)]
-pub struct SourceOptions {
-    /// How often polled sources are polled; `None` for `--interval 0`.
-    pub interval: Option<Duration>,
-    /// How long one load of an exec or HTTP source may take
-    /// (`--source-timeout`).
-    pub timeout: Duration,
-    /// How the commands of exec sources are spawned (as workers are).
-    pub spawn: SpawnContext,
-}
-
-/// The default of `--source-timeout`.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The largest configuration document a command or a server may send
-/// (64 MiB); anything larger is refused while it is read, never buffered.
-pub const MAX_DOCUMENT: usize = 64 * 1024 * 1024;
-
-/// A source's parser: parses on a blocking thread, so that a large
-/// document never stalls the supervisor, and remembers the configuration
-/// it parsed last, so that only the jobs whose declaration changed since
-/// are checked again ([`Reparser`]). Clones share what it remembers.
-#[derive(Debug, Clone, Default)]
-pub struct Parser(Arc<Mutex<Reparser>>);
-
-impl Parser {
-    /// Parses a JSON job map that came from `origin` (a command, a URL).
-    pub async fn json(&self, origin: String, text: String) -> Result<Declaration, LoadError> {
-        self.run(move |reparser| {
-            let doc = Document {
-                origin: &origin,
-                format: Format::Json,
-                text: &text,
-            };
-            reparser.parse(&[doc]).map_err(LoadError::from)
-        })
-        .await
-    }
-
-    /// Runs `parse` (which reads and parses) with the reparser, on a
-    /// blocking thread.
-    pub async fn run<T: Send + 'static>(
-        &self,
-        parse: impl FnOnce(&mut Reparser) -> Result<T, LoadError> + Send + 'static,
-    ) -> Result<T, LoadError> {
-        let shared = self.0.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut reparser = match shared.lock() {
-                Ok(reparser) => reparser,
-                // A parse that panicked may have left it half updated:
-                // start afresh.
-                Err(poisoned) => {
-                    shared.clear_poison();
-                    let mut reparser = poisoned.into_inner();
-                    *reparser = Reparser::new();
-                    reparser
-                }
-            };
-            parse(&mut reparser)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(LoadError::Other(format!(
-                "parsing the configuration failed: {e}"
-            )))
-        })
-    }
 }
 
 /// Opens the source named by `uri` (a path, `file:PATH`, `exec:COMMAND…`,

@@ -1,0 +1,127 @@
+//! What the control server's parts share: the message a connection hands
+//! the event loop, its reply, the server's limits and errors.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lrpm_proto::codec::Request;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// A request from a control client, handed to the supervisor's event loop,
+/// which answers on `reply`.
+#[derive(Debug)]
+pub struct ControlMsg {
+    /// The request (never `Help`: the server answers that itself).
+    pub request: Request,
+    /// Where the event loop sends the answer.
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// The event loop's answer to a [`ControlMsg`].
+#[derive(Debug)]
+pub enum Reply {
+    /// The status document, already encoded as the response line: the
+    /// event loop serializes it straight from the core's state, which is
+    /// cheaper than copying every job's status for the connection task to
+    /// encode (see `Shell::status_line`).
+    StatusLine(Vec<u8>),
+    /// The request was carried out; a message for the operator.
+    Done(String),
+    /// The request was refused.
+    Refused(String),
+}
+
+/// How many control connections may be open at once. One more is told
+/// `too many control connections` and closed at once.
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// How long a connection may take to send a complete request line before
+/// it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long writing one response may take before the connection is closed.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`ControlServer::close`] lets connections finish writing the
+/// answers they already have.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Why the control server could not start. Each of these stops lrpm before
+/// any worker is spawned.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No default socket directory could be used.
+    #[error("no usable directory for the control socket ({tried}); give one with --socket PATH")]
+    NoSocketDir {
+        /// Each directory tried, with why it could not be used.
+        tried: String,
+    },
+    /// The socket's directory could not be created.
+    #[error("cannot create the control socket directory {}", path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The lock file beside the socket could not be opened or locked.
+    #[error("cannot lock {}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Another lrpm is running with this socket.
+    #[error(
+        "another lrpm{} is already running with the control socket {}",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        path.display()
+    )]
+    AlreadyRunning {
+        /// The socket.
+        path: PathBuf,
+        /// The other lrpm's pid, when it answered.
+        pid: Option<u32>,
+    },
+    /// Something other than a socket is in the way.
+    #[error("{} exists and is not a socket; not replacing it", path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// An existing socket file could not be probed or removed.
+    #[error("cannot replace the stale control socket {}", path.display())]
+    Stale {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The socket could not be bound or its mode set.
+    #[error("cannot listen on the control socket {}", path.display())]
+    Bind {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Where requests go: the supervisor's event loop.
+    pub(crate) requests: mpsc::Sender<ControlMsg>,
+    /// lrpm's effective uid: the one non-root uid allowed to connect.
+    pub(crate) own_uid: rustix::process::Uid,
+    /// One permit per open connection; all of them free means every
+    /// connection has finished.
+    pub(crate) slots: Arc<Semaphore>,
+}
