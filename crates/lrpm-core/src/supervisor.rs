@@ -591,20 +591,7 @@ impl Supervisor {
                 .expect("invariant: timers name live jobs");
             match job.state {
                 State::Backoff { .. } => self.start(now, &id),
-                State::Stopping { proc, then, .. } => {
-                    self.actions.push_back(Action::Signal {
-                        run: proc.run,
-                        signal: Signal::Kill,
-                    });
-                    self.set_state(
-                        &id,
-                        State::Stopping {
-                            proc,
-                            kill_at: None,
-                            then,
-                        },
-                    );
-                }
+                State::Stopping { .. } => self.escalate(&id),
                 State::Running(_) => unreachable!("invariant: a running job has no deadline"),
             }
         }
@@ -848,7 +835,9 @@ impl Supervisor {
         );
     }
 
-    /// Sends SIGKILL to a stopping job's process group.
+    /// Sends SIGKILL to a stopping job's process group, and clears its
+    /// stop deadline: the one path of "the stop deadline is reached" (on
+    /// time, or at once by [`Supervisor::force_kill`]).
     fn escalate(&mut self, id: &JobId) {
         if let State::Stopping { proc, then, .. } = self.jobs[id].state {
             self.actions.push_back(Action::Signal {
