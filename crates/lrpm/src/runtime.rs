@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lrpm_core::Declaration;
 use lrpm_core::job::{JobId, Program, Signal};
 use lrpm_core::status::{ExitStatus, SupervisorStatus};
-use lrpm_core::supervisor::{Action, AfterExit, ConfigOutcome, RunId, Supervisor};
+use lrpm_core::supervisor::{Action, AfterExit, ConfigOutcome, Interrupted, RunId, Supervisor};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -133,14 +133,12 @@ impl Shell {
                 }
                 Some(msg) = self.control.recv() => self.control_request(msg),
                 Some(()) = sigterm.recv() => self.shutdown("SIGTERM"),
-                Some(()) = sigint.recv() => {
-                    if self.core.is_shutting_down() {
-                        tracing::warn!("second SIGINT: killing every worker now");
-                        self.core.force_kill(Instant::now());
-                    } else {
-                        self.shutdown("SIGINT");
+                Some(()) = sigint.recv() => match self.core.handle_interrupt(Instant::now()) {
+                    Interrupted::Shutdown { jobs } => self.shutdown_began("SIGINT", jobs),
+                    Interrupted::ForceKill => {
+                        tracing::warn!("SIGINT during the shutdown: killing every worker now");
                     }
-                }
+                },
                 Some(()) = sighup.recv() => {
                     tracing::info!("SIGHUP: reloading the configuration");
                     self.source.reload();
@@ -161,9 +159,16 @@ impl Shell {
         if self.core.is_shutting_down() {
             return;
         }
-        tracing::info!("{why}: shutting down {} jobs", self.core.job_count());
-        self.source.stop();
+        let jobs = self.core.job_count();
         self.core.shutdown(Instant::now());
+        self.shutdown_began(why, jobs);
+    }
+
+    /// Logs a shutdown that the core began, and stops the source: nothing
+    /// it loads would be applied.
+    fn shutdown_began(&mut self, why: &str, jobs: usize) {
+        tracing::info!("{why}: shutting down {jobs} jobs");
+        self.source.stop();
     }
 
     fn child_exited(&mut self, exit: ExitEvent) {
