@@ -142,9 +142,13 @@ impl SpawnContext {
 /// Why a process could not be spawned.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    /// The declaration cannot be run by this binary.
-    #[error("{0}")]
-    Unsupported(String),
+    /// A `workerClass` job reached a binary without workers, whose runtime
+    /// should have left it out of the configuration.
+    #[error(
+        "workerClass {0:?}: this binary has no workers (invariant broken: such a job is \
+         left out of the configuration)"
+    )]
+    NotAWorkerBinary(String),
     /// `user` or `group` do not exist or cannot be switched to.
     #[error("{field}: {reason}")]
     Identity {
@@ -293,20 +297,20 @@ fn command(
     let cmd = match &spec.program {
         Program::Argv(argv) => SpawnRequest::new(&argv[0]).args(&argv[1..]),
         Program::Shell(line) => SpawnRequest::new("/bin/sh").arg("-c").arg(line),
-        Program::WorkerClass(class) if ctx.worker_binary => {
+        Program::WorkerClass(class) => {
+            // Only a binary with workers gets here: the runtime leaves the
+            // others' workerClass jobs out of every configuration
+            // (`Declaration::leave_out_unknown_workers`). Re-executing a
+            // plain lrpm in worker mode would fail less clearly than this.
+            if !ctx.worker_binary {
+                return Err(SpawnError::NotAWorkerBinary(class.clone()));
+            }
             // This very binary, even if its file was replaced since.
             let mut cmd = SpawnRequest::new("/proc/self/exe");
             if let Some(name) = std::env::args_os().next() {
                 cmd = cmd.arg0(name);
             }
             cmd.arg(crate::library::WORKER_MODE).arg(class)
-        }
-        Program::WorkerClass(class) => {
-            return Err(SpawnError::Unsupported(format!(
-                "workerClass {class:?}: this lrpm binary has no registered workers \
-                 (workerClass jobs run in a binary built with the lrpm library; \
-                 use `command` here)"
-            )));
         }
     };
     let mut cmd = cmd

@@ -22,8 +22,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lrpm_core::Declaration;
-use lrpm_core::job::{JobId, Program, Signal};
+use lrpm_core::job::Signal;
 use lrpm_core::status::{ExitStatus, SupervisorStatus};
 use lrpm_core::supervisor::{Action, AfterExit, ConfigOutcome, Interrupted, RunId, Supervisor};
 use tokio::signal::unix::{SignalKind, signal};
@@ -193,7 +192,7 @@ impl Shell {
     fn config_loaded(&mut self, update: SourceUpdate) {
         match update {
             Ok(mut decl) => {
-                check_worker_classes(&mut decl, self.worker_classes.as_ref());
+                decl.leave_out_unknown_workers(self.worker_classes.as_ref());
                 // A configuration of 100,000 broken jobs is one problem,
                 // not 100,000 log lines: status lists them all.
                 let unlogged = |n: usize| n.saturating_sub(LOGGED_PROBLEMS);
@@ -369,34 +368,6 @@ const SPAWN_BATCH: usize = 8;
 /// machine a spawn, which waits for the child to exec, can take tens of
 /// milliseconds, and 32 of them would hold the loop for a second.
 const SPAWN_SLICE: Duration = Duration::from_millis(20);
-
-/// Moves the jobs whose `workerClass` this binary cannot run to the invalid
-/// ones, as php-lrpm's validator rejects a class that does not exist.
-fn check_worker_classes(decl: &mut Declaration, classes: Option<&BTreeSet<String>>) {
-    let unknown: Vec<(JobId, String)> = decl
-        .jobs
-        .iter()
-        .filter_map(|(id, spec)| match &spec.program {
-            Program::WorkerClass(class) if !classes.is_some_and(|c| c.contains(class)) => {
-                Some((id.clone(), class.clone()))
-            }
-            _ => None,
-        })
-        .collect();
-    for (id, class) in unknown {
-        decl.jobs.remove(&id);
-        let reason = match classes {
-            None => "workerClass: this lrpm runs commands only; workerClass jobs need a \
-                     binary built with the lrpm library (or use command)"
-                .to_owned(),
-            Some(classes) => format!(
-                "workerClass: no worker is registered as {class:?} (registered: {})",
-                classes.iter().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        };
-        decl.invalid.insert(id, reason);
-    }
-}
 
 pub(crate) fn describe_exit(status: &ExitStatus) -> String {
     match (status.code, status.signal, &status.error) {
