@@ -229,7 +229,7 @@ impl Hubs {
                 tracing::warn!(
                     hub = %hub.pid.as_raw_nonzero(),
                     "the output hub did not finish within {}; killing it",
-                    crate::humantime(EXIT_GRACE)
+                    lrpm_core::human::duration(EXIT_GRACE)
                 );
                 let _ = pidfd_send_signal(hub.pidfd.get_ref(), Signal::KILL);
                 let _ = tokio::time::timeout(EXIT_GRACE, watcher).await;
@@ -398,10 +398,7 @@ async fn watch(hub: Arc<Hub>) {
         .await
         .map(|mut guard| guard.retain_ready());
     let status = crate::process::reap_child(hub.pid, hub.pidfd.get_ref().as_fd());
-    let status = status.map_or_else(
-        || "its end was not seen".to_owned(),
-        |s| crate::runtime::describe_exit(&s),
-    );
+    let status = status.map_or_else(|| "its end was not seen".to_owned(), |s| s.to_string());
     if hub.closing.load(Ordering::Relaxed) {
         tracing::debug!(hub = %hub.pid.as_raw_nonzero(), "output hub exited: {status}");
     } else {

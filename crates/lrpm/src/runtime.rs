@@ -22,6 +22,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use lrpm_core::human;
 use lrpm_core::job::Signal;
 use lrpm_core::status::{ExitStatus, SupervisorStatus};
 use lrpm_core::supervisor::{Action, AfterExit, ConfigOutcome, Interrupted, RunId, Supervisor};
@@ -174,7 +175,7 @@ impl Shell {
         let Some((job, status)) = self.procs.reap(exit.run) else {
             return;
         };
-        let how = describe_exit(&status);
+        let how = status.to_string();
         // The time of the exit, not of its handling: under a storm the two
         // are seconds apart, and a short run must not count as a long one.
         match self.core.handle_exit(exit.at, exit.run, status) {
@@ -183,7 +184,7 @@ impl Shell {
             AfterExit::Backoff(delay) => tracing::warn!(
                 job = %job,
                 "{how} too soon; restarting in {}",
-                crate::humantime(delay)
+                human::duration(delay)
             ),
             AfterExit::Unknown => {}
         }
@@ -320,7 +321,7 @@ impl Shell {
                     ExitStatus::spawn_failed(e.to_string()),
                 );
                 let retry = match after {
-                    AfterExit::Backoff(d) => format!("; retrying in {}", crate::humantime(d)),
+                    AfterExit::Backoff(d) => format!("; retrying in {}", human::duration(d)),
                     _ => String::new(),
                 };
                 tracing::error!(job = %job, "cannot start: {e}{retry}");
@@ -368,15 +369,6 @@ const SPAWN_BATCH: usize = 8;
 /// machine a spawn, which waits for the child to exec, can take tens of
 /// milliseconds, and 32 of them would hold the loop for a second.
 const SPAWN_SLICE: Duration = Duration::from_millis(20);
-
-pub(crate) fn describe_exit(status: &ExitStatus) -> String {
-    match (status.code, status.signal, &status.error) {
-        (Some(code), _, _) => format!("exited with code {code}"),
-        (None, Some(sig), _) => format!("killed by {}", crate::signal_name(sig)),
-        (None, None, Some(error)) => format!("could not start: {error}"),
-        (None, None, None) => "ended".to_owned(),
-    }
-}
 
 /// How many invalid jobs, and how many warnings, one configuration logs;
 /// status has them all.
