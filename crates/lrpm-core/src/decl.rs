@@ -28,7 +28,7 @@
 //! multi-word keys are accepted too, and messages name a field as the user
 //! spelled it. Unknown keys are warnings, never errors.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +84,48 @@ pub struct Declaration {
     /// Things worth a warning that invalidate nothing (unknown keys…), each
     /// naming its job.
     pub warnings: Vec<String>,
+}
+
+impl Declaration {
+    /// Moves the jobs whose `workerClass` this binary cannot run to the
+    /// invalid ones, as php-lrpm's validator rejects a class that does not
+    /// exist. `classes` are the names of the workers the binary registered:
+    /// `None` for the plain `lrpm` binary, which runs commands only.
+    ///
+    /// A job left out this way is treated as any invalid job: if it was
+    /// running on an earlier declaration, it keeps running on it.
+    pub fn leave_out_unknown_workers(&mut self, classes: Option<&BTreeSet<String>>) {
+        let known = |class: &String| classes.is_some_and(|c| c.contains(class));
+        let mut unknown: Vec<(JobId, String)> = Vec::new();
+        self.jobs.retain(|id, spec| match &spec.program {
+            Program::WorkerClass(class) if !known(class) => {
+                unknown.push((id.clone(), class.clone()));
+                false
+            }
+            _ => true,
+        });
+        if unknown.is_empty() {
+            return;
+        }
+        let registered = classes.map(|c| {
+            if c.is_empty() {
+                "none".to_owned()
+            } else {
+                c.iter().cloned().collect::<Vec<_>>().join(", ")
+            }
+        });
+        for (id, class) in unknown {
+            let reason = match &registered {
+                None => "workerClass: this lrpm runs commands only; workerClass jobs need a \
+                         binary built with the lrpm library (or use command)"
+                    .to_owned(),
+                Some(registered) => format!(
+                    "workerClass: no worker is registered as {class:?} (registered: {registered})"
+                ),
+            };
+            self.invalid.insert(id, reason);
+        }
+    }
 }
 
 /// Why a whole source could not be read; the supervisor keeps its last good
@@ -1174,6 +1216,56 @@ workerConfig = {a = 1}
         ] {
             assert_eq!(parse(format, text).unwrap(), expected, "{format:?}");
         }
+    }
+
+    fn workers_and_commands() -> Declaration {
+        parse(
+            Format::Json,
+            r#"{"w": {"name": "w", "workerClass": "Mail"},
+                "x": {"name": "x", "workerClass": "Unknown"},
+                "c": {"name": "c", "command": "sleep 1"},
+                "bad": {"command": "sleep 1"}}"#,
+        )
+        .expect("parses")
+    }
+
+    fn ids<V>(map: &BTreeMap<JobId, V>) -> Vec<&str> {
+        map.keys().map(JobId::as_str).collect()
+    }
+
+    #[test]
+    fn registered_worker_classes_run() {
+        let classes = BTreeSet::from(["Mail".to_owned(), "Report".to_owned()]);
+        let mut d = workers_and_commands();
+        d.leave_out_unknown_workers(Some(&classes));
+        assert_eq!(ids(&d.jobs), ["c", "w"]);
+        assert_eq!(ids(&d.invalid), ["bad", "x"]);
+        assert_eq!(
+            d.invalid[&JobId::from("x")],
+            r#"workerClass: no worker is registered as "Unknown" (registered: Mail, Report)"#
+        );
+        assert!(d.invalid[&JobId::from("bad")].starts_with("name: "));
+    }
+
+    #[test]
+    fn a_binary_without_workers_runs_commands_only() {
+        let mut d = workers_and_commands();
+        d.leave_out_unknown_workers(None);
+        assert_eq!(ids(&d.jobs), ["c"]);
+        assert_eq!(ids(&d.invalid), ["bad", "w", "x"]);
+        assert!(
+            d.invalid[&JobId::from("w")].starts_with("workerClass: this lrpm runs commands only"),
+            "{}",
+            d.invalid[&JobId::from("w")]
+        );
+        // A library binary that registered no worker runs commands too.
+        let mut d = workers_and_commands();
+        d.leave_out_unknown_workers(Some(&BTreeSet::new()));
+        assert_eq!(ids(&d.jobs), ["c"]);
+        assert_eq!(
+            d.invalid[&JobId::from("w")],
+            r#"workerClass: no worker is registered as "Mail" (registered: none)"#
+        );
     }
 
     #[test]

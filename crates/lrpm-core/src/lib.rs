@@ -5,13 +5,16 @@
 //! ([`backoff`]) and the supervision state machine ([`supervisor`]), which
 //! takes events (a configuration loaded, a child exited, a timer fired, a
 //! control request) with the current time and returns actions (spawn,
-//! signal) and its next deadline. It never reads the clock, spawns, signals
-//! or touches a file; the `lrpm` crate's shell does, and this crate's
-//! dependencies (no tokio, no libc) keep it that way.
+//! signal) and its next deadline. The status document ([`status`]) and the
+//! human form of durations and signals ([`human`]) live here too, so that
+//! every part of the shell writes them alike. The core never reads the
+//! clock, spawns, signals or touches a file; the `lrpm` crate's shell does,
+//! and this crate's dependencies (no tokio, no libc) keep it that way.
 #![warn(missing_docs)]
 
 pub mod backoff;
 pub mod decl;
+pub mod human;
 pub mod job;
 pub mod reparse;
 pub mod status;

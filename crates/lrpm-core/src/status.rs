@@ -6,8 +6,11 @@
 //! UTC seconds since the Unix epoch, as floats.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use crate::human::signal_name;
 
 /// The whole status document (without the protocol's `ok` flag).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,6 +196,26 @@ impl ExitStatus {
     }
 }
 
+/// How the process ended, for people: `exited with code 1`, `killed by
+/// SIGKILL`, `could not start: REASON`, as the log and error messages say
+/// it. The alternate form (`{:#}`) is the short one of the status table's
+/// LAST EXIT column: `exit 1`, `SIGKILL`, `could not start` (the reason,
+/// which may be long, is in `lrpmctl status --json`).
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let short = f.alternate();
+        match (self.code, self.signal, &self.error) {
+            (Some(code), _, _) if short => write!(f, "exit {code}"),
+            (Some(code), _, _) => write!(f, "exited with code {code}"),
+            (None, Some(signal), _) if short => write!(f, "{}", signal_name(signal)),
+            (None, Some(signal), _) => write!(f, "killed by {}", signal_name(signal)),
+            (None, None, Some(_)) if short => f.write_str("could not start"),
+            (None, None, Some(error)) => write!(f, "could not start: {error}"),
+            (None, None, None) => f.write_str("ended"),
+        }
+    }
+}
+
 /// How and when a job's previous process ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExitInfo {
@@ -201,4 +224,38 @@ pub struct ExitInfo {
     pub status: ExitStatus,
     /// When.
     pub at: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_read_as_sentences_or_as_table_cells() {
+        let cases = [
+            (ExitStatus::code(1), "exited with code 1", "exit 1"),
+            (ExitStatus::code(0), "exited with code 0", "exit 0"),
+            (ExitStatus::signal(9), "killed by SIGKILL", "SIGKILL"),
+            (ExitStatus::signal(18), "killed by SIGCONT", "SIGCONT"),
+            (ExitStatus::signal(99), "killed by signal 99", "signal 99"),
+            (
+                ExitStatus::spawn_failed("cwd /nowhere: No such file or directory"),
+                "could not start: cwd /nowhere: No such file or directory",
+                "could not start",
+            ),
+            (
+                ExitStatus {
+                    code: None,
+                    signal: None,
+                    error: None,
+                },
+                "ended",
+                "ended",
+            ),
+        ];
+        for (status, long, short) in cases {
+            assert_eq!(status.to_string(), long);
+            assert_eq!(format!("{status:#}"), short);
+        }
+    }
 }

@@ -12,9 +12,11 @@
 //!   started, or ended (or could not be started at all);
 //! * [`Supervisor::handle_timeout`]: the deadline returned by
 //!   [`Supervisor::poll_timeout`] has passed;
+//! * [`Supervisor::handle_interrupt`]: SIGINT; the first begins a graceful
+//!   shutdown, a second one kills at once;
 //! * [`Supervisor::restart`], [`Supervisor::lift_guard_until`],
 //!   [`Supervisor::shutdown`], [`Supervisor::force_kill`]: control requests
-//!   and signals.
+//!   and the other signals.
 //!
 //! In return it queues [`Action`]s (spawn a process, signal a process group),
 //! which the shell drains with [`Supervisor::poll_action`], and exposes the
@@ -121,6 +123,20 @@ pub enum AfterExit {
     Backoff(Duration),
     /// The process was not one the core knows of (already handled).
     Unknown,
+}
+
+/// What [`Supervisor::handle_interrupt`] did; for the shell's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupted {
+    /// A graceful shutdown began: every process was asked to stop, and
+    /// gets its stop timeout before SIGKILL.
+    Shutdown {
+        /// How many jobs were supervised when it began.
+        jobs: usize,
+    },
+    /// A shutdown was already under way: every process that had not had
+    /// SIGKILL yet gets it now.
+    ForceKill,
 }
 
 /// What [`Supervisor::handle_config`] did with a configuration.
@@ -591,20 +607,7 @@ impl Supervisor {
                 .expect("invariant: timers name live jobs");
             match job.state {
                 State::Backoff { .. } => self.start(now, &id),
-                State::Stopping { proc, then, .. } => {
-                    self.actions.push_back(Action::Signal {
-                        run: proc.run,
-                        signal: Signal::Kill,
-                    });
-                    self.set_state(
-                        &id,
-                        State::Stopping {
-                            proc,
-                            kill_at: None,
-                            then,
-                        },
-                    );
-                }
+                State::Stopping { .. } => self.escalate(&id),
                 State::Running(_) => unreachable!("invariant: a running job has no deadline"),
             }
         }
@@ -640,6 +643,21 @@ impl Supervisor {
                 State::Stopping { .. } => {}
                 State::Backoff { .. } => self.forget(&id),
             }
+        }
+    }
+
+    /// Handles an interrupt (SIGINT, Ctrl-C): the first begins a graceful
+    /// [`Supervisor::shutdown`]; one that comes while a shutdown is under
+    /// way, whatever began it, kills every process at once
+    /// ([`Supervisor::force_kill`]).
+    pub fn handle_interrupt(&mut self, now: Instant) -> Interrupted {
+        if self.shutting_down {
+            self.force_kill(now);
+            Interrupted::ForceKill
+        } else {
+            let jobs = self.jobs.len();
+            self.shutdown(now);
+            Interrupted::Shutdown { jobs }
         }
     }
 
@@ -848,7 +866,9 @@ impl Supervisor {
         );
     }
 
-    /// Sends SIGKILL to a stopping job's process group.
+    /// Sends SIGKILL to a stopping job's process group, and clears its
+    /// stop deadline: the one path of "the stop deadline is reached" (on
+    /// time, or at once by [`Supervisor::force_kill`]).
     fn escalate(&mut self, id: &JobId) {
         if let State::Stopping { proc, then, .. } = self.jobs[id].state {
             self.actions.push_back(Action::Signal {

@@ -662,6 +662,48 @@ fn force_kill_kills_at_once() {
 }
 
 #[test]
+fn a_first_interrupt_stops_gracefully_and_a_second_kills_at_once() {
+    let mut sim = Sim::new();
+    let mut slow = spec("slow");
+    slow.shutdown_timeout = 30 * SEC;
+    sim.config(decl(&[("a", spec("a")), ("slow", slow), ("c", spec("c"))]));
+    sim.exit("c", 1); // in backoff: forgotten by the shutdown
+    assert_eq!(
+        sim.sup.handle_interrupt(sim.now),
+        Interrupted::Shutdown { jobs: 3 }
+    );
+    sim.run_actions();
+    assert!(sim.sup.is_shutting_down());
+    let polite: Vec<Signal> = sim.signals.iter().map(|s| s.2).collect();
+    assert_eq!(polite, [Signal::Term, Signal::Term], "asked, not killed");
+    sim.exit("a", 0);
+    sim.advance(SEC);
+    assert!(!sim.sup.is_finished(), "slow has 30 s to stop");
+
+    assert_eq!(sim.sup.handle_interrupt(sim.now), Interrupted::ForceKill);
+    sim.run_actions();
+    assert_eq!(sim.signals.last().map(|s| s.2), Some(Signal::Kill));
+    assert!(sim.sup.is_finished(), "killed at once, not after 30 s");
+    assert_eq!(sim.sup.poll_timeout(), None);
+    // A third one has nothing left to do.
+    assert_eq!(sim.sup.handle_interrupt(sim.now), Interrupted::ForceKill);
+    assert_eq!(sim.sup.poll_action(), None);
+}
+
+#[test]
+fn an_interrupt_during_another_shutdown_kills_at_once() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    sim.sup.shutdown(sim.now); // SIGTERM or `lrpmctl stop`
+    sim.run_actions();
+    assert_eq!(sim.sup.handle_interrupt(sim.now), Interrupted::ForceKill);
+    sim.run_actions();
+    assert!(sim.sup.is_finished());
+    let sent: Vec<Signal> = sim.signals.iter().map(|s| s.2).collect();
+    assert_eq!(sent, [Signal::Term, Signal::Kill]);
+}
+
+#[test]
 fn stale_exits_are_ignored() {
     let mut sim = Sim::new();
     sim.config(decl(&[("a", spec("a"))]));
@@ -928,6 +970,8 @@ enum Op {
     SourceError,
     /// Graceful shutdown.
     Shutdown,
+    /// SIGINT.
+    Interrupt,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -951,6 +995,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u64..5_000).prop_map(Op::ForceReload),
         1 => Just(Op::SourceError),
         1 => Just(Op::Shutdown),
+        1 => Just(Op::Interrupt),
     ]
 }
 
@@ -1045,6 +1090,28 @@ proptest! {
                 Op::Shutdown => {
                     sim.sup.shutdown(sim.now);
                     sim.run_actions();
+                }
+                Op::Interrupt => {
+                    let (was_shutting_down, jobs) =
+                        (sim.sup.is_shutting_down(), sim.sup.job_count());
+                    let signalled = sim.signals.len();
+                    let outcome = sim.sup.handle_interrupt(sim.now);
+                    sim.run_actions();
+                    prop_assert!(sim.sup.is_shutting_down());
+                    if was_shutting_down {
+                        // Every process had SIGKILL, which the simulated
+                        // kernel obeys at once: nothing is left to wait for.
+                        prop_assert_eq!(outcome, Interrupted::ForceKill);
+                        prop_assert!(sim.sup.is_finished());
+                        prop_assert!(sim.live.is_empty());
+                        prop_assert_eq!(sim.sup.poll_timeout(), None);
+                    } else {
+                        prop_assert_eq!(outcome, Interrupted::Shutdown { jobs });
+                        // Asked to stop, each with its stop timeout.
+                        for (_, _, signal) in &sim.signals[signalled..] {
+                            prop_assert_ne!(*signal, Signal::Kill);
+                        }
+                    }
                 }
             }
             // Only ever-declared jobs were ever spawned.

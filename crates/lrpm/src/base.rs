@@ -7,7 +7,6 @@
 use std::ffi::OsString;
 use std::os::fd::RawFd;
 
-use lrpm_core::status::ExitStatus;
 use lrpm_process::command::{HANDED_FD, SpawnRequest};
 
 pub(crate) use lrpm_proto::exit::{EX_NOINPUT, EX_USAGE};
@@ -127,58 +126,6 @@ impl Role {
     /// [`SpawnRequest::hand`].
     pub(crate) fn handed_hub() -> Role {
         Role::OutputHub { fd: HANDED_FD }
-    }
-}
-
-/// A short human form of a duration: `250ms`, `4s`, `1.5s`, `2m8s`.
-pub(crate) fn humantime(d: std::time::Duration) -> String {
-    let ms = d.as_millis();
-    match ms {
-        0..1000 => format!("{ms}ms"),
-        1000..60_000 if ms % 1000 == 0 => format!("{}s", ms / 1000),
-        1000..60_000 => format!("{:.1}s", d.as_secs_f64()),
-        _ => format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000),
-    }
-}
-
-/// The name of signal number `n` (`SIGTERM`), or `signal N`.
-pub(crate) fn signal_name(n: i32) -> String {
-    use rustix::process::Signal as S;
-    const NAMES: [(S, &str); 20] = [
-        (S::HUP, "SIGHUP"),
-        (S::INT, "SIGINT"),
-        (S::QUIT, "SIGQUIT"),
-        (S::ILL, "SIGILL"),
-        (S::TRAP, "SIGTRAP"),
-        (S::ABORT, "SIGABRT"),
-        (S::BUS, "SIGBUS"),
-        (S::FPE, "SIGFPE"),
-        (S::KILL, "SIGKILL"),
-        (S::USR1, "SIGUSR1"),
-        (S::SEGV, "SIGSEGV"),
-        (S::USR2, "SIGUSR2"),
-        (S::PIPE, "SIGPIPE"),
-        (S::ALARM, "SIGALRM"),
-        (S::TERM, "SIGTERM"),
-        (S::XCPU, "SIGXCPU"),
-        (S::XFSZ, "SIGXFSZ"),
-        (S::SYS, "SIGSYS"),
-        (S::WINCH, "SIGWINCH"),
-        (S::STOP, "SIGSTOP"),
-    ];
-    NAMES
-        .iter()
-        .find(|(s, _)| s.as_raw() == n)
-        .map_or_else(|| format!("signal {n}"), |(_, name)| (*name).to_owned())
-}
-
-/// How a process ended, for the log.
-pub(crate) fn describe_exit(status: &ExitStatus) -> String {
-    match (status.code, status.signal, &status.error) {
-        (Some(code), _, _) => format!("exited with code {code}"),
-        (None, Some(sig), _) => format!("killed by {}", signal_name(sig)),
-        (None, None, Some(error)) => format!("could not start: {error}"),
-        (None, None, None) => "ended".to_owned(),
     }
 }
 

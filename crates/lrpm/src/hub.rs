@@ -217,7 +217,7 @@ impl Hubs {
                 tracing::warn!(
                     hub = %hub.child.pid().as_raw_nonzero(),
                     "the output hub did not finish within {}; killing it",
-                    crate::base::humantime(EXIT_GRACE)
+                    lrpm_core::human::duration(EXIT_GRACE)
                 );
                 hub.child.kill();
                 let _ = tokio::time::timeout(EXIT_GRACE, watcher).await;
@@ -324,7 +324,7 @@ async fn watch(hub: Arc<Hub>) {
         }
     }
     hub.alive.store(false, Ordering::Relaxed);
-    let status = crate::base::describe_exit(&hub.child.wait().await);
+    let status = hub.child.wait().await.to_string();
     if hub.closing.load(Ordering::Relaxed) {
         tracing::debug!(hub = %hub.child.pid().as_raw_nonzero(), "output hub exited: {status}");
     } else {

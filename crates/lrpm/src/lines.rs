@@ -44,11 +44,19 @@ pub(crate) enum Line {
 
 /// Reads a pipe line by line, never holding more than its limit plus one
 /// read.
+///
+/// The lines of one read are taken by moving an offset over the buffer
+/// (`start`), not by draining it: a 64 KiB read of short lines would
+/// otherwise move the rest of the read once per line. What is left (a
+/// partial line) moves to the front once, before the next read.
 #[derive(Debug)]
 pub(crate) struct LineReader {
     rx: pipe::Receiver,
     buf: Vec<u8>,
-    /// How much of `buf` is known to hold no newline.
+    /// Where the bytes not yet returned begin in `buf`: everything before
+    /// it is taken, and dropped before the next read.
+    start: usize,
+    /// How much of `buf[start..]` is known to hold no newline.
     scanned: usize,
     max: usize,
     overlong: Overlong,
@@ -62,6 +70,7 @@ impl LineReader {
         Self {
             rx,
             buf: Vec::new(),
+            start: 0,
             scanned: 0,
             max,
             overlong,
@@ -70,11 +79,19 @@ impl LineReader {
         }
     }
 
+    /// The next `len` bytes not yet returned, which it then skips.
+    fn take(&mut self, len: usize) -> Vec<u8> {
+        let taken = self.buf[self.start..self.start + len].to_vec();
+        self.start += len;
+        taken
+    }
+
     /// The next line; `None` at the end of the stream (a last line without a
     /// newline is still a line). Cancel-safe: what was read stays buffered.
     pub(crate) async fn next(&mut self) -> io::Result<Option<Line>> {
         loop {
-            let newline = self.buf[self.scanned..]
+            // The newline's position, counted from `start`.
+            let newline = self.buf[self.start + self.scanned..]
                 .iter()
                 .position(|&b| b == b'\n')
                 .map(|pos| self.scanned + pos);
@@ -82,41 +99,51 @@ impl LineReader {
                 self.scanned = 0;
                 if std::mem::take(&mut self.skipping) {
                     // The end of a rejected line.
-                    self.buf.drain(..=end);
+                    self.start += end + 1;
                     continue;
                 }
                 if end <= self.max {
-                    let mut line: Vec<u8> = self.buf.drain(..=end).collect();
-                    line.pop();
+                    let line = self.take(end);
+                    self.start += 1;
                     return Ok(Some(Line::Full(line)));
                 }
                 return Ok(Some(match self.overlong {
-                    Overlong::Split => Line::Full(self.buf.drain(..self.max).collect()),
+                    Overlong::Split => {
+                        // The newline is still ahead, past this piece.
+                        self.scanned = end - self.max;
+                        Line::Full(self.take(self.max))
+                    }
                     Overlong::Reject => {
-                        self.buf.drain(..=end);
+                        self.start += end + 1;
                         Line::TooLong
                     }
                 }));
             }
-            self.scanned = self.buf.len();
+            let pending = self.buf.len() - self.start;
+            self.scanned = pending;
             if self.skipping {
                 self.buf.clear();
+                self.start = 0;
                 self.scanned = 0;
-            } else if self.buf.len() > self.max {
+            } else if pending > self.max {
                 match self.overlong {
                     Overlong::Split => {
-                        let piece: Vec<u8> = self.buf.drain(..self.max).collect();
-                        self.scanned = self.buf.len();
-                        return Ok(Some(Line::Full(piece)));
+                        self.scanned = pending - self.max;
+                        return Ok(Some(Line::Full(self.take(self.max))));
                     }
                     Overlong::Reject => {
                         self.buf = Vec::new();
+                        self.start = 0;
                         self.scanned = 0;
                         self.skipping = true;
                         return Ok(Some(Line::TooLong));
                     }
                 }
             }
+            // What was taken goes, once per read: the partial line left
+            // moves to the front.
+            self.buf.drain(..self.start);
+            self.start = 0;
             if self.eof {
                 if self.buf.is_empty() {
                     return Ok(None);
@@ -188,6 +215,70 @@ mod tests {
             lines,
             vec![full("{\"a\":1}"), Line::TooLong, full("{}"), full("last")]
         );
+    }
+
+    #[tokio::test]
+    async fn many_short_lines_of_one_read_are_taken_in_place() {
+        // A thousand 64-byte lines: one read of the 64 KiB chunk, or a few.
+        let lines: Vec<String> = (0..1000).map(|i| format!("{i:063}")).collect();
+        let mut input = lines.join("\n").into_bytes();
+        input.extend(b"\npartial");
+        let (r, w) = rustix::pipe::pipe().expect("pipe");
+        let writer = std::thread::spawn(move || {
+            let mut w = std::fs::File::from(w);
+            let _ = w.write_all(&input);
+        });
+        let rx = pipe::Receiver::from_owned_fd(r).expect("receiver");
+        let mut reader = LineReader::new(rx, 1000, Overlong::Split);
+        let mut read = vec![];
+        while let Some(line) = reader.next().await.expect("read") {
+            if read.is_empty() {
+                // The first read holds more than one line, and the first is
+                // taken by moving the offset: the buffer was not moved.
+                assert_eq!(reader.start, 64);
+                assert!(reader.buf.len() > 64, "{}", reader.buf.len());
+            }
+            read.push(line);
+        }
+        writer.join().expect("writer");
+        let mut expected: Vec<Line> = lines.iter().map(|l| full(l)).collect();
+        expected.push(full("partial"));
+        assert_eq!(read, expected);
+    }
+
+    #[tokio::test]
+    async fn lines_split_across_reads_are_joined() {
+        let (r, w) = rustix::pipe::pipe().expect("pipe");
+        let (tx, rx_step) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            let mut w = std::fs::File::from(w);
+            for piece in [&b"one\ntw"[..], b"o\nthr", b"ee", b"\n"] {
+                let _ = w.write_all(piece);
+                // The next piece once the reader has taken what it could.
+                if rx_step.recv().is_err() {
+                    return;
+                }
+            }
+        });
+        let rx = pipe::Receiver::from_owned_fd(r).expect("receiver");
+        let mut reader = LineReader::new(rx, 1000, Overlong::Reject);
+        let mut read = vec![];
+        loop {
+            let line = tokio::select! {
+                line = reader.next() => line.expect("read"),
+                () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {
+                    let _ = tx.send(());
+                    continue;
+                }
+            };
+            match line {
+                Some(line) => read.push(line),
+                None => break,
+            }
+        }
+        drop(tx);
+        writer.join().expect("writer");
+        assert_eq!(read, [full("one"), full("two"), full("three")]);
     }
 
     #[tokio::test]

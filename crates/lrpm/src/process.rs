@@ -66,19 +66,24 @@ fn command(
     let cmd = match &spec.program {
         Program::Argv(argv) => SpawnRequest::new(&argv[0]).args(&argv[1..]),
         Program::Shell(line) => SpawnRequest::new("/bin/sh").arg("-c").arg(line),
-        Program::WorkerClass(class) if worker_binary => Role::Worker {
-            class: class.clone(),
-        }
-        .request(),
         Program::WorkerClass(class) => {
-            return Err(SpawnError::Io(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!(
-                    "workerClass {class:?}: this lrpm binary has no registered workers \
-                     (workerClass jobs run in a binary built with the lrpm library; \
-                     use `command` here)"
-                ),
-            )));
+            // Only a binary with workers gets here: the runtime leaves the
+            // others' workerClass jobs out of every configuration
+            // (`Declaration::leave_out_unknown_workers`). Re-executing a
+            // plain lrpm in worker mode would fail less clearly than this.
+            if !worker_binary {
+                return Err(SpawnError::Io(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "workerClass {class:?}: this binary has no workers (invariant broken: \
+                         such a job is left out of the configuration)"
+                    ),
+                )));
+            }
+            Role::Worker {
+                class: class.clone(),
+            }
+            .request()
         }
     };
     let mut cmd = cmd

@@ -22,10 +22,10 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lrpm_core::Declaration;
-use lrpm_core::job::{JobId, Program, Signal};
+use lrpm_core::human;
+use lrpm_core::job::Signal;
 use lrpm_core::status::{ExitStatus, SupervisorStatus};
-use lrpm_core::supervisor::{Action, AfterExit, ConfigOutcome, RunId, Supervisor};
+use lrpm_core::supervisor::{Action, AfterExit, ConfigOutcome, Interrupted, RunId, Supervisor};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -139,14 +139,12 @@ impl Shell {
                 }
                 Some(msg) = self.control.recv() => self.control_request(msg),
                 Some(()) = sigterm.recv() => self.shutdown("SIGTERM"),
-                Some(()) = sigint.recv() => {
-                    if self.core.is_shutting_down() {
-                        tracing::warn!("second SIGINT: killing every worker now");
-                        self.core.force_kill(Instant::now());
-                    } else {
-                        self.shutdown("SIGINT");
+                Some(()) = sigint.recv() => match self.core.handle_interrupt(Instant::now()) {
+                    Interrupted::Shutdown { jobs } => self.shutdown_began("SIGINT", jobs),
+                    Interrupted::ForceKill => {
+                        tracing::warn!("SIGINT during the shutdown: killing every worker now");
                     }
-                }
+                },
                 Some(()) = sighup.recv() => {
                     tracing::info!("SIGHUP: reloading the configuration");
                     self.source.reload();
@@ -167,16 +165,23 @@ impl Shell {
         if self.core.is_shutting_down() {
             return;
         }
-        tracing::info!("{why}: shutting down {} jobs", self.core.job_count());
-        self.source.stop();
+        let jobs = self.core.job_count();
         self.core.shutdown(Instant::now());
+        self.shutdown_began(why, jobs);
+    }
+
+    /// Logs a shutdown that the core began, and stops the source: nothing
+    /// it loads would be applied.
+    fn shutdown_began(&mut self, why: &str, jobs: usize) {
+        tracing::info!("{why}: shutting down {jobs} jobs");
+        self.source.stop();
     }
 
     fn child_exited(&mut self, exit: ExitEvent) {
         let Some((job, status)) = self.procs.reap(exit.run) else {
             return;
         };
-        let how = crate::base::describe_exit(&status);
+        let how = status.to_string();
         // The time of the exit, not of its handling: under a storm the two
         // are seconds apart, and a short run must not count as a long one.
         match self.core.handle_exit(exit.at, exit.run, status) {
@@ -185,7 +190,7 @@ impl Shell {
             AfterExit::Backoff(delay) => tracing::warn!(
                 job = %job,
                 "{how} too soon; restarting in {}",
-                crate::base::humantime(delay)
+                human::duration(delay)
             ),
             AfterExit::Unknown => {}
         }
@@ -194,7 +199,7 @@ impl Shell {
     fn config_loaded(&mut self, update: SourceUpdate) {
         match update {
             Ok(mut decl) => {
-                check_worker_classes(&mut decl, self.worker_classes.as_ref());
+                decl.leave_out_unknown_workers(self.worker_classes.as_ref());
                 // A configuration of 100,000 broken jobs is one problem,
                 // not 100,000 log lines: status lists them all.
                 let unlogged = |n: usize| n.saturating_sub(LOGGED_PROBLEMS);
@@ -327,7 +332,7 @@ impl Shell {
                     ExitStatus::spawn_failed(e.to_string()),
                 );
                 let retry = match after {
-                    AfterExit::Backoff(d) => format!("; retrying in {}", crate::base::humantime(d)),
+                    AfterExit::Backoff(d) => format!("; retrying in {}", human::duration(d)),
                     _ => String::new(),
                 };
                 tracing::error!(job = %job, "cannot start: {e}{retry}");
@@ -375,34 +380,6 @@ const SPAWN_BATCH: usize = 8;
 /// machine a spawn, which waits for the child to exec, can take tens of
 /// milliseconds, and 32 of them would hold the loop for a second.
 const SPAWN_SLICE: Duration = Duration::from_millis(20);
-
-/// Moves the jobs whose `workerClass` this binary cannot run to the invalid
-/// ones, as php-lrpm's validator rejects a class that does not exist.
-fn check_worker_classes(decl: &mut Declaration, classes: Option<&BTreeSet<String>>) {
-    let unknown: Vec<(JobId, String)> = decl
-        .jobs
-        .iter()
-        .filter_map(|(id, spec)| match &spec.program {
-            Program::WorkerClass(class) if !classes.is_some_and(|c| c.contains(class)) => {
-                Some((id.clone(), class.clone()))
-            }
-            _ => None,
-        })
-        .collect();
-    for (id, class) in unknown {
-        decl.jobs.remove(&id);
-        let reason = match classes {
-            None => "workerClass: this lrpm runs commands only; workerClass jobs need a \
-                     binary built with the lrpm library (or use command)"
-                .to_owned(),
-            Some(classes) => format!(
-                "workerClass: no worker is registered as {class:?} (registered: {})",
-                classes.iter().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        };
-        decl.invalid.insert(id, reason);
-    }
-}
 
 /// How many invalid jobs, and how many warnings, one configuration logs;
 /// status has them all.

@@ -213,16 +213,40 @@ fn restarts(status: &Value) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// A delay as lrpm's log writes it: `250ms`, `4s`, `1.5s`, `2m8s`.
+/// A delay as lrpm's log writes it (`lrpm_core::human::duration`): `250ms`,
+/// `4s`, `1.5s`, `2m08s`, `3h05m`, `2d04h`.
 fn parse_delay(text: &str) -> Option<f64> {
     if let Some(ms) = text.strip_suffix("ms") {
         return Some(ms.parse::<f64>().ok()? / 1000.0);
     }
-    let text = text.strip_suffix('s')?;
-    match text.split_once('m') {
-        Some((m, s)) => Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?),
-        None => text.parse().ok(),
+    // The larger unit, the smaller one, and their sizes in seconds.
+    let units = [
+        ('d', 'h', 86_400.0, 3600.0),
+        ('h', 'm', 3600.0, 60.0),
+        ('m', 's', 60.0, 1.0),
+    ];
+    for (large, small, large_s, small_s) in units {
+        if let Some((a, b)) = text.strip_suffix(small).and_then(|t| t.split_once(large)) {
+            return Some(a.parse::<f64>().ok()? * large_s + b.parse::<f64>().ok()? * small_s);
+        }
     }
+    text.strip_suffix('s')?.parse().ok()
+}
+
+#[test]
+fn delays_parse_as_lrpm_writes_them() {
+    let cases = [
+        ("250ms", 0.25),
+        ("4s", 4.0),
+        ("1.5s", 1.5),
+        ("2m08s", 128.0),
+        ("3h05m", 11_100.0),
+        ("2d04h", 187_200.0),
+    ];
+    for (text, seconds) in cases {
+        assert_eq!(parse_delay(text), Some(seconds), "{text}");
+    }
+    assert_eq!(parse_delay("soon"), None);
 }
 
 /// Checks a backoff job against lrpm's own account of it. `record` is what

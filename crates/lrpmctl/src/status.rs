@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anstyle::{AnsiColor, Style};
+use lrpm_core::human::HumanDuration;
 use lrpm_core::status::{ExitInfo, JobState, JobStatus, Status};
 use unicode_width::UnicodeWidthStr;
 
@@ -275,7 +276,7 @@ fn row(job: &JobStatus, usage: Option<Usage>, now: f64) -> [String; 9] {
         usage.map_or_else(dash, |u| bytes(u.rss_bytes)),
         job.started_at
             .filter(|_| job.pid.is_some())
-            .map_or_else(dash, |at| duration(now - at)),
+            .map_or_else(dash, |at| duration(now - at).to_string()),
         job.restarts.to_string(),
         job.last_exit
             .as_ref()
@@ -284,31 +285,15 @@ fn row(job: &JobStatus, usage: Option<Usage>, now: f64) -> [String; 9] {
     ]
 }
 
-/// How a process ended, and how long ago.
+/// How a process ended (the short form: `exit 1`, `SIGKILL`), and how long
+/// ago.
 fn last_exit(exit: &ExitInfo, now: f64) -> String {
-    let how = match (exit.status.code, exit.status.signal) {
-        (Some(code), _) => format!("exit {code}"),
-        (None, Some(signal)) => format!("signal {signal}"),
-        (None, None) => "spawn failed".to_owned(),
-    };
-    format!("{how}, {} ago", duration(now - exit.at))
+    format!("{:#}, {} ago", exit.status, duration(now - exit.at))
 }
 
-/// A duration in seconds, in its two largest units: `42s`, `3m07s`,
-/// `2h05m`, `3d04h`.
-pub fn duration(seconds: f64) -> String {
-    // A clock that stepped back shows as zero rather than negative.
-    let s = if seconds.is_finite() {
-        seconds.max(0.0) as u64
-    } else {
-        0
-    };
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
-    }
+/// A number of seconds in lrpm's one human form ([`lrpm_core::human`]).
+fn duration(seconds: f64) -> HumanDuration {
+    HumanDuration::from_secs_f64(seconds)
 }
 
 /// A size in bytes, in binary units: `812K`, `12.3M`, `1.2G`.
@@ -392,9 +377,9 @@ source error: jobs.toml: expected a table
 3 jobs: 1 running, 1 backoff, 1 stopping
 
 ID              PID  STATE         %CPU  RSS  UPTIME  RESTARTS  LAST EXIT         NAME
-1        4294967295  running          -    -      0s         2  SIGKILL, 10s ago  Job 1
+1        4294967295  running          -    -     0ms         2  SIGKILL, 10s ago  Job 1
 long-id           -  backoff (3s)     -    -       -         2  SIGKILL, 10s ago  Job long-id
-3        4294967295  stopping         -    -      0s         2  SIGKILL, 10s ago  Job 3
+3        4294967295  stopping         -    -     0ms         2  SIGKILL, 10s ago  Job 3
 
 invalid jobs (left out or kept on their last valid declaration):
   bad: name: missing
@@ -437,12 +422,37 @@ invalid jobs (left out or kept on their last valid declaration):
     }
 
     #[test]
+    fn every_kind_of_exit_fits_a_cell() {
+        let mut status = status();
+        status.jobs[0].last_exit = Some(ExitInfo {
+            status: ExitStatus::code(1),
+            at: 998.5,
+        });
+        status.jobs[1].last_exit = Some(ExitInfo {
+            status: ExitStatus::spawn_failed("cwd /nowhere: No such file or directory"),
+            at: 1000.0 - 187.0,
+        });
+        status.jobs[2].last_exit = Some(ExitInfo {
+            status: ExitStatus::signal(18),
+            at: 1000.0 - 7500.0,
+        });
+        let text = render(&status, &VIEW, &Sampler::now());
+        let cells: Vec<&str> = text
+            .lines()
+            .filter_map(|l| Some(l.split_once("  2  ")?.1.split("  Job").next()?.trim()))
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                "exit 1, 1.5s ago",
+                "could not start, 3m07s ago",
+                "SIGCONT, 2h05m ago"
+            ]
+        );
+    }
+
+    #[test]
     fn units() {
-        assert_eq!(duration(42.9), "42s");
-        assert_eq!(duration(187.0), "3m07s");
-        assert_eq!(duration(7500.0), "2h05m");
-        assert_eq!(duration(3.0 * 86_400.0 + 4.0 * 3600.0), "3d04h");
-        assert_eq!(duration(-5.0), "0s");
         assert_eq!(bytes(812 * 1024), "812K");
         assert_eq!(bytes(12 * 1024 * 1024 + 300 * 1024), "12.3M");
         assert_eq!(bytes(1288490188), "1.2G");

@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use lrpm_core::Declaration;
 use lrpm_core::backoff::Backoff;
+use lrpm_core::human;
 use lrpm_core::status::ExitStatus;
 use lrpm_process::command::{SpawnContext, SpawnError, SpawnRequest, spawn_command};
 use lrpm_process::pidfd::AsyncChild;
@@ -96,7 +97,7 @@ pub struct ExecError {
 
 fn restart_note(restart_in: Option<Duration>) -> String {
     restart_in.map_or_else(String::new, |d| {
-        format!("; restarting in {}", crate::base::humantime(d))
+        format!("; restarting in {}", human::duration(d))
     })
 }
 
@@ -109,19 +110,12 @@ pub enum ExecFailure {
     /// Its output could not be read.
     #[error("cannot read its output: {0}")]
     Read(#[source] io::Error),
-    /// It exited with a non-zero code (or, streaming, at all).
-    #[error("exited with code {code}{}", quote(.stderr))]
-    Exited {
-        /// The exit code.
-        code: i32,
-        /// Its last line on stderr.
-        stderr: Option<String>,
-    },
-    /// A signal killed it.
-    #[error("killed by {}{}", crate::base::signal_name(*.signal), quote(.stderr))]
-    Killed {
-        /// The signal number.
-        signal: i32,
+    /// It exited with a non-zero code (or, streaming, at all), or a signal
+    /// killed it.
+    #[error("{status}{}", quote(.stderr))]
+    Ended {
+        /// How it ended: an exit code or a signal.
+        status: ExitStatus,
         /// Its last line on stderr.
         stderr: Option<String>,
     },
@@ -129,7 +123,7 @@ pub enum ExecFailure {
     #[error("{0}")]
     Lost(String),
     /// It did not finish within `--source-timeout`.
-    #[error("did not finish within {}; its process group was killed", crate::base::humantime(*.0))]
+    #[error("did not finish within {}; its process group was killed", human::duration(*.0))]
     Timeout(Duration),
     /// Its output is larger than [`MAX_DOCUMENT`].
     #[error("printed a document larger than {} MiB; it was discarded", MAX_DOCUMENT >> 20)]
@@ -144,7 +138,7 @@ pub enum ExecFailure {
     #[error("printed a line that is not the sandbox protocol: {0}")]
     Protocol(String),
     /// A configuration sandbox said nothing for too long.
-    #[error("sent no configuration for {}; its process group was killed", crate::base::humantime(*.0))]
+    #[error("sent no configuration for {}; its process group was killed", human::duration(*.0))]
     Silent(Duration),
 }
 
@@ -289,14 +283,18 @@ async fn last_words(stderr: JoinHandle<Option<String>>) -> Option<String> {
 /// How an ended command's exit status reads as a failure; `None` for
 /// success.
 fn failure(status: ExitStatus, stderr: Option<String>) -> Option<ExecFailure> {
-    match (status.code, status.signal, status.error) {
-        (Some(0), _, _) => None,
-        (Some(code), _, _) => Some(ExecFailure::Exited { code, stderr }),
-        (None, Some(signal), _) => Some(ExecFailure::Killed { signal, stderr }),
-        (None, None, error) => Some(ExecFailure::Lost(
-            error.unwrap_or_else(|| "ended in an unknown way".into()),
-        )),
+    if status.success() {
+        return None;
     }
+    if status.code.is_none() && status.signal.is_none() {
+        // Not an end of the command's own, but of lrpm's watch over it.
+        return Some(ExecFailure::Lost(
+            status
+                .error
+                .unwrap_or_else(|| "ended in an unknown way".into()),
+        ));
+    }
+    Some(ExecFailure::Ended { status, stderr })
 }
 
 /// Checks that a document is text and not blank.
@@ -605,7 +603,10 @@ async fn stream_once(command: &SourceCommand, mailbox: &Mailbox, restart: &Notif
     RunEnd::Ended(match failure(status, stderr.clone()) {
         Some(failure) => failure,
         // Even exit code 0: a streaming command is not supposed to end.
-        None => ExecFailure::Exited { code: 0, stderr },
+        None => ExecFailure::Ended {
+            status: ExitStatus::code(0),
+            stderr,
+        },
     })
 }
 
@@ -638,8 +639,8 @@ mod tests {
     fn errors_read_well() {
         let e = ExecError {
             command: "exec:x".into(),
-            failure: ExecFailure::Exited {
-                code: 3,
+            failure: ExecFailure::Ended {
+                status: ExitStatus::code(3),
                 stderr: Some("no database".into()),
             },
             restart_in: Some(Duration::from_secs(2)),
@@ -657,6 +658,23 @@ mod tests {
             e.to_string(),
             "exec:x: did not finish within 1.5s; its process group was killed"
         );
+    }
+
+    #[test]
+    fn an_end_reads_as_the_log_writes_it() {
+        let stderr = || Some("Segmentation fault".to_owned());
+        let killed = failure(ExitStatus::signal(11), stderr()).expect("a failure");
+        assert_eq!(
+            killed.to_string(),
+            "killed by SIGSEGV (stderr: Segmentation fault)"
+        );
+        let stkflt = failure(ExitStatus::signal(16), None).expect("a failure");
+        assert_eq!(stkflt.to_string(), "killed by SIGSTKFLT");
+        let exited = failure(ExitStatus::code(2), None).expect("a failure");
+        assert_eq!(exited.to_string(), "exited with code 2");
+        assert!(failure(ExitStatus::code(0), stderr()).is_none());
+        let lost = failure(ExitStatus::spawn_failed("it vanished"), None).expect("a failure");
+        assert_eq!(lost.to_string(), "it vanished");
     }
 
     #[test]

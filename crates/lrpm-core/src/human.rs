@@ -1,0 +1,226 @@
+//! The human forms of durations and signal numbers, as the log, `lrpmctl
+//! status` and error messages write them.
+//!
+//! One formatter each, so that lrpm's log and its status table agree:
+//! [`duration`] (`250ms`, `4s`, `1.5s`, `2m08s`, `3h05m`, `2d04h`) and
+//! [`signal_name`] (`SIGKILL`, `SIGRTMIN+3`, `signal 99`). Both are
+//! `Display` values, written without an intermediate string.
+//!
+//! The signal table is Linux's, kept here as plain data because this crate
+//! must not depend on libc or nix; a test of the `lrpm` crate holds it equal
+//! to nix's names for every signal nix knows.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A duration in its human form: see [`duration`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+/// The human form of `d`: milliseconds below a second (`250ms`), seconds
+/// with at most one decimal below a minute (`4s`, `1.5s`), and above that
+/// its two largest units, the second one on two digits (`2m08s`, `3h05m`,
+/// `2d04h`). Every unit is truncated, never rounded up, so that a value
+/// never shows as the next unit's `60` (`59.96s` is `59.9s`).
+pub fn duration(d: Duration) -> HumanDuration {
+    HumanDuration(d)
+}
+
+impl HumanDuration {
+    /// The human form of a number of seconds, as the status document's
+    /// times give them: a negative number (a clock that stepped back) or
+    /// one that is not finite shows as zero.
+    pub fn from_secs_f64(seconds: f64) -> Self {
+        Self(Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or_default())
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MINUTE: u64 = 60;
+        const HOUR: u64 = 60 * MINUTE;
+        const DAY: u64 = 24 * HOUR;
+        let s = self.0.as_secs();
+        match s {
+            0 => write!(f, "{}ms", self.0.subsec_millis()),
+            1..MINUTE => match self.0.subsec_millis() / 100 {
+                0 => write!(f, "{s}s"),
+                tenths => write!(f, "{s}.{tenths}s"),
+            },
+            MINUTE..HOUR => write!(f, "{}m{:02}s", s / MINUTE, s % MINUTE),
+            HOUR..DAY => write!(f, "{}h{:02}m", s / HOUR, s % HOUR / MINUTE),
+            _ => write!(f, "{}d{:02}h", s / DAY, s % DAY / HOUR),
+        }
+    }
+}
+
+/// A signal number in its human form: see [`signal_name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalName(pub i32);
+
+/// The name of Linux signal number `n`: `SIGKILL` for the standard signals
+/// 1 to 31, `SIGRTMIN`, `SIGRTMIN+k` and `SIGRTMAX` for the real-time ones,
+/// `signal N` for any other number.
+///
+/// The real-time names count from glibc's `SIGRTMIN`, 34, as `kill -l` and
+/// glibc's `strsignal` do: the kernel's first two real-time signals, 32 and
+/// 33, are glibc's own (thread cancellation, `setxid`) and have no name.
+/// The numbers are those of every Linux architecture but Alpha, MIPS,
+/// PA-RISC and SPARC, which lrpm does not support.
+pub fn signal_name(n: i32) -> SignalName {
+    SignalName(n)
+}
+
+/// The standard signals' names, by number (1 at index 0).
+const STANDARD: [&str; 31] = [
+    "SIGHUP",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGILL",
+    "SIGTRAP",
+    "SIGABRT",
+    "SIGBUS",
+    "SIGFPE",
+    "SIGKILL",
+    "SIGUSR1",
+    "SIGSEGV",
+    "SIGUSR2",
+    "SIGPIPE",
+    "SIGALRM",
+    "SIGTERM",
+    "SIGSTKFLT",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGSTOP",
+    "SIGTSTP",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGURG",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGWINCH",
+    "SIGIO",
+    "SIGPWR",
+    "SIGSYS",
+];
+
+/// glibc's `SIGRTMIN`: the first real-time signal a program can use.
+const RTMIN: i32 = 34;
+/// The kernel's `SIGRTMAX`: the last signal number.
+const RTMAX: i32 = 64;
+
+impl SignalName {
+    /// The name of a standard signal (1 to 31), if this is one.
+    pub fn standard(self) -> Option<&'static str> {
+        let index = usize::try_from(self.0).ok()?.checked_sub(1)?;
+        STANDARD.get(index).copied()
+    }
+}
+
+impl fmt::Display for SignalName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(name) = self.standard() {
+            return f.write_str(name);
+        }
+        match self.0 {
+            RTMIN => f.write_str("SIGRTMIN"),
+            RTMAX => f.write_str("SIGRTMAX"),
+            n @ RTMIN..RTMAX => write!(f, "SIGRTMIN+{}", n - RTMIN),
+            n => write!(f, "signal {n}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn human(d: Duration) -> String {
+        duration(d).to_string()
+    }
+
+    #[test]
+    fn durations_below_a_second_are_milliseconds() {
+        assert_eq!(human(Duration::ZERO), "0ms");
+        assert_eq!(human(Duration::from_micros(1500)), "1ms");
+        assert_eq!(human(Duration::from_millis(250)), "250ms");
+        assert_eq!(human(Duration::from_millis(999)), "999ms");
+    }
+
+    #[test]
+    fn durations_below_a_minute_are_seconds_with_one_decimal_at_most() {
+        assert_eq!(human(Duration::from_secs(1)), "1s");
+        assert_eq!(human(Duration::from_secs(4)), "4s");
+        assert_eq!(human(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(human(Duration::from_millis(4050)), "4s");
+        assert_eq!(human(Duration::from_millis(42_900)), "42.9s");
+        assert_eq!(human(Duration::from_millis(59_999)), "59.9s");
+    }
+
+    #[test]
+    fn longer_durations_are_their_two_largest_units() {
+        assert_eq!(human(Duration::from_secs(60)), "1m00s");
+        assert_eq!(human(Duration::from_millis(128_900)), "2m08s");
+        assert_eq!(human(Duration::from_secs(3599)), "59m59s");
+        assert_eq!(human(Duration::from_secs(3600)), "1h00m");
+        assert_eq!(human(Duration::from_secs(3 * 3600 + 5 * 60 + 59)), "3h05m");
+        assert_eq!(human(Duration::from_secs(6 * 3600)), "6h00m");
+        assert_eq!(human(Duration::from_secs(86_399)), "23h59m");
+        assert_eq!(human(Duration::from_secs(2 * 86_400 + 4 * 3600)), "2d04h");
+        assert_eq!(human(Duration::from_secs(400 * 86_400)), "400d00h");
+        assert_eq!(human(Duration::MAX), "213503982334601d07h");
+    }
+
+    #[test]
+    fn seconds_from_the_status_document() {
+        let human = |s: f64| HumanDuration::from_secs_f64(s).to_string();
+        assert_eq!(human(42.9), "42.9s");
+        assert_eq!(human(187.0), "3m07s");
+        assert_eq!(human(0.25), "250ms");
+        assert_eq!(human(-5.0), "0ms");
+        assert_eq!(human(f64::NAN), "0ms");
+        assert_eq!(human(f64::INFINITY), "0ms");
+    }
+
+    #[test]
+    fn standard_signals_have_their_names() {
+        let name = |n| signal_name(n).to_string();
+        assert_eq!(name(1), "SIGHUP");
+        assert_eq!(name(9), "SIGKILL");
+        assert_eq!(name(15), "SIGTERM");
+        assert_eq!(name(17), "SIGCHLD");
+        assert_eq!(name(18), "SIGCONT");
+        assert_eq!(name(20), "SIGTSTP");
+        assert_eq!(name(21), "SIGTTIN");
+        assert_eq!(name(22), "SIGTTOU");
+        assert_eq!(name(31), "SIGSYS");
+        for n in 1..=31 {
+            let standard = signal_name(n).standard().expect("a standard signal");
+            assert_eq!(name(n), standard);
+            assert!(standard.starts_with("SIG"), "{standard}");
+        }
+    }
+
+    #[test]
+    fn real_time_signals_count_from_sigrtmin() {
+        let name = |n| signal_name(n).to_string();
+        assert_eq!(name(34), "SIGRTMIN");
+        assert_eq!(name(35), "SIGRTMIN+1");
+        assert_eq!(name(63), "SIGRTMIN+29");
+        assert_eq!(name(64), "SIGRTMAX");
+        assert_eq!(signal_name(35).standard(), None);
+    }
+
+    #[test]
+    fn other_numbers_are_numbers() {
+        let name = |n| signal_name(n).to_string();
+        assert_eq!(name(0), "signal 0");
+        assert_eq!(name(-1), "signal -1");
+        assert_eq!(name(32), "signal 32");
+        assert_eq!(name(33), "signal 33");
+        assert_eq!(name(65), "signal 65");
+        assert_eq!(name(i32::MIN), format!("signal {}", i32::MIN));
+    }
+}
