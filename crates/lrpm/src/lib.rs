@@ -231,6 +231,8 @@ fn supervise(options: Options, sandbox: Option<Sandbox>) -> anyhow::Result<ExitC
             worker_classes: sandbox.map(|s| s.worker_classes),
             force_window: options.source_timeout + runtime::FORCE_GRACE,
             status_size: 0,
+            loads: 0,
+            last_attempt_at: None,
         }
         .run()
         .await;
