@@ -44,6 +44,16 @@ pub struct SourceStatus {
     pub uri: String,
     /// When a configuration was last loaded successfully.
     pub last_load_at: Option<f64>,
+    /// How many attempts to load the source have finished since lrpm
+    /// started, whatever they found: a configuration, an error, or nothing
+    /// new (an unchanged file, an HTTP 304). The shell fills it.
+    #[serde(default)]
+    pub loads: u64,
+    /// When the last of those attempts began: it saw the configuration as
+    /// it was then or later, and what it found has been handled. The shell
+    /// fills it.
+    #[serde(default)]
+    pub last_attempt_at: Option<f64>,
     /// Why the last load failed, if it did (the farm keeps the last good
     /// configuration meanwhile).
     pub last_error: Option<String>,

@@ -1,5 +1,5 @@
 //! A library-mode binary whose workers and configuration source misbehave
-//! on demand; lrpm's integration tests (`tests/library.rs`) drive it.
+//! on demand; lrpm's integration tests (`tests/it/library.rs`) drive it.
 //!
 //! The source reads the file named by `LRPM_FAULTS_SOURCE` on every load:
 //! a JSON job map is returned as is, and the words `panic`, `hang` and

@@ -247,6 +247,8 @@ fn supervise(
             worker_classes,
             force_window: options.source_timeout + runtime::FORCE_GRACE,
             status_size: 0,
+            loads: 0,
+            last_attempt_at: None,
         }
         .run()
         .await;

@@ -35,13 +35,17 @@ use lrpm_process::exits::ExitEvent;
 
 use crate::hub::Forwarding;
 use crate::process::{ProcessTable, Spawn, Started};
-use crate::source::{SourceHandle, SourceUpdate};
+use crate::source::{Loaded, SourceHandle, SourceUpdate};
 use lrpm_proto::codec::{Request, Response};
 
 /// Seconds since the Unix epoch, now.
 pub fn wall_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    wall(SystemTime::now())
+}
+
+/// Seconds since the Unix epoch at `time`.
+fn wall(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
@@ -72,6 +76,10 @@ pub struct Shell {
     /// The buffer size the next status line starts with: about the last
     /// one's, so that it is written without growing.
     pub status_size: usize,
+    /// How many attempts to load the source have finished, for status.
+    pub loads: u64,
+    /// When the last of them began (UTC seconds), for status.
+    pub last_attempt_at: Option<f64>,
 }
 
 impl Shell {
@@ -134,8 +142,11 @@ impl Shell {
                     trim_at.get_or_insert_with(|| Instant::now() + TRIM_AFTER);
                 }
                 Some(update) = self.updates.recv() => {
-                    self.config_loaded(update);
-                    trim_at.get_or_insert_with(|| Instant::now() + TRIM_AFTER);
+                    // A load that found nothing new freed nothing: at rest
+                    // a polled source must not wake the trim.
+                    if self.config_loaded(update) {
+                        trim_at.get_or_insert_with(|| Instant::now() + TRIM_AFTER);
+                    }
                 }
                 Some(msg) = self.control.recv() => self.control_request(msg),
                 Some(()) = sigterm.recv() => self.shutdown("SIGTERM"),
@@ -196,9 +207,14 @@ impl Shell {
         }
     }
 
-    fn config_loaded(&mut self, update: SourceUpdate) {
-        match update {
-            Ok(mut decl) => {
+    /// Counts the source's attempt and handles what it found; returns
+    /// whether it found anything (a configuration or an error).
+    fn config_loaded(&mut self, update: SourceUpdate) -> bool {
+        self.loads += 1;
+        self.last_attempt_at = Some(wall(update.began));
+        match update.loaded {
+            Ok(Loaded::Unchanged) => return false,
+            Ok(Loaded::Config(mut decl)) => {
                 decl.leave_out_unknown_workers(self.worker_classes.as_ref());
                 // A configuration of 100,000 broken jobs is one problem,
                 // not 100,000 log lines: status lists them all.
@@ -230,6 +246,7 @@ impl Shell {
                 self.core.handle_source_error(e.to_string());
             }
         }
+        true
     }
 
     fn control_request(&mut self, msg: ControlMsg) {
@@ -273,12 +290,15 @@ impl Shell {
     /// of any job's status) into a buffer the size of the last one.
     pub fn status_line(&mut self) -> Vec<u8> {
         let (now, wall) = (Instant::now(), wall_now());
+        let mut source = self.core.status_source(now, wall);
+        source.loads = self.loads;
+        source.last_attempt_at = self.last_attempt_at;
         let supervisor = SupervisorStatus {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at: self.started_at,
             shutting_down: self.core.is_shutting_down(),
-            source: self.core.status_source(now, wall),
+            source,
         };
         let jobs = self.core.status_jobs(now, wall);
         // The last size, or a guess: a job takes about 250 bytes.

@@ -8,10 +8,12 @@
 //! waits for its notification (inotify, LISTEN/NOTIFY, a watch). One driver
 //! task per source ([`spawn`]) loads once at start, then again after every
 //! `changed()` or reload request (`lrpmctl reload`, SIGHUP), and sends each
-//! result to the supervisor's event loop. A failed load is sent as an
-//! error: the supervisor keeps its last good configuration and shows the
-//! error in status. The driver never stops on an error; only the supervisor
-//! stops it, at shutdown.
+//! result to the supervisor's event loop, with the time the attempt began.
+//! A failed load is sent as an error: the supervisor keeps its last good
+//! configuration and shows the error in status. A load that found nothing
+//! new is sent too, as [`Loaded::Unchanged`] (the status counts every
+//! attempt). The driver never stops on an error; only the supervisor stops
+//! it, at shutdown.
 //!
 //! A reload request is also handed to the source itself
 //! ([`ConfigSource::reload_requested`]) before the load it causes, for the
@@ -29,15 +31,22 @@ pub mod file;
 pub mod http;
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use lrpm_core::Declaration;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 pub use self::api::{ConfigSource, DEFAULT_TIMEOUT, LoadError, Loaded, OpenError, SourceOptions};
 
-/// What a source's driver sends to the supervisor.
-pub type SourceUpdate = Result<Declaration, LoadError>;
+/// What a source's driver sends to the supervisor after each attempt to
+/// load.
+#[derive(Debug)]
+pub struct SourceUpdate {
+    /// When the attempt began.
+    pub began: SystemTime,
+    /// What it found.
+    pub loaded: Result<Loaded, LoadError>,
+}
 
 /// A running source driver.
 #[derive(Debug)]
@@ -73,15 +82,10 @@ pub fn spawn<S: ConfigSource>(
     let requested = reload.clone();
     let task = tokio::spawn(async move {
         loop {
-            let update = match source.load().await {
-                Ok(Loaded::Config(decl)) => Some(Ok(decl)),
-                Ok(Loaded::Unchanged) => None,
-                Err(e) => Some(Err(e)),
-            };
-            if let Some(update) = update {
-                if updates.send(update).is_err() {
-                    return;
-                }
+            let began = SystemTime::now();
+            let loaded = source.load().await;
+            if updates.send(SourceUpdate { began, loaded }).is_err() {
+                return;
             }
             tokio::select! {
                 () = source.changed() => {}

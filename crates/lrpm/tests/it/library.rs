@@ -2,15 +2,13 @@
 //! `faults` examples), whose Rust workers and configuration source run in
 //! sandbox processes.
 
-mod support;
-
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::{Lrpm, children_of, job_in, lrpm_binary, pid_alive, pid_of};
 use serde_json::Value;
-use support::{Lrpm, job_in, pid_alive};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -28,8 +26,8 @@ fn example(name: &str) -> PathBuf {
         .status()
         .expect("run cargo");
     assert!(built.success(), "cargo build --example {name} failed");
-    let lrpm = Path::new(env!("CARGO_BIN_EXE_lrpm"));
-    lrpm.parent()
+    lrpm_binary()
+        .parent()
         .expect("target dir")
         .join("examples")
         .join(name)
@@ -91,7 +89,7 @@ fn a_worker_gets_its_config_and_a_panicking_one_backs_off() {
             "nostart": {"name": "nostart", "workerClass": "FailsToStart"}}"#,
         &[],
     );
-    wait_running(&lrpm, "ok");
+    lrpm.running_pid("ok");
     wait_for_output(&lrpm, r#"[ok] started with {"queue":"q"}"#);
     let status = lrpm.wait_for("both failing workers in backoff, twice", LONG, |s| {
         ["boom", "nostart"].iter().all(|id| {
@@ -113,16 +111,6 @@ fn a_worker_gets_its_config_and_a_panicking_one_backs_off() {
     );
 }
 
-/// Waits until job `id` is running.
-fn wait_running(lrpm: &Lrpm, id: &str) -> u32 {
-    let status = lrpm.wait_for(&format!("{id} running"), LONG, |s| {
-        job_in(s, id).is_some_and(|j| j["state"] == "running" && j["pid"].is_u64())
-    });
-    job_in(&status, id)
-        .and_then(|j| j["pid"].as_u64())
-        .expect("pid") as u32
-}
-
 /// Waits until lrpm's stdout holds `text`.
 fn wait_for_output(lrpm: &Lrpm, text: &str) {
     let deadline = Instant::now() + LONG;
@@ -142,7 +130,7 @@ fn a_worker_that_ignores_shutdown_between_long_cycles_is_killed() {
         r#"{"s": {"name": "s", "workerClass": "Stubborn", "shutdownTimeoutSeconds": 1}}"#,
         &["--interval", "3600"],
     );
-    let pid = wait_running(&lrpm, "s");
+    let pid = lrpm.running_pid("s");
     wait_for_output(&lrpm, "[s] stubborn started");
     std::fs::write(&lrpm.config, "{}").expect("write");
     let asked = Instant::now();
@@ -158,7 +146,7 @@ fn a_worker_that_ignores_shutdown_between_long_cycles_is_killed() {
 fn a_source_that_fails_panics_or_hangs_never_stops_the_farm() {
     let good = r#"{"a": {"name": "a", "workerClass": "Sleeper"}}"#;
     let lrpm = faults(good, &["--interval", "1", "--source-timeout", "1"]);
-    let pid = wait_running(&lrpm, "a");
+    let pid = lrpm.running_pid("a");
     let error = |s: &Value| {
         s["supervisor"]["source"]["last_error"]
             .as_str()
@@ -174,8 +162,8 @@ fn a_source_that_fails_panics_or_hangs_never_stops_the_farm() {
             error(s).is_some_and(|e| e.contains(expected))
         });
         assert_eq!(
-            job_in(&status, "a").and_then(|j| j["pid"].as_u64()),
-            Some(u64::from(pid)),
+            job_in(&status, "a").and_then(pid_of),
+            Some(pid),
             "the farm runs on after a source {fault}"
         );
         std::fs::write(&lrpm.config, good).expect("write");
@@ -214,7 +202,7 @@ fn reload_makes_the_source_load_at_once() {
         r#"{"a": {"name": "a", "workerClass": "Sleeper"}}"#,
         &["--interval", "3600"],
     );
-    wait_running(&lrpm, "a");
+    lrpm.running_pid("a");
     std::fs::write(
         &lrpm.config,
         r#"{"a": {"name": "a", "workerClass": "Sleeper"}, "b": {"name": "b", "workerClass": "Sleeper"}}"#,
@@ -223,7 +211,7 @@ fn reload_makes_the_source_load_at_once() {
     let asked = Instant::now();
     let out = lrpm.ctl(&["reload"]);
     assert!(out.status.success());
-    wait_running(&lrpm, "b");
+    lrpm.running_pid("b");
     assert!(asked.elapsed() < Duration::from_secs(10));
     let loads = std::fs::read_to_string(lrpm.config.with_extension("json.loads")).expect("loads");
     assert_eq!(loads.lines().count(), 2, "one load at start, one on reload");
@@ -247,26 +235,14 @@ fn fd_targets(pid: u32, from: u32) -> BTreeSet<String> {
     .collect()
 }
 
-fn children(pid: u32) -> Vec<u32> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
-        .flat_map(|c| {
-            c.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
-}
-
 #[test]
 fn sandbox_processes_inherit_no_descriptor_of_the_supervisor() {
     let lrpm = faults(
         r#"{"a": {"name": "a", "workerClass": "Sleeper"}}"#,
         &["--interval", "3600"],
     );
-    wait_running(&lrpm, "a");
-    let kids = children(lrpm.pid());
+    lrpm.running_pid("a");
+    let kids = children_of(lrpm.pid());
     assert_eq!(kids.len(), 2, "the worker and the configuration sandbox");
     let supervisor = fd_targets(lrpm.pid(), 0);
     assert!(
@@ -292,7 +268,7 @@ fn the_plain_lrpm_binary_refuses_worker_classes() {
         r#"{"w": {"name": "w", "workerClass": "MockWorker"}, "c": {"name": "c", "command": ["sleep", "1000"]}}"#,
         &[],
     );
-    wait_running(&lrpm, "c");
+    lrpm.running_pid("c");
     let status = lrpm.status();
     let reason = status["supervisor"]["source"]["invalid_jobs"]["w"]
         .as_str()

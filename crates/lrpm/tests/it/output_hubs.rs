@@ -6,13 +6,12 @@
 //! process. Every process is ended by pid: lrpm by the fixture, the hubs
 //! and workers by their parent-death signal (which a test checks).
 
-mod support;
-
 use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::Duration;
 
-use support::{Lrpm, pid_alive, signal, wait_until};
+use crate::support::{
+    Lrpm, all_running, children_of, fd_count, jobs_in, pid_alive, pid_of, signal, wait_until,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -20,24 +19,23 @@ const LONG: Duration = Duration::from_secs(60);
 /// hard).
 fn start_limited(config: &str, nofile: u64) -> Lrpm {
     let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("control.sock");
     let path = dir.path().join("jobs.toml");
     std::fs::write(&path, config).expect("config");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lrpm"));
-    command.arg("--socket").arg(&socket).arg(&path);
     let limit = rustix::process::Rlimit {
         current: Some(nofile),
         maximum: Some(nofile),
     };
-    // SAFETY: the hook runs in the forked child before exec and makes one
-    // raw system call (no allocation, no lock).
-    unsafe {
-        command.pre_exec(move || {
-            rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)?;
-            Ok(())
-        });
-    }
-    Lrpm::spawn_in(dir, socket, path, command).unwrap_or_else(|e| panic!("{e}"))
+    Lrpm::start_in(dir, path.clone(), |command| {
+        command.arg(&path);
+        // SAFETY: the hook runs in the forked child before exec and makes
+        // one raw system call (no allocation, no lock).
+        unsafe {
+            command.pre_exec(move || {
+                rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)?;
+                Ok(())
+            });
+        }
+    })
 }
 
 /// `n` workers that print one line on each stream, a line every 2 s on
@@ -64,30 +62,6 @@ fn sleepers(n: usize) -> String {
         .collect()
 }
 
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-    {
-        let Ok(task) = task else { continue };
-        let path = task.path().join("children");
-        for child in std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .split_whitespace()
-        {
-            if let Ok(child) = child.parse() {
-                out.push(child);
-            }
-        }
-    }
-    out
-}
-
 /// lrpm's output hubs: its children running `__lrpm-output-hub`.
 fn hubs_of(pid: u32) -> Vec<u32> {
     children_of(pid)
@@ -102,16 +76,6 @@ fn hubs_of(pid: u32) -> Vec<u32> {
 
 fn count_lines(text: &str, line: &str) -> usize {
     text.lines().filter(|l| *l == line).count()
-}
-
-fn all_running(lrpm: &Lrpm, n: usize) -> bool {
-    let status = lrpm.status();
-    status["jobs"].as_array().is_some_and(|jobs| {
-        jobs.len() == n
-            && jobs
-                .iter()
-                .all(|j| j["state"] == "running" && j["pid"].is_u64())
-    })
 }
 
 #[test]
@@ -133,7 +97,7 @@ fn a_farm_beyond_lrpms_descriptors_goes_through_hubs_and_loses_no_line() {
                 && count_lines(&err, &format!("[w{i}] err-{i}")) == 1
         })
     });
-    assert!(all_running(&lrpm, N), "{}", lrpm.stderr());
+    assert!(all_running(&lrpm.status(), N), "{}", lrpm.stderr());
     // Each line went to its own stream only.
     let (out, err) = (lrpm.stdout(), lrpm.stderr());
     assert!(!out.contains("] err-"), "a stderr line on stdout");
@@ -181,7 +145,9 @@ fn a_farm_beyond_lrpms_descriptors_goes_through_hubs_and_loses_no_line() {
         },
     );
     assert!(!restarted(&lrpm).is_empty(), "no worker restarted");
-    wait_until("the whole farm running", LONG, || all_running(&lrpm, N));
+    wait_until("the whole farm running", LONG, || {
+        all_running(&lrpm.status(), N)
+    });
     let new_hubs = hubs_of(pid);
     assert!(!new_hubs.contains(&victim));
     assert!(
@@ -221,16 +187,13 @@ fn sigkill_of_lrpm_leaves_no_hub_and_no_worker() {
         let out = lrpm.stdout();
         (0..N).all(|i| count_lines(&out, &format!("[s{i}] up-{i}")) == 1)
     });
-    wait_until("the whole farm running", LONG, || all_running(&lrpm, N));
+    wait_until("the whole farm running", LONG, || {
+        all_running(&lrpm.status(), N)
+    });
     let hubs = hubs_of(pid);
     // 60 workers in process would take 180 descriptors, over the limit.
     assert!(hubs.len() >= 2, "hubs: {hubs:?}\n{}", lrpm.stderr());
-    let workers: Vec<u32> = lrpm.status()["jobs"]
-        .as_array()
-        .expect("jobs")
-        .iter()
-        .filter_map(|j| j["pid"].as_u64().and_then(|p| u32::try_from(p).ok()))
-        .collect();
+    let workers: Vec<u32> = jobs_in(&lrpm.status()).iter().filter_map(pid_of).collect();
     assert_eq!(workers.len(), N);
     signal(pid, rustix::process::Signal::KILL);
     wait_until("every hub and worker to die with lrpm", LONG, || {

@@ -1,7 +1,5 @@
 //! The control plane end to end: a real lrpm, its socket, and `lrpmctl`.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -9,7 +7,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::{Lrpm, ctl_command, job_in, pid_alive, raw_request, run_bounded};
+use crate::support::{
+    Lrpm, ctl_command, is_root, job_in, jobs_in, lrpm_command, lrpmctl_binary, pid_alive, pid_of,
+    prerequisite, raw_request, run_bounded, running, wait_for_value, wait_until, wall_now,
+};
 
 /// Two long-running jobs; `7` has an integer id, as php-lrpm's are.
 const FARM: &str = r#"
@@ -27,10 +28,6 @@ const PROMPT: Duration = Duration::from_secs(5);
 
 /// How long a state change may take to show.
 const SETTLE: Duration = Duration::from_secs(30);
-
-fn running(status: &serde_json::Value, id: &str) -> bool {
-    job_in(status, id).is_some_and(|job| job["state"] == "running" && job["pid"].is_u64())
-}
 
 /// lrpm on [`FARM`], with both jobs running.
 fn farm() -> Lrpm {
@@ -102,6 +99,12 @@ fn status_over_the_socket_has_the_documented_shape() {
     let source = &sup["source"];
     assert_eq!(source["uri"], lrpm.config.to_str().expect("utf-8 path"));
     assert!(source["last_load_at"].is_f64());
+    // The first load is an attempt, and began before it was applied.
+    assert!(source["loads"].as_u64() >= Some(1), "{source}");
+    assert!(
+        source["last_attempt_at"].as_f64() <= source["last_load_at"].as_f64(),
+        "{source}"
+    );
     assert!(source["last_error"].is_null());
     assert!(source["invalid_jobs"].is_object());
     let ids: Vec<&str> = status["jobs"]
@@ -128,9 +131,7 @@ fn status_over_the_socket_has_the_documented_shape() {
     }
     assert_eq!(a["name"], "Job A");
     assert_eq!(a["restarts"], 0);
-    assert!(pid_alive(
-        u32::try_from(a["pid"].as_u64().expect("pid")).expect("u32")
-    ));
+    assert!(pid_alive(pid_of(a).expect("pid")));
 }
 
 #[test]
@@ -157,7 +158,7 @@ command = ["sleep", "1000"]
 
     // crashy runs again for a few milliseconds every second or two: ask
     // again if lrpmctl's status caught it then.
-    let text = support::wait_for_value("lrpmctl to show crashy in backoff", SETTLE, || {
+    let text = wait_for_value("lrpmctl to show crashy in backoff", SETTLE, || {
         let output = lrpm.ctl(&["status"]);
         assert_exit(&output, 0);
         Some(stdout(&output)).filter(|text| text.contains("backoff"))
@@ -251,13 +252,15 @@ fn status_table_is_plain_when_piped_or_no_color() {
 
 /// Runs `lrpmctl … status` on a pseudo-terminal (through `script`).
 fn status_on_a_terminal(lrpm: &Lrpm, no_color: bool) -> Option<String> {
-    if !Path::new("/usr/bin/script").exists() {
-        eprintln!("skipped: no /usr/bin/script to make a terminal");
+    if !prerequisite(
+        "/usr/bin/script to make a terminal (bsdutils)",
+        Path::new("/usr/bin/script").exists(),
+    ) {
         return None;
     }
     let line = format!(
         "{} --socket {} status",
-        support::lrpmctl_bin().display(),
+        lrpmctl_binary().display(),
         lrpm.socket.display()
     );
     let mut command = Command::new("/usr/bin/script");
@@ -317,15 +320,8 @@ fn restart_replaces_the_process_at_once() {
     });
     let after = job_in(&after, "a").expect("job a");
     assert_ne!(after["pid"], before["pid"]);
-    let old_pid = u32::try_from(before["pid"].as_u64().expect("pid")).expect("u32");
-    let started = Instant::now();
-    while pid_alive(old_pid) {
-        assert!(
-            started.elapsed() < SETTLE,
-            "the old process {old_pid} lives on"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let old_pid = pid_of(&before).expect("pid");
+    wait_until("the old process to end", SETTLE, || !pid_alive(old_pid));
 }
 
 #[test]
@@ -371,13 +367,6 @@ command = ["sh", "-c", "[ -e fixed ] && exec sleep 1000; exit 3"]
         started < planned - 0.2,
         "the restart waited for the backoff: started at {started}, planned for {planned}"
     );
-}
-
-fn wall_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs_f64()
 }
 
 #[test]
@@ -432,11 +421,9 @@ fn reload_is_acknowledged_and_reads_the_source() {
 #[test]
 fn lrpmctl_stop_returns_once_lrpm_has_exited() {
     let mut lrpm = farm();
-    let workers: Vec<u32> = lrpm.status()["jobs"]
-        .as_array()
-        .expect("jobs")
+    let workers: Vec<u32> = jobs_in(&lrpm.status())
         .iter()
-        .map(|j| u32::try_from(j["pid"].as_u64().expect("pid")).expect("u32"))
+        .map(|j| pid_of(j).expect("pid"))
         .collect();
     let output = lrpm.ctl(&["stop"]);
     assert_exit(&output, 0);
@@ -465,7 +452,7 @@ shutdownTimeoutSeconds = 3
 fn stubborn() -> Lrpm {
     let lrpm = Lrpm::start("jobs.toml", STUBBORN, &[]);
     let trapped = lrpm.dir.path().join("trapped");
-    support::wait_until("the stubborn job's trap", SETTLE, || trapped.exists());
+    wait_until("the stubborn job's trap", SETTLE, || trapped.exists());
     lrpm
 }
 
@@ -705,7 +692,7 @@ fn the_socket_is_private_and_its_directory_made() {
     let socket = dir.path().join("run/lrpm/control.sock");
     let config = dir.path().join("jobs.toml");
     std::fs::write(&config, FARM).expect("write config");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lrpm"));
+    let mut command = lrpm_command();
     command.arg("--socket").arg(&socket).arg(&config);
     let mut lrpm = Lrpm::spawn_in(dir, socket.clone(), config, command).expect("lrpm starts");
     let mode = |p: &Path| p.metadata().expect("stat").permissions().mode() & 0o777;
@@ -723,7 +710,7 @@ fn a_stale_socket_is_replaced() {
     assert!(socket.exists());
     let config = dir.path().join("jobs.toml");
     std::fs::write(&config, FARM).expect("write config");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lrpm"));
+    let mut command = lrpm_command();
     command.arg("--socket").arg(&socket).arg(&config);
     let lrpm =
         Lrpm::spawn_in(dir, socket, config, command).expect("lrpm replaces the stale socket");
@@ -733,7 +720,7 @@ fn a_stale_socket_is_replaced() {
 #[test]
 fn a_second_lrpm_on_a_live_socket_refuses_to_start() {
     let lrpm = farm();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lrpm"));
+    let mut command = lrpm_command();
     command.arg("--socket").arg(&lrpm.socket).arg(&lrpm.config);
     let output = run_bounded(command, SETTLE);
     assert!(!output.status.success(), "the second lrpm ran");
@@ -752,7 +739,7 @@ fn something_else_in_the_way_is_not_replaced() {
     std::fs::write(&socket, "precious").expect("write");
     let config = dir.path().join("jobs.toml");
     std::fs::write(&config, FARM).expect("write config");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lrpm"));
+    let mut command = lrpm_command();
     command.arg("--socket").arg(&socket).arg(&config);
     let output = run_bounded(command, SETTLE);
     assert!(!output.status.success());
@@ -769,13 +756,14 @@ fn something_else_in_the_way_is_not_replaced() {
 
 #[test]
 fn another_uid_is_refused() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: the permission test runs the client as nobody, which needs root");
+    if !prerequisite("root, to run the client as nobody", is_root()) {
         return;
     }
     let setpriv = Path::new("/usr/bin/setpriv");
-    if !setpriv.exists() {
-        eprintln!("skipped: no /usr/bin/setpriv to run the client as nobody");
+    if !prerequisite(
+        "/usr/bin/setpriv to run the client as nobody (util-linux)",
+        setpriv.exists(),
+    ) {
         return;
     }
     let lrpm = farm();
@@ -784,7 +772,7 @@ fn another_uid_is_refused() {
     let dir = lrpm.dir.path();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
     let ctl = dir.join("lrpmctl");
-    std::fs::copy(support::lrpmctl_bin(), &ctl).expect("copy lrpmctl");
+    std::fs::copy(lrpmctl_binary(), &ctl).expect("copy lrpmctl");
     std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o755)).expect("chmod lrpmctl");
     let as_nobody = |args: &[&str]| {
         let mut command = Command::new(setpriv);
@@ -1016,7 +1004,7 @@ fn connections_over_the_cap_are_refused_not_queued() {
 /// Measures the status of 10,000 jobs over the socket and as the lrpmctl
 /// table. Starting the farm takes minutes, past nextest's slow-test limit,
 /// so run it with
-/// `cargo test --release -p lrpm --test control -- --ignored ten_thousand --nocapture`.
+/// `cargo test --release -p lrpm --test it -- --ignored control::ten_thousand --nocapture`.
 #[test]
 #[ignore = "slow: starts 10,000 processes"]
 fn ten_thousand_jobs_status() {

@@ -3,30 +3,14 @@
 //! `PATH` is searched, a worker starts with clean signals, and lrpm keeps no
 //! write end of a worker's output.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use support::{Lrpm, job_in, wait_until};
+use crate::support::{Lrpm, children_of, job_in, jobs, pid_alive, pid_of, signal, wait_until};
 
-const LONG: Duration = Duration::from_secs(20);
-
-fn running_pid(lrpm: &Lrpm, id: &str) -> u32 {
-    let status = lrpm.wait_for(&format!("job {id} running"), LONG, |s| {
-        job_in(s, id).is_some_and(|j| j["state"] == "running" && j["pid"].is_u64())
-    });
-    job_in(&status, id).expect("job")["pid"]
-        .as_u64()
-        .expect("pid") as u32
-}
-
-/// The pids of every child of process `pid` (all its threads').
-fn children(pid: u32) -> Vec<u32> {
-    children_by_thread(pid).into_values().flatten().collect()
-}
+const LONG: Duration = Duration::from_secs(30);
 
 /// A `SigXxx:` mask of /proc/PID/status.
 fn signal_mask(status: &str, field: &str) -> u64 {
@@ -84,7 +68,7 @@ fn start_failures_are_clear_errors_and_leave_no_process() {
     // The failed children were reaped: lrpm has no child at all (a retry
     // may be starting one for a few microseconds, hence the wait).
     wait_until("lrpm to have no child", LONG, || {
-        children(lrpm.pid()).is_empty()
+        children_of(lrpm.pid()).is_empty()
     });
 }
 
@@ -104,7 +88,7 @@ fn the_path_of_a_jobs_env_is_searched() {
         "p": {"name": "p", "command": ["lrpm-test-program"], "env": {"PATH": path}},
     });
     let lrpm = Lrpm::start("jobs.json", &config.to_string(), &[]);
-    running_pid(&lrpm, "p");
+    lrpm.running_pid("p");
     wait_until("the program's line", LONG, || {
         lrpm.stdout().contains("[p] found in path")
     });
@@ -117,7 +101,7 @@ fn a_worker_starts_with_an_empty_mask_and_default_signals() {
         r#"{"s": {"name": "s", "command": ["sleep", "1000"]}}"#,
         &[],
     );
-    let pid = running_pid(&lrpm, "s");
+    let pid = lrpm.running_pid("s");
     let worker = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     assert_eq!(signal_mask(&worker, "SigBlk:"), 0, "blocked: {worker}");
     assert_eq!(signal_mask(&worker, "SigCgt:"), 0, "caught: {worker}");
@@ -150,7 +134,7 @@ fn lrpm_keeps_no_write_end_of_a_workers_output() {
         "[w]\nname = \"w\"\ncommand = \"echo hello from $$; exec sleep 1000\"\nshortRunTimeSeconds = 0\n",
         &[],
     );
-    let first = running_pid(&lrpm, "w");
+    let first = lrpm.running_pid("w");
     let worker_pipes: HashSet<String> = [1, 2]
         .iter()
         .filter_map(|fd| pipe_inode(std::path::Path::new(&format!("/proc/{first}/fd/{fd}"))))
@@ -190,13 +174,11 @@ fn lrpm_keeps_no_write_end_of_a_workers_output() {
     wait_until("the first line", LONG, || {
         lrpm.stdout().contains(&format!("[w] hello from {first}"))
     });
-    support::signal(first, rustix::process::Signal::KILL);
+    signal(first, rustix::process::Signal::KILL);
     let status = lrpm.wait_for("a new worker", LONG, |s| {
-        job_in(s, "w").is_some_and(|j| j["pid"].as_u64().is_some_and(|p| p as u32 != first))
+        job_in(s, "w").and_then(pid_of).is_some_and(|p| p != first)
     });
-    let second = job_in(&status, "w").expect("w")["pid"]
-        .as_u64()
-        .expect("pid");
+    let second = job_in(&status, "w").and_then(pid_of).expect("pid");
     wait_until("the second line", LONG, || {
         lrpm.stdout().contains(&format!("[w] hello from {second}"))
     });
@@ -228,36 +210,57 @@ fn children_by_thread(pid: u32) -> BTreeMap<String, Vec<u32>> {
 
 #[test]
 fn a_mass_start_spawns_on_two_threads_and_their_workers_live_on() {
-    let ids: Vec<String> = (0..100).map(|i| format!("w{i}")).collect();
+    let ids: Vec<String> = (0..120).map(|i| format!("w{i}")).collect();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let lrpm = Lrpm::start("jobs.json", &support::jobs(&ids), &[]);
-    let running = |s: &serde_json::Value| -> BTreeMap<String, u64> {
-        ids.iter()
+    let (first, second) = ids.split_at(100);
+    let lrpm = Lrpm::start("jobs.json", &jobs(first), &[]);
+    // The pid of each running job, and the jobs that have been restarted.
+    let running = |s: &serde_json::Value| -> (BTreeMap<String, u32>, Vec<String>) {
+        let running = ids
+            .iter()
             .filter_map(|id| {
                 let job = job_in(s, id)?;
-                (job["state"] == "running").then_some(((*id).to_owned(), job["pid"].as_u64()?))
+                (job["state"] == "running").then_some(((*id).to_owned(), pid_of(job)?))
             })
-            .collect()
+            .collect();
+        let restarted = ids
+            .iter()
+            .filter(|id| job_in(s, id).is_some_and(|j| j["restarts"] != 0))
+            .map(|id| (*id).to_owned())
+            .collect();
+        (running, restarted)
     };
-    let status = lrpm.wait_for("100 workers running", LONG, |s| running(s).len() == 100);
-    let pids = running(&status);
+    let status = lrpm.wait_for("100 workers running", LONG, |s| running(s).0.len() == 100);
+    let (pids, _) = running(&status);
     // A worker's parent is the thread that cloned it: both spawned some.
     let by_thread = children_by_thread(lrpm.pid());
-    let helper = by_thread.get("lrpm-spawn").map_or(0, Vec::len);
+    let helper = by_thread.get("lrpm-spawn").cloned().unwrap_or_default();
     let total: usize = by_thread.values().map(Vec::len).sum();
     assert_eq!(total, 100, "{by_thread:?}");
     assert!(
-        helper > 0 && helper < 100,
-        "the spawn helper started {helper} of 100 workers: {by_thread:?}"
+        !helper.is_empty() && helper.len() < 100,
+        "the spawn helper started {} of 100 workers: {by_thread:?}",
+        helper.len()
     );
     // The parent-death signal follows the cloning thread: had the helper
-    // ended, its workers would have died with it.
-    std::thread::sleep(Duration::from_millis(500));
-    let status = lrpm.status();
-    assert_eq!(running(&status), pids, "a worker died or was restarted");
+    // ended after its batch, its workers would have died with it. It lives
+    // on: after another mass start, it is still there, with the same
+    // children, and no worker of the first start died or was restarted.
+    lrpm.write_config(&jobs(&[first, second].concat()));
+    let status = lrpm.wait_for("120 workers running", LONG, |s| running(s).0.len() == 120);
+    let (now, restarted) = running(&status);
     assert!(
-        ids.iter()
-            .all(|id| job_in(&status, id).is_some_and(|j| j["restarts"] == 0)),
-        "no restarts: {status}"
+        pids.iter().all(|(id, pid)| now.get(id) == Some(pid)),
+        "a worker died or was restarted: {pids:?} then {now:?}"
+    );
+    assert!(restarted.is_empty(), "restarted: {restarted:?}");
+    let helper_now = children_by_thread(lrpm.pid())
+        .remove("lrpm-spawn")
+        .unwrap_or_default();
+    assert!(
+        helper
+            .iter()
+            .all(|pid| helper_now.contains(pid) && pid_alive(*pid)),
+        "the helper's workers {helper:?}, its children now {helper_now:?}"
     );
 }

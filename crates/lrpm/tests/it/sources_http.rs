@@ -3,19 +3,16 @@
 //! 304 costs, every failure mode (the farm keeps running and the error shows
 //! in status), redirects, the bearer token, reloads, long polling, and TLS
 //! with the system trust store.
-#![cfg(feature = "http")]
-
-mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Lrpm, job_in, jobs, signal};
+
+use crate::support::{Lrpm, jobs, lrpm_command, pid_of, run_bounded, signal, wait_until};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -304,59 +301,30 @@ fn reason(status: u16) -> &'static str {
 /// that requests go straight to the test server.
 fn start(source: &str, args: &[&str], env: &[(&str, Option<&str>)]) -> Lrpm {
     let dir = tempfile::tempdir().expect("create a temp dir");
-    let socket = dir.path().join("control.sock");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lrpm"));
-    command.current_dir(dir.path());
-    for name in [
-        "http_proxy",
-        "https_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "all_proxy",
-    ] {
-        command.env_remove(name);
-    }
-    for (name, value) in env {
-        match value {
-            Some(value) => command.env(name, value),
-            None => command.env_remove(name),
-        };
-    }
-    command.arg("--socket").arg(&socket).args(args).arg(source);
     let config = dir.path().join("unused.json");
-    Lrpm::spawn_in(dir, socket, config, command).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn running_pid(lrpm: &Lrpm, id: &str) -> u64 {
-    let status = lrpm.wait_for(&format!("job {id} running"), LONG, |s| {
-        job_in(s, id).is_some_and(|j| j["state"] == "running" && j["pid"].is_u64())
-    });
-    job_in(&status, id).expect("the job")["pid"]
-        .as_u64()
-        .expect("a pid")
+    Lrpm::start_in(dir, config, |command| {
+        for name in [
+            "http_proxy",
+            "https_proxy",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            command.env_remove(name);
+        }
+        for (name, value) in env {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        command.args(args).arg(source);
+    })
 }
 
 fn source_status(lrpm: &Lrpm) -> Value {
     lrpm.status()["supervisor"]["source"].clone()
-}
-
-fn wait_for_error(lrpm: &Lrpm, text: &str) -> String {
-    let status = lrpm.wait_for(&format!("source error {text:?}"), LONG, |s| {
-        s["supervisor"]["source"]["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains(text))
-    });
-    status["supervisor"]["source"]["last_error"]
-        .as_str()
-        .expect("an error")
-        .to_owned()
-}
-
-fn wait_for_no_error(lrpm: &Lrpm) {
-    lrpm.wait_for("the source error to clear", LONG, |s| {
-        s["supervisor"]["source"]["last_error"].is_null()
-    });
 }
 
 /// A document that changes when `version` does, served with an ETag and
@@ -378,7 +346,7 @@ fn an_etag_makes_an_unchanged_document_cost_one_304() {
     let doc = Arc::new(Mutex::new((1, jobs(&["a"]))));
     let server = Server::start(etag_server(doc.clone()));
     let lrpm = start(&server.url("/jobs.json"), &["-i", "1"], &[]);
-    let a = running_pid(&lrpm, "a");
+    let a = lrpm.running_pid("a");
     let loaded_at = source_status(&lrpm)["last_load_at"]
         .as_f64()
         .expect("loaded");
@@ -398,13 +366,21 @@ fn an_etag_makes_an_unchanged_document_cost_one_304() {
         assert_eq!(request.header("if-none-match"), Some("\"v1\""));
         assert_eq!(request.answered, 304);
     }
-    // A 304 is not parsed and delivers nothing: the last load stays the first.
-    assert!(!loaded_since(&lrpm));
-    assert!(source_status(&lrpm)["last_error"].is_null());
+    // A 304 is not parsed and delivers nothing: once lrpm has handled the
+    // attempts of those requests, the last load is still the first.
+    let status = lrpm.wait_for("four attempts to load", LONG, |s| {
+        s["supervisor"]["source"]["loads"].as_u64() >= Some(4)
+    });
+    let source = &status["supervisor"]["source"];
+    assert!(
+        source["last_load_at"].as_f64().expect("loaded") - loaded_at <= 0.5,
+        "{source}"
+    );
+    assert!(source["last_error"].is_null());
 
     *doc.lock().expect("doc") = (2, jobs(&["a", "b"]));
-    running_pid(&lrpm, "b");
-    assert_eq!(running_pid(&lrpm, "a"), a, "an unchanged job keeps running");
+    lrpm.running_pid("b");
+    assert_eq!(lrpm.running_pid("a"), a, "an unchanged job keeps running");
     assert!(loaded_since(&lrpm));
 }
 
@@ -419,7 +395,7 @@ fn last_modified_makes_an_unchanged_document_cost_one_304() {
         }
     });
     let lrpm = start(&server.url("/jobs.json"), &["-i", "1"], &[]);
-    running_pid(&lrpm, "a");
+    lrpm.running_pid("a");
     let requests = server.wait_for_requests(3);
     assert_eq!(requests[0].answered, 200);
     for request in &requests[1..3] {
@@ -438,7 +414,7 @@ fn every_failure_of_a_server_keeps_the_farm() {
         &["-i", "1", "--source-timeout", "2"],
         &[],
     );
-    let a = running_pid(&lrpm, "a");
+    let a = lrpm.running_pid("a");
     type Case = (&'static str, Box<dyn Fn(&Request) -> Reply + Send + Sync>);
     let cases: Vec<Case> = vec![
         (
@@ -497,20 +473,16 @@ fn every_failure_of_a_server_keeps_the_farm() {
     ];
     for (expected, reply) in cases {
         server.set(move |request| reply(request));
-        let error = wait_for_error(&lrpm, expected);
+        let error = lrpm.wait_for_source_error(expected);
         assert!(error.starts_with(&server.url("/jobs.json")), "{error}");
         let job = lrpm.job("a").expect("job a is still there");
         assert_eq!(job["state"], "running", "{expected}");
-        assert_eq!(
-            job["pid"].as_u64(),
-            Some(a),
-            "{expected}: job a was not restarted"
-        );
+        assert_eq!(pid_of(&job), Some(a), "{expected}: job a was not restarted");
         // Back to normal: the first success is a full response (a failure
         // forgot the validators), which clears the error.
         let before = server.count();
         server.set(etag_server(doc.clone()));
-        wait_for_no_error(&lrpm);
+        lrpm.wait_for_no_source_error();
         let after = server.requests();
         let first_ok = after[before..]
             .iter()
@@ -518,14 +490,14 @@ fn every_failure_of_a_server_keeps_the_farm() {
             .expect("a 200 after the failure");
         assert!(!first_ok.is_conditional(), "{expected}: {first_ok:?}");
     }
-    assert_eq!(lrpm.job("a").expect("job a")["pid"].as_u64(), Some(a));
+    assert_eq!(lrpm.job("a").as_ref().and_then(pid_of), Some(a));
 }
 
 #[test]
 fn an_endless_body_is_cut_off_at_the_limit_while_it_is_read() {
     let server = Server::start(|_: &Request| Reply::Endless);
     let lrpm = start(&server.url("/jobs.json"), &["-i", "3600"], &[]);
-    wait_for_error(&lrpm, "the response is larger than 64 MiB");
+    lrpm.wait_for_source_error("the response is larger than 64 MiB");
     let written = server.endless_written.load(Ordering::SeqCst);
     // What lrpm read, plus what the socket buffers held when it stopped:
     // the kernel grows them up to its tcp_rmem and tcp_wmem maxima (32 MiB
@@ -571,7 +543,7 @@ fn redirects_are_followed_and_the_token_goes_to_the_first_host_only() {
         &["-i", "3600"],
         &[("LRPM_HTTP_TOKEN", Some(TOKEN))],
     );
-    running_pid(&lrpm, "w");
+    lrpm.running_pid("w");
     let requests = server.requests();
     let paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(paths, ["/start", "/moved", "/jobs.json"]);
@@ -580,11 +552,9 @@ fn redirects_are_followed_and_the_token_goes_to_the_first_host_only() {
     assert_eq!(requests[1].header("authorization"), Some(bearer.as_str()));
     assert_eq!(requests[2].header("authorization"), None);
     // No worker inherits it, and it is never logged.
-    let deadline = Instant::now() + LONG;
-    while !lrpm.stdout().contains("[w] token=") {
-        assert!(Instant::now() < deadline, "the worker said nothing");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the worker's line", LONG, || {
+        lrpm.stdout().contains("[w] token=")
+    });
     assert!(
         lrpm.stdout().contains("[w] token=none"),
         "{}",
@@ -599,7 +569,7 @@ fn reload_and_sighup_fetch_the_whole_document_at_once() {
     let doc = Arc::new(Mutex::new((1, jobs(&["a"]))));
     let server = Server::start(etag_server(doc.clone()));
     let lrpm = start(&server.url("/jobs.json"), &["-i", "3600"], &[]);
-    running_pid(&lrpm, "a");
+    lrpm.running_pid("a");
     assert_eq!(server.count(), 1);
     let out = lrpm.ctl(&["reload"]);
     assert!(out.status.success(), "{out:?}");
@@ -608,7 +578,7 @@ fn reload_and_sighup_fetch_the_whole_document_at_once() {
     assert_eq!(requests[1].answered, 200);
     *doc.lock().expect("doc") = (2, jobs(&["a", "b"]));
     signal(lrpm.pid(), rustix::process::Signal::HUP);
-    running_pid(&lrpm, "b");
+    lrpm.running_pid("b");
 }
 
 #[test]
@@ -616,16 +586,17 @@ fn interval_zero_long_polls_at_most_once_a_second() {
     let doc = Arc::new(Mutex::new((1, jobs(&["a"]))));
     let server = Server::start(etag_server(doc));
     let lrpm = start(&server.url("/jobs.json"), &["-i", "0"], &[]);
-    running_pid(&lrpm, "a");
+    lrpm.running_pid("a");
     let first = server.count();
     let since = Instant::now();
-    std::thread::sleep(Duration::from_secs(3));
-    let more = server.count() - first;
-    // At most one a second, and one more for the second already begun; the
-    // sleep may last longer than asked on a loaded machine.
+    // Three more requests: at most one a second, and one more for the
+    // second already begun, so they take 2 s at least (a loaded machine
+    // only makes the wait longer).
+    let more = 3;
+    server.wait_for_requests(first + more);
     let seconds = since.elapsed().as_secs_f64();
     assert!(
-        more >= 1 && more as f64 <= seconds + 1.0,
+        more as f64 <= seconds + 1.0,
         "{more} requests in {seconds:.2} s"
     );
 }
@@ -634,12 +605,12 @@ fn interval_zero_long_polls_at_most_once_a_second() {
 fn malformed_urls_are_usage_errors() {
     for source in ["http://", "https://[::1/jobs"] {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lrpm"));
+        let mut command = lrpm_command();
         command
             .arg("--socket")
             .arg(dir.path().join("control.sock"))
             .arg(source);
-        let out = support::run_bounded(command, LONG);
+        let out = run_bounded(command, LONG);
         assert_eq!(out.status.code(), Some(64), "{source}: {out:?}");
     }
 }
@@ -718,7 +689,7 @@ fn https_trusts_the_system_store_and_only_it() {
             ("SSL_CERT_DIR", None),
         ],
     );
-    running_pid(&trusting, "a");
+    trusting.running_pid("a");
     drop(trusting);
 
     // A store without the test CA (whatever this machine's holds).
@@ -732,7 +703,7 @@ fn https_trusts_the_system_store_and_only_it() {
             ("SSL_CERT_DIR", None),
         ],
     );
-    let error = wait_for_error(&distrusting, "certificate");
+    let error = distrusting.wait_for_source_error("certificate");
     assert!(error.contains("UnknownIssuer"), "{error}");
     assert!(distrusting.job("a").is_none());
 }
@@ -745,17 +716,17 @@ fn without_any_ca_certificate_http_works_and_https_refuses_to_start() {
         ("SSL_CERT_DIR", None),
     ];
     let lrpm = start(&server.url("/jobs.json"), &["-i", "3600"], &no_store);
-    running_pid(&lrpm, "a");
+    lrpm.running_pid("a");
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lrpm"));
+    let mut command = lrpm_command();
     command
         .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
         .env_remove("SSL_CERT_DIR")
         .arg("--socket")
         .arg(dir.path().join("control.sock"))
         .arg(format!("https://{}/jobs.json", server.addr));
-    let out = support::run_bounded(command, LONG);
+    let out = run_bounded(command, LONG);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot set up TLS"), "{stderr}");

@@ -3,14 +3,14 @@
 //! that kill a whole process group, restarts, reloads, and the PHP bridge of
 //! `examples/php` under a real `php`.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
-use support::{Lrpm, job_in, jobs, pid_alive, signal, wait_until};
+use crate::support::{
+    Lrpm, job_in, jobs, lrpm_command, pid_alive, pid_of, prerequisite, run_bounded, signal,
+    source_error, wait_for_value, wait_until,
+};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -27,17 +27,10 @@ fn start(source: &str, args: &[&str], env: &[(&str, &str)], files: &[(&str, &str
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         }
     }
-    let socket = dir.path().join("control.sock");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lrpm"));
-    command
-        .current_dir(dir.path())
-        .envs(env.iter().copied())
-        .arg("--socket")
-        .arg(&socket)
-        .args(args)
-        .arg(source);
     let config = dir.path().join("jobs.json");
-    Lrpm::spawn_in(dir, socket, config, command).unwrap_or_else(|e| panic!("{e}"))
+    Lrpm::start_in(dir, config, |command| {
+        command.envs(env.iter().copied()).args(args).arg(source);
+    })
 }
 
 /// Replaces a file in lrpm's directory atomically.
@@ -52,43 +45,16 @@ fn path(lrpm: &Lrpm, name: &str) -> PathBuf {
     lrpm.dir.path().join(name)
 }
 
-fn running_pid(lrpm: &Lrpm, id: &str) -> u64 {
-    let status = lrpm.wait_for(&format!("job {id} running"), LONG, |s| {
-        job_in(s, id).is_some_and(|j| j["state"] == "running" && j["pid"].is_u64())
-    });
-    job_in(&status, id).expect("the job")["pid"]
-        .as_u64()
-        .expect("a pid")
-}
-
-fn last_error(status: &Value) -> Option<&str> {
-    status["supervisor"]["source"]["last_error"].as_str()
-}
-
-/// Waits until the source's error contains `text`; returns it.
-fn wait_for_error(lrpm: &Lrpm, text: &str) -> String {
-    let status = lrpm.wait_for(&format!("source error {text:?}"), LONG, |s| {
-        last_error(s).is_some_and(|e| e.contains(text))
-    });
-    last_error(&status).expect("an error").to_owned()
-}
-
 /// The line of lrpm's log that reports a source error containing `text`,
 /// once there is one: an error that lasts only until the command's next run
 /// delivers may come and go between two looks at the status.
 fn wait_for_logged_error(lrpm: &Lrpm, text: &str) -> String {
-    support::wait_for_value(&format!("a logged source error {text:?}"), LONG, || {
+    wait_for_value(&format!("a logged source error {text:?}"), LONG, || {
         lrpm.stderr()
             .lines()
             .find(|l| l.contains("configuration source failed") && l.contains(text))
             .map(str::to_owned)
     })
-}
-
-fn wait_for_no_error(lrpm: &Lrpm) {
-    lrpm.wait_for("the source error to clear", LONG, |s| {
-        s["supervisor"]["source"]["last_error"].is_null()
-    });
 }
 
 /// The pids written to a file, one a line, once there are at least `n`.
@@ -114,19 +80,19 @@ fn a_polled_command_is_followed_and_its_stderr_is_logged() {
         &[],
         &[("jobs.json", &jobs(&["a"]))],
     );
-    let a = running_pid(&lrpm, "a");
+    let a = lrpm.running_pid("a");
     put(&lrpm, "jobs.json", &jobs(&["a", "b"]));
-    let b = running_pid(&lrpm, "b");
-    assert_eq!(running_pid(&lrpm, "a"), a, "an unchanged job keeps running");
+    let b = lrpm.running_pid("b");
+    assert_eq!(lrpm.running_pid("a"), a, "an unchanged job keeps running");
     put(&lrpm, "jobs.json", &jobs(&["b"]));
     lrpm.wait_for("job a removed", LONG, |s| job_in(s, "a").is_none());
-    assert_eq!(running_pid(&lrpm, "b"), b);
+    assert_eq!(lrpm.running_pid("b"), b);
     assert!(
         lrpm.stderr().contains("[exec:sh] reading jobs"),
         "{}",
         lrpm.stderr()
     );
-    assert!(lrpm.status()["supervisor"]["source"]["last_error"].is_null());
+    assert_eq!(source_error(&lrpm.status()), None);
 }
 
 #[test]
@@ -154,7 +120,7 @@ esac
             ("jobs.json", &jobs(&["a"])),
         ],
     );
-    let a = running_pid(&lrpm, "a");
+    let a = lrpm.running_pid("a");
     let cases = [
         ("fail", "exited with code 3 (stderr: database is down)"),
         ("garbage", "cannot parse"),
@@ -166,19 +132,15 @@ esac
     ];
     for (mode, expected) in cases {
         put(&lrpm, "mode", mode);
-        let error = wait_for_error(&lrpm, expected);
+        let error = lrpm.wait_for_source_error(expected);
         assert!(error.starts_with("exec:./source.sh: "), "{error}");
         let job = lrpm.job("a").expect("job a is still there");
         assert_eq!(job["state"], "running", "{mode}");
-        assert_eq!(
-            job["pid"].as_u64(),
-            Some(a),
-            "{mode}: job a was not restarted"
-        );
+        assert_eq!(pid_of(&job), Some(a), "{mode}: job a was not restarted");
         put(&lrpm, "mode", "ok");
-        wait_for_no_error(&lrpm);
+        lrpm.wait_for_no_source_error();
     }
-    assert_eq!(running_pid(&lrpm, "a"), a);
+    assert_eq!(lrpm.running_pid("a"), a);
 }
 
 #[test]
@@ -202,18 +164,18 @@ cat jobs.json
             ("jobs.json", &jobs(&["a"])),
         ],
     );
-    let a = running_pid(&lrpm, "a");
+    let a = lrpm.running_pid("a");
     put(&lrpm, "mode", "hang");
     let leader = pids(&path(&lrpm, "leader.pid"), 1)[0];
     let grandchild = pids(&path(&lrpm, "grandchild.pid"), 1)[0];
-    let error = wait_for_error(&lrpm, "did not finish within 2s");
+    let error = lrpm.wait_for_source_error("did not finish within 2s");
     assert!(error.contains("process group was killed"), "{error}");
     wait_until("the command and its grandchild to die", LONG, || {
         !pid_alive(leader) && !pid_alive(grandchild)
     });
-    assert_eq!(lrpm.job("a").expect("job a")["pid"].as_u64(), Some(a));
+    assert_eq!(lrpm.job("a").as_ref().and_then(pid_of), Some(a));
     put(&lrpm, "mode", "ok");
-    wait_for_no_error(&lrpm);
+    lrpm.wait_for_no_source_error();
 }
 
 #[test]
@@ -226,12 +188,12 @@ fn what_a_finished_command_left_behind_is_killed_at_once() {
         &[],
         &[("jobs.json", &jobs(&["a"]))],
     );
-    running_pid(&lrpm, "a");
+    lrpm.running_pid("a");
     let background = pids(&path(&lrpm, "background.pid"), 1)[0];
     wait_until("the background process to die", LONG, || {
         !pid_alive(background)
     });
-    assert!(lrpm.status()["supervisor"]["source"]["last_error"].is_null());
+    assert_eq!(source_error(&lrpm.status()), None);
 }
 
 #[test]
@@ -242,16 +204,16 @@ fn reload_and_sighup_run_a_polled_command_at_once() {
         &[],
         &[("jobs.json", &jobs(&["a"]))],
     );
-    let a = running_pid(&lrpm, "a");
+    let a = lrpm.running_pid("a");
     put(&lrpm, "jobs.json", &jobs(&["a", "b"]));
     let out = lrpm.ctl(&["reload"]);
     assert!(out.status.success(), "{out:?}");
-    running_pid(&lrpm, "b");
+    lrpm.running_pid("b");
     put(&lrpm, "jobs.json", &jobs(&["a", "c"]));
     signal(lrpm.pid(), rustix::process::Signal::HUP);
-    running_pid(&lrpm, "c");
+    lrpm.running_pid("c");
     lrpm.wait_for("job b removed", LONG, |s| job_in(s, "b").is_none());
-    assert_eq!(running_pid(&lrpm, "a"), a);
+    assert_eq!(lrpm.running_pid("a"), a);
 }
 
 #[test]
@@ -262,7 +224,7 @@ fn a_command_that_cannot_start_is_an_error_in_status() {
         &[],
         &[],
     );
-    let error = wait_for_error(&lrpm, "cannot start it");
+    let error = lrpm.wait_for_source_error("cannot start it");
     assert!(error.contains("No such file or directory"), "{error}");
 }
 
@@ -276,12 +238,12 @@ fn malformed_exec_sources_are_usage_errors() {
     ];
     for args in cases {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lrpm"));
+        let mut command = lrpm_command();
         command
             .arg("--socket")
             .arg(dir.path().join("control.sock"))
             .args(args);
-        let out = support::run_bounded(command, LONG);
+        let out = run_bounded(command, LONG);
         assert_eq!(out.status.code(), Some(64), "{args:?}: {out:?}");
     }
 }
@@ -309,15 +271,15 @@ fn a_streaming_command_pushes_each_change() {
         &[],
         &[("stream.sh", STREAMER), ("jobs.json", &jobs(&["a"]))],
     );
-    let a = running_pid(&lrpm, "a");
+    let a = lrpm.running_pid("a");
     put(&lrpm, "jobs.json", &jobs(&["a", "b"]));
-    running_pid(&lrpm, "b");
+    lrpm.running_pid("b");
     put(&lrpm, "jobs.json", "not json at all");
-    wait_for_error(&lrpm, "cannot parse");
-    assert_eq!(running_pid(&lrpm, "a"), a);
+    lrpm.wait_for_source_error("cannot parse");
+    assert_eq!(lrpm.running_pid("a"), a);
     put(&lrpm, "jobs.json", &jobs(&["b"]));
     lrpm.wait_for("job a removed", LONG, |s| job_in(s, "a").is_none());
-    wait_for_no_error(&lrpm);
+    lrpm.wait_for_no_source_error();
     assert_eq!(pids(&path(&lrpm, "runs"), 1).len(), 1, "one run did it all");
 }
 
@@ -329,7 +291,7 @@ fn a_streaming_command_that_dies_is_restarted_with_backoff() {
         &[],
         &[("stream.sh", STREAMER), ("jobs.json", &jobs(&["a"]))],
     );
-    let a = running_pid(&lrpm, "a");
+    let a = lrpm.running_pid("a");
     let first = pids(&path(&lrpm, "runs"), 1)[0];
     signal(first, rustix::process::Signal::KILL);
     let error = wait_for_logged_error(&lrpm, "killed by SIGKILL; restarting in 1s");
@@ -340,17 +302,17 @@ fn a_streaming_command_that_dies_is_restarted_with_backoff() {
     let second = pids(&path(&lrpm, "runs"), 2)[1];
     assert_ne!(first, second);
     // Its first document is the configuration the farm already runs.
-    wait_for_no_error(&lrpm);
-    assert_eq!(running_pid(&lrpm, "a"), a);
+    lrpm.wait_for_no_source_error();
+    assert_eq!(lrpm.running_pid("a"), a);
     // A second early death waits twice as long.
     signal(second, rustix::process::Signal::KILL);
     wait_for_logged_error(&lrpm, "killed by SIGKILL; restarting in 2s");
     pids(&path(&lrpm, "runs"), 3);
-    wait_for_no_error(&lrpm);
+    lrpm.wait_for_no_source_error();
     // Changes still flow through the third run.
     put(&lrpm, "jobs.json", &jobs(&["a", "b"]));
-    running_pid(&lrpm, "b");
-    assert_eq!(running_pid(&lrpm, "a"), a);
+    lrpm.running_pid("b");
+    assert_eq!(lrpm.running_pid("a"), a);
 }
 
 #[test]
@@ -361,15 +323,15 @@ fn reload_restarts_a_streaming_command_and_shutdown_stops_it() {
         &[],
         &[("stream.sh", STREAMER), ("jobs.json", &jobs(&["a"]))],
     );
-    let a = running_pid(&lrpm, "a");
+    let a = lrpm.running_pid("a");
     let first = pids(&path(&lrpm, "runs"), 1)[0];
     let out = lrpm.ctl(&["reload"]);
     assert!(out.status.success(), "{out:?}");
     let second = pids(&path(&lrpm, "runs"), 2)[1];
     wait_until("the first run to be stopped", LONG, || !pid_alive(first));
     assert!(pid_alive(second));
-    assert_eq!(running_pid(&lrpm, "a"), a, "a reload restarts no job");
-    assert!(lrpm.status()["supervisor"]["source"]["last_error"].is_null());
+    assert_eq!(lrpm.running_pid("a"), a, "a reload restarts no job");
+    assert_eq!(source_error(&lrpm.status()), None);
     let status = lrpm.terminate();
     assert!(status.success(), "{status:?}\n{}", lrpm.stderr());
     // SIGKILLed as lrpm ends: dead a moment later.
@@ -378,22 +340,14 @@ fn reload_restarts_a_streaming_command_and_shutdown_stops_it() {
 
 // The PHP bridge (examples/php), under Debian's php-cli.
 
-/// Whether `php` can be run. Without it the PHP tests are skipped, except
-/// in CI, where that is a failure: `.ci/run` installs php-cli.
+/// Whether `php` can be run: a prerequisite of the PHP tests, which
+/// `.ci/run` installs.
 fn php_available() -> bool {
     let found = Command::new("php")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "php is not installed, and CI is set: the PHP bridge example must be tested in CI \
-             (.ci/run installs it: apt-get install php-cli)"
-        );
-        eprintln!("skipping: php is not installed (apt-get install php-cli)");
-    }
-    found
+    prerequisite("php (apt-get install php-cli)", found)
 }
 
 fn php_example() -> PathBuf {
@@ -424,8 +378,8 @@ fn php_bridge_runs_an_existing_php_lrpm_configuration_source() {
         &[("EXAMPLE_QUEUES_FILE", "queues.ini")],
         &[("queues.ini", QUEUES)],
     );
-    let emails = running_pid(&lrpm, "consumer-emails");
-    let reports = running_pid(&lrpm, "consumer-reports");
+    let emails = lrpm.running_pid("consumer-emails");
+    let reports = lrpm.running_pid("consumer-reports");
     wait_until("the workers' first output", LONG, || {
         let out = lrpm.stdout();
         out.contains("[consumer-emails] consuming queue emails in batches of 10")
@@ -441,23 +395,22 @@ fn php_bridge_runs_an_existing_php_lrpm_configuration_source() {
         "queues.ini",
         "[emails]\nmtime = 1700000100\nbatch = 20\n\n[reports]\nmtime = 1700000000\n\n[invoices]\nmtime = 1700000100\n",
     );
-    running_pid(&lrpm, "consumer-invoices");
+    lrpm.running_pid("consumer-invoices");
     lrpm.wait_for("consumer-emails restarted", LONG, |s| {
-        job_in(s, "consumer-emails").is_some_and(|j| {
-            j["state"] == "running" && j["pid"].is_u64() && j["pid"].as_u64() != Some(emails)
-        })
+        job_in(s, "consumer-emails")
+            .is_some_and(|j| j["state"] == "running" && pid_of(j).is_some_and(|pid| pid != emails))
     });
     wait_until("the new settings", LONG, || {
         lrpm.stdout()
             .contains("[consumer-emails] consuming queue emails in batches of 20")
     });
-    assert_eq!(running_pid(&lrpm, "consumer-reports"), reports);
+    assert_eq!(lrpm.running_pid("consumer-reports"), reports);
 
     // An exception in loadConfiguration() keeps the farm.
     put(&lrpm, "queues.ini", "[broken\n");
-    let error = wait_for_error(&lrpm, "exited with code 1");
+    let error = lrpm.wait_for_source_error("exited with code 1");
     assert!(error.contains("loadConfiguration() failed"), "{error}");
-    assert_eq!(running_pid(&lrpm, "consumer-reports"), reports);
+    assert_eq!(lrpm.running_pid("consumer-reports"), reports);
 
     // The workers stop gracefully on SIGTERM, as php-lrpm's did.
     let status = lrpm.terminate();
@@ -480,11 +433,11 @@ fn php_bridge_streams_changes_with_watch() {
         &[("EXAMPLE_QUEUES_FILE", "queues.ini")],
         &[("queues.ini", QUEUES)],
     );
-    let reports = running_pid(&lrpm, "consumer-reports");
+    let reports = lrpm.running_pid("consumer-reports");
     put(&lrpm, "queues.ini", "[reports]\nmtime = 1700000000\n");
     lrpm.wait_for("consumer-emails removed", LONG, |s| {
         job_in(s, "consumer-emails").is_none()
     });
-    assert_eq!(running_pid(&lrpm, "consumer-reports"), reports);
-    assert!(lrpm.status()["supervisor"]["source"]["last_error"].is_null());
+    assert_eq!(lrpm.running_pid("consumer-reports"), reports);
+    assert_eq!(source_error(&lrpm.status()), None);
 }

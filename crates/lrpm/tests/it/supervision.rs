@@ -2,42 +2,24 @@
 //! the `lrpm` binary on a configuration in a temp dir and watches its
 //! workers through the control socket and the files they write.
 
-mod support;
-
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Lrpm, pid_alive, pid_of, read_pid, wait_until};
 
-const LONG: Duration = Duration::from_secs(20);
+use crate::support::{
+    Lrpm, all_running, is_root, job_in, jobs_in, loads, lrpm_command, pid_alive, pid_of,
+    prerequisite, read_pid, run_bounded, signal, source_error, wait_until,
+};
 
-fn running_pid(lrpm: &Lrpm, id: &str) -> u32 {
-    let status = lrpm.wait_for(&format!("job {id} running"), LONG, |s| {
-        job_in(s, id).is_some_and(|j| j["state"] == "running" && j["pid"].is_u64())
-    });
-    pid_of(&job_in(&status, id).expect("job present")).expect("pid")
-}
-
-fn job_in(status: &Value, id: &str) -> Option<Value> {
-    status["jobs"]
-        .as_array()?
-        .iter()
-        .find(|j| j["id"] == id)
-        .cloned()
-}
+const LONG: Duration = Duration::from_secs(30);
 
 /// The pid job `id`'s shell wrote to `pid` in lrpm's directory, once the
 /// job runs.
 fn written_pid(lrpm: &Lrpm, id: &str) -> u32 {
-    running_pid(lrpm, id);
+    lrpm.running_pid(id);
     read_pid(&lrpm.dir.path().join("pid"))
-}
-
-fn kill(pid: u32, signal: rustix::process::Signal) {
-    let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
-    let _ = rustix::process::kill_process(pid, signal);
 }
 
 #[test]
@@ -59,7 +41,7 @@ cwd = "{}"
         ),
         &[],
     );
-    running_pid(&lrpm, "7");
+    lrpm.running_pid("7");
     let out = cwd.join("env.out");
     wait_until("env.out", LONG, || {
         fs::read_to_string(&out).is_ok_and(|s| s.starts_with("7|"))
@@ -76,8 +58,7 @@ cwd = "{}"
 
 #[test]
 fn a_job_can_run_as_another_user() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: switching identity needs root");
+    if !prerequisite("root, to switch identities", is_root()) {
         return;
     }
     let lrpm = Lrpm::start(
@@ -85,7 +66,7 @@ fn a_job_can_run_as_another_user() {
         "[n]\nname = \"n\"\ncommand = \"echo ids $(id -u):$(id -g):$(id -G); exec sleep 1000\"\nuser = \"nobody\"\ngroup = \"nogroup\"\n",
         &[],
     );
-    running_pid(&lrpm, "n");
+    lrpm.running_pid("n");
     let nobody = nix::unistd::User::from_name("nobody")
         .expect("nss")
         .expect("nobody exists");
@@ -129,7 +110,7 @@ fn workers_inherit_no_descriptor_but_stdio() {
     // own would race with the pipes of its pipeline. `sleep` itself opens
     // its locale's files for a moment as it starts, so the test waits for
     // it to settle; an inherited descriptor would stay open for good.
-    let pid = running_pid(&lrpm, "fds");
+    let pid = lrpm.running_pid("fds");
     let fds = || {
         let mut fds: Vec<(u32, String)> = fs::read_dir(format!("/proc/{pid}/fd"))
             .expect("/proc/PID/fd")
@@ -142,7 +123,7 @@ fn workers_inherit_no_descriptor_but_stdio() {
         fds.sort_unstable();
         fds
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + LONG;
     let mut seen = fds();
     while seen.len() != 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -163,7 +144,7 @@ command = "echo out-line; echo err-line >&2; printf 'no newline'; exec sleep 100
 "#,
         &[],
     );
-    running_pid(&lrpm, "talker");
+    lrpm.running_pid("talker");
     wait_until("forwarded output", LONG, || {
         lrpm.stdout().contains("[talker] out-line") && lrpm.stderr().contains("[talker] err-line")
     });
@@ -176,13 +157,11 @@ fn a_crashed_long_running_worker_is_restarted_at_once() {
         "[w]\nname = \"w\"\ncommand = [\"sleep\", \"1000\"]\nshortRunTimeSeconds = 0\n",
         &[],
     );
-    let first = running_pid(&lrpm, "w");
+    let first = lrpm.running_pid("w");
     let killed_at = Instant::now();
-    kill(first, rustix::process::Signal::KILL);
+    signal(first, rustix::process::Signal::KILL);
     let status = lrpm.wait_for("a new process", LONG, |s| {
-        job_in(s, "w")
-            .and_then(|j| pid_of(&j))
-            .is_some_and(|p| p != first)
+        job_in(s, "w").and_then(pid_of).is_some_and(|p| p != first)
     });
     let elapsed = killed_at.elapsed();
     let job = job_in(&status, "w").expect("job");
@@ -197,7 +176,7 @@ fn a_crashed_long_running_worker_is_restarted_at_once() {
         (0.0..0.5).contains(&gap),
         "restarted {gap} s after the exit"
     );
-    assert!(elapsed < LONG / 4, "restart took {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "restart took {elapsed:?}");
 }
 
 #[test]
@@ -268,7 +247,7 @@ stopSignal = "SIGINT"
 "#,
         &[],
     );
-    running_pid(&lrpm, "polite");
+    lrpm.running_pid("polite");
     // Stop it only once its traps are set.
     wait_until("the traps", LONG, || {
         lrpm.stdout().contains("[polite] ready")
@@ -353,9 +332,9 @@ fn sigkill_of_lrpm_leaves_no_worker_alive() {
         "[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n[b]\nname = \"b\"\ncommand = \"trap '' TERM; exec sleep 1000\"\n",
         &[],
     );
-    let a = running_pid(&lrpm, "a");
-    let b = running_pid(&lrpm, "b");
-    kill(lrpm.pid(), rustix::process::Signal::KILL);
+    let a = lrpm.running_pid("a");
+    let b = lrpm.running_pid("b");
+    signal(lrpm.pid(), rustix::process::Signal::KILL);
     wait_until("workers to die with lrpm", LONG, || {
         !pid_alive(a) && !pid_alive(b)
     });
@@ -368,27 +347,22 @@ fn a_garbage_file_keeps_the_farm_and_shows_the_error() {
         "[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n",
         &[],
     );
-    let pid = running_pid(&lrpm, "a");
+    let pid = lrpm.running_pid("a");
     lrpm.write_config("[a\nthis is not toml ===");
-    let status = lrpm.wait_for("the source error", LONG, |s| {
-        s["supervisor"]["source"]["last_error"].is_string()
-    });
-    let error = status["supervisor"]["source"]["last_error"]
-        .as_str()
-        .expect("error");
+    let status = lrpm.wait_for("the source error", LONG, |s| source_error(s).is_some());
+    let error = source_error(&status).expect("error");
     assert!(error.contains("jobs.toml"), "{error}");
-    assert_eq!(pid_of(&job_in(&status, "a").expect("a")), Some(pid));
+    assert_eq!(job_in(&status, "a").and_then(pid_of), Some(pid));
     assert!(pid_alive(pid));
     // Top level not a map: also unreadable, also harmless.
-    lrpm.write_config("a = 1\n");
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(pid_of(&lrpm.job("a").expect("a")), Some(pid));
+    let status = lrpm.wait_for_load_after(|| lrpm.write_config("a = 1\n"));
+    assert_eq!(job_in(&status, "a").and_then(pid_of), Some(pid), "{status}");
     // Repaired: the error clears, nothing restarts.
     lrpm.write_config("[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n");
     let status = lrpm.wait_for("the error to clear", LONG, |s| {
         s["supervisor"]["source"]["last_error"].is_null()
     });
-    assert_eq!(pid_of(&job_in(&status, "a").expect("a")), Some(pid));
+    assert_eq!(job_in(&status, "a").and_then(pid_of), Some(pid));
 }
 
 #[test]
@@ -406,7 +380,7 @@ bad:
 "#,
         &[],
     );
-    running_pid(&lrpm, "good");
+    lrpm.running_pid("good");
     let status = lrpm.status();
     let reason = status["supervisor"]["source"]["invalid_jobs"]["bad"]
         .as_str()
@@ -423,7 +397,7 @@ fn a_running_job_whose_declaration_turns_invalid_keeps_running() {
         "[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n",
         &[],
     );
-    let pid = running_pid(&lrpm, "a");
+    let pid = lrpm.running_pid("a");
     lrpm.write_config(
         "[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\nshutdownTimeoutSeconds = \"soon\"\n",
     );
@@ -431,7 +405,7 @@ fn a_running_job_whose_declaration_turns_invalid_keeps_running() {
         s["supervisor"]["source"]["invalid_jobs"]["a"].is_string()
     });
     let job = job_in(&status, "a").expect("a still supervised");
-    assert_eq!(pid_of(&job), Some(pid));
+    assert_eq!(pid_of(job), Some(pid));
     assert!(
         job["invalid"]
             .as_str()
@@ -447,12 +421,12 @@ fn edits_are_picked_up_atomic_rename_and_in_place() {
         // Only inotify can pick these up within the test's time.
         &["--interval", "3600"],
     );
-    let a = running_pid(&lrpm, "a");
+    let a = lrpm.running_pid("a");
     // An editor's atomic rename adds a job.
     lrpm.write_config(
         "[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n[b]\nname = \"b\"\ncommand = [\"sleep\", \"1001\"]\n",
     );
-    running_pid(&lrpm, "b");
+    lrpm.running_pid("b");
     // An in-place write changes one: it restarts, the other does not.
     fs::write(
         &lrpm.config,
@@ -463,7 +437,7 @@ fn edits_are_picked_up_atomic_rename_and_in_place() {
         job_in(s, "b").is_some_and(|j| j["command"] == "sleep 1002" && j["state"] == "running")
     });
     assert_eq!(
-        pid_of(&job_in(&status, "a").expect("a")),
+        job_in(&status, "a").and_then(pid_of),
         Some(a),
         "a is unchanged"
     );
@@ -478,20 +452,32 @@ fn a_change_is_delivered_once_and_a_reload_delivers_even_an_unchanged_file() {
     let config = "[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n[bad]\nname = \"\"\n";
     let lrpm = Lrpm::start("jobs.toml", config, &["--interval", "3600"]);
     let applied = || lrpm.stderr().matches("invalid job left out").count();
-    running_pid(&lrpm, "a");
+    lrpm.running_pid("a");
     wait_until("the first configuration applied", LONG, || applied() == 1);
     // A rename is two inotify events (the file is seen from both of its
     // names); the second load finds what the first delivered.
-    lrpm.write_config(&config.replace("1000", "1001"));
+    let changed = config.replace("1000", "1001");
+    lrpm.write_config(&changed);
     lrpm.wait_for("a restarted", LONG, |s| {
         job_in(s, "a").is_some_and(|j| j["command"] == "sleep 1001" && j["state"] == "running")
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The same again, written in place: the load it causes finds what the
+    // last one delivered, and delivers nothing either.
+    let before = loads(&lrpm.status());
+    let status = lrpm.wait_for_load_after(|| fs::write(&lrpm.config, &changed).expect("write"));
+    assert!(loads(&status) > before, "{status}");
     assert_eq!(applied(), 2, "{}", lrpm.stderr());
+    // A change after these: whatever the loads of the rename and of the
+    // write were, they are all behind the one that finds it.
+    lrpm.write_config(&changed.replace("1001", "1002"));
+    lrpm.wait_for("a restarted again", LONG, |s| {
+        job_in(s, "a").is_some_and(|j| j["command"] == "sleep 1002" && j["state"] == "running")
+    });
+    assert_eq!(applied(), 3, "{}", lrpm.stderr());
     // A reload asked for is delivered even though nothing changed.
     let answer = lrpm.request(r#"{"cmd":"reload"}"#);
     assert_eq!(answer["ok"], true, "{answer}");
-    wait_until("the reload applied", LONG, || applied() == 3);
+    wait_until("the reload applied", LONG, || applied() == 4);
 }
 
 #[test]
@@ -502,11 +488,12 @@ fn mtime_rule_of_php_lrpm() {
         )
     };
     let lrpm = Lrpm::start("jobs.json", &job(100, "1000"), &[]);
-    let pid = running_pid(&lrpm, "42");
+    let pid = lrpm.running_pid("42");
     // Same mtime: not restarted, even though the content changed.
-    lrpm.write_config(&job(100, "1001"));
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(pid_of(&lrpm.job("42").expect("42")), Some(pid));
+    let status = lrpm.wait_for_load_after(|| lrpm.write_config(&job(100, "1001")));
+    let unchanged = job_in(&status, "42").expect("42");
+    assert_eq!(pid_of(unchanged), Some(pid), "{status}");
+    assert_eq!(unchanged["command"], "sleep 1000", "{status}");
     // Newer mtime: restarted.
     lrpm.write_config(&job(101, "1001"));
     lrpm.wait_for("restart on a newer mtime", LONG, |s| {
@@ -527,16 +514,11 @@ fn a_directory_source_merges_its_files() {
     fs::write(jobs.join("b.json"), r#"{"b": {"name": "b", "command": ["sleep", "1000"]}, "dup": {"name": "d", "command": "true"}}"#).expect("b");
     fs::write(jobs.join("c.yml"), "dup:\n  name: d\n  command: 'true'\n").expect("c");
     fs::write(jobs.join("notes.txt"), "ignored").expect("txt");
-    let socket = dir.path().join("control.sock");
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lrpm"));
-    command
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--interval", "3600"])
-        .arg(&jobs);
-    let lrpm = Lrpm::spawn_in(dir, socket, jobs.clone(), command).expect("lrpm starts");
-    running_pid(&lrpm, "a");
-    running_pid(&lrpm, "b");
+    let lrpm = Lrpm::start_in(dir, jobs.clone(), |command| {
+        command.args(["--interval", "3600"]).arg(&jobs);
+    });
+    lrpm.running_pid("a");
+    lrpm.running_pid("b");
     let status = lrpm.status();
     assert!(
         job_in(&status, "dup").is_none(),
@@ -555,7 +537,7 @@ fn a_directory_source_merges_its_files() {
         "d:\n  name: d\n  command: [sleep, '1000']\n",
     )
     .expect("d");
-    running_pid(&lrpm, "d");
+    lrpm.running_pid("d");
     // And one removed is too.
     fs::remove_file(jobs.join("a.toml")).expect("rm");
     lrpm.wait_for("a removed", LONG, |s| job_in(s, "a").is_none());
@@ -570,19 +552,8 @@ fn fifty_workers_shut_down_in_parallel() {
         ));
     }
     let mut lrpm = Lrpm::start("jobs.toml", &config, &[]);
-    lrpm.wait_for("50 running", LONG, |s| {
-        s["jobs"].as_array().is_some_and(|j| {
-            j.len() == 50
-                && j.iter()
-                    .all(|j| j["state"] == "running" && j["pid"].is_u64())
-        })
-    });
-    let pids: Vec<u32> = lrpm.status()["jobs"]
-        .as_array()
-        .expect("jobs")
-        .iter()
-        .filter_map(pid_of)
-        .collect();
+    let status = lrpm.wait_for("50 running", LONG, |s| all_running(s, 50));
+    let pids: Vec<u32> = jobs_in(&status).iter().filter_map(pid_of).collect();
     let started = Instant::now();
     let status = lrpm.terminate();
     let took = started.elapsed();
@@ -597,38 +568,23 @@ fn fifty_workers_shut_down_in_parallel() {
 
 #[test]
 fn exit_codes_for_usage_and_missing_source() {
-    let bin = env!("CARGO_BIN_EXE_lrpm");
+    let lrpm = |args: &[&str]| {
+        let mut command = lrpm_command();
+        command.args(args);
+        run_bounded(command, LONG)
+    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let missing = std::process::Command::new(bin)
-        .arg("--socket")
-        .arg(dir.path().join("control.sock"))
-        .arg("/nonexistent/jobs.toml")
-        .output()
-        .expect("run");
+    let socket = dir.path().join("control.sock");
+    let socket = socket.to_str().expect("a UTF-8 path");
+    let missing = lrpm(&["--socket", socket, "/nonexistent/jobs.toml"]);
     assert_eq!(missing.status.code(), Some(66));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/jobs.toml"));
-    let usage = std::process::Command::new(bin)
-        .arg("--bogus")
-        .output()
-        .expect("run");
-    assert_eq!(usage.status.code(), Some(64));
-    let none = std::process::Command::new(bin).output().expect("run");
-    assert_eq!(none.status.code(), Some(64));
-    let help = std::process::Command::new(bin)
-        .arg("--help")
-        .output()
-        .expect("run");
-    assert_eq!(help.status.code(), Some(0));
-    let bad_interval = std::process::Command::new(bin)
-        .args(["--interval", "-3", "x.toml"])
-        .output()
-        .expect("run");
+    assert_eq!(lrpm(&["--bogus"]).status.code(), Some(64));
+    assert_eq!(lrpm(&[]).status.code(), Some(64));
+    assert_eq!(lrpm(&["--help"]).status.code(), Some(0));
+    let bad_interval = lrpm(&["--interval", "-3", "x.toml"]);
     assert_eq!(bad_interval.status.code(), Some(64));
-    let unknown_kind = std::process::Command::new(bin)
-        .arg("gopher://jobs")
-        .output()
-        .expect("run");
-    assert_eq!(unknown_kind.status.code(), Some(64));
+    assert_eq!(lrpm(&["gopher://jobs"]).status.code(), Some(64));
 }
 
 #[test]
@@ -638,8 +594,8 @@ fn an_idle_supervisor_uses_no_cpu() {
         "[a]\nname = \"a\"\ncommand = [\"sleep\", \"1000\"]\n[b]\nname = \"b\"\ncommand = [\"sleep\", \"1000\"]\n",
         &[],
     );
-    running_pid(&lrpm, "a");
-    running_pid(&lrpm, "b");
+    lrpm.running_pid("a");
+    lrpm.running_pid("b");
     let ticks = || -> u64 {
         let stat = fs::read_to_string(format!("/proc/{}/stat", lrpm.pid())).expect("stat");
         let after = &stat[stat.rfind(')').expect("comm") + 2..];
