@@ -12,7 +12,7 @@ use clap::{Parser, ValueEnum};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     Text,
     /// One JSON object per line.
@@ -26,7 +26,7 @@ pub enum LogFormat {
 /// backoff, and follows every change of the source.
 #[derive(Debug, Parser)]
 #[command(name = "lrpm", version, about, long_about)]
-pub struct Args {
+pub(crate) struct Args {
     /// The configuration source: a .json/.toml/.yaml file, a directory of
     /// them, file:PATH, exec:'PROGRAM ARG…' (a command that prints the jobs
     /// as JSON), or an http:// or https:// URL.
@@ -34,27 +34,27 @@ pub struct Args {
     /// A binary built with the lrpm library may leave it out to use its
     /// built-in configuration source.
     #[arg(value_name = "SOURCE")]
-    pub source: Option<String>,
+    pub(crate) source: Option<String>,
 
     /// The control socket [default: /run/lrpm/control.sock, else
     /// $XDG_RUNTIME_DIR/lrpm/control.sock, else /tmp/lrpm-$UID/control.sock].
     #[arg(long, env = "LRPM_SOCKET", value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
 
     /// Poll interval of polled sources, in seconds; 0 means the source
     /// pushes and is read again as soon as it returns.
     #[arg(short, long, value_name = "SECONDS", default_value = "30")]
-    pub interval: f64,
+    pub(crate) interval: f64,
 
     /// How long one run of an exec: source's command, or one request of an
     /// http(s): source, may take before it is abandoned (a command is
     /// killed with its process group).
     #[arg(long, value_name = "SECONDS", default_value_t = crate::source::DEFAULT_TIMEOUT.as_secs_f64())]
-    pub source_timeout: f64,
+    pub(crate) source_timeout: f64,
 
     /// The cap of the restart backoff, in seconds.
     #[arg(long, value_name = "SECONDS", default_value = "21600")]
-    pub max_backoff: f64,
+    pub(crate) max_backoff: f64,
 
     /// Hold back a new configuration that would remove more than this
     /// share (0 < R <= 1) of the declared jobs at once, instead of applying
@@ -65,7 +65,7 @@ pub struct Args {
     /// nothing of it is applied until it is confirmed or a configuration
     /// that removes less arrives.
     #[arg(long, value_name = "R")]
-    pub max_removal_ratio: Option<f64>,
+    pub(crate) max_removal_ratio: Option<f64>,
 
     /// Where each job's cgroup goes: `auto` (under lrpm's own cgroup v2,
     /// falling back to a subreaper when it is not writable), `off` (a
@@ -76,43 +76,43 @@ pub struct Args {
     /// leave its process group (setsid, double fork). Under systemd, give
     /// the unit Delegate=yes.
     #[arg(long, value_name = "auto|off|PATH", default_value = "auto")]
-    pub cgroup: lrpm_process::containment::CgroupChoice,
+    pub(crate) cgroup: lrpm_process::containment::CgroupChoice,
 
     /// Log line format.
     #[arg(long, value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
-    pub verbose: u8,
+    pub(crate) verbose: u8,
 
     /// Less log output (-q: warnings, -qq: errors).
     #[arg(short, long, action = clap::ArgAction::Count)]
-    pub quiet: u8,
+    pub(crate) quiet: u8,
 }
 
 /// The validated settings of a supervisor run.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// The source argument; `None` for a library-mode binary's built-in
     /// source.
-    pub source: Option<String>,
+    pub(crate) source: Option<String>,
     /// The control socket, if given (else the default chain applies).
-    pub socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
     /// The poll interval; `None` for a pushing source (`--interval 0`).
-    pub interval: Option<Duration>,
+    pub(crate) interval: Option<Duration>,
     /// The limit of one load of an exec or HTTP source.
-    pub source_timeout: Duration,
+    pub(crate) source_timeout: Duration,
     /// The backoff cap.
-    pub max_backoff: Duration,
+    pub(crate) max_backoff: Duration,
     /// The removal guard's ratio, if it is on.
-    pub max_removal_ratio: Option<f64>,
+    pub(crate) max_removal_ratio: Option<f64>,
     /// Where job cgroups go.
-    pub cgroup: lrpm_process::containment::CgroupChoice,
+    pub(crate) cgroup: lrpm_process::containment::CgroupChoice,
     /// Log format.
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
     /// Log level.
-    pub log_level: tracing::Level,
+    pub(crate) log_level: tracing::Level,
 }
 
 fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
@@ -128,7 +128,7 @@ impl Args {
     /// Checks the values clap cannot. `builtin_source` says whether the
     /// binary has a configuration source of its own (library mode), which
     /// makes SOURCE optional.
-    pub fn validate(self, builtin_source: bool) -> Result<Options, String> {
+    pub(crate) fn validate(self, builtin_source: bool) -> Result<Options, String> {
         if self.source.is_none() && !builtin_source {
             return Err(
                 "a SOURCE is required (a jobs file, a directory, exec:…, or http(s)://…)".into(),

@@ -79,7 +79,7 @@ const MARGIN: u64 = 64;
 
 /// How long lrpm waits at shutdown for its hubs to forward the rest of their
 /// workers' output before it kills them.
-pub const EXIT_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// How long after a hub failed to start lrpm tries again (meanwhile new
 /// workers are forwarded in process).
@@ -91,7 +91,7 @@ const MAX_ID: usize = 4096;
 /// lrpm's output hubs: where the pipes of new workers go once lrpm's own
 /// descriptors are half used. Clones share them.
 #[derive(Debug, Clone)]
-pub struct Hubs(Arc<Mutex<Pool>>);
+pub(crate) struct Hubs(Arc<Mutex<Pool>>);
 
 #[derive(Debug)]
 struct Pool {
@@ -147,7 +147,7 @@ impl Hubs {
 
     /// Whether the pipes `stdout` and `stderr` of a new worker should go to
     /// a hub: they are numbered at or above half of lrpm's soft limit.
-    pub fn wanted(&self, stdout: &OwnedFd, stderr: &OwnedFd) -> bool {
+    pub(crate) fn wanted(&self, stdout: &OwnedFd, stderr: &OwnedFd) -> bool {
         let pool = self.pool();
         !pool.closing && stdout.as_raw_fd().max(stderr.as_raw_fd()) >= pool.threshold
     }
@@ -156,7 +156,7 @@ impl Hubs {
     /// gives them back when no hub can take them now (the caller then
     /// forwards them in process). Never blocks.
     #[allow(clippy::result_large_err)]
-    pub fn send(
+    pub(crate) fn send(
         &self,
         job: &JobId,
         stdout: OwnedFd,
@@ -198,7 +198,7 @@ impl Hubs {
     /// Closes every hub and waits for it to forward the rest of its
     /// workers' output and exit, at most [`EXIT_GRACE`] in all; kills those
     /// still running then. Call once every worker has been reaped.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         let hubs = {
             let mut pool = self.pool();
             pool.closing = true;

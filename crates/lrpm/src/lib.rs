@@ -7,13 +7,15 @@
 //! to SIGKILL.
 //!
 //! The supervision logic is the I/O-free state machine of the
-//! [`lrpm_core`] crate; this crate is the shell around it: the
-//! [configuration sources](source), the [process table](process), the
-//! [output forwarding](output), the [control plane](control) and the
-//! [event loop](runtime). [`run`] is the entry point the `lrpm` binary
-//! calls.
+//! [`lrpm_core`] crate; processes are started and followed by the
+//! `lrpm-process` crate; this crate is the shell that joins them: the
+//! configuration sources, the process table, the output forwarding, the
+//! control plane and the event loop. [`run`] is the entry point the `lrpm`
+//! binary calls; [`library`] is the API of a binary that brings its own
+//! workers and configuration source, as php-lrpm's users write them.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 mod base;
 mod cli;

@@ -34,10 +34,10 @@ use tokio::net::unix::pipe;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// The longest line forwarded in one piece.
-pub const MAX_LINE: usize = 64 * 1024;
+pub(crate) const MAX_LINE: usize = 64 * 1024;
 /// How many bytes of lines may wait for the writer thread (each line counts
 /// for its length plus a small overhead for its allocation).
-pub const QUEUE_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// What a queued line costs besides its bytes (its allocation and its slot
 /// in the queue), so that a flood of empty lines is bounded too.
 const LINE_OVERHEAD: usize = 64;
@@ -61,7 +61,7 @@ struct Line {
 
 /// A handle to the output writer; clones share it.
 #[derive(Debug, Clone)]
-pub struct Output {
+pub(crate) struct Output {
     tx: mpsc::UnboundedSender<Line>,
     /// The bytes the queue may still take.
     budget: Arc<Semaphore>,
@@ -70,11 +70,11 @@ pub struct Output {
 /// Reports, when dropped, that the output of one worker has ended: an output
 /// hub counts the workers it holds with it.
 #[derive(Debug)]
-pub struct WorkerDone(mpsc::UnboundedSender<()>);
+pub(crate) struct WorkerDone(mpsc::UnboundedSender<()>);
 
 impl WorkerDone {
     /// Sends `()` on `tx` once dropped.
-    pub fn new(tx: mpsc::UnboundedSender<()>) -> Self {
+    pub(crate) fn new(tx: mpsc::UnboundedSender<()>) -> Self {
         Self(tx)
     }
 }
@@ -88,18 +88,18 @@ impl Drop for WorkerDone {
 /// The writer thread; join it after every [`Output`] handle is gone to make
 /// sure every queued line was written.
 #[derive(Debug)]
-pub struct OutputThread(JoinHandle<()>);
+pub(crate) struct OutputThread(JoinHandle<()>);
 
 impl OutputThread {
     /// Waits until every queued line is written.
-    pub fn join(self) {
+    pub(crate) fn join(self) {
         let _ = self.0.join();
     }
 }
 
 impl Output {
     /// Starts the writer thread.
-    pub fn start() -> io::Result<(Output, OutputThread)> {
+    pub(crate) fn start() -> io::Result<(Output, OutputThread)> {
         let (output, rx) = Output::queue();
         let thread = std::thread::Builder::new()
             .name("lrpm-output".into())
@@ -115,13 +115,19 @@ impl Output {
     }
 
     /// Forwards a worker's stdout and stderr until they are closed.
-    pub fn forward(&self, job: &JobId, stdout: OwnedFd, stderr: OwnedFd) {
+    pub(crate) fn forward(&self, job: &JobId, stdout: OwnedFd, stderr: OwnedFd) {
         self.forward_here(job, stdout, stderr, None);
     }
 
     /// Forwards a worker's stdout and stderr in this process; `done` is
     /// dropped once both have ended.
-    pub fn forward_counted(&self, job: &JobId, stdout: OwnedFd, stderr: OwnedFd, done: WorkerDone) {
+    pub(crate) fn forward_counted(
+        &self,
+        job: &JobId,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+        done: WorkerDone,
+    ) {
         self.forward_here(job, stdout, stderr, Some(Arc::new(done)));
     }
 

@@ -353,9 +353,7 @@ impl ProcessTable {
 /// A spawn the core asked for ([`lrpm_core::supervisor::Action::Spawn`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Spawn {
-    /// The run.
     pub(crate) run: RunId,
-    /// Its job.
     pub(crate) job: JobId,
     /// The declaration it runs.
     pub(crate) spec: Arc<JobSpec>,

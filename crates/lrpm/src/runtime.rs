@@ -39,7 +39,7 @@ use crate::source::{Loaded, SourceHandle, SourceUpdate};
 use lrpm_proto::codec::{Request, Response};
 
 /// Seconds since the Unix epoch, now.
-pub fn wall_now() -> f64 {
+pub(crate) fn wall_now() -> f64 {
     wall(SystemTime::now())
 }
 
@@ -51,40 +51,40 @@ fn wall(time: SystemTime) -> f64 {
 
 /// Everything the event loop needs, set up before it starts.
 #[derive(Debug)]
-pub struct Shell {
+pub(crate) struct Shell {
     /// The supervision core.
-    pub core: Supervisor,
+    pub(crate) core: Supervisor,
     /// Live children; it also reports their exits.
-    pub procs: ProcessTable,
+    pub(crate) procs: ProcessTable,
     /// Where a new worker's output goes.
-    pub output: Forwarding,
+    pub(crate) output: Forwarding,
     /// Loaded configurations.
-    pub updates: mpsc::UnboundedReceiver<SourceUpdate>,
+    pub(crate) updates: mpsc::UnboundedReceiver<SourceUpdate>,
     /// The running source.
-    pub source: SourceHandle,
+    pub(crate) source: SourceHandle,
     /// Control requests.
-    pub control: mpsc::Receiver<ControlMsg>,
+    pub(crate) control: mpsc::Receiver<ControlMsg>,
     /// When the supervisor started (UTC seconds).
-    pub started_at: f64,
+    pub(crate) started_at: f64,
     /// The `workerClass` names this binary can run: `None` for the plain
     /// `lrpm` binary, which runs commands only.
-    pub worker_classes: Option<BTreeSet<String>>,
+    pub(crate) worker_classes: Option<BTreeSet<String>>,
     /// How long after `lrpmctl reload --force` the configuration the source
     /// delivers next may still pass the removal guard: the longest a load
     /// may take, and some.
-    pub force_window: Duration,
+    pub(crate) force_window: Duration,
     /// The buffer size the next status line starts with: about the last
     /// one's, so that it is written without growing.
-    pub status_size: usize,
+    pub(crate) status_size: usize,
     /// How many attempts to load the source have finished, for status.
-    pub loads: u64,
+    pub(crate) loads: u64,
     /// When the last of them began (UTC seconds), for status.
-    pub last_attempt_at: Option<f64>,
+    pub(crate) last_attempt_at: Option<f64>,
 }
 
 impl Shell {
     /// Runs until a shutdown has finished: every child reaped.
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let mut sigterm =
             signal(SignalKind::terminate()).expect("invariant: signal handlers install");
         let mut sigint =
@@ -288,7 +288,7 @@ impl Shell {
     /// The answer to `status`, encoded: the response line of the whole
     /// status document, serialized straight from the core's state (no copy
     /// of any job's status) into a buffer the size of the last one.
-    pub fn status_line(&mut self) -> Vec<u8> {
+    pub(crate) fn status_line(&mut self) -> Vec<u8> {
         let (now, wall) = (Instant::now(), wall_now());
         let mut source = self.core.status_source(now, wall);
         source.loads = self.loads;
@@ -407,7 +407,7 @@ const LOGGED_PROBLEMS: usize = 20;
 
 /// How much longer than `--source-timeout` the removal guard stays lifted
 /// after `lrpmctl reload --force`, waiting for the reloaded configuration.
-pub const FORCE_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const FORCE_GRACE: Duration = Duration::from_secs(10);
 
 /// How long after the first exit, spawn or configuration load since the
 /// last trim lrpm gives the memory it freed back to the system: at most
@@ -426,4 +426,4 @@ async fn recv_opt(stream: &mut Option<tokio::signal::unix::Signal>) -> Option<()
 
 /// How long a graceful shutdown may take at most before lrpm gives up on
 /// waiting for a runtime to wind down.
-pub const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
+pub(crate) const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);

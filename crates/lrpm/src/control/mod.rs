@@ -41,13 +41,13 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use self::msg::Shared;
-pub use self::msg::{CLOSE_GRACE, ControlError, ControlMsg, MAX_CONNECTIONS, Reply};
+pub(crate) use self::msg::{CLOSE_GRACE, ControlError, ControlMsg, MAX_CONNECTIONS, Reply};
 
 /// The running control server. Dropping it stops accepting and removes the
 /// socket file; [`ControlServer::close`] also lets answers in flight reach
 /// their clients first.
 #[derive(Debug)]
-pub struct ControlServer {
+pub(crate) struct ControlServer {
     /// The socket's path, removed on drop.
     path: PathBuf,
     /// The lock on `<socket>.lock`, held for the server's lifetime so that
@@ -66,7 +66,7 @@ pub struct ControlServer {
 ///
 /// Must be called within a tokio runtime. Fails if another lrpm is running
 /// with the same socket, or if the socket cannot be created.
-pub async fn start(
+pub(crate) async fn start(
     socket: Option<&Path>,
     requests: mpsc::Sender<ControlMsg>,
 ) -> Result<ControlServer, ControlError> {
@@ -103,7 +103,7 @@ impl ControlServer {
     /// Stops accepting, lets connections write the answers they already
     /// have (for at most [`CLOSE_GRACE`]: the answer to `stop` among them),
     /// then removes the socket.
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.shutdown.send(true);
         let all = u32::try_from(MAX_CONNECTIONS).expect("invariant: the connection cap fits a u32");
         let _ = tokio::time::timeout(CLOSE_GRACE, self.slots.acquire_many(all)).await;

@@ -12,16 +12,16 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 /// A request from a control client, handed to the supervisor's event loop,
 /// which answers on `reply`.
 #[derive(Debug)]
-pub struct ControlMsg {
+pub(crate) struct ControlMsg {
     /// The request (never `Help`: the server answers that itself).
-    pub request: Request,
+    pub(crate) request: Request,
     /// Where the event loop sends the answer.
-    pub reply: oneshot::Sender<Reply>,
+    pub(crate) reply: oneshot::Sender<Reply>,
 }
 
 /// The event loop's answer to a [`ControlMsg`].
 #[derive(Debug)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// The status document, already encoded as the response line: the
     /// event loop serializes it straight from the core's state, which is
     /// cheaper than copying every job's status for the connection task to
@@ -35,23 +35,23 @@ pub enum Reply {
 
 /// How many control connections may be open at once. One more is told
 /// `too many control connections` and closed at once.
-pub const MAX_CONNECTIONS: usize = 512;
+pub(crate) const MAX_CONNECTIONS: usize = 512;
 
 /// How long a connection may take to send a complete request line before
 /// it is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long writing one response may take before the connection is closed.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long [`ControlServer::close`] lets connections finish writing the
 /// answers they already have.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the control server could not start. Each of these stops lrpm before
 /// any worker is spawned.
 #[derive(Debug, thiserror::Error)]
-pub enum ControlError {
+pub(crate) enum ControlError {
     /// No default socket directory could be used.
     #[error("no usable directory for the control socket ({tried}); give one with --socket PATH")]
     NoSocketDir {
@@ -61,9 +61,7 @@ pub enum ControlError {
     /// The socket's directory could not be created.
     #[error("cannot create the control socket directory {}", path.display())]
     CreateDir {
-        /// The directory.
         path: PathBuf,
-        /// Why.
         #[source]
         source: io::Error,
     },
@@ -72,7 +70,6 @@ pub enum ControlError {
     Lock {
         /// The lock file.
         path: PathBuf,
-        /// Why.
         #[source]
         source: io::Error,
     },
@@ -83,32 +80,24 @@ pub enum ControlError {
         path.display()
     )]
     AlreadyRunning {
-        /// The socket.
         path: PathBuf,
         /// The other lrpm's pid, when it answered.
         pid: Option<u32>,
     },
     /// Something other than a socket is in the way.
     #[error("{} exists and is not a socket; not replacing it", path.display())]
-    NotASocket {
-        /// The path.
-        path: PathBuf,
-    },
+    NotASocket { path: PathBuf },
     /// An existing socket file could not be probed or removed.
     #[error("cannot replace the stale control socket {}", path.display())]
     Stale {
-        /// The socket.
         path: PathBuf,
-        /// Why.
         #[source]
         source: io::Error,
     },
     /// The socket could not be bound or its mode set.
     #[error("cannot listen on the control socket {}", path.display())]
     Bind {
-        /// The socket.
         path: PathBuf,
-        /// Why.
         #[source]
         source: io::Error,
     },

@@ -15,7 +15,7 @@ use lrpm_process::command::SpawnContext;
 
 /// What a load found.
 #[derive(Debug)]
-pub enum Loaded {
+pub(crate) enum Loaded {
     /// A whole configuration.
     Config(Declaration),
     /// Nothing new (a file being written, an HTTP 304…).
@@ -24,13 +24,11 @@ pub enum Loaded {
 
 /// Why a load failed; the supervisor keeps its last good configuration.
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     /// A file could not be read.
     #[error("{path}: {source}")]
     Io {
-        /// The file.
         path: PathBuf,
-        /// Why.
         #[source]
         source: std::io::Error,
     },
@@ -47,7 +45,7 @@ pub enum LoadError {
 }
 
 /// A source of configurations, polled or pushing.
-pub trait ConfigSource: Send + 'static {
+pub(crate) trait ConfigSource: Send + 'static {
     /// Reads the whole configuration now.
     fn load(&mut self) -> impl Future<Output = Result<Loaded, LoadError>> + Send;
     /// Waits until the configuration may have changed.
@@ -60,16 +58,13 @@ pub trait ConfigSource: Send + 'static {
 
 /// Why a source could not be opened.
 #[derive(Debug, thiserror::Error)]
-pub enum OpenError {
+pub(crate) enum OpenError {
     /// The source argument is not one lrpm understands (exit code 64).
     #[error("{0}")]
     Usage(String),
     /// A file source does not exist (exit code 66).
     #[error("{path}: no such file or directory")]
-    NotFound {
-        /// The path.
-        path: PathBuf,
-    },
+    NotFound { path: PathBuf },
     /// Anything else (exit code 1).
     #[error("{0}")]
     Other(String),
@@ -77,33 +72,37 @@ pub enum OpenError {
 
 /// Settings that apply to every source.
 #[derive(Debug, Clone)]
-pub struct SourceOptions {
+pub(crate) struct SourceOptions {
     /// How often polled sources are polled; `None` for `--interval 0`.
-    pub interval: Option<Duration>,
+    pub(crate) interval: Option<Duration>,
     /// How long one load of an exec or HTTP source may take
     /// (`--source-timeout`).
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// How the commands of exec sources are spawned (as workers are).
-    pub spawn: SpawnContext,
+    pub(crate) spawn: SpawnContext,
 }
 
 /// The default of `--source-timeout`.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The largest configuration document a command or a server may send
 /// (64 MiB); anything larger is refused while it is read, never buffered.
-pub const MAX_DOCUMENT: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_DOCUMENT: usize = 64 * 1024 * 1024;
 
 /// A source's parser: parses on a blocking thread, so that a large
 /// document never stalls the supervisor, and remembers the configuration
 /// it parsed last, so that only the jobs whose declaration changed since
 /// are checked again ([`Reparser`]). Clones share what it remembers.
 #[derive(Debug, Clone, Default)]
-pub struct Parser(Arc<Mutex<Reparser>>);
+pub(crate) struct Parser(Arc<Mutex<Reparser>>);
 
 impl Parser {
     /// Parses a JSON job map that came from `origin` (a command, a URL).
-    pub async fn json(&self, origin: String, text: String) -> Result<Declaration, LoadError> {
+    pub(crate) async fn json(
+        &self,
+        origin: String,
+        text: String,
+    ) -> Result<Declaration, LoadError> {
         self.run(move |reparser| {
             let doc = Document {
                 origin: &origin,
@@ -117,7 +116,7 @@ impl Parser {
 
     /// Runs `parse` (which reads and parses) with the reparser, on a
     /// blocking thread.
-    pub async fn run<T: Send + 'static>(
+    pub(crate) async fn run<T: Send + 'static>(
         &self,
         parse: impl FnOnce(&mut Reparser) -> Result<T, LoadError> + Send + 'static,
     ) -> Result<T, LoadError> {

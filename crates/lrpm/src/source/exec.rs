@@ -54,10 +54,10 @@ use crate::lines::{Line, LineReader, Overlong};
 use crate::output::MAX_LINE;
 
 /// The longest a streaming command waits before it is started again.
-pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
+pub(crate) const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// A streaming command that ran this long before it ended is restarted
 /// after the shortest delay again.
-pub const STABLE_RUN: Duration = Duration::from_secs(10);
+pub(crate) const STABLE_RUN: Duration = Duration::from_secs(10);
 /// How long lrpm waits for the rest of a finished command's stderr (held
 /// open by a process that escaped its group) before it stops waiting.
 const STDERR_GRACE: Duration = Duration::from_secs(1);
@@ -68,7 +68,7 @@ const MAX_QUOTE: usize = 300;
 
 /// Splits the part of an `exec:` source after the colon into a program and
 /// its arguments, as a POSIX shell would.
-pub fn parse_command(command: &str) -> Result<Vec<String>, OpenError> {
+pub(crate) fn parse_command(command: &str) -> Result<Vec<String>, OpenError> {
     let argv = shlex::split(command).ok_or_else(|| {
         OpenError::Usage(format!(
             "exec:{command}: unbalanced quotes or a trailing backslash"
@@ -85,14 +85,14 @@ pub fn parse_command(command: &str) -> Result<Vec<String>, OpenError> {
 /// A failed run of an exec source's command.
 #[derive(Debug, thiserror::Error)]
 #[error("{command}: {failure}{}", restart_note(*.restart_in))]
-pub struct ExecError {
+pub(crate) struct ExecError {
     /// The source, as given (`exec:…`).
-    pub command: String,
+    pub(crate) command: String,
     /// What went wrong.
     #[source]
-    pub failure: ExecFailure,
+    pub(crate) failure: ExecFailure,
     /// When a streaming command is started again.
-    pub restart_in: Option<Duration>,
+    pub(crate) restart_in: Option<Duration>,
 }
 
 fn restart_note(restart_in: Option<Duration>) -> String {
@@ -103,7 +103,7 @@ fn restart_note(restart_in: Option<Duration>) -> String {
 
 /// What went wrong with a command.
 #[derive(Debug, thiserror::Error)]
-pub enum ExecFailure {
+pub(crate) enum ExecFailure {
     /// It could not be started.
     #[error("cannot start it: {0}")]
     Spawn(#[source] SpawnError),
@@ -308,7 +308,7 @@ fn document(bytes: Vec<u8>) -> Result<String, ExecFailure> {
 
 /// An exec source run every interval (`--interval N`, N > 0).
 #[derive(Debug)]
-pub struct PolledExec {
+pub(crate) struct PolledExec {
     command: SourceCommand,
     interval: Duration,
     timeout: Duration,
@@ -317,7 +317,12 @@ pub struct PolledExec {
 impl PolledExec {
     /// A source that runs `argv` (from [`parse_command`]) every `interval`;
     /// `uri` is the source as given.
-    pub fn new(uri: &str, argv: Vec<String>, interval: Duration, options: &SourceOptions) -> Self {
+    pub(crate) fn new(
+        uri: &str,
+        argv: Vec<String>,
+        interval: Duration,
+        options: &SourceOptions,
+    ) -> Self {
         Self {
             command: SourceCommand::new(uri, argv, options),
             interval,
@@ -434,7 +439,7 @@ enum RunEnd {
 /// An exec source whose command runs all the time and prints a document
 /// whenever the configuration changes (`--interval 0`).
 #[derive(Debug)]
-pub struct StreamingExec {
+pub(crate) struct StreamingExec {
     mailbox: Arc<Mailbox>,
     restart: Arc<Notify>,
     task: JoinHandle<()>,
@@ -443,7 +448,7 @@ pub struct StreamingExec {
 impl StreamingExec {
     /// Starts `argv` (from [`parse_command`]) and keeps it running; `uri` is
     /// the source as given. Must be called within a tokio runtime.
-    pub fn new(uri: &str, argv: Vec<String>, options: &SourceOptions) -> Self {
+    pub(crate) fn new(uri: &str, argv: Vec<String>, options: &SourceOptions) -> Self {
         Self::run(SourceCommand::new(uri, argv, options))
     }
 
@@ -463,7 +468,7 @@ impl StreamingExec {
     /// Runs the configuration sandbox of this library-mode binary: the
     /// binary itself, as `BINARY __lrpm-config INTERVAL`
     /// ([`crate::library`]). `interval` is `--interval` (`None` for 0).
-    pub fn sandbox(interval: Option<Duration>, options: &SourceOptions) -> Self {
+    pub(crate) fn sandbox(interval: Option<Duration>, options: &SourceOptions) -> Self {
         let seconds = interval.map_or(0.0, |i| i.as_secs_f64());
         let argv = Role::Config {
             interval_secs: seconds,
@@ -479,7 +484,7 @@ impl StreamingExec {
 }
 
 /// How the configuration sandbox is named in logs and status.
-pub const SANDBOX_URI: &str = "built-in configuration source";
+pub(crate) const SANDBOX_URI: &str = "built-in configuration source";
 
 impl Drop for StreamingExec {
     fn drop(&mut self) {

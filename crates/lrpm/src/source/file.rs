@@ -30,15 +30,15 @@ use tokio::time::{Instant, sleep, timeout_at};
 use super::api::{ConfigSource, LoadError, Loaded, MAX_DOCUMENT, OpenError, Parser, SourceOptions};
 
 /// Quiet time, in a directory, after a writer closed or renamed a file.
-pub const SETTLE: Duration = Duration::from_millis(2);
+pub(crate) const SETTLE: Duration = Duration::from_millis(2);
 /// Quiet time while a file is being written without being closed.
-pub const QUIET: Duration = Duration::from_millis(50);
+pub(crate) const QUIET: Duration = Duration::from_millis(50);
 /// The longest a burst of events delays a load.
-pub const MAX_DELAY: Duration = Duration::from_millis(500);
+pub(crate) const MAX_DELAY: Duration = Duration::from_millis(500);
 
 /// A file or directory source.
 #[derive(Debug)]
-pub struct FileSource {
+pub(crate) struct FileSource {
     path: PathBuf,
     is_dir: bool,
     interval: Option<Duration>,
@@ -56,7 +56,7 @@ pub struct FileSource {
 
 impl FileSource {
     /// Opens the file or directory at `path` and starts watching it.
-    pub fn open(path: impl AsRef<Path>, options: SourceOptions) -> Result<Self, OpenError> {
+    pub(crate) fn open(path: impl AsRef<Path>, options: SourceOptions) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
         let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => OpenError::NotFound { path: path.clone() },

@@ -44,10 +44,10 @@ use super::api::{ConfigSource, LoadError, Loaded, MAX_DOCUMENT, OpenError, Parse
 
 use crate::base::HTTP_TOKEN_ENV as TOKEN_ENV;
 /// How many redirects one load follows at most.
-pub const MAX_REDIRECTS: usize = 5;
+pub(crate) const MAX_REDIRECTS: usize = 5;
 /// With `--interval 0`, the shortest time between the starts of two
 /// requests.
-pub const LONG_POLL_GAP: Duration = Duration::from_secs(1);
+pub(crate) const LONG_POLL_GAP: Duration = Duration::from_secs(1);
 /// With `--interval 0`, the longest wait after failures.
 const LONG_POLL_BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// How much of an error response's body is quoted in the error.
@@ -56,17 +56,17 @@ const MAX_QUOTE: usize = 200;
 /// A failed load of an HTTP source.
 #[derive(Debug, thiserror::Error)]
 #[error("{url}: {failure}")]
-pub struct HttpError {
+pub(crate) struct HttpError {
     /// The URL, its password (if any) masked.
-    pub url: String,
+    pub(crate) url: String,
     /// What went wrong.
     #[source]
-    pub failure: HttpFailure,
+    pub(crate) failure: HttpFailure,
 }
 
 /// What went wrong with a request.
 #[derive(Debug, thiserror::Error)]
-pub enum HttpFailure {
+pub(crate) enum HttpFailure {
     /// No complete response within `--source-timeout`.
     #[error("no complete response within {0:?}")]
     Timeout(Duration),
@@ -76,7 +76,6 @@ pub enum HttpFailure {
     /// The server answered with a status other than 2xx or 304.
     #[error("HTTP {status}{}", body.as_ref().map_or_else(String::new, |b| format!(": {b}")))]
     Status {
-        /// The status.
         status: StatusCode,
         /// The start of the response body.
         body: Option<String>,
@@ -135,7 +134,7 @@ enum Fetched {
 
 /// An HTTP or HTTPS source.
 #[derive(Debug)]
-pub struct HttpSource {
+pub(crate) struct HttpSource {
     url: Url,
     /// The URL for messages, its password masked.
     shown: String,
@@ -154,7 +153,7 @@ pub struct HttpSource {
 impl HttpSource {
     /// Opens the source at `uri` (`http://…` or `https://…`), reading the
     /// bearer token from [`TOKEN_ENV`] and the system's trust store.
-    pub fn open(uri: &str, options: &SourceOptions) -> Result<Self, OpenError> {
+    pub(crate) fn open(uri: &str, options: &SourceOptions) -> Result<Self, OpenError> {
         let url = Url::parse(uri)
             .map_err(|e| OpenError::Usage(format!("{}: not a valid URL: {e}", mask(uri))))?;
         if url.host_str().is_none_or(str::is_empty) {

@@ -25,10 +25,10 @@
 //! describes them for users.
 
 mod api;
-pub mod exec;
-pub mod file;
+pub(crate) mod exec;
+pub(crate) mod file;
 #[cfg(feature = "http")]
-pub mod http;
+pub(crate) mod http;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -36,33 +36,35 @@ use std::time::SystemTime;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
-pub use self::api::{ConfigSource, DEFAULT_TIMEOUT, LoadError, Loaded, OpenError, SourceOptions};
+pub(crate) use self::api::{
+    ConfigSource, DEFAULT_TIMEOUT, LoadError, Loaded, OpenError, SourceOptions,
+};
 
 /// What a source's driver sends to the supervisor after each attempt to
 /// load.
 #[derive(Debug)]
-pub struct SourceUpdate {
+pub(crate) struct SourceUpdate {
     /// When the attempt began.
-    pub began: SystemTime,
+    pub(crate) began: SystemTime,
     /// What it found.
-    pub loaded: Result<Loaded, LoadError>,
+    pub(crate) loaded: Result<Loaded, LoadError>,
 }
 
 /// A running source driver.
 #[derive(Debug)]
-pub struct SourceHandle {
+pub(crate) struct SourceHandle {
     reload: Arc<Notify>,
     task: JoinHandle<()>,
 }
 
 impl SourceHandle {
     /// Asks the source to load again now.
-    pub fn reload(&self) {
+    pub(crate) fn reload(&self) {
         self.reload.notify_one();
     }
 
     /// Stops the source.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.task.abort();
     }
 }
@@ -74,7 +76,7 @@ impl Drop for SourceHandle {
 }
 
 /// Starts the driver of `source`, which sends every load to `updates`.
-pub fn spawn<S: ConfigSource>(
+pub(crate) fn spawn<S: ConfigSource>(
     mut source: S,
     updates: mpsc::UnboundedSender<SourceUpdate>,
 ) -> SourceHandle {
@@ -98,7 +100,7 @@ pub fn spawn<S: ConfigSource>(
 
 /// Opens the source named by `uri` (a path, `file:PATH`, `exec:COMMAND…`,
 /// `http://…` or `https://…`) and starts its driver.
-pub fn start(
+pub(crate) fn start(
     uri: &str,
     options: SourceOptions,
     updates: mpsc::UnboundedSender<SourceUpdate>,
