@@ -63,6 +63,24 @@ pub fn read_stat(pid: u32) -> Option<Stat> {
     parse_stat(&buf[..len])
 }
 
+/// Whether process `pid` exists and is not a zombie (a zombie has exited; it
+/// only waits for its parent to collect its status).
+pub fn pid_alive(pid: u32) -> bool {
+    let Some(raw) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match rustix::process::test_kill_process(raw) {
+        Ok(()) | Err(rustix::io::Errno::PERM) => {}
+        Err(_) => return false,
+    }
+    // It exists (the signal test said so); unless /proc says it is a
+    // zombie, it is alive.
+    read_stat(pid).is_none_or(|stat| stat.state != b'Z')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +110,13 @@ mod tests {
         let mut bytes = odd.into_bytes();
         bytes[6] = 0xff;
         assert_eq!(parse_stat(&bytes).map(|s| s.utime), Some(250));
+    }
+
+    #[test]
+    fn a_live_process_is_alive_and_no_pid_is_not() {
+        assert!(pid_alive(std::process::id()));
+        assert!(!pid_alive(0));
+        assert!(!pid_alive(u32::MAX));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! CPU and memory of a process, read from `/proc` (as `ps` does, without
 //! running it).
 
+pub(crate) use lrpm_process::procfs::pid_alive;
 use lrpm_process::procfs::read_stat;
 
 /// What the status table shows of a running process.
@@ -85,24 +86,6 @@ impl Sampler {
     }
 }
 
-/// Whether process `pid` exists and is not a zombie (a zombie has exited; it
-/// only waits for its parent to collect its status).
-pub fn pid_alive(pid: u32) -> bool {
-    let Some(raw) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return false;
-    };
-    match rustix::process::test_kill_process(raw) {
-        Ok(()) | Err(rustix::io::Errno::PERM) => {}
-        Err(_) => return false,
-    }
-    // It exists (the signal test said so); unless /proc says it is a
-    // zombie, it is alive.
-    read_stat(pid).is_none_or(|stat| stat.state != b'Z')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,9 +96,6 @@ mod tests {
         let usage = sampler.usage(std::process::id()).expect("readable");
         assert!(usage.rss_bytes > 0);
         assert!(usage.cpu_percent >= 0.0);
-        assert!(pid_alive(std::process::id()));
-        assert!(!pid_alive(0));
-        assert!(!pid_alive(u32::MAX));
         let pids = vec![Some(std::process::id()); 2000];
         let usages = sampler.usages(&pids);
         assert_eq!(usages.len(), 2000);

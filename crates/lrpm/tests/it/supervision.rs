@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::support::{
     Lrpm, all_running, is_root, job_in, jobs_in, loads, lrpm_command, pid_alive, pid_of,
-    prerequisite, read_pid, run_bounded, signal, source_error, wait_until,
+    prerequisite, read_pid, run_bounded, signal, source_error, state_of, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(30);
@@ -273,11 +273,7 @@ shutdownTimeoutSeconds = 30
     );
     let pid = written_pid(&lrpm, "frozen");
     wait_until("the worker to stop itself", LONG, || {
-        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            stat.rsplit(')')
-                .next()
-                .is_some_and(|s| s.trim_start().starts_with('T'))
-        })
+        state_of(pid) == Some('T')
     });
     let removed_at = Instant::now();
     lrpm.write_config("# no jobs\n");
@@ -597,10 +593,8 @@ fn an_idle_supervisor_uses_no_cpu() {
     lrpm.running_pid("a");
     lrpm.running_pid("b");
     let ticks = || -> u64 {
-        let stat = fs::read_to_string(format!("/proc/{}/stat", lrpm.pid())).expect("stat");
-        let after = &stat[stat.rfind(')').expect("comm") + 2..];
-        let f: Vec<&str> = after.split_whitespace().collect();
-        f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+        let stat = lrpm_process::procfs::read_stat(lrpm.pid()).expect("lrpm's stat");
+        stat.utime + stat.stime
     };
     let before = ticks();
     std::thread::sleep(Duration::from_secs(3));

@@ -569,26 +569,11 @@ pub fn read_pid(path: &Path) -> u32 {
 // ---------------------------------------------------------------------------
 // Processes.
 
-/// Whether process `pid` is alive: it exists (`kill(pid, 0)`) and is not a
-/// zombie.
-pub fn pid_alive(pid: u32) -> bool {
-    let Some(raw) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return false;
-    };
-    match rustix::process::test_kill_process(raw) {
-        Ok(()) | Err(rustix::io::Errno::PERM) => {}
-        Err(_) => return false,
-    }
-    state_of(pid).is_some_and(|state| state != 'Z')
-}
+pub use lrpm_process::procfs::pid_alive;
 
-/// The state letter of `pid` (`R`, `S`, `Z`…), if it exists.
+/// The state letter of `pid` (`R`, `S`, `T`, `Z`…), if it exists.
 pub fn state_of(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+    lrpm_process::procfs::read_stat(pid).map(|stat| char::from(stat.state))
 }
 
 /// Sends `signal` to process `pid`, ignoring a process that is gone.
