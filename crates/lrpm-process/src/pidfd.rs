@@ -7,7 +7,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use lrpm_core::status::ExitStatus;
-use rustix::io::Errno;
 use rustix::process::{Pid, Signal, WaitIdOptions, kill_process_group, pidfd_send_signal};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -94,9 +93,8 @@ impl AsyncChild {
     /// have left the group; a reaped child is not signalled.
     pub fn kill(&self) {
         if let Some(pidfd) = self.pidfd.as_ref().filter(|_| !self.reaped()) {
-            if let Err(e) = kill_process_group(self.pid, Signal::KILL) {
-                debug_assert!(e == Errno::SRCH || e == Errno::PERM, "{e}");
-            }
+            // ESRCH: the group has no member left but the zombie leader.
+            let _ = kill_process_group(self.pid, Signal::KILL);
             let _ = pidfd_send_signal(pidfd.get_ref().as_fd(), Signal::KILL);
         }
     }
