@@ -8,10 +8,14 @@
 //! directory) and spawns the accept loop. It returns a [`ControlServer`]
 //! whose lifetime is the socket's: dropping it removes the socket file.
 //!
-//! Every accepted connection is its own task (`connection.rs`), so a slow,
-//! idle or hostile client only ever holds up itself. A connection task
-//! checks the peer's credentials (root and lrpm's own uid only), reads
-//! bounded request lines with an idle timeout, decodes them with the shared
+//! The accept loop checks each peer's credentials (root and lrpm's own uid
+//! only) and gives it a slot among its uid's (`slots.rs`: a share per uid;
+//! over it, the uid's longest-idle connection gives way), so that a flood of
+//! connections, even root's, cannot lock out a fresh `lrpmctl`; a refused
+//! connection costs an accept and a close. Every admitted connection is its
+//! own task (`connection.rs`), so a slow, idle or hostile client only ever
+//! holds up itself. A connection task reads bounded request lines, closing
+//! the connection when nothing arrives for 2 s, decodes them with the shared
 //! [codec](lrpm_proto::codec), answers `help` itself and hands every other
 //! request to the supervisor's event loop as a [`ControlMsg`] with a
 //! one-shot reply channel. The event loop answers at once with a [`Reply`]
@@ -27,6 +31,7 @@
 mod connection;
 mod msg;
 mod path;
+mod slots;
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -40,8 +45,9 @@ use tokio::net::UnixListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use self::msg::Shared;
-pub(crate) use self::msg::{CLOSE_GRACE, ControlError, ControlMsg, MAX_CONNECTIONS, Reply};
+pub(crate) use self::msg::{CLOSE_GRACE, ControlError, ControlMsg, Reply};
+use self::msg::{MAX_TASKS, Shared};
+use self::slots::{SHARE, Slots};
 
 /// The running control server. Dropping it stops accepting and removes the
 /// socket file; [`ControlServer::close`] also lets answers in flight reach
@@ -57,8 +63,8 @@ pub(crate) struct ControlServer {
     shutdown: watch::Sender<bool>,
     /// The accept loop.
     accept: JoinHandle<()>,
-    /// The connection slots, to wait for connections to finish.
-    slots: Arc<Semaphore>,
+    /// One permit per live connection task, to wait for them to finish.
+    alive: Arc<Semaphore>,
 }
 
 /// Starts the control server on `socket`, or on the default path chain when
@@ -81,21 +87,25 @@ pub(crate) async fn start(
         let _ = std::fs::remove_file(&path);
         return Err(ControlError::Bind { path, source });
     }
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let alive = Arc::new(Semaphore::new(MAX_TASKS));
     let shared = Arc::new(Shared {
         requests,
-        own_uid: rustix::process::geteuid(),
-        slots: Arc::clone(&slots),
+        alive: Arc::clone(&alive),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let accept = tokio::spawn(accept_loop(listener, shared, shutdown_rx));
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        shared,
+        rustix::process::geteuid().as_raw(),
+        shutdown_rx,
+    ));
     tracing::info!(socket = %path.display(), "control socket listening");
     Ok(ControlServer {
         path,
         _lock: lock,
         shutdown,
         accept,
-        slots,
+        alive,
     })
 }
 
@@ -105,8 +115,8 @@ impl ControlServer {
     /// then removes the socket.
     pub(crate) async fn close(self) {
         let _ = self.shutdown.send(true);
-        let all = u32::try_from(MAX_CONNECTIONS).expect("invariant: the connection cap fits a u32");
-        let _ = tokio::time::timeout(CLOSE_GRACE, self.slots.acquire_many(all)).await;
+        let all = u32::try_from(MAX_TASKS).expect("invariant: the task cap fits a u32");
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.alive.acquire_many(all)).await;
     }
 }
 
@@ -203,47 +213,132 @@ fn remove_stale(path: &Path) -> Result<(), ControlError> {
     }
 }
 
+/// How many connections the accept loop takes in a row before it lets the
+/// connection tasks run, so that under a storm of connections a new one
+/// reads its request long before it could be the oldest of its uid.
+const ACCEPT_BATCH: u32 = 32;
+
+/// Says something at most once a second, with how many times it was not
+/// said in between, so that a storm of connections cannot flood the log.
+#[derive(Debug, Default)]
+struct Throttle {
+    /// When it was last said.
+    last: Option<tokio::time::Instant>,
+    /// How many times it was not said since.
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(suppressed)` when it may be said now.
+    fn allow(&mut self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
 /// Accepts connections until shutdown, one task each.
+///
+/// The peer's uid is checked here, before a task or a slot is spent on it:
+/// a connection of another uid than root and `own_uid`, over its uid's
+/// share with nothing to evict ([`slots`]), or beyond the task cap costs an
+/// accept, a short write of why and a close. When accepting fails (out of
+/// descriptors or memory), the loop waits 100 ms rather than spin.
 async fn accept_loop(
     listener: UnixListener,
     shared: Arc<Shared>,
+    own_uid: u32,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // Whether the cap was reached: said once per episode, not once per
-    // refused connection.
-    let mut saturated = false;
+    let slots = Arc::new(Slots::default());
+    let mut busy = Throttle::default();
+    let mut denied = Throttle::default();
+    let mut failing = Throttle::default();
+    let mut batch = 0;
     loop {
+        batch += 1;
+        if batch >= ACCEPT_BATCH {
+            batch = 0;
+            tokio::task::yield_now().await;
+        }
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => return,
         };
-        match accepted {
-            Ok((stream, _)) => match Arc::clone(&shared.slots).try_acquire_owned() {
-                Ok(slot) => {
-                    saturated = false;
-                    tokio::spawn(connection::serve(
-                        stream,
-                        Arc::clone(&shared),
-                        shutdown.clone(),
-                        slot,
-                    ));
-                }
-                Err(_) => {
-                    if !saturated {
-                        tracing::warn!(
-                            "{MAX_CONNECTIONS} control connections are open: refusing more"
-                        );
-                        saturated = true;
-                    }
-                    connection::refuse_busy(&stream);
-                }
-            },
-            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
             Err(e) => {
-                // Out of descriptors or memory: wait a moment rather than
-                // spin on an accept that keeps failing.
-                tracing::warn!("control socket: cannot accept a connection: {e}");
+                if let Some(suppressed) = failing.allow() {
+                    tracing::warn!(
+                        suppressed,
+                        "control socket: cannot accept a connection: {e}"
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let uid = match lrpm_process::fd::peer_credentials(&stream) {
+            Ok((uid, _)) if uid == 0 || uid == own_uid => uid,
+            Ok((uid, pid)) => {
+                if let Some(suppressed) = denied.allow() {
+                    tracing::warn!(
+                        uid,
+                        pid,
+                        suppressed,
+                        "control connection refused: permission denied"
+                    );
+                }
+                connection::refuse(stream, "permission denied");
+                continue;
+            }
+            Err(e) => {
+                if let Some(suppressed) = denied.allow() {
+                    tracing::warn!(
+                        suppressed,
+                        "control connection refused: cannot read its credentials: {e}"
+                    );
+                }
+                continue;
+            }
+        };
+        let admitted = Arc::clone(&shared.alive)
+            .try_acquire_owned()
+            .ok()
+            .and_then(|alive| Some((alive, slots.admit(uid, std::time::Instant::now())?)));
+        match admitted {
+            Some((alive, slot)) => {
+                tokio::spawn(connection::serve(
+                    stream,
+                    Arc::clone(&shared),
+                    shutdown.clone(),
+                    slot,
+                    alive,
+                ));
+            }
+            None => {
+                if let Some(suppressed) = busy.allow() {
+                    tracing::warn!(
+                        uid,
+                        suppressed,
+                        "every control connection of uid {uid} is busy: refusing more"
+                    );
+                }
+                connection::refuse(
+                    stream,
+                    &format!(
+                        "too many control connections ({SHARE} per user, all busy); \
+                         try again later"
+                    ),
+                );
             }
         }
     }

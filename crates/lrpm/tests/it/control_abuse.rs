@@ -1,0 +1,193 @@
+//! The control plane under abuse: floods of connections, requests that try
+//! to smuggle a second command, text that tries to reach a terminal raw,
+//! and a second lrpm after the first one's lock directory was removed.
+
+use std::io::{ErrorKind, Read};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::{Lrpm, pid_alive, raw_request, running, wait_until};
+
+/// How long a state change may take to show.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// One long-running job.
+const ONE_JOB: &str = r#"
+[a]
+name = "A"
+command = ["sleep", "1000"]
+"#;
+
+fn one_job() -> Lrpm {
+    let lrpm = Lrpm::start("jobs.toml", ONE_JOB, &[]);
+    lrpm.wait_for("a running", SETTLE, |s| running(s, "a"));
+    lrpm
+}
+
+/// Raises this process's descriptor limit to at least `n`, as far as its
+/// hard limit allows.
+fn raise_nofile(n: u64) {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if limit.current.is_some_and(|c| c < n) {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum.map(|m| m.min(n)).or(Some(n)),
+            maximum: limit.maximum,
+        };
+        let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, raised);
+    }
+}
+
+/// lrpm's CPU time so far, user and system, in seconds (the kernel's clock
+/// ticks are USER_HZ, 100 a second, in `/proc/PID/stat`).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = lrpm_process::procfs::read_stat(pid).expect("lrpm's stat");
+    (stat.utime + stat.stime) as f64 / 100.0
+}
+
+/// Holds `n` connections to `socket` that never send a byte, and opens a
+/// new one for each the server closes, until `stop`; counts reconnections.
+fn idle_pool(socket: PathBuf, n: usize, stop: Arc<AtomicBool>, reconnects: Arc<AtomicU64>) {
+    let connect = || {
+        let stream = UnixStream::connect(&socket).ok()?;
+        stream.set_nonblocking(true).ok()?;
+        Some(stream)
+    };
+    let mut pool: Vec<Option<UnixStream>> = (0..n).map(|_| connect()).collect();
+    let mut buf = [0u8; 512];
+    while !stop.load(Ordering::Relaxed) {
+        for conn in &mut pool {
+            let closed = match conn {
+                None => true,
+                Some(stream) => match stream.read(&mut buf) {
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+                    // An answer (why it is closed) or the end: either way
+                    // the server let go of it.
+                    _ => true,
+                },
+            };
+            if closed {
+                *conn = connect();
+                reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Connects and hangs up as fast as it can, until `stop`; counts
+/// connections.
+fn reconnect_storm(socket: PathBuf, stop: Arc<AtomicBool>, connects: Arc<AtomicU64>) {
+    while !stop.load(Ordering::Relaxed) {
+        if UnixStream::connect(&socket).is_ok() {
+            connects.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[test]
+fn lrpmctl_status_gets_through_a_storm_of_connections() {
+    const TRIES: usize = 20;
+    raise_nofile(8192);
+    let lrpm = one_job();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reconnects = Arc::new(AtomicU64::new(0));
+    let connects = Arc::new(AtomicU64::new(0));
+    let cpu_before = cpu_seconds(lrpm.pid());
+    let storm_started = Instant::now();
+    let pool = {
+        let (socket, stop, reconnects) = (lrpm.socket.clone(), stop.clone(), reconnects.clone());
+        std::thread::spawn(move || idle_pool(socket, 1000, stop, reconnects))
+    };
+    let storm = {
+        let (socket, stop, connects) = (lrpm.socket.clone(), stop.clone(), connects.clone());
+        std::thread::spawn(move || reconnect_storm(socket, stop, connects))
+    };
+    // Let the storm fill every slot before asking.
+    wait_until("the pool is being churned", SETTLE, || {
+        reconnects.load(Ordering::Relaxed) > 1000
+    });
+
+    let mut times = Vec::new();
+    for _ in 0..TRIES {
+        let asked = Instant::now();
+        let output = lrpm.ctl(&["status"]);
+        let took = asked.elapsed();
+        assert!(
+            output.status.success(),
+            "lrpmctl status failed after {took:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("running"),
+            "{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        times.push(took);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let wall = storm_started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(lrpm.pid()) - cpu_before;
+    stop.store(true, Ordering::Relaxed);
+    pool.join().expect("the idle pool");
+    storm.join().expect("the storm");
+    times.sort();
+    eprintln!(
+        "storm of {wall:.1} s: {} connect-and-close, {} idle reconnections; \
+         lrpmctl status: median {:?}, slowest {:?}; lrpm CPU {cpu:.2} s ({:.0} % of one core)",
+        connects.load(Ordering::Relaxed),
+        reconnects.load(Ordering::Relaxed),
+        times[TRIES / 2],
+        times[TRIES - 1],
+        100.0 * cpu / wall
+    );
+    assert!(
+        times[TRIES - 1] < Duration::from_secs(1),
+        "a status took {:?}: {times:?}",
+        times[TRIES - 1]
+    );
+    // lrpm's control plane is one thread: a storm cannot make it take more
+    // than about one core (the bound is loose, the figure is reported).
+    assert!(
+        cpu < 1.2 * wall,
+        "lrpm used {cpu:.2} s of CPU in {wall:.1} s"
+    );
+    // And the farm is untouched.
+    assert!(running(&lrpm.status(), "a"));
+}
+
+#[test]
+fn a_slow_client_whose_bytes_keep_coming_is_served() {
+    use std::io::{BufRead, BufReader, Write};
+    let lrpm = one_job();
+    let mut stream = UnixStream::connect(&lrpm.socket).expect("connect");
+    stream.set_read_timeout(Some(SETTLE)).expect("timeout");
+    // A byte every 0.5 s: 16 bytes take 8 s, four times the idle timeout.
+    let request = b"{\"cmd\":\"status\"}\n";
+    let started = Instant::now();
+    for byte in request {
+        stream.write_all(&[*byte]).expect("send a byte");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .expect("an answer");
+    assert!(answer.contains("\"jobs\""), "{answer}");
+    assert!(started.elapsed() > Duration::from_secs(4));
+}
+
+#[test]
+fn a_duplicate_key_is_an_error_and_lrpm_runs_on() {
+    let lrpm = one_job();
+    let answer = raw_request(&lrpm.socket, r#"{"cmd":"status","cmd":"stop"}"#).expect("an answer");
+    assert_eq!(answer["ok"], false, "{answer}");
+    let error = answer["error"].as_str().expect("an error");
+    assert!(error.contains(r#"duplicate key "cmd""#), "{error}");
+    let status = lrpm.status();
+    assert_eq!(status["supervisor"]["shutting_down"], false);
+    assert!(running(&status, "a"));
+    assert!(pid_alive(lrpm.pid()));
+}
