@@ -2,8 +2,12 @@
 //!
 //! # Theory of operation
 //!
-//! [`start`] picks the socket path ([`path`]), takes an exclusive lock
-//! beside it so that two lrpm never share one socket, replaces a stale
+//! [`start`] picks the socket path ([`path`]), claims the instance's name
+//! (an abstract Unix socket named after the socket's canonical path, which
+//! no file operation can remove, so that removing the socket's directory
+//! does not let a second lrpm start on the same path) and takes an
+//! exclusive lock beside the socket as well, so that two lrpm never share
+//! one socket, replaces a stale
 //! socket file left by a dead lrpm, binds the socket (mode 0600 in a 0700
 //! directory) and spawns the accept loop. It returns a [`ControlServer`]
 //! whose lifetime is the socket's: dropping it removes the socket file.
@@ -56,6 +60,9 @@ use self::slots::{SHARE, Slots};
 pub(crate) struct ControlServer {
     /// The socket's path, removed on drop.
     path: PathBuf,
+    /// The abstract socket that names this instance ([`claim_instance`]),
+    /// bound for the server's lifetime.
+    _instance: std::os::unix::net::UnixDatagram,
     /// The lock on `<socket>.lock`, held for the server's lifetime so that
     /// no second lrpm takes over the socket.
     _lock: File,
@@ -77,6 +84,7 @@ pub(crate) async fn start(
     requests: mpsc::Sender<ControlMsg>,
 ) -> Result<ControlServer, ControlError> {
     let path = path::server_socket(socket)?;
+    let instance = claim_instance(&path)?;
     let lock = lock(&path)?;
     remove_stale(&path)?;
     let listener = UnixListener::bind(&path).map_err(|source| ControlError::Bind {
@@ -102,6 +110,7 @@ pub(crate) async fn start(
     tracing::info!(socket = %path.display(), "control socket listening");
     Ok(ControlServer {
         path,
+        _instance: instance,
         _lock: lock,
         shutdown,
         accept,
@@ -133,6 +142,62 @@ impl Drop for ControlServer {
                 );
             }
         }
+    }
+}
+
+/// The abstract socket name of the lrpm serving `socket`: its canonical
+/// path (the directory's symbolic links resolved, so that two spellings of
+/// one path are one name), prefixed with a stable hash of it and cut to
+/// the 107 bytes an abstract name may have.
+fn instance_name(socket: &Path) -> Vec<u8> {
+    let canonical = match (socket.parent(), socket.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })
+        .map(|dir| dir.join(name))
+        .ok(),
+        _ => None,
+    }
+    .or_else(|| std::path::absolute(socket).ok())
+    .unwrap_or_else(|| socket.to_owned());
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(canonical.as_os_str());
+    // FNV-1a, 64 bits: stable across builds, unlike the standard hasher.
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let mut name = format!("lrpm/{hash:016x}:").into_bytes();
+    name.extend_from_slice(bytes);
+    name.truncate(107);
+    name
+}
+
+/// Binds the abstract socket that names the lrpm of `socket` for as long
+/// as the returned socket lives; fails with
+/// [`ControlError::AlreadyRunning`] when another lrpm holds the name. A
+/// datagram socket, so that nothing can queue connections on it.
+fn claim_instance(socket: &Path) -> Result<std::os::unix::net::UnixDatagram, ControlError> {
+    use std::os::linux::net::SocketAddrExt;
+    let name = instance_name(socket);
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).map_err(|source| {
+        ControlError::Lock {
+            path: socket.to_owned(),
+            source,
+        }
+    })?;
+    match std::os::unix::net::UnixDatagram::bind_addr(&addr) {
+        Ok(bound) => Ok(bound),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(ControlError::AlreadyRunning {
+            path: socket.to_owned(),
+            pid: std::os::unix::net::UnixStream::connect(socket)
+                .ok()
+                .and_then(|s| peer_pid(&s)),
+        }),
+        Err(source) => Err(ControlError::Lock {
+            path: socket.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -341,5 +406,43 @@ async fn accept_loop(
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_is_named_by_its_canonical_path() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("run");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).expect("symlink");
+        let name = instance_name(&dir.join("control.sock"));
+        assert_eq!(name, instance_name(&link.join("control.sock")));
+        assert_eq!(name, instance_name(&dir.join("../run/control.sock")));
+        assert_ne!(name, instance_name(&dir.join("other.sock")));
+        assert!(name.starts_with(b"lrpm/"));
+        let long = dir.join("x".repeat(200));
+        assert_eq!(instance_name(&long).len(), 107);
+        assert_ne!(
+            instance_name(&long),
+            instance_name(&dir.join("x".repeat(201)))
+        );
+    }
+
+    #[test]
+    fn a_claimed_instance_refuses_a_second_claim_until_released() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let socket = tmp.path().join("control.sock");
+        let first = claim_instance(&socket).expect("claimed");
+        assert!(matches!(
+            claim_instance(&socket),
+            Err(ControlError::AlreadyRunning { pid: None, .. })
+        ));
+        drop(first);
+        claim_instance(&socket).expect("free again");
     }
 }

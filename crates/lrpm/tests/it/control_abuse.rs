@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{Lrpm, pid_alive, raw_request, running, wait_until};
+use crate::support::{
+    Lrpm, lrpm_command, pid_alive, raw_request, run_bounded, running, wait_until,
+};
 
 /// How long a state change may take to show.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -190,4 +192,56 @@ fn a_duplicate_key_is_an_error_and_lrpm_runs_on() {
     assert_eq!(status["supervisor"]["shutting_down"], false);
     assert!(running(&status, "a"));
     assert!(pid_alive(lrpm.pid()));
+}
+
+#[test]
+fn removing_the_socket_directory_does_not_let_a_second_lrpm_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = dir.path().join("run");
+    let socket = run.join("control.sock");
+    let starts = dir.path().join("starts");
+    let config = dir.path().join("jobs.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[a]\nname = \"A\"\ncommand = [\"sh\", \"-c\", \"echo $$ >> {}; exec sleep 1000\"]\n",
+            starts.display()
+        ),
+    )
+    .expect("write config");
+    let mut command = lrpm_command();
+    command.arg("--socket").arg(&socket).arg(&config);
+    let lrpm = Lrpm::spawn_in(dir, socket.clone(), config.clone(), command).expect("lrpm starts");
+    lrpm.wait_for("a running", SETTLE, |s| running(s, "a"));
+    let started_once = || {
+        std::fs::read_to_string(&starts)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            == 1
+    };
+    wait_until("a started once", SETTLE, started_once);
+
+    std::fs::remove_dir_all(&run).expect("rm -rf the socket's directory");
+    let mut second = lrpm_command();
+    second.arg("--socket").arg(&socket).arg(&config);
+    let output = run_bounded(second, SETTLE);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the second lrpm ran: {err}");
+    assert!(err.contains("already running"), "{err}");
+    // The first one runs on, and the job was started by it alone.
+    assert!(pid_alive(lrpm.pid()));
+    assert_ne!(
+        lrpm_process::procfs::read_stat(lrpm.pid()).map(|s| s.state),
+        Some(b'Z')
+    );
+    assert!(started_once());
+    // Once the first is gone, the path is free again.
+    let mut lrpm = lrpm;
+    lrpm.terminate();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut third = lrpm_command();
+    third.arg("--socket").arg(&socket).arg(&config);
+    let third = Lrpm::spawn_in(dir, socket, config, third).expect("a new lrpm starts");
+    assert_eq!(third.status()["supervisor"]["pid"], third.pid());
 }
