@@ -245,3 +245,41 @@ fn removing_the_socket_directory_does_not_let_a_second_lrpm_start() {
     let third = Lrpm::spawn_in(dir, socket, config, third).expect("a new lrpm starts");
     assert_eq!(third.status()["supervisor"]["pid"], third.pid());
 }
+
+#[test]
+fn control_characters_of_a_job_id_are_escaped_in_the_table_and_the_log() {
+    // A TOML key with ESC[2J (clear the screen) and a newline (a forged
+    // line): an invalid id, which the status and the log still show; and a
+    // valid job whose name holds them and a C1 CSI, a row of the table.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("jobs.toml");
+    std::fs::write(
+        &config,
+        "[\"evil\\u001b[2J\\nid\"]\nname = \"E\"\ncommand = [\"true\"]\n\
+             [n]\nname = \"N\\u001b[2J\\nx\\u009b31m\"\ncommand = [\"sh\", \"-c\", \"exit 3\"]\n",
+    )
+    .expect("write config");
+    // lrpm's own styling off, so that any escape byte in the log is one
+    // that leaked.
+    let lrpm = Lrpm::start_in(dir, config.clone(), |command| {
+        command.env("NO_COLOR", "1").arg(&config);
+    });
+    lrpm.wait_for("n exited once and the bad id is listed", SETTLE, |s| {
+        crate::support::job_in(s, "n").is_some_and(|j| !j["last_exit"].is_null())
+            && !s["supervisor"]["source"]["invalid_jobs"]["evil\u{1b}[2J\nid"].is_null()
+    });
+    let output = lrpm.ctl(&["status"]);
+    assert!(output.status.success());
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains(r"evil\x1b[2J\nid: job id"), "{table}");
+    assert!(table.contains(r"N\x1b[2J\nx\u{9b}31m"), "{table}");
+    assert!(
+        !table.chars().any(|c| c != '\n' && c.is_control()),
+        "{table:?}"
+    );
+    wait_until("the log names the bad id", SETTLE, || {
+        lrpm.stderr().contains(r"job=evil\x1b[2J\nid")
+    });
+    let log = lrpm.stderr();
+    assert!(!log.chars().any(|c| c != '\n' && c.is_control()), "{log:?}");
+}
