@@ -79,7 +79,8 @@ mod tests {
         assert_eq!(escape("csi \u{9b}2J \u{85}"), "csi \\u{9b}2J \\u{85}");
         assert!(matches!(escape("plain é 中 \\x1b"), Cow::Borrowed(_)));
         let mut out = String::new();
-        write!(EscapingWriter(&mut out), "{}-{:?}", "a\u{1b}", 'b').expect("write");
+        let a = "a\u{1b}";
+        write!(EscapingWriter(&mut out), "{a}-{:?}", 'b').expect("write");
         assert_eq!(out, "a\\x1b-'b'");
     }
 
