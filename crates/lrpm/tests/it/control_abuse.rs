@@ -283,3 +283,44 @@ fn control_characters_of_a_job_id_are_escaped_in_the_table_and_the_log() {
     let log = lrpm.stderr();
     assert!(!log.chars().any(|c| c != '\n' && c.is_control()), "{log:?}");
 }
+
+#[test]
+fn out_of_descriptors_the_accept_loop_waits_instead_of_spinning() {
+    let lrpm = one_job();
+    let pid =
+        rustix::process::Pid::from_raw(i32::try_from(lrpm.pid()).expect("a pid")).expect("a pid");
+    let nofile = rustix::process::Resource::Nofile;
+    // prlimit always sets: read lrpm's limit by setting one and putting
+    // the old one back at once.
+    let old = rustix::process::prlimit(Some(pid), nofile, rustix::process::getrlimit(nofile))
+        .expect("read lrpm's limit");
+    rustix::process::prlimit(Some(pid), nofile, old.clone()).expect("restore it");
+    // Room for what lrpm holds and two connections more.
+    let tight = rustix::process::Rlimit {
+        current: Some(crate::support::fd_count(lrpm.pid()) as u64 + 2),
+        maximum: old.maximum,
+    };
+    rustix::process::prlimit(Some(pid), nofile, tight).expect("lower lrpm's limit");
+    // Connections that wait in the listen queue: accepting them fails.
+    let waiting: Vec<UnixStream> = (0..20)
+        .map(|_| UnixStream::connect(&lrpm.socket).expect("connect"))
+        .collect();
+    wait_until("accepting fails", SETTLE, || {
+        lrpm.stderr().contains("cannot accept a connection")
+    });
+    let before = cpu_seconds(lrpm.pid());
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let cpu = cpu_seconds(lrpm.pid()) - before;
+    let wall = started.elapsed().as_secs_f64();
+    eprintln!("out of descriptors: lrpm used {cpu:.2} s of CPU in {wall:.1} s");
+    assert!(cpu < 0.5, "lrpm spun: {cpu:.2} s of CPU in {wall:.1} s");
+    // The failure is said at most once a second.
+    let said = lrpm.stderr().matches("cannot accept a connection").count();
+    assert!(said <= 6, "said {said} times");
+    // With descriptors back, every waiting connection is served or closed
+    // and status answers.
+    rustix::process::prlimit(Some(pid), nofile, old).expect("restore lrpm's limit");
+    drop(waiting);
+    lrpm.wait_for("status answers", SETTLE, |s| running(s, "a"));
+}
