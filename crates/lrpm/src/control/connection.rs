@@ -118,7 +118,13 @@ pub(super) async fn serve(
             Ok(Request::Help) => Response::help().encode(),
             Ok(request) => ask(&shared, request).await,
         };
-        if !write_line(&mut stream, &response).await {
+        // A client that does not read its answer may be evicted meanwhile.
+        slot.set(Phase::Writing, Instant::now());
+        let written = tokio::select! {
+            written = write_line(&mut stream, &response) => written,
+            () = slot.evicted.notified() => false,
+        };
+        if !written {
             return;
         }
         slot.set(Phase::Idle, Instant::now());

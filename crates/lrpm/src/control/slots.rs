@@ -5,9 +5,9 @@
 //! holds at most [`SHARE`] slots. Over its share, a new connection of that
 //! uid takes the place of the uid's connection that has waited longest
 //! without sending a request (an idle one first, then one in the middle of
-//! a request line); a connection whose request is being answered is never
-//! evicted. Only when all of the uid's connections are being answered is
-//! the newcomer refused. So a client that floods the socket, even as root,
+//! a request line, then one whose answer its client does not read); a
+//! connection whose request is with the event loop is never evicted. Only
+//! when all of the uid's connections are there is the newcomer refused. So a client that floods the socket, even as root,
 //! only ever evicts its own connections, and a fresh `lrpmctl status`, the
 //! newest connection there is, gets its slot and keeps it long enough to be
 //! answered.
@@ -34,7 +34,11 @@ pub(super) enum Phase {
     Idle,
     /// Part of a request line has arrived. Evicted after the idle ones.
     Partial,
-    /// A complete request is being answered. Never evicted.
+    /// An answer is being written, and the client may not be reading it.
+    /// Evicted last.
+    Writing,
+    /// A complete request is with the event loop, which answers at once.
+    /// Never evicted.
     Busy,
 }
 
@@ -139,8 +143,8 @@ impl Drop for Slot {
 }
 
 /// Of `entries` (id, uid, phase, since), the connection of `uid` to evict:
-/// the idle one that has waited longest, else the partial one that has
-/// waited longest; never a busy one.
+/// the idle one that has waited longest, else the partial one, else the
+/// writing one that has waited longest; never a busy one.
 fn victim(entries: impl Iterator<Item = (u64, u32, Phase, Instant)>, uid: u32) -> Option<u64> {
     entries
         .filter(|&(_, u, phase, _)| u == uid && phase != Phase::Busy)
@@ -160,6 +164,7 @@ mod tests {
         let entries = [
             (1, 0, Phase::Busy, at(0)),
             (2, 0, Phase::Partial, at(1)),
+            (6, 0, Phase::Writing, at(0)),
             (3, 1000, Phase::Idle, at(2)),
             (4, 0, Phase::Idle, at(5)),
             (5, 0, Phase::Idle, at(3)),
@@ -167,8 +172,10 @@ mod tests {
         assert_eq!(victim(entries.into_iter(), 0), Some(5));
         assert_eq!(victim(entries.into_iter(), 1000), Some(3));
         assert_eq!(victim(entries.into_iter(), 7), None);
-        // With no idle one, the oldest partial request goes; busy ones never.
-        assert_eq!(victim(entries[..2].iter().copied(), 0), Some(2));
+        // With no idle one, the oldest partial request goes, then an answer
+        // being written; busy ones never.
+        assert_eq!(victim(entries[..3].iter().copied(), 0), Some(2));
+        assert_eq!(victim([entries[0], entries[2]].into_iter(), 0), Some(6));
         assert_eq!(victim(entries[..1].iter().copied(), 0), None);
     }
 

@@ -324,3 +324,57 @@ fn out_of_descriptors_the_accept_loop_waits_instead_of_spinning() {
     drop(waiting);
     lrpm.wait_for("status answers", SETTLE, |s| running(s, "a"));
 }
+
+#[test]
+fn clients_that_never_read_their_answers_do_not_lock_out_lrpmctl() {
+    use std::io::Write;
+    raise_nofile(4096);
+    let lrpm = one_job();
+    // A whole share of connections, each pipelining `help` requests without
+    // ever reading an answer, until lrpm stops reading them: then each one's
+    // task is blocked writing an answer nobody reads.
+    let burst = b"{\"cmd\":\"help\"}\n".repeat(4096);
+    let stuck: Vec<UnixStream> = (0..256)
+        .map(|_| {
+            let mut stream = UnixStream::connect(&lrpm.socket).expect("connect");
+            stream.set_nonblocking(true).expect("non-blocking");
+            let started = Instant::now();
+            loop {
+                match stream.write(&burst) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("send: {e}"),
+                }
+                assert!(started.elapsed() < SETTLE, "lrpm kept reading");
+            }
+            stream
+        })
+        .collect();
+    // Every one of them has answers waiting, and no more arrive: lrpm is
+    // blocked writing to each.
+    let queued = || -> Vec<u64> {
+        stuck
+            .iter()
+            .map(|s| rustix::io::ioctl_fionread(s).expect("FIONREAD"))
+            .collect()
+    };
+    let mut last = queued();
+    wait_until("every connection's answers stop coming", SETTLE, || {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = queued();
+        let settled = now.iter().all(|&n| n > 0) && now == last;
+        last = now;
+        settled
+    });
+    for _ in 0..5 {
+        let asked = Instant::now();
+        let output = lrpm.ctl(&["status"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(asked.elapsed() < Duration::from_secs(5));
+    }
+    drop(stuck);
+}
