@@ -294,7 +294,7 @@ fn out_of_descriptors_the_accept_loop_waits_instead_of_spinning() {
     // the old one back at once.
     let old = rustix::process::prlimit(Some(pid), nofile, rustix::process::getrlimit(nofile))
         .expect("read lrpm's limit");
-    rustix::process::prlimit(Some(pid), nofile, old.clone()).expect("restore it");
+    rustix::process::prlimit(Some(pid), nofile, old).expect("restore it");
     // Room for what lrpm holds and two connections more.
     let tight = rustix::process::Rlimit {
         current: Some(crate::support::fd_count(lrpm.pid()) as u64 + 2),
