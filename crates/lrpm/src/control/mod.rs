@@ -87,7 +87,7 @@ pub(crate) async fn start(
     let instance = claim_instance(&path)?;
     let lock = lock(&path)?;
     remove_stale(&path)?;
-    let listener = UnixListener::bind(&path).map_err(|source| ControlError::Bind {
+    let listener = listen(&path).map_err(|source| ControlError::Bind {
         path: path.clone(),
         source,
     })?;
@@ -143,6 +143,26 @@ impl Drop for ControlServer {
             }
         }
     }
+}
+
+/// How many connections may wait to be accepted. Small, so that under a
+/// storm of connections a new one waits behind a few dozen, not behind a
+/// thousand (tokio's default); a client that finds the queue full waits in
+/// `connect` for room, or is told to try again when non-blocking.
+const BACKLOG: i32 = 128;
+
+/// Binds and listens on the control socket at `path`, with [`BACKLOG`].
+fn listen(path: &Path) -> io::Result<UnixListener> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    rustix::net::bind(&socket, &SocketAddrUnix::new(path)?)?;
+    rustix::net::listen(&socket, BACKLOG)?;
+    UnixListener::from_std(std::os::unix::net::UnixListener::from(socket))
 }
 
 /// The abstract socket name of the lrpm serving `socket`: its canonical

@@ -53,7 +53,9 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// new one for each the server closes, until `stop`; counts reconnections.
 fn idle_pool(socket: PathBuf, n: usize, stop: Arc<AtomicBool>, reconnects: Arc<AtomicU64>) {
     let connect = || {
-        let stream = UnixStream::connect(&socket).ok()?;
+        let stream = UnixStream::connect(&socket)
+            .map_err(|e| eprintln!("DEBUG {e}"))
+            .ok()?;
         stream.set_nonblocking(true).ok()?;
         Some(stream)
     };
