@@ -6,7 +6,8 @@
 //! takes events (a configuration loaded, a child exited, a timer fired, a
 //! control request) with the current time and returns actions (spawn,
 //! signal) and its next deadline. The status document ([`status`]) and the
-//! human form of durations and signals ([`human`]) live here too, so that
+//! human form of durations and signals ([`human`]) and the escaping of
+//! outside text for a terminal ([`escape`]) live here too, so that
 //! every part of the shell writes them alike. The core never reads the
 //! clock, spawns, signals or touches a file; the `lrpm` crate's shell does,
 //! and this crate's dependencies (no tokio, no libc) keep it that way.
@@ -14,6 +15,7 @@
 
 pub mod backoff;
 pub mod decl;
+pub mod escape;
 pub mod human;
 pub mod job;
 pub mod reparse;

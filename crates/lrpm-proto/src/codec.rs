@@ -177,6 +177,12 @@ pub enum RequestError {
     /// The line is not JSON.
     #[error("malformed JSON: {0}")]
     Malformed(#[source] serde_json::Error),
+    /// An object of the line has the same key twice. JSON leaves this
+    /// undefined and most parsers let the last one win, so that
+    /// `{"cmd":"status","cmd":"stop"}` would stop lrpm: it is refused, at any
+    /// depth.
+    #[error("{0}")]
+    DuplicateKey(#[source] serde_json::Error),
     /// The line is JSON but not an object.
     #[error("a request must be a JSON object, got {0}")]
     NotAnObject(&'static str),
@@ -243,12 +249,24 @@ impl Request {
     ///
     /// A job id is accepted as a JSON string or integer (php-lrpm's ids are
     /// integers). Unknown fields are ignored, so that newer clients can add
-    /// optional arguments.
+    /// optional arguments. A key given twice in any object of the line is
+    /// an error ([`RequestError::DuplicateKey`]).
     pub fn decode(line: &[u8]) -> Result<Request, RequestError> {
         if line.len() > MAX_REQUEST_LEN {
             return Err(RequestError::TooLong);
         }
-        let value: Value = serde_json::from_slice(line).map_err(RequestError::Malformed)?;
+        let value = serde_json::from_slice::<UniqueKeys>(line)
+            .map_err(|e| {
+                // Building a `Value` fails on data only for a duplicate key
+                // (the one custom error of `UniqueKeys`); every other error
+                // is the syntax's.
+                if e.is_data() {
+                    RequestError::DuplicateKey(e)
+                } else {
+                    RequestError::Malformed(e)
+                }
+            })?
+            .0;
         let Value::Object(mut fields) = value else {
             return Err(RequestError::NotAnObject(kind(&value)));
         };
@@ -295,6 +313,90 @@ impl Request {
             Request::Stop => "stop",
             Request::Help => "help",
         }
+    }
+}
+
+/// A JSON value decoded as `serde_json::Value` is, except that an object
+/// with a key given twice is an error (`Value` keeps the last one).
+struct UniqueKeys(Value);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(UniqueKeysVisitor)
+            .map(UniqueKeys)
+    }
+}
+
+/// The visitor of [`UniqueKeys`]: `Value`'s, with the check on map keys.
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // JSON has no NaN or infinity, so the conversion cannot fail; null
+        // is what `Value` itself would make of them.
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        UniqueKeys::deserialize(d).map(|v| v.0)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let UniqueKeys(value) = map.next_value()?;
+            if fields.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate key {:?} in the request",
+                    truncated(&key, 64)
+                )));
+            }
+            fields.insert(key, value);
+        }
+        Ok(Value::Object(fields))
     }
 }
 
@@ -551,6 +653,27 @@ mod tests {
     }
 
     #[test]
+    fn a_duplicate_key_at_any_depth_is_an_error() {
+        let e = err(r#"{"cmd":"status","cmd":"stop"}"#);
+        assert!(
+            e.starts_with(r#"duplicate key "cmd" in the request"#),
+            "{e}"
+        );
+        let e = err(r#"{"cmd":"restart","id":"a","id":"b"}"#);
+        assert!(e.starts_with(r#"duplicate key "id""#), "{e}");
+        let e = err(r#"{"cmd":"status","x":[{"y":1,"y":2}]}"#);
+        assert!(e.starts_with(r#"duplicate key "y""#), "{e}");
+        // An escaped spelling of the same key is the same key.
+        let e = err(r#"{"cmd":"status","\u0063md":"stop"}"#);
+        assert!(e.starts_with(r#"duplicate key "cmd""#), "{e}");
+        // The same key in two different objects is not a duplicate.
+        assert_eq!(
+            Request::decode(br#"{"cmd":"status","a":{"cmd":1},"b":{"cmd":2}}"#).expect("valid"),
+            Request::Status
+        );
+    }
+
+    #[test]
     fn every_error_is_precise() {
         assert!(err("{").starts_with("malformed JSON: "));
         assert!(err("").starts_with("malformed JSON: "));
@@ -741,6 +864,25 @@ mod tests {
         );
     }
 
+    /// Random JSON values, objects nested in arrays nested in objects.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e9f64..1e9).prop_map(Value::from),
+            ".{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(".{0,4}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     fn sample_status() -> Status {
         Status {
             supervisor: SupervisorStatus {
@@ -851,6 +993,25 @@ mod tests {
             let _ = Request::decode(line.as_bytes());
             let bytes = line.as_bytes();
             let _ = Request::decode(&bytes[..cut.index(bytes.len() + 1)]);
+        }
+
+        #[test]
+        fn unique_keys_decode_as_value_does_and_duplicates_fail(
+            value in json_value(),
+            key in "[a-z]{1,3}",
+        ) {
+            // Without duplicates, the strict decoding is `Value`'s (compared
+            // with `Value` parsed from the same text, since parsing a float
+            // may round its last digit).
+            let line = serde_json::to_string(&value).expect("encodes");
+            let strict = serde_json::from_str::<UniqueKeys>(&line).expect("no duplicate");
+            let loose = serde_json::from_str::<Value>(&line).expect("valid");
+            prop_assert_eq!(&strict.0, &loose);
+            // The same document with one key repeated in an object nested in
+            // it is refused.
+            let nested = format!(r#"{{"cmd":"status","n":[{{"{key}":1,"x":{line},"{key}":2}}]}}"#);
+            let e = Request::decode(nested.as_bytes()).expect_err("duplicate");
+            prop_assert!(matches!(e, RequestError::DuplicateKey(_)), "{}", e);
         }
 
         #[test]

@@ -23,6 +23,7 @@ mod control;
 mod hub;
 pub mod library;
 mod lines;
+mod logfmt;
 mod output;
 mod process;
 mod runtime;
@@ -143,7 +144,8 @@ fn init_logging(options: &Options) {
         .with_writer(std::io::stderr)
         .with_target(false);
     let _ = match options.log_format {
-        LogFormat::Text => builder.try_init(),
+        // Every field escaped: see `logfmt`.
+        LogFormat::Text => builder.fmt_fields(logfmt::EscapedFields).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }

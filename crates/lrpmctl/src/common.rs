@@ -4,6 +4,7 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use lrpm_core::escape::escape;
 use lrpm_proto::codec::Response;
 
 use crate::client;
@@ -45,7 +46,9 @@ pub(crate) fn check(ctx: &Context, answer: client::Answer) -> Result<Response, C
         out.flush()?;
     }
     match answer.response {
-        Response::Error(error) => Err(CtlError::Refused(error)),
+        // lrpm's words may quote a client's or a declaration's text: they
+        // reach the terminal with their control characters escaped.
+        Response::Error(error) => Err(CtlError::Refused(escape(&error).into_owned())),
         response => Ok(response),
     }
 }
@@ -54,7 +57,7 @@ pub(crate) fn check(ctx: &Context, answer: client::Answer) -> Result<Response, C
 pub(crate) fn done_message(ctx: &Context, answer: client::Answer) -> Result<String, CtlError> {
     let path = answer.path.clone();
     match check(ctx, answer)? {
-        Response::Done(message) => Ok(message),
+        Response::Done(message) => Ok(escape(&message).into_owned()),
         _ => Err(CtlError::Invalid {
             path,
             reason: "an answer of the wrong kind".into(),

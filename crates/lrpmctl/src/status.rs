@@ -5,6 +5,9 @@ use std::io::IsTerminal;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anstyle::{AnsiColor, Style};
+use std::borrow::Cow;
+
+use lrpm_core::escape::{Escaped, escape};
 use lrpm_core::human::HumanDuration;
 use lrpm_core::status::{ExitInfo, JobState, JobStatus, Status};
 use unicode_width::UnicodeWidthStr;
@@ -95,7 +98,7 @@ pub fn render(status: &Status, view: &View, sampler: &Sampler) -> String {
     let _ = write!(
         out,
         "lrpm {}, pid {}, up {}",
-        sup.version,
+        Escaped(&sup.version),
         sup.pid,
         duration(view.now - sup.started_at)
     );
@@ -103,7 +106,7 @@ pub fn render(status: &Status, view: &View, sampler: &Sampler) -> String {
         let _ = write!(out, ", {}", paint(yellow, "shutting down"));
     }
     let source = &sup.source;
-    let _ = write!(out, "\nsource {}", source.uri);
+    let _ = write!(out, "\nsource {}", Escaped(&source.uri));
     match source.last_load_at {
         Some(at) => {
             let _ = write!(out, ", loaded {} ago", duration(view.now - at));
@@ -111,7 +114,7 @@ pub fn render(status: &Status, view: &View, sampler: &Sampler) -> String {
         None => out.push_str(", not loaded yet"),
     }
     if let Some(error) = &source.last_error {
-        let _ = write!(out, "\n{} {error}", paint(red, "source error:"));
+        let _ = write!(out, "\n{} {}", paint(red, "source error:"), Escaped(error));
     }
     let count = |state| status.jobs.iter().filter(|j| j.state == state).count();
     let _ = writeln!(
@@ -146,13 +149,13 @@ pub fn render(status: &Status, view: &View, sampler: &Sampler) -> String {
             )
         );
         for (id, reason) in &source.invalid_jobs {
-            let _ = writeln!(out, "  {}: {reason}", paint(bold, id));
+            let _ = writeln!(out, "  {}: {}", paint(bold, &escape(id)), Escaped(reason));
         }
     }
     if !source.warnings.is_empty() {
         let _ = writeln!(out, "\n{}", paint(yellow, "warnings:"));
         for warning in &source.warnings {
-            let _ = writeln!(out, "  {warning}");
+            let _ = writeln!(out, "  {}", Escaped(warning));
         }
     }
     out
@@ -261,7 +264,8 @@ fn state_style(state: JobState) -> Style {
     Style::new().fg_color(Some(color.into()))
 }
 
-/// One job's cells.
+/// One job's cells, every one with its control characters escaped (the id
+/// and the name come from the declaration, an exit's words from lrpm).
 fn row(job: &JobStatus, usage: Option<Usage>, now: f64) -> [String; 9] {
     let dash = || "-".to_owned();
     let state = match (job.state, job.restart_at) {
@@ -283,6 +287,10 @@ fn row(job: &JobStatus, usage: Option<Usage>, now: f64) -> [String; 9] {
             .map_or_else(dash, |exit| last_exit(exit, now)),
         job.name.clone(),
     ]
+    .map(|cell| match escape(&cell) {
+        Cow::Borrowed(_) => cell,
+        Cow::Owned(escaped) => escaped,
+    })
 }
 
 /// How a process ended (the short form: `exit 1`, `SIGKILL`), and how long
@@ -366,6 +374,38 @@ mod tests {
         color: false,
         width: None,
     };
+
+    #[test]
+    fn control_characters_are_escaped_everywhere() {
+        let mut status = status();
+        status.jobs[0].id = "evil\u{1b}[2J\nid".into();
+        status.jobs[0].name = "name\u{9b}31m".into();
+        status.supervisor.source.uri = "jobs\u{7}.toml".into();
+        status.supervisor.source.last_error = Some("bad\u{1b}]0;title\u{7}".into());
+        status
+            .supervisor
+            .source
+            .invalid_jobs
+            .insert("x\u{1b}c".into(), "r\u{8}".into());
+        status.supervisor.source.warnings.push("w\r".into());
+        let text = render(&status, &VIEW, &Sampler::now());
+        assert!(
+            !text.chars().any(|c| c != '\n' && c.is_control()),
+            "{text:?}"
+        );
+        for shown in [
+            "evil\\x1b[2J\\nid",
+            "name\\u{9b}31m",
+            "jobs\\x07.toml",
+            "bad\\x1b]0;title\\x07",
+            "x\\x1bc: r\\x08",
+            "w\\r",
+        ] {
+            assert!(text.contains(shown), "{shown} not in {text}");
+        }
+        // The escaped id sets its column's width.
+        assert!(text.contains("evil\\x1b[2J\\nid  4294967295"), "{text}");
+    }
 
     #[test]
     fn renders_a_plain_table() {

@@ -1,13 +1,18 @@
-//! One control connection: peer check, bounded request lines, answers.
+//! One control connection: bounded request lines, answers.
+//!
+//! A connection that owes a request is closed when nothing arrives for
+//! [`IDLE_TIMEOUT`], or when a line takes longer than [`REQUEST_TIMEOUT`]
+//! from its first byte; a slow client whose bytes keep coming is served.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 
-use super::msg::{ControlMsg, IDLE_TIMEOUT, MAX_CONNECTIONS, Reply, Shared, WRITE_TIMEOUT};
+use super::msg::{ControlMsg, IDLE_TIMEOUT, REQUEST_TIMEOUT, Reply, Shared, WRITE_TIMEOUT};
+use super::slots::{Phase, SHARE, Slot};
 use lrpm_proto::codec::{self as protocol, MAX_REQUEST_LEN, Request, Response};
 
 /// How long a connection that sent an over-long line is drained before it
@@ -26,80 +31,103 @@ enum ReadEnd {
     Closed,
     /// The line is longer than [`MAX_REQUEST_LEN`].
     TooLong,
+    /// Nothing arrived for [`IDLE_TIMEOUT`].
+    Idle,
+    /// The line did not complete within [`REQUEST_TIMEOUT`] of its first
+    /// byte.
+    Slow,
     /// Reading failed.
     Failed,
 }
 
-/// Tells a connection over the cap why it is closed, without waiting.
-pub(super) fn refuse_busy(stream: &UnixStream) {
-    let line = Response::Error(format!(
-        "too many control connections ({MAX_CONNECTIONS} open); try again later"
-    ))
-    .encode();
+/// Tells a refused connection why, without waiting, and closes it.
+pub(super) fn refuse(stream: UnixStream, error: &str) {
+    let line = Response::Error(error.to_owned()).encode();
     // A fresh socket's send buffer is empty: the line fits, or the client is
     // gone and does not care.
     let _ = stream.try_write(&line);
 }
 
-/// Serves one connection until the client closes it, misbehaves, idles, or
-/// lrpm shuts down. `_slot` is this connection's place under the cap.
+/// Serves one connection until the client closes it, misbehaves, idles, is
+/// evicted for a newer one of its uid, or lrpm shuts down. The peer's uid
+/// was checked by the accept loop; `slot` is the connection's place among
+/// its uid's, `_alive` its task's.
 pub(super) async fn serve(
     mut stream: UnixStream,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
-    _slot: OwnedSemaphorePermit,
+    slot: Slot,
+    _alive: OwnedSemaphorePermit,
 ) {
-    match lrpm_process::fd::peer_credentials(&stream) {
-        Ok((uid, _)) if uid == 0 || uid == shared.own_uid.as_raw() => {}
-        Ok((uid, pid)) => {
-            tracing::warn!(uid, pid, "control connection refused: permission denied");
-            let _ = write(&mut stream, &Response::Error("permission denied".into())).await;
-            return;
-        }
-        Err(e) => {
-            tracing::warn!("control connection refused: cannot read its credentials: {e}");
-            return;
-        }
-    }
     let mut buf = Vec::new();
     loop {
         if *shutdown.borrow() {
             return;
         }
         let read = tokio::select! {
-            read = tokio::time::timeout(IDLE_TIMEOUT, read_line(&mut stream, &mut buf)) => read,
+            read = read_line(&mut stream, &mut buf, &slot) => read,
+            () = slot.evicted.notified() => {
+                drop(slot);
+                refuse(stream, &format!(
+                    "closed to make room for a newer connection of the same user \
+                     ({SHARE} per user)"
+                ));
+                return;
+            }
             _ = shutdown.changed() => return,
         };
         let line = match read {
-            Ok(Ok(line)) => line,
-            Ok(Err(ReadEnd::Closed | ReadEnd::Failed)) => return,
-            Ok(Err(ReadEnd::TooLong)) => {
+            Ok(line) => line,
+            Err(ReadEnd::Closed | ReadEnd::Failed) => return,
+            Err(ReadEnd::TooLong) => {
                 let error = protocol::RequestError::TooLong.to_string();
                 if write(&mut stream, &Response::Error(error)).await {
                     linger(&mut stream, &mut buf).await;
                 }
                 return;
             }
-            Err(_) => {
-                let error = format!(
-                    "no complete request within {} s: closing",
-                    IDLE_TIMEOUT.as_secs()
+            Err(ReadEnd::Idle) => {
+                drop(slot);
+                refuse(
+                    stream,
+                    &format!(
+                        "no complete request: nothing received for {} s; closing",
+                        IDLE_TIMEOUT.as_secs()
+                    ),
                 );
-                let _ = write(&mut stream, &Response::Error(error)).await;
+                return;
+            }
+            Err(ReadEnd::Slow) => {
+                drop(slot);
+                refuse(
+                    stream,
+                    &format!(
+                        "no complete request within {} s of its first byte; closing",
+                        REQUEST_TIMEOUT.as_secs()
+                    ),
+                );
                 return;
             }
         };
         if protocol::is_blank(&line) {
             continue;
         }
+        slot.set(Phase::Busy, Instant::now());
         let response = match Request::decode(&line) {
             Err(e) => Response::Error(e.to_string()).encode(),
             Ok(Request::Help) => Response::help().encode(),
             Ok(request) => ask(&shared, request).await,
         };
-        if !write_line(&mut stream, &response).await {
+        // A client that does not read its answer may be evicted meanwhile.
+        slot.set(Phase::Writing, Instant::now());
+        let written = tokio::select! {
+            written = write_line(&mut stream, &response) => written,
+            () = slot.evicted.notified() => false,
+        };
+        if !written {
             return;
         }
+        slot.set(Phase::Idle, Instant::now());
     }
 }
 
@@ -125,8 +153,15 @@ async fn ask(shared: &Shared, request: Request) -> Vec<u8> {
 
 /// Reads the next request line into a fresh vector, leaving what follows it
 /// in `buf`. A last line without a newline before the client closes its
-/// side counts as a line.
-async fn read_line(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, ReadEnd> {
+/// side counts as a line. Marks `slot` [`Phase::Partial`] once a byte of
+/// the line has arrived.
+async fn read_line(
+    stream: &mut UnixStream,
+    buf: &mut Vec<u8>,
+    slot: &Slot,
+) -> Result<Vec<u8>, ReadEnd> {
+    // When the line's first byte arrived, for REQUEST_TIMEOUT.
+    let mut first_byte = (!protocol::is_blank(buf)).then(Instant::now);
     loop {
         match protocol::split_line(buf, MAX_REQUEST_LEN) {
             Ok(Some((len, consumed))) => {
@@ -137,14 +172,32 @@ async fn read_line(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Vec<u8>
             Ok(None) => {}
             Err(_) => return Err(ReadEnd::TooLong),
         }
+        if let Some(first) = first_byte {
+            slot.set(Phase::Partial, first);
+        }
+        let now = tokio::time::Instant::now();
+        let deadline = match first_byte {
+            Some(first) => {
+                (now + IDLE_TIMEOUT).min(tokio::time::Instant::from_std(first) + REQUEST_TIMEOUT)
+            }
+            None => now + IDLE_TIMEOUT,
+        };
         // `split_line` guarantees `buf.len() <= MAX_REQUEST_LEN` here, so
         // the buffer never grows past twice the limit.
         buf.reserve(READ_CHUNK.min(MAX_REQUEST_LEN + 1 - buf.len()));
-        match stream.read_buf(buf).await {
-            Ok(0) if protocol::is_blank(buf) => return Err(ReadEnd::Closed),
-            Ok(0) => return Ok(std::mem::take(buf)),
-            Ok(_) => {}
-            Err(_) => return Err(ReadEnd::Failed),
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Ok(Ok(0)) if protocol::is_blank(buf) => return Err(ReadEnd::Closed),
+            Ok(Ok(0)) => return Ok(std::mem::take(buf)),
+            Ok(Ok(_)) => {
+                if first_byte.is_none() && !protocol::is_blank(buf) {
+                    first_byte = Some(Instant::now());
+                }
+            }
+            Ok(Err(_)) => return Err(ReadEnd::Failed),
+            Err(_) if first_byte.is_some_and(|first| first.elapsed() >= REQUEST_TIMEOUT) => {
+                return Err(ReadEnd::Slow);
+            }
+            Err(_) => return Err(ReadEnd::Idle),
         }
     }
 }

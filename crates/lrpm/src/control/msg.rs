@@ -33,13 +33,18 @@ pub(crate) enum Reply {
     Refused(String),
 }
 
-/// How many control connections may be open at once. One more is told
-/// `too many control connections` and closed at once.
+/// How many control connections may be open at once: two shares
+/// (`slots::SHARE`), one for root and one for lrpm's own uid.
 pub(crate) const MAX_CONNECTIONS: usize = 512;
 
-/// How long a connection may take to send a complete request line before
-/// it is closed.
-pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a connection may go without sending a byte while it owes a
+/// request (after it connects or was answered, or in the middle of a line)
+/// before it is closed. A slow client is not cut off as long as its bytes
+/// keep coming, up to [`REQUEST_TIMEOUT`].
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one request line may take to arrive from its first byte.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long writing one response may take before the connection is closed.
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,9 +113,12 @@ pub(crate) enum ControlError {
 pub(crate) struct Shared {
     /// Where requests go: the supervisor's event loop.
     pub(crate) requests: mpsc::Sender<ControlMsg>,
-    /// lrpm's effective uid: the one non-root uid allowed to connect.
-    pub(crate) own_uid: rustix::process::Uid,
-    /// One permit per open connection; all of them free means every
-    /// connection has finished.
-    pub(crate) slots: Arc<Semaphore>,
+    /// One permit per live connection task (an evicted one included until
+    /// it has finished); all of them free means every connection has
+    /// finished.
+    pub(crate) alive: Arc<Semaphore>,
 }
+
+/// How many connection tasks may be alive at once: the slots, and as many
+/// evicted connections still saying why they are closed.
+pub(crate) const MAX_TASKS: usize = 2 * MAX_CONNECTIONS;

@@ -8,6 +8,7 @@
 mod support;
 
 mod control;
+mod control_abuse;
 mod library;
 mod output_hubs;
 mod reliability;
