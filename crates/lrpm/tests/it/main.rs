@@ -9,6 +9,7 @@ mod support;
 
 mod control;
 mod library;
+mod output_faults;
 mod output_hubs;
 mod reliability;
 mod sources_exec;
