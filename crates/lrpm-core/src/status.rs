@@ -35,6 +35,42 @@ pub struct SupervisorStatus {
     pub shutting_down: bool,
     /// The configuration source.
     pub source: SourceStatus,
+    /// What lrpm's own output lost: its log, and its workers' stdout and
+    /// stderr.
+    #[serde(default)]
+    pub output: OutputStatus,
+}
+
+/// What each stream leaving lrpm lost since lrpm started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputStatus {
+    /// lrpm's own log, on its stderr.
+    pub log: StreamStatus,
+    /// Workers' stdout lines, on lrpm's stdout.
+    pub stdout: StreamStatus,
+    /// Workers' stderr lines, on lrpm's stderr.
+    pub stderr: StreamStatus,
+}
+
+/// What one output stream lost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStatus {
+    /// Lines that never reached the stream: dropped from lrpm's log while
+    /// its queue was full (stderr blocked), or lost in a failed write.
+    pub lines_dropped: u64,
+    /// Writes to the stream that failed.
+    pub write_errors: u64,
+    /// The last write error, if one happened.
+    pub last_error: Option<String>,
+}
+
+impl OutputStatus {
+    /// Whether any stream lost a line.
+    pub fn lost(&self) -> bool {
+        [&self.log, &self.stdout, &self.stderr]
+            .iter()
+            .any(|s| s.lines_dropped > 0 || s.write_errors > 0)
+    }
 }
 
 /// The state of the configuration source.

@@ -823,6 +823,7 @@ mod tests {
             started_at: 1_764_000_000.0,
             shutting_down: false,
             source: core.status_source(now, 1_764_000_060.5),
+            output: Default::default(),
         };
         let owned = || {
             let (source, jobs) = core.status(now, 1_764_000_060.5);
@@ -894,6 +895,7 @@ mod tests {
                     uri: "jobs.toml".into(),
                     ..SourceStatus::default()
                 },
+                output: Default::default(),
             },
             jobs: vec![JobStatus {
                 id: "42".into(),

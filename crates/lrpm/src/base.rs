@@ -9,7 +9,7 @@ use std::os::fd::RawFd;
 
 use lrpm_process::command::{HANDED_FD, SpawnRequest};
 
-pub(crate) use lrpm_proto::exit::{EX_NOINPUT, EX_USAGE};
+pub(crate) use lrpm_proto::exit::{EX_IOERR, EX_NOINPUT, EX_USAGE};
 
 /// A worker's job id.
 pub(crate) const JOB_ID_ENV: &str = "LRPM_JOB_ID";

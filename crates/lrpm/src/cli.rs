@@ -25,7 +25,16 @@ pub(crate) enum LogFormat {
 /// ones, restarts changed ones, restarts crashed ones with exponential
 /// backoff, and follows every change of the source.
 #[derive(Debug, Parser)]
-#[command(name = "lrpm", version, about, long_about)]
+#[command(
+    name = "lrpm",
+    version,
+    about,
+    long_about,
+    after_help = "Exit codes: 0 clean shutdown; 74 clean shutdown, but some output \
+                  (lrpm's log or workers' lines) was lost to a blocked, full or closed \
+                  stdout or stderr; 1 an error that stopped lrpm; 64 usage error; 66 \
+                  the file source does not exist."
+)]
 pub(crate) struct Args {
     /// The configuration source: a .json/.toml/.yaml file, a directory of
     /// them, file:PATH, exec:'PROGRAM ARG…' (a command that prints the jobs

@@ -28,9 +28,12 @@ mod output;
 mod process;
 mod runtime;
 mod source;
+mod stdio;
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 pub use lrpm_core;
@@ -39,7 +42,7 @@ use tokio::sync::mpsc;
 use lrpm_process::command::SpawnContext;
 use lrpm_process::containment::Containment;
 
-use crate::base::{EX_NOINPUT, EX_USAGE, HIDDEN_ENV, Role};
+use crate::base::{EX_IOERR, EX_NOINPUT, EX_USAGE, HIDDEN_ENV, Role};
 use crate::cli::{Args, LogFormat, Options};
 use crate::hub::Forwarding;
 use crate::output::Output;
@@ -48,7 +51,10 @@ use crate::source::{OpenError, SourceOptions};
 
 /// Runs the supervisor with the command-line arguments `args` (the first is
 /// the program name) and returns its exit code: 0 after a clean shutdown,
-/// 64 for a usage error, 66 for a missing file source, 1 otherwise.
+/// 74 after a clean shutdown during which some of lrpm's output (its log,
+/// or its workers' lines) was lost to a blocked, full or closed stdout or
+/// stderr, 64 for a usage error, 66 for a missing file source, 1
+/// otherwise.
 pub fn run<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
@@ -84,7 +90,7 @@ fn run_as(args: Vec<OsString>, library: Option<library::Lrpm>) -> ExitCode {
     let role = match Role::parse(&args) {
         Ok(role) => role,
         Err(e) => {
-            eprintln!("lrpm: {e}");
+            say(format_args!("lrpm: {e}"));
             return ExitCode::from(EX_USAGE);
         }
     };
@@ -96,7 +102,9 @@ fn run_as(args: Vec<OsString>, library: Option<library::Lrpm>) -> ExitCode {
             library.run_config(std::time::Duration::from_secs_f64(interval_secs))
         }
         (Role::Worker { .. } | Role::Config { .. }, None) => {
-            eprintln!("lrpm: this binary has no registered workers or configuration source");
+            say(format_args!(
+                "lrpm: this binary has no registered workers or configuration source"
+            ));
             ExitCode::from(EX_USAGE)
         }
     }
@@ -120,34 +128,59 @@ fn supervise_args(args: Vec<OsString>, library: Option<library::Lrpm>) -> ExitCo
     let options = match args.validate(has_source) {
         Ok(options) => options,
         Err(e) => {
-            eprintln!("error: {e}");
+            say(format_args!("error: {e}"));
             return ExitCode::from(EX_USAGE);
         }
     };
-    init_logging(&options);
+    if let Err(e) = init_logging(&options) {
+        say(format_args!("lrpm: cannot start the log thread: {e}"));
+        return ExitCode::FAILURE;
+    }
     let worker_classes = library.as_ref().map(library::Lrpm::worker_classes);
-    match supervise(options, worker_classes) {
+    let code = match supervise(options, worker_classes) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The last lines, if stderr takes them; lrpm exits either way.
+    stdio::flush_log(LOG_GRACE);
+    code
 }
 
-fn init_logging(options: &Options) {
+/// How long lrpm waits at exit for its log to be written.
+const LOG_GRACE: Duration = Duration::from_secs(1);
+/// How long lrpm waits at exit for its workers' last lines to be written.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// Writes a message to stderr before logging is up: a failed write is
+/// ignored (lrpm exits with a code that says why anyway), never a panic as
+/// `eprintln!`'s.
+fn say(message: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "{message}");
+}
+
+/// Sets up lrpm's log: `tracing` formats each event into a lossy queue
+/// that the log thread writes to stderr (the `stdio` module), so that a
+/// blocked or broken stderr never stops, or kills, the event loop.
+fn init_logging(options: &Options) -> std::io::Result<()> {
     let filter = tracing_subscriber::EnvFilter::builder()
         .with_default_directive(options.log_level.into())
         .from_env_lossy();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(stdio::start_log_thread()?)
+        // Its report of a failed write is an `eprintln!`, which panics on a
+        // broken stderr; the writer never fails anyway.
+        .log_internal_errors(false)
         .with_target(false);
     let _ = match options.log_format {
         // Every field escaped: see `logfmt`.
         LogFormat::Text => builder.fmt_fields(logfmt::EscapedFields).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    Ok(())
 }
 
 /// Supervises the farm as `options` say, with the worker classes of a
@@ -266,6 +299,40 @@ fn supervise(
         ExitCode::SUCCESS
     });
     rt.shutdown_timeout(runtime::RUNTIME_SHUTDOWN);
-    output_thread.join();
-    Ok(code)
+    if !output_thread.join_within(OUTPUT_GRACE) {
+        tracing::warn!("workers' last lines could not be written within {OUTPUT_GRACE:?}");
+    }
+    Ok(exit_code(code))
+}
+
+/// The exit code of a shutdown that ended with `code`: EX_IOERR (74) in
+/// place of success when output was lost on the way, after a log line
+/// that says what was lost (if stderr takes it).
+fn exit_code(code: ExitCode) -> ExitCode {
+    if !stdio::output_was_lost() {
+        return code;
+    }
+    let lost = stdio::output_status();
+    let describe = |s: &lrpm_core::status::StreamStatus| {
+        format!(
+            "{} lines lost, {} writes failed{}",
+            s.lines_dropped,
+            s.write_errors,
+            s.last_error
+                .as_ref()
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        )
+    };
+    tracing::error!(
+        "output was lost during this run: lrpm's log: {}; workers' stdout: {}; workers' stderr: {}",
+        describe(&lost.log),
+        describe(&lost.stdout),
+        describe(&lost.stderr)
+    );
+    if code == ExitCode::SUCCESS {
+        ExitCode::from(EX_IOERR)
+    } else {
+        code
+    }
 }

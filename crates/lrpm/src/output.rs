@@ -7,7 +7,12 @@
 //! longer than [`MAX_LINE`] into pieces of that size), prefixes each with
 //! the job id, and queues it for one dedicated thread that drains the queue
 //! and does the blocking writes to lrpm's stdout and stderr, so a slow
-//! terminal or a full pipe downstream blocks only that thread. The queue is
+//! terminal or a full pipe downstream blocks only that thread. It writes
+//! to the descriptors directly (the `stdio` module's `write_all`), not
+//! through `std::io::Stdout`/`Stderr`: a write blocked on a full pipe holds
+//! no lock that the event loop, or lrpm's log, would wait on. A write that
+//! fails loses its lines, which are counted (`stdio::Recovery`) and
+//! reported once a write succeeds again; nothing panics. The queue is
 //! bounded in bytes ([`QUEUE_BYTES`]), not in lines: a line takes its size
 //! from a shared budget when it is queued and gives it back once written.
 //! When the budget is spent the reader tasks wait, which in turn leaves the
@@ -22,14 +27,16 @@
 //! own (see the `lines` module), one prefix shared by a worker's two
 //! streams.
 
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use lrpm_core::job::JobId;
 
 use crate::lines::{Line as PipeLine, LineReader, Overlong};
+use crate::stdio::{self, Recovery, Stream};
 use tokio::net::unix::pipe;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
@@ -41,13 +48,6 @@ pub(crate) const QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// What a queued line costs besides its bytes (its allocation and its slot
 /// in the queue), so that a flood of empty lines is bounded too.
 const LINE_OVERHEAD: usize = 64;
-
-/// Which of lrpm's streams a line goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stream {
-    Stdout,
-    Stderr,
-}
 
 #[derive(Debug)]
 struct Line {
@@ -88,12 +88,34 @@ impl Drop for WorkerDone {
 /// The writer thread; join it after every [`Output`] handle is gone to make
 /// sure every queued line was written.
 #[derive(Debug)]
-pub(crate) struct OutputThread(JoinHandle<()>);
+pub(crate) struct OutputThread {
+    thread: JoinHandle<()>,
+    /// Disconnected when the thread ends.
+    ended: std::sync::mpsc::Receiver<()>,
+}
 
 impl OutputThread {
     /// Waits until every queued line is written.
     pub(crate) fn join(self) {
-        let _ = self.0.join();
+        let _ = self.thread.join();
+    }
+
+    /// Waits until every queued line is written, for at most `timeout`
+    /// (a stdout or stderr that nobody reads would keep it waiting
+    /// forever); what is left then is counted as lost. Returns whether
+    /// everything was written.
+    pub(crate) fn join_within(self, timeout: Duration) -> bool {
+        match self.ended.recv_timeout(timeout) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                stdio::abandon_pending(Stream::Stdout);
+                stdio::abandon_pending(Stream::Stderr);
+                false
+            }
+            _ => {
+                let _ = self.thread.join();
+                true
+            }
+        }
     }
 }
 
@@ -101,10 +123,14 @@ impl Output {
     /// Starts the writer thread.
     pub(crate) fn start() -> io::Result<(Output, OutputThread)> {
         let (output, rx) = Output::queue();
+        let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("lrpm-output".into())
-            .spawn(move || write_lines(rx))?;
-        Ok((output, OutputThread(thread)))
+            .spawn(move || {
+                write_lines(rx);
+                drop(ended_tx);
+            })?;
+        Ok((output, OutputThread { thread, ended }))
     }
 
     /// A handle and the receiving end of its queue.
@@ -191,6 +217,7 @@ impl Output {
         bytes.extend_from_slice(prefix);
         bytes.extend_from_slice(line);
         bytes.push(b'\n');
+        Recovery::queued(stream, 1);
         self.tx
             .send(Line {
                 stream,
@@ -201,28 +228,77 @@ impl Output {
     }
 }
 
-/// The writer thread: writes lines in order, flushing whenever the queue
-/// runs dry. Write errors (a closed stdout) drop the line, never the thread.
+/// How many bytes the writer thread gathers for one write.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Lines gathered for one write to one of lrpm's streams.
+struct Batch {
+    bytes: Vec<u8>,
+    lines: u64,
+    recovery: Recovery,
+}
+
+impl Batch {
+    fn new(stream: Stream) -> Self {
+        Self {
+            bytes: Vec::with_capacity(WRITE_BATCH),
+            lines: 0,
+            recovery: Recovery::new(stream),
+        }
+    }
+
+    fn push(&mut self, line: &[u8]) {
+        self.bytes.extend_from_slice(line);
+        self.lines += 1;
+    }
+
+    /// Writes the gathered lines; a failure loses them, and is counted.
+    fn flush(&mut self, stream: Stream) {
+        if self.lines == 0 {
+            return;
+        }
+        let result = stdio::write_all(stream, &self.bytes);
+        self.recovery.written(self.lines, result);
+        self.bytes.clear();
+        self.lines = 0;
+        if self.bytes.capacity() > 4 * WRITE_BATCH {
+            self.bytes.shrink_to(WRITE_BATCH);
+        }
+    }
+}
+
+/// The writer thread: writes lines in order, in batches of about
+/// [`WRITE_BATCH`] bytes, writing whatever it holds whenever the queue runs
+/// dry. Write errors (a closed or full stdout) lose lines, never the
+/// thread.
 fn write_lines(mut rx: mpsc::UnboundedReceiver<Line>) {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
-    let mut err = io::BufWriter::with_capacity(64 * 1024, io::stderr());
+    let mut out = Batch::new(Stream::Stdout);
+    let mut err = Batch::new(Stream::Stderr);
     while let Some(line) = rx.blocking_recv() {
         let mut next = Some(line);
         while let Some(line) = next {
-            let _ = match line.stream {
-                Stream::Stdout => out.write_all(&line.bytes),
-                Stream::Stderr => err.write_all(&line.bytes),
+            let (batch, stream) = match line.stream {
+                Stream::Stderr => (&mut err, Stream::Stderr),
+                _ => (&mut out, Stream::Stdout),
             };
+            batch.push(&line.bytes);
+            // The line's budget is back once it is in a batch: the
+            // batches add at most WRITE_BATCH bytes each to the queue's.
+            drop(line);
+            if batch.bytes.len() >= WRITE_BATCH {
+                batch.flush(stream);
+            }
             next = rx.try_recv().ok();
         }
-        let _ = out.flush();
-        let _ = err.flush();
+        out.flush(Stream::Stdout);
+        err.flush(Stream::Stderr);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     async fn collect(input: &'static [u8]) -> Vec<Vec<u8>> {
         let (r, w) = rustix::pipe::pipe().expect("pipe");

@@ -299,6 +299,7 @@ impl Shell {
             started_at: self.started_at,
             shutting_down: self.core.is_shutting_down(),
             source,
+            output: crate::stdio::output_status(),
         };
         let jobs = self.core.status_jobs(now, wall);
         // The last size, or a guess: a job takes about 250 bytes.

@@ -360,6 +360,7 @@ mod tests {
                 started_at: 900.0,
                 shutting_down: false,
                 source,
+                output: Default::default(),
             },
             jobs: vec![
                 job("1", JobState::Running),

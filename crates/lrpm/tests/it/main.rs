@@ -10,6 +10,7 @@ mod support;
 mod control;
 mod control_abuse;
 mod library;
+mod output_faults;
 mod output_hubs;
 mod reliability;
 mod sources_exec;

@@ -149,10 +149,23 @@ impl Lrpm {
         dir: tempfile::TempDir,
         socket: PathBuf,
         config: PathBuf,
-        mut command: Command,
+        command: Command,
         stdout: Stdio,
     ) -> Result<Lrpm, String> {
         let stderr = File::create(dir.path().join("stderr.log")).expect("create stderr.log");
+        Lrpm::spawn_with_output(dir, socket, config, command, stdout, stderr.into())
+    }
+
+    /// [`Lrpm::spawn_in`] with lrpm's stdout and stderr where the caller
+    /// wants them ([`Lrpm::stderr`] then reads nothing).
+    pub fn spawn_with_output(
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        config: PathBuf,
+        mut command: Command,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<Lrpm, String> {
         // Workers inherit lrpm's working directory: make it the temp dir, so
         // that relative paths in test jobs land there.
         let child = command
