@@ -370,6 +370,7 @@ fn child_error(cmd: &SpawnRequest, failure: spawn::Failure) -> SpawnError {
             cmd.cwd.as_deref().unwrap_or(Path::new("")).display()
         ),
         Some(Step::Signals) => "cannot reset its signals".to_owned(),
+        Some(Step::OomScoreAdj) => "cannot set its oom_score_adj".to_owned(),
         Some(Step::Exec) => format!("cannot run {program:?}"),
     };
     SpawnError::Child {
