@@ -1031,16 +1031,28 @@ mod tests {
         let fits = MAX_ARG_STRLEN - 1 - "V=".len();
         valid(job(json!({"env": {"V": big(fits)}})));
         let reason = invalid(job(json!({"env": {"V": big(fits + 1)}})));
-        assert!(reason.starts_with("env.V: NAME=value is 131073 bytes"), "{reason}");
+        assert!(
+            reason.starts_with("env.V: NAME=value is 131073 bytes"),
+            "{reason}"
+        );
 
         let fits = MAX_ARG_STRLEN - 1;
         valid(json!({"name": "n", "command": ["/bin/true", big(fits)]}));
         let reason = invalid(json!({"name": "n", "command": ["/bin/true", big(fits + 1)]}));
-        assert!(reason.starts_with("command[1]: the argument is"), "{reason}");
+        assert!(
+            reason.starts_with("command[1]: the argument is"),
+            "{reason}"
+        );
         let reason = invalid(json!({"name": "n", "command": big(fits + 1)}));
-        assert!(reason.starts_with("command: the command line is"), "{reason}");
+        assert!(
+            reason.starts_with("command: the command line is"),
+            "{reason}"
+        );
         let reason = invalid(json!({"name": big(fits), "command": "true"}));
-        assert!(reason.starts_with("name: LRPM_JOB_NAME=name is"), "{reason}");
+        assert!(
+            reason.starts_with("name: LRPM_JOB_NAME=name is"),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -83,7 +83,12 @@ pub(crate) struct Args {
     /// workers (which lrpm restarts) long before lrpm; lowering it needs
     /// CAP_SYS_RESOURCE (root), and without it lrpm says so once and runs
     /// with what it has.
-    #[arg(long, value_name = "N|keep", default_value = "-900", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "N|keep",
+        default_value = "-900",
+        allow_hyphen_values = true
+    )]
     pub(crate) oom_score_adj: String,
 
     /// Every worker's oom_score_adj (-1000 to 1000) [default: the value
@@ -166,9 +171,9 @@ impl Args {
         }
         let oom_score_adj = match self.oom_score_adj.as_str() {
             "keep" => None,
-            value => Some(
-                lrpm_process::oom::parse(value).map_err(|e| format!("--oom-score-adj: {e}"))?,
-            ),
+            value => {
+                Some(lrpm_process::oom::parse(value).map_err(|e| format!("--oom-score-adj: {e}"))?)
+            }
         };
         let worker_oom_score_adj = self
             .worker_oom_score_adj

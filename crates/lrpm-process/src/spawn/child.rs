@@ -263,12 +263,7 @@ fn oom_score_adj(a: &ChildArgs) -> Result<(), Failed> {
     const PATH: &[u8] = b"/proc/self/oom_score_adj\0";
     // SAFETY: `PATH` is a static C string; the descriptor is the child's
     // own (its table is private by now) and closed below.
-    let fd = unsafe {
-        libc::open(
-            PATH.as_ptr().cast(),
-            libc::O_WRONLY | libc::O_CLOEXEC,
-        )
-    };
+    let fd = unsafe { libc::open(PATH.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err((Step::OomScoreAdj, errno()));
     }

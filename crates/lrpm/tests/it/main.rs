@@ -9,6 +9,7 @@ mod support;
 
 mod control;
 mod library;
+mod oom;
 mod output_hubs;
 mod reliability;
 mod sources_exec;
