@@ -8,6 +8,7 @@
 mod support;
 
 mod control;
+mod hostile;
 mod library;
 mod oom;
 mod output_hubs;
