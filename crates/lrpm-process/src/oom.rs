@@ -84,7 +84,11 @@ pub struct Setup {
 /// Sets lrpm's own `oom_score_adj` to `own` (`None`: leaves it), and the
 /// workers' to `workers` (`None`: the value lrpm started with). Refused
 /// privilege is not an error: it is reported in [`Setup::refused`] and
-/// lrpm goes on with what it has.
+/// lrpm goes on with what it has; the workers' value is then, unless
+/// `workers` says otherwise, raised by what lrpm could not lower its own
+/// (from 0, -900 refused: 900), since the kernel picks by comparing them:
+/// the largest of memory use plus `oom_score_adj` thousandths of the
+/// memory available.
 pub fn setup(own: Option<i32>, workers: Option<i32>) -> std::io::Result<Setup> {
     let before = read_own()?;
     let refused = match own {
@@ -92,7 +96,13 @@ pub fn setup(own: Option<i32>, workers: Option<i32>) -> std::io::Result<Setup> {
         _ => None,
     };
     let now = read_own()?;
-    let workers = workers.unwrap_or(before);
+    // The OOM killer compares values: where lrpm could not go down, its
+    // workers go up by as much, so that one of them is still picked first.
+    let raised = match own {
+        Some(own) if refused.is_some() && own < now => (now + (now - own)).min(MAX),
+        _ => before,
+    };
+    let workers = workers.unwrap_or(raised);
     set_worker_value((workers != now).then_some(workers));
     Ok(Setup {
         before,

@@ -156,11 +156,12 @@ fn own_oom_score_adj(options: &Options) {
         Ok(setup) => {
             if let Some(e) = &setup.refused {
                 tracing::warn!(
-                    "cannot set lrpm's oom_score_adj to {} ({e}): it stays {}, and the OOM \
-                     killer may pick lrpm as soon as a worker; run lrpm as root (or with \
-                     CAP_SYS_RESOURCE), or give its service OOMScoreAdjust=",
+                    "cannot set lrpm's oom_score_adj to {} ({e}): it stays {}, and its \
+                     workers get {} so that the OOM killer picks them first; lowering it \
+                     needs CAP_SYS_RESOURCE (or the service's OOMScoreAdjust=)",
                     options.oom_score_adj.unwrap_or(setup.before),
-                    setup.now
+                    setup.now,
+                    setup.workers
                 );
             }
             tracing::info!(

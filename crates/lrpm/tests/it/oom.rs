@@ -49,19 +49,22 @@ fn lrpm_sets_its_own_oom_score_adj_and_workers_keep_the_value_it_started_with() 
     drop(lrpm);
 
     // The default, -900: set where lrpm may lower its value (CAP_SYS_RESOURCE),
-    // said once otherwise; the workers keep the inherited value either way.
+    // and the workers keep the inherited value; said once otherwise, and
+    // the workers go up by what lrpm could not go down.
     let lrpm = Lrpm::start("jobs.json", jobs, &[]);
     let worker = lrpm.running_pid("w");
     let stderr = lrpm.stderr();
     let refusals = stderr.matches("cannot set lrpm's oom_score_adj").count();
     if oom_score_adj(lrpm.pid()) == -900 {
         assert_eq!(refusals, 0, "{stderr}");
+        assert_eq!(oom_score_adj(worker), inherited, "{stderr}");
     } else {
         assert_eq!(oom_score_adj(lrpm.pid()), inherited, "{stderr}");
         assert_eq!(refusals, 1, "{stderr}");
+        let raised = (inherited + (inherited + 900)).min(1000);
+        assert_eq!(oom_score_adj(worker), raised, "{stderr}");
     }
     assert!(stderr.contains("oom_score_adj: lrpm "), "{stderr}");
-    assert_eq!(oom_score_adj(worker), inherited, "{stderr}");
 
     // `keep` leaves lrpm's value alone, and says nothing about privilege.
     let lrpm = Lrpm::start("jobs.json", jobs, &["--oom-score-adj", "keep"]);
@@ -172,6 +175,63 @@ fn v1_memory_parent() -> Option<PathBuf> {
     })
 }
 
+/// Starts lrpm on `config` in `cgroup`: its shell writes itself into the
+/// cgroup and execs lrpm (same pid), so lrpm runs there from its start.
+fn start_in(cgroup: &MemoryCgroup, dir: tempfile::TempDir, config: PathBuf) -> Lrpm {
+    let socket = dir.path().join("control.sock");
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"echo $$ > "$0" && exec "$@""#)
+        .arg(cgroup.procs())
+        .arg(lrpm_command().get_program())
+        .arg("--socket")
+        .arg(&socket)
+        .arg(&config);
+    Lrpm::spawn_in(dir, socket, config, command).expect("lrpm starts")
+}
+
+#[test]
+fn lrpm_outlives_a_farm_too_large_for_its_memory_cgroup() {
+    // 32 MiB for 400 small workers (about 200 KiB each where they share
+    // lrpm's memory cgroup): the cgroup runs out of memory while lrpm is
+    // its largest process, which the OOM killer would pick first at an
+    // equal oom_score_adj.
+    let Some(cgroup) = MemoryCgroup::create(32 << 20) else {
+        prerequisite("a memory cgroup the test may create (root)", false);
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("jobs.json");
+    let jobs: serde_json::Map<String, serde_json::Value> = (0..400)
+        .map(|i| {
+            let job = serde_json::json!({"name": "w", "command": ["sleep", "1000"]});
+            (format!("w{i}"), job)
+        })
+        .collect();
+    std::fs::write(&config, serde_json::Value::Object(jobs).to_string()).expect("write");
+    let mut lrpm = start_in(&cgroup, dir, config);
+    let pid = lrpm.pid();
+    wait_until("OOM kills in the cgroup", LONG, || {
+        cgroup.oom_kills() >= 20 || lrpm.try_wait().is_some()
+    });
+    // Every kill was a worker's: lrpm is alive, the same process, and
+    // answers; some workers were restarted after theirs.
+    assert!(lrpm.try_wait().is_none(), "lrpm died: {}", lrpm.stderr());
+    let status = lrpm.wait_for("a worker restarted after its kill", LONG, |s| {
+        crate::support::jobs_in(s)
+            .iter()
+            .any(|j| j["restarts"].as_u64().unwrap_or(0) >= 1)
+    });
+    assert_eq!(status["supervisor"]["pid"].as_u64(), Some(u64::from(pid)));
+    assert!(pid_alive(pid));
+    let exit = lrpm.terminate();
+    assert!(exit.success(), "{exit}: {}", lrpm.stderr());
+    wait_until("the cgroup empty", LONG, || {
+        std::fs::read_to_string(cgroup.procs()).is_ok_and(|p| p.trim().is_empty())
+    });
+}
+
 #[test]
 fn lrpm_survives_in_a_memory_limited_cgroup_while_its_workers_are_oom_killed() {
     // 64 MiB: lrpm (a debug build) and a few small workers fit; a worker
@@ -190,19 +250,7 @@ fn lrpm_survives_in_a_memory_limited_cgroup_while_its_workers_are_oom_killed() {
         "small": {"name": "small", "command": ["sleep", "1000"]},
     });
     std::fs::write(&config, jobs.to_string()).expect("write the config");
-    let socket = dir.path().join("control.sock");
-    // lrpm joins the cgroup before it runs: its shell writes itself into
-    // it and execs lrpm (same pid).
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(r#"echo $$ > "$0" && exec "$@""#)
-        .arg(cgroup.procs())
-        .arg(lrpm_command().get_program())
-        .arg("--socket")
-        .arg(&socket)
-        .arg(&config);
-    let mut lrpm = Lrpm::spawn_in(dir, socket, config, command).expect("lrpm starts");
+    let mut lrpm = start_in(&cgroup, dir, config);
     let pid = lrpm.pid();
 
     // Each hog is OOM-killed and restarted, again and again.
