@@ -372,6 +372,11 @@ fn child_error(cmd: &SpawnRequest, failure: spawn::Failure) -> SpawnError {
         ),
         Some(Step::Signals) => "cannot reset its signals".to_owned(),
         Some(Step::OomScoreAdj) => "cannot set its oom_score_adj".to_owned(),
+        Some(Step::Exec) if failure.error.raw_os_error() == Some(libc::E2BIG) => format!(
+            "cannot run {}: its arguments and environment (LRPM_WORKER_CONFIG, env, and \
+             lrpm's own environment) are over the kernel's limits",
+            human::cut(format_args!("{program:?}"))
+        ),
         Some(Step::Exec) => format!("cannot run {}", human::cut(format_args!("{program:?}"))),
     };
     SpawnError::Child {

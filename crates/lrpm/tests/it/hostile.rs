@@ -99,7 +99,11 @@ fn without_cgroups_only_a_process_that_cleared_its_environment_is_warned_about_o
                                  exec sleep 1000"},
     });
     let mut lrpm = Lrpm::start("jobs.json", &jobs.to_string(), &["--cgroup", "off"]);
-    lrpm.running_pid("scrubbed");
+    let worker = lrpm.running_pid("scrubbed");
+    // Its shell has started the thirty once it is `sleep`.
+    crate::support::wait_until("the scrubbed worker's loop done", LONG, || {
+        std::fs::read_to_string(format!("/proc/{worker}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    });
     // Orphans of the scrubbed job: restart it; its thirty tails, in
     // sessions of their own, stay.
     let stop = lrpm.ctl(&["restart", "scrubbed"]);
@@ -136,4 +140,40 @@ fn without_cgroups_only_a_process_that_cleared_its_environment_is_warned_about_o
             !crate::support::pid_alive(pid)
         });
     }
+}
+
+#[test]
+fn a_start_over_the_kernels_total_limit_says_which_limit() {
+    // Under a 256 KiB stack limit the kernel takes 128 KiB of arguments and
+    // environment in all: two strings of 100 KB, each valid, are too much.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("jobs.json");
+    let jobs = serde_json::json!({
+        "big": {"name": "big", "command": ["true", "x".repeat(100_000)],
+                "env": {"BIG": "y".repeat(100_000)}},
+    });
+    std::fs::write(&config, jobs.to_string()).expect("write");
+    let socket = dir.path().join("control.sock");
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"ulimit -s 256 && exec "$@""#)
+        .arg("sh")
+        .arg(crate::support::lrpm_command().get_program())
+        .arg("--socket")
+        .arg(&socket)
+        .arg(&config);
+    let lrpm = Lrpm::spawn_in(dir, socket, config, command).expect("lrpm starts");
+    let status = lrpm.wait_for("big's start failure", LONG, |s| {
+        job_in(s, "big").is_some_and(|j| j["last_exit"]["error"].is_string())
+    });
+    let error = job_in(&status, "big").expect("big")["last_exit"]["error"]
+        .as_str()
+        .expect("error")
+        .to_owned();
+    assert!(
+        error.contains("cannot run \"true\": its arguments and environment")
+            && error.contains("Argument list too long"),
+        "{error}"
+    );
 }
