@@ -630,14 +630,7 @@ pub struct Orphans {
     reported: HashSet<i32>,
     /// The rate limit of those reports.
     warnings: WarningBudget,
-    /// Adopted processes whose environment held no [`RUN_ID_ENV`], and
-    /// when that was first seen ([`Orphans::unattributed`]).
-    unattributed_since: std::collections::HashMap<i32, std::time::Instant>,
 }
-
-/// How long an adopted process's environment may lack [`RUN_ID_ENV`]
-/// before it is taken for one that cleared it.
-const ENV_PATIENCE: Duration = Duration::from_secs(1);
 
 /// How many processes that cannot be attributed are reported one by one in
 /// a [`WARNING_WINDOW`]; the rest of the window's are counted and reported
@@ -716,7 +709,6 @@ impl Orphans {
             lrpm: std::process::id(),
             reported: HashSet::new(),
             warnings: WarningBudget::new(),
-            unattributed_since: std::collections::HashMap::new(),
         }
     }
 
@@ -733,7 +725,6 @@ impl Orphans {
             ) {
                 Ok(Some(_)) => {
                     self.reported.remove(&pid.as_raw_nonzero().get());
-                    self.unattributed_since.remove(&pid.as_raw_nonzero().get());
                     continue;
                 }
                 Ok(None) => {}
@@ -790,7 +781,7 @@ impl Orphans {
     /// is a zombie that the next pass reaps: it is [`Origin::Ending`], not
     /// a process that cleared its environment; so is one whose environment
     /// lacks the variable for a moment ([`Orphans::unattributed`]).
-    fn origin(&mut self, pid: Pid) -> Origin {
+    fn origin(&self, pid: Pid) -> Origin {
         let environ = match std::fs::read(format!("/proc/{}/environ", pid.as_raw_nonzero())) {
             Ok(environ) => environ,
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Origin::Unknown,
@@ -818,23 +809,32 @@ impl Orphans {
 }
 
 impl Orphans {
-    /// An adopted process whose environment holds no [`RUN_ID_ENV`]: one
-    /// in the middle of an `execve` or of its exit reads so for a moment
-    /// (an empty or partial environment), so it is [`Origin::Unknown`] only
-    /// once it has read so for [`ENV_PATIENCE`], at a later pass.
-    fn unattributed(&mut self, pid: Pid) -> Origin {
+    /// An adopted process whose environment held no [`RUN_ID_ENV`]. A
+    /// process in the middle of its exit or of an `execve` can read so
+    /// (its old memory going away under the read), so it is
+    /// [`Origin::Unknown`] only if it still has its memory and a second
+    /// read, whole, still holds no [`RUN_ID_ENV`].
+    fn unattributed(&self, pid: Pid) -> Origin {
         if !has_memory(pid) {
             return Origin::Ending;
         }
-        let now = std::time::Instant::now();
-        let since = *self
-            .unattributed_since
-            .entry(pid.as_raw_nonzero().get())
-            .or_insert(now);
-        if now.duration_since(since) < ENV_PATIENCE {
-            Origin::Ending
-        } else {
+        let Ok(environ) = std::fs::read(format!("/proc/{}/environ", pid.as_raw_nonzero())) else {
+            return Origin::Ending;
+        };
+        let prefix = format!("{RUN_ID_ENV}=");
+        let whole = environ.last().is_none_or(|b| *b == 0);
+        let has_run_id = environ
+            .split(|b| *b == 0)
+            .any(|var| var.starts_with(prefix.as_bytes()));
+        // In the middle of an `execve`, the new memory has neither its
+        // arguments nor its environment yet: both read empty.
+        let exec_under_way = environ.is_empty()
+            && std::fs::read(format!("/proc/{}/cmdline", pid.as_raw_nonzero()))
+                .is_ok_and(|cmdline| cmdline.is_empty());
+        if whole && !has_run_id && !exec_under_way && has_memory(pid) {
             Origin::Unknown
+        } else {
+            Origin::Ending
         }
     }
 }
