@@ -277,6 +277,10 @@ pub fn validate_job(id: &JobId, value: &Value) -> Result<(JobSpec, Vec<String>),
                 stop_signal: stop_signal.unwrap_or(defaults.stop_signal),
                 ..defaults
             };
+            let over = over_kernel_limits(&spec);
+            if !over.is_empty() {
+                return Err(over.join("; "));
+            }
             let warnings = map
                 .keys()
                 .filter(|key| !is_known_key(key))
@@ -286,6 +290,89 @@ pub fn validate_job(id: &JobId, value: &Value) -> Result<(JobSpec, Vec<String>),
         }
         _ => Err(job.errors.join("; ")),
     }
+}
+
+/// The kernel's limit of one string of a program's arguments or
+/// environment, its terminating NUL included: `MAX_ARG_STRLEN`, 32 pages
+/// (128 KiB with Linux's 4 KiB pages). A longer one makes `execve` fail
+/// with `E2BIG` ("Argument list too long") at every start, so a job that
+/// would pass one is invalid.
+pub const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// The bound lrpm puts on the total size of a job's own arguments and
+/// environment (each string with its NUL and its pointer): 1 MiB. The
+/// kernel allows a quarter of the stack limit (2 MiB with the usual 8 MiB)
+/// for the arguments and the whole environment, which also holds what lrpm
+/// itself inherited; half of it is left for that.
+pub const MAX_ARG_TOTAL: usize = 1024 * 1024;
+
+/// The size a string takes in `execve`'s arguments: its bytes, its NUL and
+/// its pointer.
+fn exec_size(len: usize) -> usize {
+    len + 1 + std::mem::size_of::<u64>()
+}
+
+/// The human form of a size in bytes: `131072 bytes (128.0 KiB)`.
+fn bytes(n: usize) -> String {
+    format!("{n} bytes ({:.1} KiB)", n as f64 / 1024.0)
+}
+
+/// What of `spec` the kernel would refuse to `execve`: every argument,
+/// `env` entry (`NAME=value`) or the `LRPM_WORKER_CONFIG=…` and
+/// `LRPM_JOB_NAME=…` strings over [`MAX_ARG_STRLEN`], and a total over
+/// [`MAX_ARG_TOTAL`]; each as `field: reason`.
+fn over_kernel_limits(spec: &JobSpec) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut total = 0;
+    let mut check = |field: String, what: &str, len: usize| {
+        total += exec_size(len);
+        if len + 1 > MAX_ARG_STRLEN {
+            errors.push(format!(
+                "{field}: {what} is {}, over the kernel's limit of {} for one argument or \
+                 environment string (MAX_ARG_STRLEN): every start would fail with \
+                 \"Argument list too long\"",
+                bytes(len + 1),
+                bytes(MAX_ARG_STRLEN)
+            ));
+        }
+    };
+    match &spec.program {
+        Program::Argv(argv) => {
+            for (i, arg) in argv.iter().enumerate() {
+                check(format!("command[{i}]"), "the argument", arg.len());
+            }
+        }
+        Program::Shell(line) => check("command".into(), "the command line", line.len()),
+        Program::WorkerClass(class) => check("workerClass".into(), "the class", class.len()),
+    }
+    check(
+        "name".into(),
+        "LRPM_JOB_NAME=name",
+        "LRPM_JOB_NAME=".len() + spec.name.len(),
+    );
+    let config = spec.worker_config.to_string();
+    check(
+        "workerConfig".into(),
+        "LRPM_WORKER_CONFIG=workerConfig (compact JSON)",
+        "LRPM_WORKER_CONFIG=".len() + config.len(),
+    );
+    for (name, value) in &spec.env {
+        check(
+            format!("env.{}", name.escape_debug()),
+            "NAME=value",
+            name.len() + 1 + value.len(),
+        );
+    }
+    if errors.is_empty() && total > MAX_ARG_TOTAL {
+        errors.push(format!(
+            "job: its arguments and environment take {}, over lrpm's bound of {} \
+             (the kernel allows a quarter of the stack limit for them and for \
+             lrpm's own environment)",
+            bytes(total),
+            bytes(MAX_ARG_TOTAL)
+        ));
+    }
+    errors
 }
 
 /// The keys that php-lrpm spells in camelCase, with their snake_case spelling.
@@ -925,6 +1012,63 @@ mod tests {
         for body in [json!(null), json!([]), json!("x"), json!(1)] {
             assert_eq!(invalid(body), "job: must be a map of fields");
         }
+    }
+
+    #[test]
+    fn strings_over_the_kernels_limit_are_invalid() {
+        let big = |n: usize| "x".repeat(n);
+        // The largest string execve takes: MAX_ARG_STRLEN with its NUL.
+        let fits = MAX_ARG_STRLEN - 1 - "LRPM_WORKER_CONFIG=".len() - 2;
+        valid(job(json!({"workerConfig": big(fits)})));
+        let reason = invalid(job(json!({"workerConfig": big(fits + 1)})));
+        assert!(
+            reason.starts_with("workerConfig: LRPM_WORKER_CONFIG=workerConfig"),
+            "{reason}"
+        );
+        assert!(reason.contains("MAX_ARG_STRLEN"), "{reason}");
+        assert!(reason.contains("Argument list too long"), "{reason}");
+
+        let fits = MAX_ARG_STRLEN - 1 - "V=".len();
+        valid(job(json!({"env": {"V": big(fits)}})));
+        let reason = invalid(job(json!({"env": {"V": big(fits + 1)}})));
+        assert!(
+            reason.starts_with("env.V: NAME=value is 131073 bytes"),
+            "{reason}"
+        );
+
+        let fits = MAX_ARG_STRLEN - 1;
+        valid(json!({"name": "n", "command": ["/bin/true", big(fits)]}));
+        let reason = invalid(json!({"name": "n", "command": ["/bin/true", big(fits + 1)]}));
+        assert!(
+            reason.starts_with("command[1]: the argument is"),
+            "{reason}"
+        );
+        let reason = invalid(json!({"name": "n", "command": big(fits + 1)}));
+        assert!(
+            reason.starts_with("command: the command line is"),
+            "{reason}"
+        );
+        let reason = invalid(json!({"name": big(fits), "command": "true"}));
+        assert!(
+            reason.starts_with("name: LRPM_JOB_NAME=name is"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn arguments_and_environment_over_the_total_bound_are_invalid() {
+        let value = "x".repeat(100 * 1024);
+        let env = |n: usize| -> serde_json::Map<String, Value> {
+            (0..n).map(|i| (format!("V{i}"), json!(value))).collect()
+        };
+        // Nine strings of 100 KiB fit in 1 MiB; eleven do not.
+        valid(job(json!({"env": env(9)})));
+        let reason = invalid(job(json!({"env": env(11)})));
+        assert!(
+            reason.starts_with("job: its arguments and environment take"),
+            "{reason}"
+        );
+        assert!(reason.contains("1024.0 KiB"), "{reason}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The human forms of durations and signal numbers, as the log, `lrpmctl
-//! status` and error messages write them.
+//! The human forms of durations, signal numbers and sizes, as the log,
+//! `lrpmctl status` and error messages write them, and [`cut`], the one
+//! bounded form of a long text in a log line.
 //!
 //! One formatter each, so that lrpm's log and its status table agree:
 //! [`duration`] (`250ms`, `4s`, `1.5s`, `2m08s`, `3h05m`, `2d04h`) and
@@ -133,8 +134,100 @@ impl fmt::Display for SignalName {
     }
 }
 
+/// How much of a command, a configuration or any outside text lrpm writes
+/// in one log line: 256 bytes, then how large the whole is ([`cut`]).
+pub const LOG_TEXT_MAX: usize = 256;
+
+/// A value written at most [`LOG_TEXT_MAX`] bytes long: see [`cut`].
+#[derive(Debug, Clone, Copy)]
+pub struct Cut<T>(pub T);
+
+/// `value` as `Display` writes it, cut after [`LOG_TEXT_MAX`] bytes (on a
+/// character boundary) and followed by its whole size when it was cut:
+/// `php worker.php aaaa… (1.0 MB)`. The one form in which lrpm logs a
+/// command, a configuration or any text from outside, so that a 1 MB
+/// command line costs a log line of 270 bytes and not 1 MB at every start.
+/// Writing it formats `value` once, without an intermediate string.
+pub fn cut<T: fmt::Display>(value: T) -> Cut<T> {
+    Cut(value)
+}
+
+impl<T: fmt::Display> fmt::Display for Cut<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        /// Passes the first LOG_TEXT_MAX bytes on and counts the rest.
+        struct Bounded<'a, 'b> {
+            out: &'a mut fmt::Formatter<'b>,
+            total: usize,
+        }
+        impl fmt::Write for Bounded<'_, '_> {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                let room = LOG_TEXT_MAX.saturating_sub(self.total);
+                self.total += s.len();
+                if room == 0 {
+                    return Ok(());
+                }
+                let mut end = room.min(s.len());
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                self.out.write_str(&s[..end])
+            }
+        }
+        let mut bounded = Bounded { out: f, total: 0 };
+        fmt::write(&mut bounded, format_args!("{}", self.0))?;
+        let total = bounded.total;
+        if total > LOG_TEXT_MAX {
+            write!(f, "… ({})", size(total))?;
+        }
+        Ok(())
+    }
+}
+
+/// A size in bytes, in its human form: `812 B`, `4.0 kB`, `1.0 MB`,
+/// `2.5 GB` (powers of 1000, one decimal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanSize(pub usize);
+
+/// The human form of `bytes`: see [`HumanSize`].
+pub fn size(bytes: usize) -> HumanSize {
+    HumanSize(bytes)
+}
+
+impl fmt::Display for HumanSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0 as f64;
+        match self.0 {
+            0..1_000 => write!(f, "{} B", self.0),
+            1_000..1_000_000 => write!(f, "{:.1} kB", n / 1e3),
+            1_000_000..1_000_000_000 => write!(f, "{:.1} MB", n / 1e6),
+            _ => write!(f, "{:.1} GB", n / 1e9),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn long_text_is_cut_with_its_size() {
+        let short = "php worker.php --queue=a";
+        assert_eq!(super::cut(short).to_string(), short);
+        let exact = "x".repeat(super::LOG_TEXT_MAX);
+        assert_eq!(super::cut(&exact).to_string(), exact);
+        let long = format!("sh -c {}", "y".repeat(1_000_000));
+        let shown = super::cut(&long).to_string();
+        assert_eq!(shown.len(), super::LOG_TEXT_MAX + "… (1.0 MB)".len());
+        assert!(shown.starts_with("sh -c yyy"), "{shown}");
+        assert!(shown.ends_with("y… (1.0 MB)"), "{shown}");
+        // A cut never splits a character.
+        let wide = "é".repeat(200);
+        let shown = super::cut(&wide).to_string();
+        assert!(shown.starts_with(&"é".repeat(128)), "{shown}");
+        assert!(shown.ends_with("é… (400 B)"), "{shown}");
+        assert_eq!(super::size(999).to_string(), "999 B");
+        assert_eq!(super::size(131_072).to_string(), "131.1 kB");
+        assert_eq!(super::size(2_500_000_000).to_string(), "2.5 GB");
+    }
+
     use super::*;
 
     fn human(d: Duration) -> String {

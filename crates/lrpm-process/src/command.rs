@@ -9,6 +9,7 @@
 //! that the request hands on), and an empty signal mask. It is recorded as
 //! an own child ([`crate::children`]) until it is reaped.
 
+use lrpm_core::human;
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -367,10 +368,16 @@ fn child_error(cmd: &SpawnRequest, failure: spawn::Failure) -> SpawnError {
         Some(Step::ParentGone) => "lrpm ended while it started".to_owned(),
         Some(Step::Chdir) => format!(
             "cannot change to the working directory {}",
-            cmd.cwd.as_deref().unwrap_or(Path::new("")).display()
+            human::cut(cmd.cwd.as_deref().unwrap_or(Path::new("")).display())
         ),
         Some(Step::Signals) => "cannot reset its signals".to_owned(),
-        Some(Step::Exec) => format!("cannot run {program:?}"),
+        Some(Step::OomScoreAdj) => "cannot set its oom_score_adj".to_owned(),
+        Some(Step::Exec) if failure.error.raw_os_error() == Some(libc::E2BIG) => format!(
+            "cannot run {}: its arguments and environment (LRPM_WORKER_CONFIG, env, and \
+             lrpm's own environment) are over the kernel's limits",
+            human::cut(format_args!("{program:?}"))
+        ),
+        Some(Step::Exec) => format!("cannot run {}", human::cut(format_args!("{program:?}"))),
     };
     SpawnError::Child {
         step,

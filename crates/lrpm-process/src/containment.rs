@@ -628,6 +628,63 @@ pub struct Orphans {
     lrpm: u32,
     /// Adopted processes already reported as impossible to attribute.
     reported: HashSet<i32>,
+    /// The rate limit of those reports.
+    warnings: WarningBudget,
+}
+
+/// How many processes that cannot be attributed are reported one by one in
+/// a [`WARNING_WINDOW`]; the rest of the window's are counted and reported
+/// in one line when the next window opens.
+const WARNINGS_PER_WINDOW: u32 = 10;
+/// The window of [`WARNINGS_PER_WINDOW`].
+const WARNING_WINDOW: Duration = Duration::from_secs(60);
+
+/// The rate limit of the "left its job" warning.
+#[derive(Debug)]
+struct WarningBudget {
+    /// When the current window opened.
+    since: std::time::Instant,
+    /// Warnings written in it.
+    written: u32,
+    /// Warnings held back in it.
+    held: u32,
+}
+
+impl WarningBudget {
+    fn new() -> Self {
+        Self {
+            since: std::time::Instant::now(),
+            written: 0,
+            held: 0,
+        }
+    }
+
+    /// Whether one more warning may be written now; opening a new window
+    /// reports what the last one held back.
+    fn take(&mut self) -> bool {
+        if self.since.elapsed() >= WARNING_WINDOW {
+            self.report_held();
+            *self = Self::new();
+        }
+        if self.written < WARNINGS_PER_WINDOW {
+            self.written += 1;
+            true
+        } else {
+            self.held += 1;
+            false
+        }
+    }
+
+    fn report_held(&self) {
+        if self.held > 0 {
+            tracing::warn!(
+                "{} more processes left their jobs without {RUN_ID_ENV} in the last {}s \
+                 (not listed one by one)",
+                self.held,
+                WARNING_WINDOW.as_secs()
+            );
+        }
+    }
 }
 
 /// What [`RUN_ID_ENV`] says about an adopted process.
@@ -639,6 +696,10 @@ enum Origin {
     Foreign,
     /// Nothing: its environment was cleared, or cannot be read.
     Unknown,
+    /// Not known yet: it is exiting (its memory, environment included, is
+    /// gone, and it is reaped once it has ended) or in the middle of an
+    /// `execve`; a later pass looks again.
+    Ending,
 }
 
 impl Orphans {
@@ -647,6 +708,7 @@ impl Orphans {
             cull,
             lrpm: std::process::id(),
             reported: HashSet::new(),
+            warnings: WarningBudget::new(),
         }
     }
 
@@ -675,8 +737,9 @@ impl Orphans {
             match self.origin(pid) {
                 Origin::Run(run) if live(run) => {}
                 Origin::Run(_) | Origin::Foreign => kill_adopted(pid),
+                Origin::Ending => {}
                 Origin::Unknown => {
-                    if self.reported.insert(pid.as_raw_nonzero().get()) {
+                    if self.reported.insert(pid.as_raw_nonzero().get()) && self.warnings.take() {
                         tracing::warn!(
                             pid = pid.as_raw_nonzero().get(),
                             "process {} ({}) left its job and has no {RUN_ID_ENV} in its \
@@ -712,16 +775,29 @@ impl Orphans {
 
     /// Which run an adopted process comes from, by the [`RUN_ID_ENV`] in its
     /// environment.
+    ///
+    /// A process that is exiting (killed as one of an ended run's, or ending
+    /// by itself) has no memory left, so its `environ` reads empty until it
+    /// is a zombie that the next pass reaps: it is [`Origin::Ending`], not
+    /// a process that cleared its environment; so is one whose environment
+    /// lacks the variable for a moment ([`Orphans::unattributed`]).
     fn origin(&self, pid: Pid) -> Origin {
-        let Ok(environ) = std::fs::read(format!("/proc/{}/environ", pid.as_raw_nonzero())) else {
-            return Origin::Unknown;
+        let environ = match std::fs::read(format!("/proc/{}/environ", pid.as_raw_nonzero())) {
+            Ok(environ) => environ,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Origin::Unknown,
+            Err(_) => return Origin::Ending,
         };
+        // A read cut short (the memory going away under it) does not end
+        // with a NUL.
+        if environ.last().is_some_and(|b| *b != 0) || (environ.is_empty() && !has_memory(pid)) {
+            return Origin::Ending;
+        }
         let prefix = format!("{RUN_ID_ENV}=");
         let value = environ
             .split(|b| *b == 0)
             .find_map(|var| var.strip_prefix(prefix.as_bytes()));
         let Some(value) = value.and_then(|v| std::str::from_utf8(v).ok()) else {
-            return Origin::Unknown;
+            return self.unattributed(pid);
         };
         match value.split_once('.') {
             Some((lrpm, run)) if lrpm.parse() == Ok(self.lrpm) => run
@@ -730,6 +806,48 @@ impl Orphans {
             _ => Origin::Foreign,
         }
     }
+}
+
+impl Orphans {
+    /// An adopted process whose environment held no [`RUN_ID_ENV`]. A
+    /// process in the middle of its exit or of an `execve` can read so
+    /// (its old memory going away under the read), so it is
+    /// [`Origin::Unknown`] only if it still has its memory and a second
+    /// read, whole, still holds no [`RUN_ID_ENV`].
+    fn unattributed(&self, pid: Pid) -> Origin {
+        if !has_memory(pid) {
+            return Origin::Ending;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{}/environ", pid.as_raw_nonzero())) else {
+            return Origin::Ending;
+        };
+        let prefix = format!("{RUN_ID_ENV}=");
+        let whole = environ.last().is_none_or(|b| *b == 0);
+        let has_run_id = environ
+            .split(|b| *b == 0)
+            .any(|var| var.starts_with(prefix.as_bytes()));
+        // In the middle of an `execve`, the new memory has neither its
+        // arguments nor its environment yet: both read empty.
+        let exec_under_way = environ.is_empty()
+            && std::fs::read(format!("/proc/{}/cmdline", pid.as_raw_nonzero()))
+                .is_ok_and(|cmdline| cmdline.is_empty());
+        if whole && !has_run_id && !exec_under_way && has_memory(pid) {
+            Origin::Unknown
+        } else {
+            Origin::Ending
+        }
+    }
+}
+
+/// Whether process `pid` still has its memory (the first field of
+/// `/proc/PID/statm`, its size, is 0 once it is exiting or a zombie).
+fn has_memory(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/statm", pid.as_raw_nonzero())).is_ok_and(|statm| {
+        statm
+            .split_whitespace()
+            .next()
+            .is_some_and(|size| size != "0")
+    })
 }
 
 /// SIGKILLs adopted process `pid`, and its process group if it leads one.

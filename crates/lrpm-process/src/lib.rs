@@ -13,7 +13,8 @@
 //! - [`containment`]: the cgroup tree of the farm, or the subreaper's
 //!   reaper of orphans where there is no cgroup v2.
 //! - [`procfs`]: the one parser of `/proc/PID/stat`; [`fd`]: descriptor
-//!   hygiene and peer credentials; [`mem`]: the allocator's settings.
+//!   hygiene and peer credentials; [`mem`]: the allocator's settings;
+//!   [`oom`]: lrpm's and its workers' `oom_score_adj`.
 //!
 //! Architecture invariant: this is the only crate of lrpm that may use
 //! `unsafe`; each use has a `SAFETY` note that says why it holds.
@@ -33,6 +34,8 @@ pub mod fd;
 #[cfg(feature = "tokio")]
 pub mod lanes;
 pub mod mem;
+#[cfg(feature = "tokio")]
+pub mod oom;
 #[cfg(feature = "tokio")]
 pub mod pidfd;
 pub mod procfs;

@@ -87,6 +87,24 @@ pub(crate) struct Args {
     #[arg(long, value_name = "auto|off|PATH", default_value = "auto")]
     pub(crate) cgroup: lrpm_process::containment::CgroupChoice,
 
+    /// lrpm's own oom_score_adj (-1000 to 1000), or `keep` to leave what
+    /// it inherited. The default, -900, makes the kernel's OOM killer pick
+    /// workers (which lrpm restarts) long before lrpm; lowering it needs
+    /// CAP_SYS_RESOURCE (root), and without it lrpm says so once and runs
+    /// with what it has.
+    #[arg(
+        long,
+        value_name = "N|keep",
+        default_value = "-900",
+        allow_hyphen_values = true
+    )]
+    pub(crate) oom_score_adj: String,
+
+    /// Every worker's oom_score_adj (-1000 to 1000) [default: the value
+    /// lrpm started with, before it lowered its own].
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub(crate) worker_oom_score_adj: Option<String>,
+
     /// Log line format.
     #[arg(long, value_enum, default_value = "text")]
     pub(crate) log_format: LogFormat,
@@ -118,6 +136,10 @@ pub(crate) struct Options {
     pub(crate) max_removal_ratio: Option<f64>,
     /// Where job cgroups go.
     pub(crate) cgroup: lrpm_process::containment::CgroupChoice,
+    /// lrpm's own `oom_score_adj`; `None`: keep it.
+    pub(crate) oom_score_adj: Option<i32>,
+    /// The workers' `oom_score_adj`; `None`: the value lrpm started with.
+    pub(crate) worker_oom_score_adj: Option<i32>,
     /// Log format.
     pub(crate) log_format: LogFormat,
     /// Log level.
@@ -156,6 +178,18 @@ impl Args {
                 ));
             }
         }
+        let oom_score_adj = match self.oom_score_adj.as_str() {
+            "keep" => None,
+            value => {
+                Some(lrpm_process::oom::parse(value).map_err(|e| format!("--oom-score-adj: {e}"))?)
+            }
+        };
+        let worker_oom_score_adj = self
+            .worker_oom_score_adj
+            .as_deref()
+            .map(lrpm_process::oom::parse)
+            .transpose()
+            .map_err(|e| format!("--worker-oom-score-adj: {e}"))?;
         let log_level = match i16::from(self.verbose) - i16::from(self.quiet) {
             i16::MIN..=-2 => tracing::Level::ERROR,
             -1 => tracing::Level::WARN,
@@ -171,6 +205,8 @@ impl Args {
             max_backoff,
             max_removal_ratio: self.max_removal_ratio,
             cgroup: self.cgroup,
+            oom_score_adj,
+            worker_oom_score_adj,
             log_format: self.log_format,
             log_level,
         })
@@ -208,6 +244,34 @@ mod tests {
         }
         let args = Args::try_parse_from(["lrpm", "jobs.toml"]).expect("parse");
         assert_eq!(args.validate(false).expect("valid").max_removal_ratio, None);
+    }
+
+    #[test]
+    fn oom_score_adj_is_a_value_or_keep() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["lrpm"];
+            all.extend_from_slice(args);
+            all.push("jobs.toml");
+            Args::try_parse_from(all)
+                .map_err(|e| e.to_string())
+                .and_then(|args| args.validate(false))
+                .map(|o| (o.oom_score_adj, o.worker_oom_score_adj))
+        };
+        assert_eq!(parse(&[]), Ok((Some(-900), None)));
+        assert_eq!(parse(&["--oom-score-adj", "keep"]), Ok((None, None)));
+        assert_eq!(parse(&["--oom-score-adj", "-500"]), Ok((Some(-500), None)));
+        assert_eq!(
+            parse(&["--oom-score-adj=0", "--worker-oom-score-adj", "-100"]),
+            Ok((Some(0), Some(-100)))
+        );
+        for bad in [
+            &["--oom-score-adj", "-1001"][..],
+            &["--oom-score-adj", "low"],
+            &["--worker-oom-score-adj", "1001"],
+            &["--worker-oom-score-adj", "keep"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

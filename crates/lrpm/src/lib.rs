@@ -183,6 +183,34 @@ fn init_logging(options: &Options) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Sets lrpm's own `oom_score_adj` and its workers' as `options` say, and
+/// logs the outcome: without the privilege to lower its own, lrpm says so
+/// once and goes on.
+fn own_oom_score_adj(options: &Options) {
+    match lrpm_process::oom::setup(options.oom_score_adj, options.worker_oom_score_adj) {
+        Ok(setup) => {
+            if let Some(e) = &setup.refused {
+                tracing::warn!(
+                    "cannot set lrpm's oom_score_adj to {} ({e}): it stays {}, and its \
+                     workers get {} so that the OOM killer picks them first; lowering it \
+                     needs CAP_SYS_RESOURCE (or the service's OOMScoreAdjust=)",
+                    options.oom_score_adj.unwrap_or(setup.before),
+                    setup.now,
+                    setup.workers
+                );
+            }
+            tracing::info!(
+                oom_score_adj = setup.now,
+                workers = setup.workers,
+                "oom_score_adj: lrpm {}, workers {}",
+                setup.now,
+                setup.workers
+            );
+        }
+        Err(e) => tracing::warn!("cannot read lrpm's oom_score_adj: {e}"),
+    }
+}
+
 /// Supervises the farm as `options` say, with the worker classes of a
 /// library-mode binary (`None`: commands only).
 fn supervise(
@@ -198,6 +226,7 @@ fn supervise(
         Some(limit) => tracing::info!("descriptor limit raised to {limit}"),
         None => tracing::info!("descriptor limit is unlimited"),
     }
+    own_oom_score_adj(&options);
     let started_at = runtime::wall_now();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -220,14 +220,14 @@ impl Shell {
                 // not 100,000 log lines: status lists them all.
                 let unlogged = |n: usize| n.saturating_sub(LOGGED_PROBLEMS);
                 for (id, reason) in decl.invalid.iter().take(LOGGED_PROBLEMS) {
-                    tracing::error!(job = %id, "invalid job left out: {reason}");
+                    tracing::error!(job = %id, "invalid job left out: {}", human::cut(reason));
                 }
                 if unlogged(decl.invalid.len()) > 0 {
                     let more = unlogged(decl.invalid.len());
                     tracing::error!("… and {more} more invalid jobs (see lrpmctl status)");
                 }
                 for warning in decl.warnings.iter().take(LOGGED_PROBLEMS) {
-                    tracing::warn!("{warning}");
+                    tracing::warn!("{}", human::cut(warning));
                 }
                 if unlogged(decl.warnings.len()) > 0 {
                     let more = unlogged(decl.warnings.len());
@@ -343,7 +343,7 @@ impl Shell {
                 stderr,
             }) => {
                 self.output.forward(&job, stdout, stderr);
-                tracing::info!(job = %job, pid, "started: {}", spec.program);
+                tracing::info!(job = %job, pid, "started: {}", human::cut(&spec.program));
                 self.core.handle_spawned(Instant::now(), run, pid);
             }
             Err(e) => {

@@ -49,11 +49,13 @@ pub enum Step {
     Signals,
     /// `execve` of every candidate.
     Exec,
+    /// Writing the workers' `oom_score_adj`.
+    OomScoreAdj,
 }
 
 impl Step {
     pub(super) fn from_raw(raw: u32) -> Option<Self> {
-        const ALL: [Step; 12] = [
+        const ALL: [Step; 13] = [
             Step::Unshare,
             Step::Cgroup,
             Step::ProcessGroup,
@@ -66,6 +68,7 @@ impl Step {
             Step::Chdir,
             Step::Signals,
             Step::Exec,
+            Step::OomScoreAdj,
         ];
         ALL.into_iter().find(|s| *s as u32 == raw)
     }
@@ -107,6 +110,9 @@ pub(super) struct ChildArgs {
     pub(super) identity: Option<*const Switch>,
     pub(super) parent: rustix::process::Pid,
     pub(super) nofile: libc::rlimit,
+    /// The workers' `oom_score_adj`, as text (null: keep lrpm's).
+    pub(super) oom: *const u8,
+    pub(super) oom_len: usize,
 }
 
 /// The signals' highest number on Linux.
@@ -153,6 +159,7 @@ pub(super) extern "C" fn child_main(arg: *mut c_void) -> c_int {
         // SAFETY: setpgid only changes this process's group.
         check(Step::ProcessGroup, unsafe { libc::setpgid(0, 0) })?;
         stdio(a)?;
+        oom_score_adj(a)?;
         switch_identity(a)?;
         death_signal(a)?;
         // Best effort: a child that cannot lower its own limit still runs.
@@ -244,6 +251,32 @@ fn stdio(a: &ChildArgs) -> Result<(), Failed> {
         )
     };
     Ok(())
+}
+
+/// Puts the child's `oom_score_adj` to the workers' value, which differs
+/// from lrpm's own (inherited): before the identity switch, so that a
+/// privileged lrpm also resets the floor the worker may lower itself to.
+fn oom_score_adj(a: &ChildArgs) -> Result<(), Failed> {
+    if a.oom.is_null() {
+        return Ok(());
+    }
+    const PATH: &[u8] = b"/proc/self/oom_score_adj\0";
+    // SAFETY: `PATH` is a static C string; the descriptor is the child's
+    // own (its table is private by now) and closed below.
+    let fd = unsafe { libc::open(PATH.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err((Step::OomScoreAdj, errno()));
+    }
+    // SAFETY: `oom` points to `oom_len` bytes the parent keeps alive until
+    // clone returns.
+    let written = unsafe { libc::write(fd, a.oom.cast(), a.oom_len) };
+    let failed = (written < 0).then(errno);
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(fd) };
+    match failed {
+        Some(errno) => Err((Step::OomScoreAdj, errno)),
+        None => Ok(()),
+    }
 }
 
 /// Switches to the job's user and groups with raw system calls (glibc's

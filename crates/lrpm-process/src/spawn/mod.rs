@@ -43,7 +43,8 @@
 //!   only make system calls on memory the parent prepared ([`Plan`]): no
 //!   allocation, no lock, no panic. Its steps, in order: join the run's
 //!   cgroup (with lrpm's credentials, before it can fork), `setpgid(0, 0)`,
-//!   stdio from the slots and every other descriptor closed, the identity
+//!   stdio from the slots and every other descriptor closed, the workers'
+//!   `oom_score_adj` where it differs from lrpm's (the `oom` module), the identity
 //!   switch (raw `setgroups`/`setresgid`/`setresuid`: glibc's wrappers would
 //!   broadcast the change to lrpm's threads), the parent-death SIGKILL
 //!   (after the switch, which clears it) and a check that lrpm is still its
@@ -323,6 +324,8 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Child, Failure> {
     let argv = pointers(plan.argv);
     let envp = pointers(plan.envp);
     let report = Report::default();
+    let mut oom_text = [0u8; 12];
+    let oom = crate::oom::worker_value(&mut oom_text);
     let mut guard = spawner();
     if guard.is_none() {
         *guard = Some(Spawner::new().map_err(Failure::parent)?);
@@ -354,6 +357,8 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Child, Failure> {
             rlim_cur: plan.nofile.current.unwrap_or(libc::RLIM_INFINITY),
             rlim_max: plan.nofile.maximum.unwrap_or(libc::RLIM_INFINITY),
         },
+        oom: oom.map_or(ptr::null(), <[u8]>::as_ptr),
+        oom_len: oom.map_or(0, <[u8]>::len),
     };
     let mut pidfd: c_int = -1;
     // Cloned straight into its cgroup where clone3 can; otherwise the child

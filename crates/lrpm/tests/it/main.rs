@@ -9,7 +9,9 @@ mod support;
 
 mod control;
 mod control_abuse;
+mod hostile;
 mod library;
+mod oom;
 mod output_faults;
 mod output_hubs;
 mod reliability;
