@@ -700,6 +700,7 @@ mod tests {
             started_at: 1_764_000_000.0,
             shutting_down: false,
             source: core.status_source(now, 1_764_000_060.5),
+            held_back: None,
         };
         let owned = || {
             let (source, jobs) = core.status(now, 1_764_000_060.5);
@@ -752,6 +753,7 @@ mod tests {
                     uri: "jobs.toml".into(),
                     ..SourceStatus::default()
                 },
+                held_back: None,
             },
             jobs: vec![JobStatus {
                 id: "42".into(),

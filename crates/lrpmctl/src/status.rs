@@ -102,6 +102,9 @@ pub fn render(status: &Status, view: &View, sampler: &Sampler) -> String {
     if sup.shutting_down {
         let _ = write!(out, ", {}", paint(yellow, "shutting down"));
     }
+    if let Some(held) = &sup.held_back {
+        let _ = write!(out, "\n{} {held}", paint(red, "held back:"));
+    }
     let source = &sup.source;
     let _ = write!(out, "\nsource {}", source.uri);
     match source.last_load_at {
@@ -352,6 +355,7 @@ mod tests {
                 started_at: 900.0,
                 shutting_down: false,
                 source,
+                held_back: None,
             },
             jobs: vec![
                 job("1", JobState::Running),

@@ -8,6 +8,7 @@
 mod support;
 
 mod control;
+mod descriptors;
 mod library;
 mod output_hubs;
 mod reliability;

@@ -1516,3 +1516,60 @@ fn soak() {
     }
     assert!(lrpm.terminate().success());
 }
+
+// ---------------------------------------------------------------------------
+// Reaping keeps pace with a storm.
+
+/// The sum of every job's restarts in a status response.
+fn total_restarts(status: &Value) -> u64 {
+    restarts(status).values().sum()
+}
+
+#[test]
+fn in_a_storm_no_exit_waits_long_to_be_reaped() {
+    // 300 jobs that exit at once, restarted at once: a thousand or more
+    // exits a second, more than one epoll wait's worth at a time.
+    let n = 300;
+    let mut config = String::new();
+    for i in 0..n {
+        config.push_str(&format!(
+            "[t{i}]\nname = \"t{i}\"\ncommand = [\"true\"]\nshortRunTimeSeconds = 0\n\n"
+        ));
+    }
+    let mut lrpm = Lrpm::start("jobs.toml", &config, &["-q"]);
+    let lrpm_pid = lrpm.pid();
+    lrpm.wait_for("the storm under way", LONG, |s| {
+        total_restarts(s) > 2 * n as u64
+    });
+    // Little's law: the mean time an exit waits to be reaped is the mean
+    // number of zombies waiting divided by the rate of exits. lrpm's
+    // zombies are its ended workers not reaped yet (an ended run's zombie
+    // is reaped in the same turn of the loop as its exit is handled).
+    let before = total_restarts(&lrpm.status());
+    let started = Instant::now();
+    let (mut samples, mut zombies, mut most) = (0u64, 0u64, 0usize);
+    while started.elapsed() < Duration::from_secs(4) {
+        let now = zombie_children(lrpm_pid).len();
+        zombies += now as u64;
+        most = most.max(now);
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let exits = total_restarts(&lrpm.status()) - before;
+    let rate = exits as f64 / seconds;
+    let mean_zombies = zombies as f64 / samples as f64;
+    let mean_wait_ms = mean_zombies / rate * 1000.0;
+    eprintln!(
+        "storm: {rate:.0} exits/s, {mean_zombies:.1} zombies on average ({most} at most), \
+         an exit waits {mean_wait_ms:.1} ms on average to be reaped"
+    );
+    assert!(rate > 50.0, "the storm ran at {rate:.0} exits/s only");
+    // One turn of the loop spawns for 20 ms at most; an exit waits for the
+    // turn under way, and no more. Generous, for a loaded machine.
+    assert!(
+        mean_wait_ms < 60.0,
+        "an exit waits {mean_wait_ms:.1} ms on average to be reaped"
+    );
+    assert!(lrpm.terminate().success());
+}
