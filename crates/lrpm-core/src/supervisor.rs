@@ -658,6 +658,14 @@ impl Supervisor {
         }
     }
 
+    /// Whether job `id` is waiting out a backoff (or a deferred start:
+    /// [`Supervisor::handle_spawn_deferred`]).
+    pub fn is_waiting(&self, id: &JobId) -> bool {
+        self.jobs
+            .get(id)
+            .is_some_and(|job| matches!(job.state, State::Backoff { .. }))
+    }
+
     /// Restarts job `id` now: stops its process, if it has one, and starts it
     /// again with its backoff reset.
     pub fn restart(&mut self, now: Instant, id: &JobId) -> Result<(), RestartError> {

@@ -446,8 +446,11 @@ impl Shell {
         (batch, None)
     }
 
-    /// What status says holds jobs back, if anything does.
-    fn held_back_reason(&self) -> Option<String> {
+    /// What status says holds jobs back, if anything does. Forgets the
+    /// jobs that no longer wait (removed, or started by a restart request).
+    fn held_back_reason(&mut self) -> Option<String> {
+        let core = &self.core;
+        self.held_back.jobs.retain(|id| core.is_waiting(id));
         if self.held_back.jobs.is_empty() {
             return None;
         }
