@@ -99,14 +99,12 @@ impl ExitWatch {
         self.ready.pop_front()
     }
 
-    /// Gives back the memory of the buffers beyond what a quiet farm needs
-    /// (a storm's queue of exits), at the allocator's trim.
+    /// Gives back the memory of a storm's queue of exits, at the
+    /// allocator's trim (`epoll_wait`'s buffer has a fixed size).
     pub fn shrink(&mut self) {
         if self.ready.is_empty() {
             self.ready.shrink_to_fit();
         }
-        self.events.clear();
-        self.events.shrink_to_fit();
     }
 
     /// The next exit: one already taken, or the next the set reports.

@@ -15,6 +15,9 @@
 //! loop through channels; only the loop touches the core. Since they run on
 //! the loop's thread, the loop yields to them between two turns, and spawns
 //! in bounded batches, so that a crash storm never keeps them waiting.
+//! Exits are not rationed that way: every exit already reported is handled
+//! at the top of each turn (and in the turn that woke for one), so that
+//! under a storm none waits more than one turn of spawns to be reaped.
 //!
 //! When lrpm adopts orphans (a subreaper, or PID 1), SIGCHLD wakes the loop
 //! too, to reap them ([`lrpm_process::containment`]).
