@@ -393,6 +393,21 @@ invalid jobs (left out or kept on their last valid declaration):
     }
 
     #[test]
+    fn says_what_holds_jobs_back() {
+        let mut held = status();
+        held.supervisor.held_back =
+            Some("lrpm's descriptor limit (RLIMIT_NOFILE 64) holds 3 jobs back".into());
+        let text = render(&held, &VIEW, &Sampler::now());
+        assert!(
+            text.contains(
+                "\nheld back: lrpm's descriptor limit (RLIMIT_NOFILE 64) holds 3 jobs back\n"
+            ),
+            "{text}"
+        );
+        assert!(!render(&status(), &VIEW, &Sampler::now()).contains("held back"));
+    }
+
+    #[test]
     fn colours_only_when_asked() {
         let view = View {
             color: true,
