@@ -35,6 +35,11 @@ pub struct SupervisorStatus {
     pub shutting_down: bool,
     /// The configuration source.
     pub source: SourceStatus,
+    /// What of lrpm's own holds jobs back, when something does: its
+    /// descriptor limit (the reason, with the limit and how many jobs wait
+    /// for it). The shell fills it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_back: Option<String>,
     /// What lrpm's own output lost: its log, and its workers' stdout and
     /// stderr.
     #[serde(default)]

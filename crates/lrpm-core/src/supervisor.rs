@@ -595,6 +595,51 @@ impl Supervisor {
         }
     }
 
+    /// Handles the failure of run `run` to start for want of something of
+    /// the shell's own (its descriptors), not for anything the job did: the
+    /// job is started again after `delay`, and its backoff is left as it
+    /// was, so that a farm held back by lrpm's limit does not drift toward
+    /// the longest backoff. `status` is recorded as its last exit (the
+    /// reason, for status). Otherwise as [`Supervisor::handle_exit`].
+    pub fn handle_spawn_deferred(
+        &mut self,
+        now: Instant,
+        run: RunId,
+        status: ExitStatus,
+        delay: Duration,
+    ) -> AfterExit {
+        let deferred = !self.shutting_down
+            && self
+                .runs
+                .get(&run)
+                .and_then(|id| self.jobs.get(id))
+                .is_some_and(|job| matches!(job.state, State::Running(proc) if proc.run == run));
+        if !deferred {
+            return self.handle_exit(now, run, status);
+        }
+        let Some(id) = self.runs.remove(&run) else {
+            return AfterExit::Unknown;
+        };
+        if let Some(job) = self.jobs.get_mut(&id) {
+            job.last_exit = Some((status, now));
+        }
+        self.set_state(&id, State::Backoff { until: now + delay });
+        AfterExit::Backoff(delay)
+    }
+
+    /// Gives back the capacity of the core's maps beyond what its jobs
+    /// need (a storm or a larger configuration grew them; the job map is a B-tree, which frees as it shrinks), so that the
+    /// allocator can return it to the system. The shell calls it before it
+    /// trims its heap; a map under a quarter full is shrunk.
+    pub fn shrink(&mut self) {
+        if self.runs.capacity() > 4 * self.runs.len().max(16) {
+            self.runs.shrink_to_fit();
+        }
+        if self.actions.capacity() > 4 * self.actions.len().max(16) {
+            self.actions.shrink_to_fit();
+        }
+    }
+
     /// Handles every deadline that has passed at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some((at, id)) = self.timers.first().cloned() {
@@ -611,6 +656,14 @@ impl Supervisor {
                 State::Running(_) => unreachable!("invariant: a running job has no deadline"),
             }
         }
+    }
+
+    /// Whether job `id` is waiting out a backoff (or a deferred start:
+    /// [`Supervisor::handle_spawn_deferred`]).
+    pub fn is_waiting(&self, id: &JobId) -> bool {
+        self.jobs
+            .get(id)
+            .is_some_and(|job| matches!(job.state, State::Backoff { .. }))
     }
 
     /// Restarts job `id` now: stops its process, if it has one, and starts it

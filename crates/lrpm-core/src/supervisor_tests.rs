@@ -502,6 +502,38 @@ fn spawn_failure_is_a_short_run() {
 }
 
 #[test]
+fn a_deferred_spawn_retries_after_its_delay_and_leaves_the_backoff_alone() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    // Fail it once for real: its next backoff is 2 s.
+    sim.exit("a", 1);
+    sim.advance(SEC);
+    let before = sim.job("a").backoff_seconds;
+    for _ in 0..5 {
+        let run = sim.run_of("a").expect("run");
+        sim.live.remove(&run);
+        let after = sim.sup.handle_spawn_deferred(
+            sim.now,
+            run,
+            ExitStatus::spawn_failed("Too many open files"),
+            2 * SEC,
+        );
+        assert_eq!(after, AfterExit::Backoff(2 * SEC));
+        sim.run_actions();
+        let a = sim.job("a");
+        assert_eq!(a.state, JobState::Backoff);
+        assert!(sim.sup.is_waiting(&JobId::from("a")));
+        assert_eq!(a.backoff_seconds, before, "the backoff did not grow");
+        assert_eq!(
+            a.last_exit.and_then(|e| e.status.error).as_deref(),
+            Some("Too many open files")
+        );
+        sim.advance(2 * SEC);
+        assert_eq!(sim.job("a").state, JobState::Running);
+    }
+}
+
+#[test]
 fn update_during_backoff_starts_at_once() {
     let mut sim = Sim::new();
     sim.config(decl(&[("a", spec("v1"))]));

@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use lrpm_core::supervisor::RunId;
@@ -84,6 +84,29 @@ impl ExitWatch {
         Ok(())
     }
 
+    /// An exit already reported, without waiting: one already taken, or
+    /// those the set reports now. The event loop takes every exit ready in
+    /// one turn, so that the last of a batch of 256 does not wait for 255
+    /// turns of spawns before it is reaped.
+    pub fn try_next(&mut self) -> Option<ExitEvent> {
+        if self.ready.is_empty() {
+            take(
+                self.epoll.get_ref().as_fd(),
+                &mut self.events,
+                &mut self.ready,
+            );
+        }
+        self.ready.pop_front()
+    }
+
+    /// Gives back the memory of a storm's queue of exits, at the
+    /// allocator's trim (`epoll_wait`'s buffer has a fixed size).
+    pub fn shrink(&mut self) {
+        if self.ready.is_empty() {
+            self.ready.shrink_to_fit();
+        }
+    }
+
     /// The next exit: one already taken, or the next the set reports.
     /// Cancel-safe: exits taken from the set wait in `ready`.
     pub async fn next(&mut self) -> ExitEvent {
@@ -95,34 +118,43 @@ impl ExitWatch {
                 // The runtime is shutting down; nothing more will come.
                 return std::future::pending().await;
             };
-            self.events.clear();
-            self.events.reserve(EXITS_PER_WAIT);
-            let zero = rustix::event::Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            let taken = epoll::wait(
-                guard.get_inner(),
-                rustix::buffer::spare_capacity(&mut self.events),
-                Some(&zero),
-            );
-            match taken {
-                Ok(0) => guard.clear_ready(),
-                Ok(_) => {
-                    let at = Instant::now();
-                    self.ready.extend(self.events.iter().map(|event| ExitEvent {
-                        run: RunId(event.data.u64()),
-                        at,
-                    }));
-                }
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => {
-                    // None is expected (the descriptor and the buffer are
-                    // valid); do not spin on it.
-                    tracing::error!("cannot wait for children's exits: {e}");
-                    guard.clear_ready();
-                }
+            if take(guard.get_inner().as_fd(), &mut self.events, &mut self.ready) {
+                guard.clear_ready();
             }
+        }
+    }
+}
+
+/// Takes what the epoll set `epoll` reports now into `ready`; returns whether it
+/// reported nothing (so that readiness may be cleared).
+fn take(
+    epoll: BorrowedFd<'_>,
+    events: &mut Vec<epoll::Event>,
+    ready: &mut VecDeque<ExitEvent>,
+) -> bool {
+    events.clear();
+    events.reserve(EXITS_PER_WAIT);
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let taken = epoll::wait(epoll, rustix::buffer::spare_capacity(events), Some(&zero));
+    match taken {
+        Ok(0) => true,
+        Ok(_) => {
+            let at = Instant::now();
+            ready.extend(events.iter().map(|event| ExitEvent {
+                run: RunId(event.data.u64()),
+                at,
+            }));
+            false
+        }
+        Err(rustix::io::Errno::INTR) => false,
+        Err(e) => {
+            // None is expected (the descriptor and the buffer are
+            // valid); do not spin on it.
+            tracing::error!("cannot wait for children's exits: {e}");
+            true
         }
     }
 }

@@ -824,6 +824,7 @@ mod tests {
             shutting_down: false,
             source: core.status_source(now, 1_764_000_060.5),
             output: Default::default(),
+            held_back: None,
         };
         let owned = || {
             let (source, jobs) = core.status(now, 1_764_000_060.5);
@@ -896,6 +897,7 @@ mod tests {
                     ..SourceStatus::default()
                 },
                 output: Default::default(),
+                held_back: None,
             },
             jobs: vec![JobStatus {
                 id: "42".into(),

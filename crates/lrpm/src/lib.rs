@@ -315,6 +315,7 @@ fn supervise(
             status_size: 0,
             loads: 0,
             last_attempt_at: None,
+            held_back: Default::default(),
         }
         .run()
         .await;

@@ -22,6 +22,21 @@
 //! a task each: [`ProcessTable::next_exit`] hands out the runs whose pidfd
 //! became readable.
 //!
+//! When descriptors run short (a pidfd numbered in the top eighth of the
+//! soft `RLIMIT_NOFILE`, at least 64 below it: [`pidfd_threshold`]), a new
+//! worker's pidfd is closed at once and the worker is followed by its pid
+//! alone: it costs lrpm no descriptor at all once its pipes went to an
+//! output hub. This is just as race-free: the worker is lrpm's own child,
+//! and a child that is not reaped keeps its pid (and its process-group id),
+//! so signalling it by pid cannot reach a stranger until lrpm reaps it,
+//! which it does only here. Its exit is learned from SIGCHLD: on each one
+//! (and once right after a pidfd is closed, for a child that ended before)
+//! the table peeks at every pidfd-less child with `waitid(P_PID, pid,
+//! WEXITED | WNOHANG | WNOWAIT)`, never at "any child", so the pidfds' and
+//! the orphan reaper's statuses are left alone. That costs a syscall per
+//! pidfd-less child per SIGCHLD: only under a small limit, where the farm
+//! is small too. While descriptors are plentiful nothing of this runs.
+//!
 //! Reaping kills what is left of the worker's process group first, so a
 //! restarted job can never meet the grandchildren of its previous run. With
 //! cgroups (`lrpm_process::containment`) each run also has a cgroup of its
@@ -37,22 +52,28 @@
 //! long as lrpm, because the parent-death signal fires when the *thread*
 //! that spawned exits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
+use std::time::Instant;
 
 use lrpm_core::job::{JobId, JobSpec, Program, Signal};
 use lrpm_core::status::ExitStatus;
 use lrpm_core::supervisor::RunId;
-use lrpm_process::children::{reap_child_blocking, waitid_status};
+use lrpm_process::children::{
+    reap_child_blocking, reap_pid_blocking, waitid_pid_status, waitid_status,
+};
 use lrpm_process::command::{
     SpawnContext, SpawnError, SpawnRequest, resolve_identity, spawn_command,
 };
 use lrpm_process::containment::{self, Containment};
 use lrpm_process::exits::{ExitEvent, ExitWatch};
 use lrpm_process::signal::to_rustix;
-use rustix::process::{Pid, WaitIdOptions, getpgid, kill_process_group, pidfd_send_signal};
+use rustix::process::{
+    Pid, WaitIdOptions, getpgid, kill_process, kill_process_group, pidfd_send_signal,
+};
+use tokio::signal::unix::{Signal as SignalStream, SignalKind, signal};
 
 use crate::base::{self, Role};
 
@@ -122,8 +143,10 @@ fn spawn(
 struct Entry {
     job: JobId,
     pid: Pid,
-    /// Its pidfd, in the table's epoll set until it is closed.
-    pidfd: OwnedFd,
+    /// Its pidfd, in the table's epoll set until it is closed; `None` when
+    /// descriptors ran short at its spawn: it is then followed by its pid
+    /// (see the module's documentation).
+    pidfd: Option<OwnedFd>,
     /// Whether the run has a cgroup ([`containment::CgroupTree::run`] names
     /// it from the job and run ids).
     cgroup: bool,
@@ -133,10 +156,25 @@ struct Entry {
 #[derive(Debug)]
 pub(crate) struct ProcessTable {
     entries: HashMap<RunId, Entry>,
-    /// Ended runs whose zombie and cgroup are left for
-    /// [`ProcessTable::bury`], after the replacements' spawns.
+    /// Runs killed before they ended (they could not be watched), whose
+    /// zombie and cgroup are left for [`ProcessTable::bury`].
     ended: Vec<(Entry, Option<containment::JobCgroup>)>,
+    /// The cgroups of ended runs, whose removal is left for
+    /// [`ProcessTable::bury`], after the replacements' spawns.
+    emptied: Vec<containment::JobCgroup>,
     exits: ExitWatch,
+    /// A pidfd numbered at or above this is closed at once
+    /// ([`pidfd_threshold`]).
+    pidfd_threshold: i32,
+    /// The live runs without a pidfd whose exit has not been seen yet.
+    pidless: HashSet<RunId>,
+    /// Exits of pidfd-less runs seen and not yet handed out.
+    pidless_ended: VecDeque<ExitEvent>,
+    /// Whether the pidfd-less runs must be looked at (a SIGCHLD came, or a
+    /// run just lost its pidfd).
+    pidless_due: bool,
+    /// SIGCHLD, from the first pidfd-less run on.
+    sigchld: Option<SignalStream>,
     ctx: SpawnContext,
     /// Whether this binary runs `workerClass` jobs (a library-mode binary):
     /// it then re-executes itself in worker mode for them.
@@ -156,17 +194,93 @@ impl ProcessTable {
         Ok(Self {
             entries: HashMap::new(),
             ended: Vec::new(),
+            emptied: Vec::new(),
             exits: ExitWatch::new()?,
+            pidfd_threshold: pidfd_threshold(),
+            pidless: HashSet::new(),
+            pidless_ended: VecDeque::new(),
+            pidless_due: false,
+            sigchld: None,
             ctx,
             worker_binary,
             containment,
         })
     }
 
-    /// The next child whose pidfd became readable, with when it was seen:
-    /// the event loop reaps it with [`ProcessTable::reap`]. Cancel-safe.
+    /// The next child whose pidfd became readable (or, for a child without
+    /// one, whose end a SIGCHLD revealed), with when it was seen: the event
+    /// loop reaps it with [`ProcessTable::reap`]. Cancel-safe.
     pub(crate) async fn next_exit(&mut self) -> ExitEvent {
-        self.exits.next().await
+        loop {
+            if let Some(exit) = self.pidless_ended.pop_front() {
+                return exit;
+            }
+            if self.pidless_due {
+                self.pidless_due = false;
+                self.look_at_pidless();
+                continue;
+            }
+            let Some(sigchld) = &mut self.sigchld else {
+                return self.exits.next().await;
+            };
+            tokio::select! {
+                exit = self.exits.next() => return exit,
+                Some(()) = sigchld.recv() => self.pidless_due = true,
+            }
+        }
+    }
+
+    /// An exit already seen and not handed out yet, if any: the event loop
+    /// takes these in the same turn as the one it waited for, so that no
+    /// exit of a storm waits a turn (a batch of spawns) per exit before it.
+    pub(crate) fn next_exit_now(&mut self) -> Option<ExitEvent> {
+        self.pidless_ended
+            .pop_front()
+            .or_else(|| self.exits.try_next())
+    }
+
+    /// Peeks at every pidfd-less run, and queues those that ended.
+    fn look_at_pidless(&mut self) {
+        let at = Instant::now();
+        let entries = &self.entries;
+        let ended = &mut self.pidless_ended;
+        self.pidless.retain(|run| {
+            let Some(entry) = entries.get(run) else {
+                return false;
+            };
+            // Unreaped, so the pid is still this child's.
+            if waitid_pid_status(entry.pid, WaitIdOptions::NOWAIT).is_some() {
+                ended.push_back(ExitEvent { run: *run, at });
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Gives back the capacity of the table's maps and buffers beyond what
+    /// the live farm needs (a storm or a larger farm grew them), so that
+    /// the allocator's trim can return it: called before each trim.
+    pub(crate) fn shrink(&mut self) {
+        shrink_map(&mut self.entries);
+        if self.pidless.capacity() > 4 * self.pidless.len().max(16) {
+            self.pidless.shrink_to_fit();
+        }
+        if self.pidless_ended.is_empty() {
+            self.pidless_ended.shrink_to_fit();
+        }
+        if self.ended.is_empty() {
+            self.ended.shrink_to_fit();
+        }
+        if self.emptied.is_empty() {
+            self.emptied.shrink_to_fit();
+        }
+        self.exits.shrink();
+    }
+
+    /// How many live workers are followed without a pidfd, for status.
+    pub(crate) fn pidless_count(&self) -> usize {
+        self.entries.values().filter(|e| e.pidfd.is_none()).count()
     }
 
     /// Whether processes re-parented to lrpm must be reaped here
@@ -236,12 +350,28 @@ impl ProcessTable {
                 return Err(e);
             }
         };
-        let watched = self.exits.watch(run, spawned.pidfd.as_fd(), false);
         let pid = spawned.pid;
+        let (pidfd, watched) = if spawned.pidfd.as_raw_fd() >= self.pidfd_threshold {
+            // Descriptors run short: follow it by its pid. SIGCHLD is
+            // listened to before the pidfd is closed, and the pidfd-less
+            // runs looked at once after, so an exit in between is seen.
+            match self.listen_to_sigchld() {
+                Ok(()) => {
+                    drop(spawned.pidfd);
+                    self.pidless.insert(run);
+                    self.pidless_due = true;
+                    (None, Ok(()))
+                }
+                Err(e) => (Some(spawned.pidfd), Err(e)),
+            }
+        } else {
+            let watched = self.exits.watch(run, spawned.pidfd.as_fd(), false);
+            (Some(spawned.pidfd), watched)
+        };
         let entry = Entry {
             job: job.clone(),
             pid,
-            pidfd: spawned.pidfd,
+            pidfd,
             cgroup: cgroup.is_some(),
         };
         if let Err(e) = watched {
@@ -258,6 +388,26 @@ impl ProcessTable {
             stdout,
             stderr,
         })
+    }
+
+    /// Listens to SIGCHLD, if it does not already.
+    fn listen_to_sigchld(&mut self) -> io::Result<()> {
+        if self.sigchld.is_none() {
+            self.sigchld = Some(signal(SignalKind::child())?);
+            tracing::warn!(
+                "lrpm's descriptors run short (soft RLIMIT_NOFILE {}): new workers are followed \
+                 by their pids, without a pidfd each",
+                self.pidfd_threshold_limit()
+            );
+        }
+        Ok(())
+    }
+
+    /// The soft descriptor limit the threshold was computed from, for the log.
+    fn pidfd_threshold_limit(&self) -> String {
+        rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .map_or_else(|| "unlimited".to_owned(), |n| n.to_string())
     }
 
     /// Sends `signal` to the process group of `run`, and to the process
@@ -280,7 +430,11 @@ impl ProcessTable {
                 }
             }
             if left_group {
-                let _ = pidfd_send_signal(entry.pidfd.as_fd(), sig);
+                let _ = match &entry.pidfd {
+                    Some(pidfd) => pidfd_send_signal(pidfd.as_fd(), sig),
+                    // Not reaped yet, so the pid is still this child's.
+                    None => kill_process(entry.pid, sig),
+                };
             }
         };
         send(sig);
@@ -303,24 +457,49 @@ impl ProcessTable {
     /// Takes the end of process `run`: kills whatever is left of its
     /// process group and of its cgroup (or, in the subreaper fallback, the
     /// processes it left behind), and returns its job and how it ended; or
-    /// `None` if it is not known or not finished. The zombie itself is
-    /// reaped, and the cgroup removed, by [`ProcessTable::bury`]: the
-    /// replacement's spawn does not wait for that.
+    /// `None` if it is not known or not finished. The zombie is reaped
+    /// here, once its group was killed (so that no exit waits for a turn of
+    /// spawns to be reaped); the cgroup is removed by
+    /// [`ProcessTable::bury`]: the replacement's spawn does not wait for
+    /// that.
     pub(crate) fn reap(&mut self, run: RunId) -> Option<(JobId, ExitStatus)> {
         let entry = self.entries.get(&run)?;
         // Peek only: a spurious wake-up must not kill a live group, and the
-        // zombie keeps the group id from being reused until it is buried.
-        let Some(status) = waitid_status(entry.pidfd.as_fd(), WaitIdOptions::NOWAIT) else {
+        // zombie keeps the group id from being reused until it is reaped,
+        // after the group's SIGKILL below.
+        let status = match &entry.pidfd {
+            Some(pidfd) => waitid_status(pidfd.as_fd(), WaitIdOptions::NOWAIT),
+            None => waitid_pid_status(entry.pid, WaitIdOptions::NOWAIT),
+        };
+        let Some(status) = status else {
             // Still running: watch it again (its watch was one-shot).
-            if let Err(e) = self.exits.watch(run, entry.pidfd.as_fd(), true) {
-                tracing::error!(job = %entry.job, "cannot watch the worker's exit: {e}");
+            match &entry.pidfd {
+                Some(pidfd) => {
+                    if let Err(e) = self.exits.watch(run, pidfd.as_fd(), true) {
+                        tracing::error!(job = %entry.job, "cannot watch the worker's exit: {e}");
+                    }
+                }
+                None => {
+                    self.pidless.insert(run);
+                }
             }
             return None;
         };
         let cgroup = self.cgroup(run, entry);
         let entry = self.entries.remove(&run)?;
+        self.pidless.remove(&run);
         let job = entry.job.clone();
-        self.end(entry, cgroup);
+        // Kill what is left of its group while the zombie still pins the
+        // group id, and of its cgroup; then reap the zombie at once (it has
+        // ended, so this does not wait): under a storm an exit must not
+        // wait for a turn of spawns to be reaped. Only the cgroup's removal
+        // waits for `bury`.
+        let _ = kill_process_group(entry.pid, rustix::process::Signal::KILL);
+        if let Some(cgroup) = cgroup {
+            cgroup.kill();
+            self.emptied.push(cgroup);
+        }
+        reap_now(&entry);
         // In the subreaper fallback the run's escaped processes were
         // adopted: kill them now that their run has ended.
         self.reap_orphans();
@@ -338,14 +517,51 @@ impl ProcessTable {
         self.ended.push((entry, cgroup));
     }
 
-    /// Reaps the zombies of the ended runs ([`ProcessTable::reap`]), closing
-    /// their pidfds (which leave the epoll set), and removes their cgroups.
+    /// Reaps the runs killed by [`ProcessTable::end`], closing their pidfds
+    /// (which leave the epoll set), and removes the cgroups of every ended
+    /// run.
     pub(crate) fn bury(&mut self) {
         for (entry, cgroup) in self.ended.drain(..) {
-            reap_child_blocking(entry.pid, entry.pidfd.as_fd());
+            reap_now(&entry);
             if let Some(cgroup) = cgroup {
                 cgroup.remove();
             }
+        }
+        for cgroup in self.emptied.drain(..) {
+            cgroup.remove();
+        }
+    }
+}
+
+/// Reaps `entry`'s process, which has ended or was just SIGKILLed (waiting
+/// for its end), through its pidfd or by its pid.
+fn reap_now(entry: &Entry) {
+    match &entry.pidfd {
+        Some(pidfd) => reap_child_blocking(entry.pid, pidfd.as_fd()),
+        None => reap_pid_blocking(entry.pid),
+    }
+}
+
+/// Shrinks `map` to its length when it uses less than a quarter of its
+/// capacity (a map that shrinks by a little at each churn is left alone).
+fn shrink_map<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 4 * map.len().max(16) {
+        map.shrink_to_fit();
+    }
+}
+
+/// The number from which a new worker's pidfd is closed and the worker
+/// followed by its pid: the top eighth of the soft descriptor limit, and at
+/// least 64 descriptors below it (for spawns in flight, control
+/// connections, hubs), but never below half of it, where the output hubs
+/// take over the pipes. With the limit lrpm raises itself to (the hard one,
+/// 20,000 or more), that is beyond any farm lrpm is measured with.
+fn pidfd_threshold() -> i32 {
+    match rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        None => i32::MAX,
+        Some(soft) => {
+            let threshold = soft.saturating_sub((soft / 8).max(64)).max(soft / 2);
+            i32::try_from(threshold).unwrap_or(i32::MAX)
         }
     }
 }
@@ -377,7 +593,10 @@ struct Starting {
 
 /// Creates run `run`'s cgroup (under `cgroups`, if given) and starts its
 /// child in it. A cgroup that cannot be created is warned about, and the
-/// run starts without one.
+/// run starts without one; unless it failed for want of descriptors
+/// (`EMFILE`, `ENFILE`): then the run does not start, and its spawn fails
+/// with that error, to be retried (a job never loses its containment to
+/// lrpm's descriptor limit).
 fn start(
     cgroups: Option<&containment::RunCgroups>,
     ctx: &SpawnContext,
@@ -390,6 +609,12 @@ fn start(
         None => (None, None),
         Some(runs) => match runs.create_run(job, run) {
             Ok((cgroup, procs)) => (Some(cgroup), Some(procs)),
+            Err(e) if out_of_descriptors(&e) => {
+                return Starting {
+                    spawned: Err(SpawnError::Io(e)),
+                    cgroup: None,
+                };
+            }
             Err(e) => {
                 tracing::warn!(
                     %job,
@@ -404,6 +629,13 @@ fn start(
         spawned: spawn(run, job, spec, ctx, worker_binary, procs),
         cgroup,
     }
+}
+
+/// Whether `error` is a lack of descriptors (lrpm's or the system's).
+fn out_of_descriptors(error: &io::Error) -> bool {
+    let errno = error.raw_os_error();
+    errno == Some(rustix::io::Errno::MFILE.raw_os_error())
+        || errno == Some(rustix::io::Errno::NFILE.raw_os_error())
 }
 
 #[cfg(test)]

@@ -15,15 +15,18 @@
 //! loop through channels; only the loop touches the core. Since they run on
 //! the loop's thread, the loop yields to them between two turns, and spawns
 //! in bounded batches, so that a crash storm never keeps them waiting.
+//! Exits are not rationed that way: every exit already reported is handled
+//! at the top of each turn (and in the turn that woke for one), so that
+//! under a storm none waits more than one turn of spawns to be reaped.
 //!
 //! When lrpm adopts orphans (a subreaper, or PID 1), SIGCHLD wakes the loop
 //! too, to reap them ([`lrpm_process::containment`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lrpm_core::human;
-use lrpm_core::job::Signal;
+use lrpm_core::job::{JobId, Signal};
 use lrpm_core::status::{ExitStatus, SupervisorStatus};
 use lrpm_core::supervisor::{Action, AfterExit, ConfigOutcome, Interrupted, RunId, Supervisor};
 use tokio::signal::unix::{SignalKind, signal};
@@ -80,6 +83,19 @@ pub(crate) struct Shell {
     pub(crate) loads: u64,
     /// When the last of them began (UTC seconds), for status.
     pub(crate) last_attempt_at: Option<f64>,
+    /// The jobs that lrpm's descriptor limit holds back.
+    pub(crate) held_back: HeldBack,
+}
+
+/// The jobs whose last spawn failed for want of descriptors: they wait
+/// [`DESCRIPTOR_RETRY`] and try again, and status says so.
+#[derive(Debug, Default)]
+pub(crate) struct HeldBack {
+    jobs: HashSet<JobId>,
+    /// Whether the log has said so (once in lrpm's life: under a limit
+    /// that keeps a farm on the edge, jobs are held back and let go every
+    /// few seconds).
+    logged: bool,
 }
 
 impl Shell {
@@ -102,6 +118,13 @@ impl Shell {
         // load, and what its spawns freed afterwards would stay.
         let mut trim_at: Option<Instant> = None;
         loop {
+            // Every exit already reported, whatever the last event was:
+            // under a storm the spawn queue never empties, and an exit
+            // that waited for `select!` to pick it among the ready
+            // branches waited for several turns of spawns.
+            if self.take_ready_exits() {
+                trim_at.get_or_insert_with(|| Instant::now() + TRIM_AFTER);
+            }
             // The actions of the last event first: a crashed worker's
             // replacement is spawned before anything else is done.
             let (more, spawned) = self.perform_actions();
@@ -139,6 +162,10 @@ impl Shell {
                 () = std::future::ready(()), if more => {}
                 exit = self.procs.next_exit() => {
                     self.child_exited(exit);
+                    // Every exit already reported too, in this turn: one
+                    // per turn, each behind a turn's spawns, made the last
+                    // of a storm's batch wait hundreds of milliseconds.
+                    self.take_ready_exits();
                     trim_at.get_or_insert_with(|| Instant::now() + TRIM_AFTER);
                 }
                 Some(update) = self.updates.recv() => {
@@ -163,6 +190,8 @@ impl Shell {
                 Some(()) = recv_opt(&mut sigchld) => self.procs.reap_orphans(),
                 () = sleep => self.core.handle_timeout(Instant::now()),
                 () = trim => {
+                    self.procs.shrink();
+                    self.core.shrink();
                     lrpm_process::mem::trim();
                     trim_at = None;
                 }
@@ -186,6 +215,18 @@ impl Shell {
     fn shutdown_began(&mut self, why: &str, jobs: usize) {
         tracing::info!("{why}: shutting down {jobs} jobs");
         self.source.stop();
+    }
+
+    /// Handles the exits already reported, [`EXITS_PER_TURN`] at most,
+    /// without waiting; returns whether there were any.
+    fn take_ready_exits(&mut self) -> bool {
+        for taken in 0..EXITS_PER_TURN {
+            let Some(exit) = self.procs.next_exit_now() else {
+                return taken > 0;
+            };
+            self.child_exited(exit);
+        }
+        true
     }
 
     fn child_exited(&mut self, exit: ExitEvent) {
@@ -300,6 +341,7 @@ impl Shell {
             shutting_down: self.core.is_shutting_down(),
             source,
             output: crate::stdio::output_status(),
+            held_back: self.held_back_reason(),
         };
         let jobs = self.core.status_jobs(now, wall);
         // The last size, or a guess: a job takes about 250 bytes.
@@ -342,11 +384,37 @@ impl Shell {
                 stdout,
                 stderr,
             }) => {
+                self.held_back.jobs.remove(&job);
                 self.output.forward(&job, stdout, stderr);
                 tracing::info!(job = %job, pid, "started: {}", human::cut(&spec.program));
                 self.core.handle_spawned(Instant::now(), run, pid);
             }
+            Err(e) if out_of_descriptors(&e) => {
+                if !self.held_back.logged {
+                    self.held_back.logged = true;
+                    tracing::error!(
+                        "lrpm's descriptor limit ({}) holds jobs back: they are retried every {} \
+                         (lrpmctl status says how many); raise lrpm's RLIMIT_NOFILE",
+                        descriptor_limit(),
+                        human::duration(DESCRIPTOR_RETRY)
+                    );
+                }
+                self.held_back.jobs.insert(job.clone());
+                let why = format!(
+                    "{e}: lrpm's descriptor limit ({}) holds it back; retrying in {}",
+                    descriptor_limit(),
+                    human::duration(DESCRIPTOR_RETRY)
+                );
+                tracing::debug!(job = %job, "cannot start: {why}");
+                self.core.handle_spawn_deferred(
+                    Instant::now(),
+                    run,
+                    ExitStatus::spawn_failed(why),
+                    DESCRIPTOR_RETRY,
+                );
+            }
             Err(e) => {
+                self.held_back.jobs.remove(&job);
                 let after = self.core.handle_exit(
                     Instant::now(),
                     run,
@@ -382,6 +450,25 @@ impl Shell {
         (batch, None)
     }
 
+    /// What status says holds jobs back, if anything does. Forgets the
+    /// jobs that no longer wait (removed, or started by a restart request).
+    fn held_back_reason(&mut self) -> Option<String> {
+        let core = &self.core;
+        self.held_back.jobs.retain(|id| core.is_waiting(id));
+        if self.held_back.jobs.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "lrpm's descriptor limit ({}) holds {} jobs back: their spawns fail with \"Too many \
+             open files\" and are retried every {}; {} running workers are followed without a \
+             pidfd. Raise lrpm's RLIMIT_NOFILE (LimitNOFILE=, ulimit -n)",
+            descriptor_limit(),
+            self.held_back.jobs.len(),
+            human::duration(DESCRIPTOR_RETRY),
+            self.procs.pidless_count(),
+        ))
+    }
+
     fn signal(&mut self, run: RunId, signal: Signal) {
         tracing::debug!(?run, %signal, "signalling");
         self.procs.signal(run, signal);
@@ -401,6 +488,40 @@ const SPAWN_BATCH: usize = 8;
 /// machine a spawn, which waits for the child to exec, can take tens of
 /// milliseconds, and 32 of them would hold the loop for a second.
 const SPAWN_SLICE: Duration = Duration::from_millis(20);
+
+/// How many exits one turn of the event loop takes at most: every exit the
+/// kernel reported at once, so that none waits for a turn per exit before
+/// it, yet bounded so that spawns and control requests still get turns.
+const EXITS_PER_TURN: usize = 1024;
+
+/// How long a job whose spawn failed for want of lrpm's descriptors waits
+/// before it is tried again (its backoff is left alone: lrpm's limit is
+/// not the job's fault).
+const DESCRIPTOR_RETRY: Duration = Duration::from_secs(2);
+
+/// Whether a spawn failed for want of descriptors (lrpm's own, or the
+/// system's), rather than for anything of the job's.
+fn out_of_descriptors(error: &SpawnError) -> bool {
+    let errno = match error {
+        SpawnError::Io(e) | SpawnError::Child { error: e, .. } => e.raw_os_error(),
+        _ => None,
+    };
+    errno == Some(libc_errno::EMFILE) || errno == Some(libc_errno::ENFILE)
+}
+
+/// `EMFILE` and `ENFILE`, as `raw_os_error` reports them.
+mod libc_errno {
+    pub(super) const EMFILE: i32 = rustix::io::Errno::MFILE.raw_os_error();
+    pub(super) const ENFILE: i32 = rustix::io::Errno::NFILE.raw_os_error();
+}
+
+/// lrpm's descriptor limit, for messages: "soft RLIMIT_NOFILE N".
+fn descriptor_limit() -> String {
+    match rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        Some(n) => format!("RLIMIT_NOFILE {n}"),
+        None => "RLIMIT_NOFILE unlimited".to_owned(),
+    }
+}
 
 /// How many invalid jobs, and how many warnings, one configuration logs;
 /// status has them all.

@@ -105,6 +105,9 @@ pub fn render(status: &Status, view: &View, sampler: &Sampler) -> String {
     if sup.shutting_down {
         let _ = write!(out, ", {}", paint(yellow, "shutting down"));
     }
+    if let Some(held) = &sup.held_back {
+        let _ = write!(out, "\n{} {held}", paint(red, "held back:"));
+    }
     let source = &sup.source;
     let _ = write!(out, "\nsource {}", Escaped(&source.uri));
     match source.last_load_at {
@@ -361,6 +364,7 @@ mod tests {
                 shutting_down: false,
                 source,
                 output: Default::default(),
+                held_back: None,
             },
             jobs: vec![
                 job("1", JobState::Running),
@@ -427,6 +431,21 @@ invalid jobs (left out or kept on their last valid declaration):
 ";
         assert_eq!(text, expected);
         assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn says_what_holds_jobs_back() {
+        let mut held = status();
+        held.supervisor.held_back =
+            Some("lrpm's descriptor limit (RLIMIT_NOFILE 64) holds 3 jobs back".into());
+        let text = render(&held, &VIEW, &Sampler::now());
+        assert!(
+            text.contains(
+                "\nheld back: lrpm's descriptor limit (RLIMIT_NOFILE 64) holds 3 jobs back\n"
+            ),
+            "{text}"
+        );
+        assert!(!render(&status(), &VIEW, &Sampler::now()).contains("held back"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod support;
 
 mod control;
 mod control_abuse;
+mod descriptors;
 mod hostile;
 mod library;
 mod oom;

@@ -1516,3 +1516,182 @@ fn soak() {
     }
     assert!(lrpm.terminate().success());
 }
+
+// ---------------------------------------------------------------------------
+// Reaping keeps pace with a storm.
+
+/// The sum of every job's restarts in a status response.
+fn total_restarts(status: &Value) -> u64 {
+    restarts(status).values().sum()
+}
+
+#[test]
+fn in_a_storm_no_exit_waits_long_to_be_reaped() {
+    // 300 jobs that exit at once, restarted at once: a thousand or more
+    // exits a second, more than one epoll wait's worth at a time.
+    let n = 300;
+    let mut config = String::new();
+    for i in 0..n {
+        config.push_str(&format!(
+            "[t{i}]\nname = \"t{i}\"\ncommand = [\"true\"]\nshortRunTimeSeconds = 0\n\n"
+        ));
+    }
+    let mut lrpm = Lrpm::start("jobs.toml", &config, &["-q"]);
+    let lrpm_pid = lrpm.pid();
+    lrpm.wait_for("the storm under way", LONG, |s| {
+        total_restarts(s) > 2 * n as u64
+    });
+    // Little's law: the mean time an exit waits to be reaped is the mean
+    // number of zombies waiting divided by the rate of exits. lrpm's
+    // zombies are its ended workers not reaped yet (an ended run's zombie
+    // is reaped in the same turn of the loop as its exit is handled).
+    let before = total_restarts(&lrpm.status());
+    let started = Instant::now();
+    let (mut samples, mut zombies, mut most) = (0u64, 0u64, 0usize);
+    while started.elapsed() < Duration::from_secs(4) {
+        let now = zombie_children(lrpm_pid).len();
+        zombies += now as u64;
+        most = most.max(now);
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let exits = total_restarts(&lrpm.status()) - before;
+    let rate = exits as f64 / seconds;
+    let mean_zombies = zombies as f64 / samples as f64;
+    let mean_wait_ms = mean_zombies / rate * 1000.0;
+    eprintln!(
+        "storm: {rate:.0} exits/s, {mean_zombies:.1} zombies on average ({most} at most), \
+         an exit waits {mean_wait_ms:.1} ms on average to be reaped"
+    );
+    assert!(rate > 50.0, "the storm ran at {rate:.0} exits/s only");
+    // One turn of the loop spawns for 20 ms at most; an exit waits for the
+    // turn under way, and no more. Generous, for a loaded machine.
+    assert!(
+        mean_wait_ms < 60.0,
+        "an exit waits {mean_wait_ms:.1} ms on average to be reaped"
+    );
+    assert!(lrpm.terminate().success());
+}
+
+// ---------------------------------------------------------------------------
+// Memory returned after churn.
+
+/// `n` jobs that sleep while a file `calm` exists in lrpm's directory, and
+/// otherwise exit at once and are restarted at once.
+fn churn_config(n: usize) -> String {
+    let mut config = String::new();
+    for i in 0..n {
+        config.push_str(&format!(
+            "[c{i}]\nname = \"churn {i}\"\n\
+             command = \"[ -e calm ] && exec sleep 100000; exit 0\"\n\
+             shortRunTimeSeconds = 0\n\n"
+        ));
+    }
+    config
+}
+
+/// Starts lrpm on `n` churn jobs; with `churn`, they churn for that long
+/// before they calm down. Returns lrpm once every job sleeps.
+fn churn_farm(n: usize, churn: Option<Duration>) -> Lrpm {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let calm = dir.path().join("calm");
+    if churn.is_none() {
+        fs::write(&calm, "").expect("calm");
+    }
+    let config = dir.path().join("jobs.toml");
+    fs::write(&config, churn_config(n)).expect("config");
+    let lrpm = Lrpm::start_in(dir, config.clone(), |command| {
+        command.arg("-q").arg(&config);
+    });
+    if let Some(churn) = churn {
+        lrpm.wait_for("the churn under way", LONG, |s| {
+            restarts(s).values().sum::<u64>() > n as u64
+        });
+        let started = Instant::now();
+        while started.elapsed() < churn {
+            // Status answers during the churn, as a monitor would ask.
+            let _ = lrpm.status();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        fs::write(&calm, "").expect("calm");
+    }
+    lrpm.wait_for("every job sleeping", LONG * 2, |s| all_running(s, n));
+    lrpm
+}
+
+#[test]
+fn after_heavy_churn_memory_is_within_15_percent_of_a_fresh_farm() {
+    let n = knob("LRPM_CHURN_WORKERS", 300) as usize;
+    let churn = Duration::from_secs(knob("LRPM_CHURN_SECONDS", 8));
+    let mut churned = churn_farm(n, Some(churn));
+    let churned_settled = Instant::now();
+    let mut fresh = churn_farm(n, None);
+    let fresh_settled = Instant::now();
+    // Both have trimmed their heaps once they settled: lrpm trims 5 s after
+    // the first activity since its last trim, and once after the last.
+    let trimmed = |since: Instant| Duration::from_secs(7).saturating_sub(since.elapsed());
+    std::thread::sleep(trimmed(churned_settled).max(trimmed(fresh_settled)));
+    let fresh_rss = memory_kib(fresh.pid()).0;
+    let (churned_rss, churned_anon) = last_look(
+        || memory_kib(churned.pid()),
+        |&(rss, _)| rss as f64 <= fresh_rss as f64 * 1.15,
+    );
+    let fresh_anon = memory_kib(fresh.pid()).1;
+    eprintln!(
+        "{n} jobs, churned for {churn:?}: RSS {churned_rss} KiB ({churned_anon} KiB anonymous); \
+         fresh: RSS {fresh_rss} KiB ({fresh_anon} KiB anonymous): {:+.1} %",
+        (churned_rss as f64 / fresh_rss as f64 - 1.0) * 100.0
+    );
+    assert!(
+        churned_rss as f64 <= fresh_rss as f64 * 1.15,
+        "RSS after churn {churned_rss} KiB is more than 15 % above a fresh farm's {fresh_rss} KiB"
+    );
+    assert!(churned.terminate().success());
+    assert!(fresh.terminate().success());
+}
+
+#[test]
+#[ignore = "known gap (docs/reliability.md): a farm grown to 3,000 jobs and cut back to 1,000 \
+            keeps about 55 % more RSS than a fresh farm of 1,000: its heap is fragmented, not \
+            held (malloc_trim gives nothing back)"]
+fn after_growing_and_shrinking_memory_is_within_15_percent_of_a_fresh_farm() {
+    let n = 1000;
+    let ids = |prefix: &str, count: usize| -> Vec<String> {
+        (0..count).map(|i| format!("{prefix}{i}")).collect()
+    };
+    let config =
+        |ids: &[String]| crate::support::jobs(&ids.iter().map(String::as_str).collect::<Vec<_>>());
+    let last = ids("f", n);
+    let mut churned = Lrpm::start("jobs.json", &config(&ids("g0-", n)), &["-q"]);
+    churned.wait_for("the first farm", LONG, |s| all_running(s, n));
+    for round in 1..6 {
+        let size = if round % 2 == 1 { 3 * n } else { n };
+        churned.write_config(&config(&ids(&format!("g{round}-"), size)));
+        churned.wait_for("the farm of the round", LONG * 2, |s| all_running(s, size));
+    }
+    churned.write_config(&config(&last));
+    churned.wait_for("the last farm", LONG * 2, |s| all_running(s, n));
+    let settled = Instant::now();
+    let mut fresh = Lrpm::start("jobs.json", &config(&last), &["-q"]);
+    fresh.wait_for("the fresh farm", LONG * 2, |s| all_running(s, n));
+    std::thread::sleep(Duration::from_secs(8));
+    let fresh_rss = memory_kib(fresh.pid()).0;
+    let (churned_rss, _) = last_look(
+        || memory_kib(churned.pid()),
+        |&(rss, _)| rss as f64 <= fresh_rss as f64 * 1.15,
+    );
+    eprintln!(
+        "grown to {} jobs and back to {n}: RSS {churned_rss} KiB, {:?} after it settled; \
+         fresh: {fresh_rss} KiB ({:+.1} %)",
+        3 * n,
+        settled.elapsed(),
+        (churned_rss as f64 / fresh_rss as f64 - 1.0) * 100.0
+    );
+    assert!(
+        churned_rss as f64 <= fresh_rss as f64 * 1.15,
+        "RSS {churned_rss} KiB after growing and shrinking, fresh {fresh_rss} KiB"
+    );
+    assert!(churned.terminate().success());
+    assert!(fresh.terminate().success());
+}
