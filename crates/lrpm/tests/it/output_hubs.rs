@@ -11,9 +11,10 @@ use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::output_faults::{Tmpfs, fill};
 use crate::support::{
-    Lrpm, all_running, children_of, fd_count, job_in, jobs_in, lrpm_command, pid_alive, pid_of,
-    signal, wait_for_value, wait_until,
+    Lrpm, all_running, children_of, fd_count, is_root, job_in, jobs_in, lrpm_command, pid_alive,
+    pid_of, prerequisite, signal, wait_for_value, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -202,6 +203,41 @@ fn lines_a_hub_holds_for_an_unread_stdout_at_shutdown_count_as_lost() {
         "{report}"
     );
     drop(out_r);
+}
+
+#[test]
+fn a_hubs_stdout_on_a_full_filesystem_is_reported_by_lrpm_once_freed() {
+    if !prerequisite("root, to mount a tmpfs", is_root()) {
+        return;
+    }
+    let tmpfs = Tmpfs::mount("1m");
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(tmpfs.path("stdout.log"))
+        .expect("open a log on the tmpfs");
+    fill(&tmpfs.path("filler"));
+    let mut lrpm = flood_through_a_hub(out.into());
+    let status = lrpm.wait_for("the hub's write errors in the status", LONG, |s| {
+        stdout_lost(s, "write_errors") > 0
+    });
+    let last = &status["supervisor"]["output"]["stdout"]["last_error"];
+    assert!(
+        last.as_str().is_some_and(|e| e.contains("No space left")),
+        "{last}"
+    );
+    // Room again: the hub's next write succeeds, and lrpm logs what the
+    // hub lost before.
+    std::fs::remove_file(tmpfs.path("filler")).expect("free the tmpfs");
+    wait_until("lrpm's report of what the hub lost", LONG, || {
+        lrpm.stderr()
+            .lines()
+            .any(|l| l.contains("output hub: workers' stdout: ") && l.contains("No space left"))
+    });
+    let status = lrpm.terminate();
+    assert_eq!(status.code(), Some(74), "{status:?}\n{}", lrpm.stderr());
+    drop(lrpm);
+    drop(tmpfs);
 }
 
 /// lrpm's output hubs: its children running `__lrpm-output-hub`.
