@@ -44,6 +44,22 @@
 //! flushes its queue and exits; lrpm waits for it for at most
 //! [`EXIT_GRACE`], then kills it. No line a worker wrote is lost.
 //!
+//! A hub counts what its writer thread loses (a closed, full or unread
+//! stdout or stderr) as lrpm does, in its own process; it reports those
+//! counters to lrpm on the same socket. Two messages go from a hub to
+//! lrpm, told apart by their form: a 4-byte count of released workers, and
+//! a *loss report* ([`LossReport`]: a magic, a version, then the totals of
+//! each stream). A report carries totals, not events: the hub sends one at
+//! most every [`REPORT_EVERY`], only when something changed, without
+//! waiting (a report the socket cannot take now is replaced by the next
+//! one), and a last one before it exits, once it gave up on what its
+//! queue still held. lrpm adds what grew since the hub's previous report
+//! to its own counters (`supervisor.output` in the status, and so the
+//! exit code 74), and logs the losses the hub's stream recovered from (a
+//! write succeeded after them), as it does its own. lrpm trusts nothing
+//! in a report: a message of another form or version is ignored, a
+//! total that went down adds nothing, and reading never waits on the hub.
+//!
 //! A hub that ends unexpectedly is logged as an error and forgotten; new
 //! workers go to a new hub. The workers whose pipes it held get EPIPE (or
 //! SIGPIPE) on their next write; most die of it and are restarted as
@@ -72,6 +88,7 @@ use tokio::task::JoinHandle;
 
 use crate::base::Role;
 use crate::output::{Output, WorkerDone};
+use crate::stdio::{self, Losses, Stream};
 
 /// Descriptors a hub keeps for itself (stdio, its socket, the runtime's)
 /// besides its workers' pipes.
@@ -87,6 +104,26 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The longest job id a hub is told (the prefix of its lines).
 const MAX_ID: usize = 4096;
+
+/// How often at most a hub reports its losses to lrpm.
+const REPORT_EVERY: Duration = Duration::from_millis(250);
+
+/// How long a hub forwards what is left in its pipes once lrpm closed its
+/// socket, before it gives up on them; then it waits at most
+/// [`FLUSH_GRACE`] for its queue to be written. Together well within
+/// [`EXIT_GRACE`], so that its last loss report reaches lrpm.
+const DRAIN_GRACE: Duration = Duration::from_millis(1200);
+/// See [`DRAIN_GRACE`].
+const FLUSH_GRACE: Duration = Duration::from_millis(400);
+
+/// The first bytes of a loss report.
+const LOSS_MAGIC: &[u8; 8] = b"lrpmloss";
+/// The version of the loss report's layout.
+const LOSS_VERSION: u8 = 1;
+/// The longest error message a loss report carries.
+const MAX_ERROR: usize = 200;
+/// The largest message lrpm reads from a hub.
+const MAX_REPORT: usize = 1024;
 
 /// lrpm's output hubs: where the pipes of new workers go once lrpm's own
 /// descriptors are half used. Clones share them.
@@ -297,10 +334,144 @@ impl Hub {
     }
 }
 
-/// Follows one hub: takes the workers it lets go off its count until its
-/// socket ends, then reaps it.
+/// A hub's loss report: what its writer thread lost on workers' stdout and
+/// stderr since the hub started (totals, see [`stdio::Losses`]).
+///
+/// Layout: [`LOSS_MAGIC`], the version byte [`LOSS_VERSION`], then for
+/// stdout and stderr in turn: `dropped`, `errors`, `settled_dropped`,
+/// `settled_errors` (each a little-endian u64), the length of the last
+/// error (a little-endian u16, at most [`MAX_ERROR`]) and its bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LossReport {
+    stdout: Losses,
+    stderr: Losses,
+}
+
+impl LossReport {
+    /// What this process lost so far.
+    fn now() -> Self {
+        Self {
+            stdout: stdio::losses(Stream::Stdout),
+            stderr: stdio::losses(Stream::Stderr),
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(128);
+        bytes.extend_from_slice(LOSS_MAGIC);
+        bytes.push(LOSS_VERSION);
+        for losses in [&self.stdout, &self.stderr] {
+            for n in [
+                losses.dropped,
+                losses.errors,
+                losses.settled_dropped,
+                losses.settled_errors,
+            ] {
+                bytes.extend_from_slice(&n.to_le_bytes());
+            }
+            let error = losses.last_error.as_deref().unwrap_or("");
+            let mut end = error.len().min(MAX_ERROR);
+            while !error.is_char_boundary(end) {
+                end -= 1;
+            }
+            let len = u16::try_from(end).unwrap_or(0);
+            bytes.extend_from_slice(&len.to_le_bytes());
+            bytes.extend_from_slice(&error.as_bytes()[..usize::from(len)]);
+        }
+        bytes
+    }
+
+    /// The report in `bytes`; `None` for anything else (another message, a
+    /// version this lrpm does not know, a malformed one).
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut rest = bytes.strip_prefix(LOSS_MAGIC)?;
+        let (&version, tail) = rest.split_first()?;
+        if version != LOSS_VERSION {
+            return None;
+        }
+        rest = tail;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (head, tail) = rest.split_at_checked(n)?;
+            rest = tail;
+            Some(head)
+        };
+        let mut streams = [Losses::default(), Losses::default()];
+        for losses in &mut streams {
+            let mut next =
+                || -> Option<u64> { Some(u64::from_le_bytes(take(8)?.try_into().ok()?)) };
+            (losses.dropped, losses.errors) = (next()?, next()?);
+            (losses.settled_dropped, losses.settled_errors) = (next()?, next()?);
+            let len = u16::from_le_bytes(take(2)?.try_into().ok()?);
+            if usize::from(len) > MAX_ERROR {
+                return None;
+            }
+            let error = String::from_utf8_lossy(take(usize::from(len))?).into_owned();
+            losses.last_error = (!error.is_empty()).then_some(error);
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+        let [stdout, stderr] = streams;
+        Some(Self { stdout, stderr })
+    }
+}
+
+/// What lrpm took from one hub's reports so far, per stream (stdout,
+/// stderr): the totals it added to its counters, and those it logged.
+#[derive(Debug, Default)]
+struct Taken {
+    added: [Losses; 2],
+    logged: [Losses; 2],
+}
+
+impl Taken {
+    /// Adds what grew since the last report to lrpm's counters, and logs
+    /// what the hub's streams recovered from.
+    fn take(&mut self, hub: i32, report: LossReport) {
+        let streams = [
+            (Stream::Stdout, report.stdout),
+            (Stream::Stderr, report.stderr),
+        ];
+        for (i, (stream, now)) in streams.into_iter().enumerate() {
+            let added = &mut self.added[i];
+            let dropped = now.dropped.saturating_sub(added.dropped);
+            let errors = now.errors.saturating_sub(added.errors);
+            if dropped > 0 || errors > 0 {
+                let last = if errors > 0 {
+                    now.last_error.clone()
+                } else {
+                    None
+                };
+                stdio::add_lost(stream, dropped, errors, last);
+                added.dropped = added.dropped.max(now.dropped);
+                added.errors = added.errors.max(now.errors);
+            }
+            let logged = &mut self.logged[i];
+            // Only what was added is logged, however the hub counts.
+            let settled_dropped = now.settled_dropped.min(added.dropped);
+            let settled_errors = now.settled_errors.min(added.errors);
+            let lines = settled_dropped.saturating_sub(logged.dropped);
+            let failed = settled_errors.saturating_sub(logged.errors);
+            if lines > 0 || failed > 0 {
+                logged.dropped = logged.dropped.max(settled_dropped);
+                logged.errors = logged.errors.max(settled_errors);
+                let last = now.last_error.as_deref().unwrap_or_default();
+                tracing::warn!(
+                    hub,
+                    "output hub: {}",
+                    stdio::describe_loss(stream, lines, failed, last)
+                );
+            }
+        }
+    }
+}
+
+/// Follows one hub: takes the workers it lets go off its count and its
+/// losses into lrpm's until its socket ends, then reaps it.
 async fn watch(hub: Arc<Hub>) {
-    let mut buf = [0u8; 256];
+    let mut buf = [0u8; MAX_REPORT];
+    let mut taken = Taken::default();
+    let pid = hub.child.pid().as_raw_nonzero().get();
     loop {
         let read = hub
             .sock
@@ -309,16 +480,20 @@ async fn watch(hub: Arc<Hub>) {
             })
             .await;
         match read {
+            // A message longer than the buffer is cut: `n` is what was read.
             Ok((n, _)) if n > 0 => {
-                let released: usize = buf[..n]
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize)
-                    .sum();
-                let _ = hub
-                    .held
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
-                        Some(held.saturating_sub(released))
-                    });
+                let message = &buf[..n.min(MAX_REPORT)];
+                if let Ok(count) = <[u8; 4]>::try_from(message) {
+                    let released = u32::from_le_bytes(count) as usize;
+                    let _ = hub
+                        .held
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                            Some(held.saturating_sub(released))
+                        });
+                } else if let Some(report) = LossReport::decode(message) {
+                    taken.take(pid, report);
+                }
+                // Anything else is not understood, and ignored.
             }
             _ => break,
         }
@@ -367,10 +542,16 @@ pub(crate) fn run(fd: RawFd) -> ExitCode {
         }
     };
     let served = rt.block_on(serve(sock, output));
+    // The readers' tasks end with the runtime; the writer thread with them,
+    // once its queue is written, or is given up on (its lines counted as
+    // lost) if lrpm's stdout or stderr does not take them in time.
     drop(rt);
-    thread.join();
+    thread.join_within(FLUSH_GRACE);
     match served {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(sock) => {
+            send_last_report(&sock);
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("lrpm output hub: {e}");
             ExitCode::FAILURE
@@ -378,10 +559,42 @@ pub(crate) fn run(fd: RawFd) -> ExitCode {
     }
 }
 
+/// Sends lrpm the hub's last loss report, waiting a little for room on the
+/// socket (lrpm reads it until the hub exits).
+fn send_last_report(sock: &OwnedFd) {
+    let report = LossReport::now();
+    if report == LossReport::default() {
+        return;
+    }
+    let bytes = report.encode();
+    for _ in 0..20 {
+        match rustix::net::send(sock, &bytes, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Sends lrpm the hub's losses if they changed since `sent`, without
+/// waiting: a report the socket cannot take now is replaced by the next.
+fn send_report(sock: &AsyncFd<OwnedFd>, sent: &mut LossReport) {
+    let report = LossReport::now();
+    if report == *sent {
+        return;
+    }
+    let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+    if rustix::net::send(sock.get_ref(), &report.encode(), flags).is_ok() {
+        *sent = report;
+    }
+}
+
 /// The hub's loop: takes workers' pipes from lrpm and forwards them; reports
-/// each worker whose pipes both ended; returns once lrpm closed its side and
-/// nothing is held.
-async fn serve(sock: OwnedFd, output: Output) -> io::Result<()> {
+/// each worker whose pipes both ended, and its losses; returns its socket
+/// once lrpm closed its side and nothing is held, or [`DRAIN_GRACE`] after
+/// lrpm closed its side.
+async fn serve(sock: OwnedFd, output: Output) -> io::Result<OwnedFd> {
     use tokio::signal::unix::{SignalKind, signal};
     // Handled and never read: the hub ends when lrpm says so or dies, not
     // when the terminal or a service manager signals lrpm's group.
@@ -396,6 +609,12 @@ async fn serve(sock: OwnedFd, output: Output) -> io::Result<()> {
     let mut held = 0usize;
     let mut open = true;
     let mut buf = vec![0u8; MAX_ID];
+    let mut sent = LossReport::default();
+    let mut report = tokio::time::interval(REPORT_EVERY);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set once lrpm closed its side.
+    let drained = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
+    tokio::pin!(drained);
     while open || held > 0 {
         tokio::select! {
             got = receive(&sock, &mut buf), if open => match got {
@@ -403,9 +622,15 @@ async fn serve(sock: OwnedFd, output: Output) -> io::Result<()> {
                     held += 1;
                     output.forward_counted(&job, stdout, stderr, WorkerDone::new(done_tx.clone()));
                 }
-                // lrpm closed its side (or is gone): forward what is held.
-                Ok(None) | Err(_) => open = false,
+                // lrpm closed its side (or is gone): forward what is held,
+                // for a while.
+                Ok(None) | Err(_) => {
+                    open = false;
+                    drained.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
+                }
             },
+            _ = report.tick() => send_report(&sock, &mut sent),
+            () = &mut drained, if !open => break,
             Some(()) = done_rx.recv() => {
                 let mut n = 1u32;
                 while done_rx.try_recv().is_ok() {
@@ -424,7 +649,7 @@ async fn serve(sock: OwnedFd, output: Output) -> io::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(sock.into_inner())
 }
 
 /// Receives one worker's job id and pipes; `None` when lrpm closed its side.
@@ -491,5 +716,67 @@ impl Forwarding {
             _ => (stdout, stderr),
         };
         self.output.forward(job, stdout, stderr);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(dropped: u64, errors: u64, settled: u64, error: &str) -> LossReport {
+        LossReport {
+            stdout: Losses {
+                dropped,
+                errors,
+                settled_dropped: settled,
+                settled_errors: settled.min(errors),
+                last_error: Some(error.to_owned()),
+            },
+            stderr: Losses::default(),
+        }
+    }
+
+    #[test]
+    fn a_loss_report_reads_back_as_written() {
+        let sent = report(12, 3, 5, "Broken pipe (os error 32)");
+        assert_eq!(LossReport::decode(&sent.encode()), Some(sent));
+        // A long error is cut, on a character boundary.
+        let long = report(1, 1, 0, &"é".repeat(MAX_ERROR));
+        let back = LossReport::decode(&long.encode()).expect("decoded");
+        let error = back.stdout.last_error.expect("an error");
+        assert!(error.len() <= MAX_ERROR && error.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn anything_but_a_well_formed_report_is_refused() {
+        let bytes = report(12, 3, 5, "err").encode();
+        assert_eq!(LossReport::decode(&bytes[..bytes.len() - 1]), None);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(LossReport::decode(&longer), None);
+        let mut other_version = bytes.clone();
+        other_version[LOSS_MAGIC.len()] = LOSS_VERSION + 1;
+        assert_eq!(LossReport::decode(&other_version), None);
+        assert_eq!(LossReport::decode(&7u32.to_le_bytes()), None);
+        assert_eq!(LossReport::decode(b""), None);
+    }
+
+    #[test]
+    fn totals_add_only_what_grew() {
+        let before = stdio::losses(Stream::Stdout);
+        let mut taken = Taken::default();
+        taken.take(1, report(10, 2, 0, "first"));
+        // The same totals again, and totals that went down, add nothing.
+        taken.take(1, report(10, 2, 0, "first"));
+        taken.take(1, report(4, 1, 0, "lower"));
+        taken.take(1, report(15, 3, 15, "second"));
+        let after = stdio::losses(Stream::Stdout);
+        // Other tests of this binary may count losses meanwhile: at least
+        // these were added.
+        assert!(after.dropped - before.dropped >= 15);
+        assert!(after.errors - before.errors >= 3);
+        assert_eq!(taken.added[0].dropped, 15);
+        assert_eq!(taken.logged[0].dropped, 15);
+        assert_eq!(taken.logged[0].errors, 3);
     }
 }

@@ -95,11 +95,6 @@ pub(crate) struct OutputThread {
 }
 
 impl OutputThread {
-    /// Waits until every queued line is written.
-    pub(crate) fn join(self) {
-        let _ = self.thread.join();
-    }
-
     /// Waits until every queued line is written, for at most `timeout`
     /// (a stdout or stderr that nobody reads would keep it waiting
     /// forever); what is left then is counted as lost. Returns whether

@@ -92,6 +92,10 @@ struct Health {
     errors: AtomicU64,
     /// Lines queued and not yet written or dropped.
     pending: AtomicU64,
+    /// `dropped` and `errors` as of the last write that succeeded: the
+    /// losses the stream has recovered from (an output hub reports them).
+    settled_dropped: AtomicU64,
+    settled_errors: AtomicU64,
     /// The last write error. Only taken to copy a short string in or out,
     /// never across a write.
     last_error: Mutex<Option<String>>,
@@ -103,6 +107,8 @@ impl Health {
             dropped: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            settled_dropped: AtomicU64::new(0),
+            settled_errors: AtomicU64::new(0),
             last_error: Mutex::new(None),
         }
     }
@@ -181,7 +187,15 @@ impl Recovery {
                     *last = Some(e.to_string());
                 }
             }
-            Ok(()) => self.report(),
+            Ok(()) => {
+                let (dropped, errors) = (
+                    health.dropped.load(Ordering::Relaxed),
+                    health.errors.load(Ordering::Relaxed),
+                );
+                health.settled_dropped.store(dropped, Ordering::Relaxed);
+                health.settled_errors.store(errors, Ordering::Relaxed);
+                self.report();
+            }
         }
     }
 
@@ -198,14 +212,61 @@ impl Recovery {
             errors - self.reported_errors,
         );
         (self.reported_dropped, self.reported_errors) = (dropped, errors);
-        let (what, fd) = self.stream.names();
-        if failed == 0 {
-            tracing::warn!("{lines} lines of {what} dropped while {fd} was blocked");
-        } else {
-            let last = health.last_error().unwrap_or_default();
-            tracing::warn!(
-                "{what}: {failed} writes to {fd} failed, {lines} lines lost (last error: {last})"
-            );
+        let last = health.last_error().unwrap_or_default();
+        tracing::warn!("{}", describe_loss(self.stream, lines, failed, &last));
+    }
+}
+
+/// The report of `lines` lines of `stream` lost by `failed` failed writes
+/// (none: dropped while the stream was blocked), the last failing with
+/// `last`.
+pub(crate) fn describe_loss(stream: Stream, lines: u64, failed: u64, last: &str) -> String {
+    let (what, fd) = stream.names();
+    if failed == 0 {
+        format!("{lines} lines of {what} dropped while {fd} was blocked")
+    } else {
+        format!("{what}: {failed} writes to {fd} failed, {lines} lines lost (last error: {last})")
+    }
+}
+
+/// What a stream lost since the process started, as an output hub reports
+/// it to lrpm.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Losses {
+    /// Lines dropped.
+    pub(crate) dropped: u64,
+    /// Writes that failed.
+    pub(crate) errors: u64,
+    /// `dropped` as of the last write that succeeded.
+    pub(crate) settled_dropped: u64,
+    /// `errors` as of the last write that succeeded.
+    pub(crate) settled_errors: u64,
+    /// The last write error.
+    pub(crate) last_error: Option<String>,
+}
+
+/// What `stream` lost in this process so far.
+pub(crate) fn losses(stream: Stream) -> Losses {
+    let health = stream.health();
+    Losses {
+        dropped: health.dropped.load(Ordering::Relaxed),
+        errors: health.errors.load(Ordering::Relaxed),
+        settled_dropped: health.settled_dropped.load(Ordering::Relaxed),
+        settled_errors: health.settled_errors.load(Ordering::Relaxed),
+        last_error: health.last_error(),
+    }
+}
+
+/// Adds losses of `stream` that happened in another process (an output
+/// hub) to this process's counters, and so to the status and the exit
+/// code; `last_error` replaces the last error when given.
+pub(crate) fn add_lost(stream: Stream, dropped: u64, errors: u64, last_error: Option<String>) {
+    let health = stream.health();
+    health.dropped.fetch_add(dropped, Ordering::Relaxed);
+    health.errors.fetch_add(errors, Ordering::Relaxed);
+    if let Some(e) = last_error {
+        if let Ok(mut last) = health.last_error.lock() {
+            *last = Some(e);
         }
     }
 }

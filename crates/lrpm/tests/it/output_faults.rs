@@ -213,12 +213,12 @@ fn a_closed_stderr_and_stdout_are_survived() {
 
 /// A tmpfs of `size` mounted on a fresh directory; unmounted and removed on
 /// drop.
-struct Tmpfs {
+pub(crate) struct Tmpfs {
     dir: PathBuf,
 }
 
 impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
+    pub(crate) fn mount(size: &str) -> Tmpfs {
         let dir = tempfile::tempdir().expect("tempdir").keep();
         let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "lrpm-test"])
@@ -229,7 +229,7 @@ impl Tmpfs {
         Tmpfs { dir }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 }
@@ -242,7 +242,7 @@ impl Drop for Tmpfs {
 }
 
 /// Fills the filesystem of `path` with the file `path`.
-fn fill(path: &Path) {
+pub(crate) fn fill(path: &Path) {
     let mut filler = File::create(path).expect("create the filler");
     let block = vec![0u8; 4096];
     while filler.write_all(&block).is_ok() {}
