@@ -1652,9 +1652,6 @@ fn after_heavy_churn_memory_is_within_15_percent_of_a_fresh_farm() {
 }
 
 #[test]
-#[ignore = "known gap (docs/reliability.md): a farm grown to 3,000 jobs and cut back to 1,000 \
-            kept 53 % more RSS than a fresh farm under glibc, 13.5 % under jemalloc (one run): \
-            too close to the bound to gate CI"]
 fn after_growing_and_shrinking_memory_is_within_15_percent_of_a_fresh_farm() {
     let n = 1000;
     let ids = |prefix: &str, count: usize| -> Vec<String> {
