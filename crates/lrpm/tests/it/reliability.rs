@@ -1652,9 +1652,6 @@ fn after_heavy_churn_memory_is_within_15_percent_of_a_fresh_farm() {
 }
 
 #[test]
-#[ignore = "known gap (docs/reliability.md): a farm grown to 3,000 jobs and cut back to 1,000 \
-            keeps about 55 % more RSS than a fresh farm of 1,000: its heap is fragmented, not \
-            held (malloc_trim gives nothing back)"]
 fn after_growing_and_shrinking_memory_is_within_15_percent_of_a_fresh_farm() {
     let n = 1000;
     let ids = |prefix: &str, count: usize| -> Vec<String> {
