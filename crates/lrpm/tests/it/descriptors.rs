@@ -75,16 +75,7 @@ fn under_256_descriptors_500_jobs_all_run_and_stop_cleanly() {
                 .is_some_and(|pid| pid != victim)
         },
     );
-    let status = lrpm.status();
-    let pids: Vec<u32> = jobs_in(&status).iter().filter_map(pid_of).collect();
-    assert!(
-        lrpm.terminate().success(),
-        "lrpm's exit:\n{}",
-        lrpm.stderr()
-    );
-    wait_until("every worker gone", Duration::from_secs(30), || {
-        pids.iter().all(|&pid| !support::pid_alive(pid))
-    });
+    stop_and_check_no_worker_is_left(&mut lrpm);
 }
 
 #[test]
@@ -131,6 +122,12 @@ fn under_a_limit_too_small_for_the_farm_status_says_the_limit_holds_jobs_back() 
         1,
         "{log}"
     );
+    stop_and_check_no_worker_is_left(&mut lrpm);
+}
+
+/// Stops lrpm, which must exit cleanly, and waits until every worker it ran
+/// is gone.
+fn stop_and_check_no_worker_is_left(lrpm: &mut Lrpm) {
     let status = lrpm.status();
     let pids: Vec<u32> = jobs_in(&status).iter().filter_map(pid_of).collect();
     assert!(
