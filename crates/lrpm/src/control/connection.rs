@@ -86,26 +86,20 @@ pub(super) async fn serve(
                 }
                 return;
             }
-            Err(ReadEnd::Idle) => {
+            Err(end @ (ReadEnd::Idle | ReadEnd::Slow)) => {
                 drop(slot);
-                refuse(
-                    stream,
-                    &format!(
+                let message = if matches!(end, ReadEnd::Idle) {
+                    format!(
                         "no complete request: nothing received for {} s; closing",
                         IDLE_TIMEOUT.as_secs()
-                    ),
-                );
-                return;
-            }
-            Err(ReadEnd::Slow) => {
-                drop(slot);
-                refuse(
-                    stream,
-                    &format!(
+                    )
+                } else {
+                    format!(
                         "no complete request within {} s of its first byte; closing",
                         REQUEST_TIMEOUT.as_secs()
-                    ),
-                );
+                    )
+                };
+                refuse(stream, &message);
                 return;
             }
         };
