@@ -110,6 +110,45 @@ pub struct SourceStatus {
     /// arrives.
     #[serde(default)]
     pub held: Option<HeldConfig>,
+    /// The connection of a source that keeps one to a server (postgres,
+    /// etcd); absent for the others. The shell fills it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<ConnectionStatus>,
+    /// The revision of the configuration last loaded, for a source that has
+    /// one (etcd's store revision; postgres's count of loads). The shell
+    /// fills it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+}
+
+/// The state of a source's connection to its server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionStatus {
+    /// Whether it is connected.
+    pub state: ConnectionState,
+    /// Since when it is in that state (UTC seconds).
+    pub since: f64,
+    /// Why the connection was lost or could not be made; `None` while
+    /// connected.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// When the next attempt to connect is due (UTC seconds), while
+    /// reconnecting.
+    #[serde(default)]
+    pub retry_at: Option<f64>,
+}
+
+/// Where a source's connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionState {
+    /// The first attempt to connect is under way.
+    Connecting,
+    /// Connected: changes are followed.
+    Connected,
+    /// The connection was lost or refused; the farm runs on the last good
+    /// configuration and the source tries again with backoff.
+    Reconnecting,
 }
 
 /// A configuration held back by the removal guard.

@@ -47,7 +47,7 @@ use crate::cli::{Args, LogFormat, Options};
 use crate::hub::Forwarding;
 use crate::output::Output;
 use crate::runtime::Shell;
-use crate::source::{OpenError, SourceOptions};
+use crate::source::{OpenError, SourceMonitor, SourceOptions};
 
 /// Runs the supervisor with the command-line arguments `args` (the first is
 /// the program name) and returns its exit code: 0 after a clean shutdown,
@@ -260,7 +260,9 @@ fn supervise(
             interval: options.interval,
             timeout: options.source_timeout,
             spawn: spawn_ctx.clone(),
+            monitor: SourceMonitor::default(),
         };
+        let source_monitor = source_options.monitor.clone();
         let source_uri = options
             .source
             .clone()
@@ -308,6 +310,7 @@ fn supervise(
             output: forwarding,
             updates,
             source,
+            source_monitor,
             control,
             started_at,
             worker_classes,

@@ -38,7 +38,7 @@ use lrpm_process::exits::ExitEvent;
 
 use crate::hub::Forwarding;
 use crate::process::{ProcessTable, Spawn, Started};
-use crate::source::{Loaded, SourceHandle, SourceUpdate};
+use crate::source::{Loaded, SourceHandle, SourceMonitor, SourceUpdate};
 use lrpm_proto::codec::{Request, Response};
 
 /// Seconds since the Unix epoch, now.
@@ -65,6 +65,8 @@ pub(crate) struct Shell {
     pub(crate) updates: mpsc::UnboundedReceiver<SourceUpdate>,
     /// The running source.
     pub(crate) source: SourceHandle,
+    /// What the source says of its connection, for status.
+    pub(crate) source_monitor: SourceMonitor,
     /// Control requests.
     pub(crate) control: mpsc::Receiver<ControlMsg>,
     /// When the supervisor started (UTC seconds).
@@ -334,6 +336,7 @@ impl Shell {
         let mut source = self.core.status_source(now, wall);
         source.loads = self.loads;
         source.last_attempt_at = self.last_attempt_at;
+        (source.connection, source.revision) = self.source_monitor.snapshot();
         let supervisor = SupervisorStatus {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use lrpm_core::escape::{Escaped, escape};
 use lrpm_core::human::HumanDuration;
-use lrpm_core::status::{ExitInfo, JobState, JobStatus, Status};
+use lrpm_core::status::{ConnectionState, ExitInfo, JobState, JobStatus, Status};
 use unicode_width::UnicodeWidthStr;
 
 use crate::client::Client;
@@ -115,6 +115,29 @@ pub fn render(status: &Status, view: &View, sampler: &Sampler) -> String {
             let _ = write!(out, ", loaded {} ago", duration(view.now - at));
         }
         None => out.push_str(", not loaded yet"),
+    }
+    if let Some(revision) = source.revision {
+        let _ = write!(out, ", revision {revision}");
+    }
+    if let Some(conn) = &source.connection {
+        match conn.state {
+            ConnectionState::Connected => {}
+            ConnectionState::Connecting => {
+                let _ = write!(out, ", {}", paint(yellow, "connecting"));
+            }
+            ConnectionState::Reconnecting => {
+                let _ = write!(
+                    out,
+                    "\n{} for {}: {}",
+                    paint(red, "disconnected"),
+                    duration(view.now - conn.since),
+                    Escaped(conn.error.as_deref().unwrap_or("unknown error"))
+                );
+                if let Some(at) = conn.retry_at {
+                    let _ = write!(out, " (next attempt in {})", duration(at - view.now));
+                }
+            }
+        }
     }
     if let Some(error) = &source.last_error {
         let _ = write!(out, "\n{} {}", paint(red, "source error:"), Escaped(error));
@@ -323,7 +346,7 @@ pub fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lrpm_core::status::{ExitStatus, SourceStatus, SupervisorStatus};
+    use lrpm_core::status::{ConnectionStatus, ExitStatus, SourceStatus, SupervisorStatus};
 
     fn job(id: &str, state: JobState) -> JobStatus {
         JobStatus {
@@ -446,6 +469,30 @@ invalid jobs (left out or kept on their last valid declaration):
             "{text}"
         );
         assert!(!render(&status(), &VIEW, &Sampler::now()).contains("held back"));
+    }
+
+    #[test]
+    fn a_source_connection_is_shown_when_lost() {
+        let mut lost = status();
+        lost.supervisor.source.revision = Some(42);
+        lost.supervisor.source.connection = Some(ConnectionStatus {
+            state: ConnectionState::Reconnecting,
+            since: 990.0,
+            error: Some("connection refused".into()),
+            retry_at: Some(1004.0),
+        });
+        let text = render(&lost, &VIEW, &Sampler::now());
+        assert!(text.contains(", revision 42"), "{text}");
+        assert!(
+            text.contains("\ndisconnected for 10s: connection refused (next attempt in 4s)\n"),
+            "{text}"
+        );
+        if let Some(conn) = lost.supervisor.source.connection.as_mut() {
+            conn.state = ConnectionState::Connected;
+            conn.error = None;
+        }
+        let text = render(&lost, &VIEW, &Sampler::now());
+        assert!(!text.contains("disconnected"), "{text}");
     }
 
     #[test]

@@ -6,11 +6,12 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use lrpm_core::Declaration;
 use lrpm_core::Reparser;
 use lrpm_core::decl::{Document, Format};
+use lrpm_core::status::{ConnectionState, ConnectionStatus};
 use lrpm_process::command::SpawnContext;
 
 /// What a load found.
@@ -80,6 +81,88 @@ pub(crate) struct SourceOptions {
     pub(crate) timeout: Duration,
     /// How the commands of exec sources are spawned (as workers are).
     pub(crate) spawn: SpawnContext,
+    /// Where a source that keeps a connection reports it, for status.
+    pub(crate) monitor: SourceMonitor,
+}
+
+/// What a source that keeps a connection to a server (postgres, etcd)
+/// says of it, for status: the connection's state, why it was lost, and
+/// the revision of the configuration it loaded last. The source writes it
+/// as things happen; the event loop reads it when it answers `status`.
+/// Clones share it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SourceMonitor(Arc<Mutex<Live>>);
+
+#[derive(Debug, Default)]
+struct Live {
+    connection: Option<ConnectionStatus>,
+    revision: Option<u64>,
+}
+
+// Used by the sources that keep a connection (postgres, etcd), which come
+// next; the allow goes with them.
+#[allow(dead_code)]
+impl SourceMonitor {
+    /// The first attempt to connect has begun.
+    pub(crate) fn connecting(&self) {
+        self.set(ConnectionState::Connecting, None, None);
+    }
+
+    /// The source is connected and follows changes.
+    pub(crate) fn connected(&self) {
+        self.set(ConnectionState::Connected, None, None);
+    }
+
+    /// The connection was lost or refused for `error`; the next attempt is
+    /// in `retry_in`.
+    pub(crate) fn reconnecting(&self, error: &str, retry_in: Duration) {
+        let retry_at = wall(SystemTime::now() + retry_in);
+        self.set(
+            ConnectionState::Reconnecting,
+            Some(error.to_owned()),
+            Some(retry_at),
+        );
+    }
+
+    /// The configuration just loaded is at `revision`.
+    pub(crate) fn set_revision(&self, revision: u64) {
+        self.live().revision = Some(revision);
+    }
+
+    /// The connection's state and the revision, for status.
+    pub(crate) fn snapshot(&self) -> (Option<ConnectionStatus>, Option<u64>) {
+        let live = self.live();
+        (live.connection.clone(), live.revision)
+    }
+
+    fn set(&self, state: ConnectionState, error: Option<String>, retry_at: Option<f64>) {
+        let mut live = self.live();
+        // `since` is when the state began: a failed attempt after another
+        // keeps the time the connection was lost.
+        let since = match &live.connection {
+            Some(old) if old.state == state => old.since,
+            _ => wall(SystemTime::now()),
+        };
+        live.connection = Some(ConnectionStatus {
+            state,
+            since,
+            error,
+            retry_at,
+        });
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        // The guarded values are replaced whole: a panic cannot leave them
+        // half written.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// UTC seconds of `t`.
+#[allow(dead_code)]
+fn wall(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The default of `--source-timeout`.

@@ -37,7 +37,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 pub(crate) use self::api::{
-    ConfigSource, DEFAULT_TIMEOUT, LoadError, Loaded, OpenError, SourceOptions,
+    ConfigSource, DEFAULT_TIMEOUT, LoadError, Loaded, OpenError, SourceMonitor, SourceOptions,
 };
 
 /// What a source's driver sends to the supervisor after each attempt to
