@@ -1,7 +1,8 @@
 //! The I/O-free core of lrpm.
 //!
 //! Everything here is plain data and pure functions: job declarations and
-//! their validation ([`decl`]), the job model ([`job`]), restart backoff
+//! their validation ([`decl`]) and the per-key store of sources that keep one
+//! job per key ([`keyed`]), the job model ([`job`]), restart backoff
 //! ([`backoff`]) and the supervision state machine ([`supervisor`]), which
 //! takes events (a configuration loaded, a child exited, a timer fired, a
 //! control request) with the current time and returns actions (spawn,
@@ -18,10 +19,12 @@ pub mod decl;
 pub mod escape;
 pub mod human;
 pub mod job;
+pub mod keyed;
 pub mod reparse;
 pub mod status;
 pub mod supervisor;
 
 pub use decl::{Declaration, Document, Format, SourceError};
 pub use job::{JobId, JobSpec, Program, Signal};
+pub use keyed::KeyedJobs;
 pub use reparse::Reparser;

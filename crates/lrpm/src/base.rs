@@ -132,6 +132,69 @@ impl Role {
 /// This very binary.
 const SELF_EXE: &str = "/proc/self/exe";
 
+/// What a password in a source's URI is shown as.
+pub(crate) const MASK: &str = "***";
+
+/// `uri` as it may be logged and shown in status: the password of its
+/// user information (`scheme://user:PASSWORD@host…`) and the value of any
+/// `password` parameter of its query (`?password=PASSWORD`, any case) are
+/// replaced by `***`. Anything else is kept as it is, and a text that is
+/// not a URI (a path) is returned unchanged.
+///
+/// Every source whose URI may hold a secret (postgres, etcd) names itself
+/// through this in its messages; lrpm's log line at start and the status's
+/// `supervisor.source.uri` use it for every source.
+pub(crate) fn mask_password(uri: &str) -> String {
+    let Some(scheme_end) = uri.find("://").map(|i| i + 3) else {
+        return uri.to_owned();
+    };
+    let rest = &uri[scheme_end..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_len);
+    let mut out = String::with_capacity(uri.len());
+    out.push_str(&uri[..scheme_end]);
+    // The user information ends at the authority's last `@` (a password
+    // may hold an `@` of its own, though it should be escaped).
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push(':');
+                    out.push_str(MASK);
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    let (before_fragment, fragment) = tail.split_at(tail.find('#').unwrap_or(tail.len()));
+    match before_fragment.split_once('?') {
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            for (i, param) in query.split('&').enumerate() {
+                if i > 0 {
+                    out.push('&');
+                }
+                match param.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        out.push_str(key);
+                        out.push('=');
+                        out.push_str(MASK);
+                    }
+                    _ => out.push_str(param),
+                }
+            }
+        }
+        None => out.push_str(before_fragment),
+    }
+    out.push_str(fragment);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +236,32 @@ mod tests {
             &["lrpm", HUB_ROLE, "x"],
         ] {
             assert!(Role::parse(&args(broken)).is_err(), "{broken:?}");
+        }
+    }
+
+    #[test]
+    fn mask_password_hides_the_password_and_nothing_else() {
+        for (uri, shown) in [
+            ("jobs.toml", "jobs.toml"),
+            ("exec:cat a:b@c", "exec:cat a:b@c"),
+            ("http://example.com/x?y=1", "http://example.com/x?y=1"),
+            (
+                "postgres://lrpm:s3cr%40t@db:5432/app?table=jobs",
+                "postgres://lrpm:***@db:5432/app?table=jobs",
+            ),
+            ("postgres://lrpm@db/app", "postgres://lrpm@db/app"),
+            ("postgres://lrpm:p@ss@db/app", "postgres://lrpm:***@db/app"),
+            (
+                "postgres://db/app?user=u&PassWord=x&table=t#f",
+                "postgres://db/app?user=u&PassWord=***&table=t#f",
+            ),
+            (
+                "etcd://root:pw@127.0.0.1:2379,127.0.0.1:2380/lrpm",
+                "etcd://root:***@127.0.0.1:2379,127.0.0.1:2380/lrpm",
+            ),
+            ("etcd://h:1/p:q@r", "etcd://h:1/p:q@r"),
+        ] {
+            assert_eq!(mask_password(uri), shown, "{uri}");
         }
     }
 }

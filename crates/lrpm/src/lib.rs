@@ -263,10 +263,11 @@ fn supervise(
             monitor: SourceMonitor::default(),
         };
         let source_monitor = source_options.monitor.clone();
+        // As it is logged and shown in status: without its password.
         let source_uri = options
             .source
-            .clone()
-            .unwrap_or_else(|| source::exec::SANDBOX_URI.to_owned());
+            .as_deref()
+            .map_or_else(|| source::exec::SANDBOX_URI.to_owned(), base::mask_password);
         let source = match &options.source {
             Some(uri) => source::start(uri, source_options, updates_tx),
             None => Ok(source::spawn(
