@@ -21,7 +21,8 @@
 //! streaming command is restarted, an HTTP request drops its validators.
 //!
 //! The kinds: [`file`](mod@file) (inotify), [`exec`] (a command, polled or
-//! streaming) and [`http`] (GET, polled, conditional). `docs/sources.md`
+//! streaming), [`http`] (GET, polled, conditional) and [`postgres`] (a
+//! table or a query, pushed by LISTEN/NOTIFY or polled). `docs/sources.md`
 //! describes them for users.
 
 mod api;
@@ -29,6 +30,10 @@ pub(crate) mod exec;
 pub(crate) mod file;
 #[cfg(feature = "http")]
 pub(crate) mod http;
+#[cfg(feature = "postgres")]
+mod pg_target;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -99,7 +104,7 @@ pub(crate) fn spawn<S: ConfigSource>(
 }
 
 /// Opens the source named by `uri` (a path, `file:PATH`, `exec:COMMAND…`,
-/// `http://…` or `https://…`) and starts its driver.
+/// `http://…`, `https://…` or `postgres://…`) and starts its driver.
 pub(crate) fn start(
     uri: &str,
     options: SourceOptions,
@@ -124,12 +129,21 @@ pub(crate) fn start(
         Some("http" | "https") => Err(OpenError::Usage(format!(
             "{uri}: this lrpm was built without its http feature"
         ))),
-        Some("postgres" | "postgresql" | "etcd") => Err(OpenError::Usage(format!(
+        #[cfg(feature = "postgres")]
+        Some("postgres" | "postgresql") => {
+            Ok(spawn(postgres::PgSource::open(uri, &options)?, updates))
+        }
+        #[cfg(not(feature = "postgres"))]
+        Some("postgres" | "postgresql") => Err(OpenError::Usage(format!(
+            "{}: this lrpm was built without its postgres feature",
+            crate::base::mask_password(uri)
+        ))),
+        Some("etcd") => Err(OpenError::Usage(format!(
             "{uri}: this source kind is not available in this version of lrpm"
         ))),
         Some(s) if !s.contains('/') && s.len() > 1 && !std::path::Path::new(uri).exists() => {
             Err(OpenError::Usage(format!(
-                "{uri}: unknown source kind {s:?} (expected a path, file:, exec:, http: or https:)"
+                "{uri}: unknown source kind {s:?} (expected a path, file:, exec:, http:, https: or postgres:)"
             )))
         }
         _ => Ok(spawn(file::FileSource::open(uri, options)?, updates)),

@@ -15,9 +15,13 @@ mod library;
 mod oom;
 mod output_faults;
 mod output_hubs;
+#[cfg(feature = "postgres")]
+mod pg_server;
 mod reliability;
 mod sources_exec;
 #[cfg(feature = "http")]
 mod sources_http;
+#[cfg(feature = "postgres")]
+mod sources_pg;
 mod spawning;
 mod supervision;
