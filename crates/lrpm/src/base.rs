@@ -19,10 +19,17 @@ pub(crate) const JOB_NAME_ENV: &str = "LRPM_JOB_NAME";
 pub(crate) const WORKER_CONFIG_ENV: &str = "LRPM_WORKER_CONFIG";
 /// The bearer token of the HTTP source: never inherited by a child.
 pub(crate) const HTTP_TOKEN_ENV: &str = "LRPM_HTTP_TOKEN";
+/// The password of the etcd source's user, when its URI names the user
+/// without one: never inherited by a child.
+pub(crate) const ETCD_PASSWORD_ENV: &str = "LRPM_ETCD_PASSWORD";
 /// What no child of lrpm inherits from lrpm's own environment unless its
-/// declaration sets it: the HTTP source's secret, and an `LRPM_RUN_ID` lrpm
+/// declaration sets it: the sources' secrets, and an `LRPM_RUN_ID` lrpm
 /// itself inherited (which would tie the child to a run of another lrpm).
-pub(crate) const HIDDEN_ENV: &[&str] = &[HTTP_TOKEN_ENV, lrpm_process::containment::RUN_ID_ENV];
+pub(crate) const HIDDEN_ENV: &[&str] = &[
+    HTTP_TOKEN_ENV,
+    ETCD_PASSWORD_ENV,
+    lrpm_process::containment::RUN_ID_ENV,
+];
 
 /// The first argument of a worker sandbox: `BINARY __lrpm-worker CLASS`.
 pub(crate) const WORKER_ROLE: &str = "__lrpm-worker";

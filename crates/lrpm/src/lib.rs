@@ -20,6 +20,8 @@
 mod base;
 mod cli;
 mod control;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod hub;
 pub mod library;
 mod lines;

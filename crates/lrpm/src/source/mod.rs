@@ -21,11 +21,14 @@
 //! streaming command is restarted, an HTTP request drops its validators.
 //!
 //! The kinds: [`file`](mod@file) (inotify), [`exec`] (a command, polled or
-//! streaming), [`http`] (GET, polled, conditional) and [`postgres`] (a
-//! table or a query, pushed by LISTEN/NOTIFY or polled). `docs/sources.md`
+//! streaming), [`http`] (GET, polled, conditional), [`postgres`] (a
+//! table or a query, pushed by LISTEN/NOTIFY or polled) and [`etcd`] (a
+//! prefix, watched). `docs/sources.md`
 //! describes them for users.
 
 mod api;
+#[cfg(feature = "etcd")]
+pub(crate) mod etcd;
 pub(crate) mod exec;
 pub(crate) mod file;
 #[cfg(feature = "http")]
@@ -104,7 +107,8 @@ pub(crate) fn spawn<S: ConfigSource>(
 }
 
 /// Opens the source named by `uri` (a path, `file:PATH`, `exec:COMMAND…`,
-/// `http://…`, `https://…` or `postgres://…`) and starts its driver.
+/// `http://…`, `https://…`, `postgres://…` or `etcd://…`) and starts its
+/// driver.
 pub(crate) fn start(
     uri: &str,
     options: SourceOptions,
@@ -138,8 +142,12 @@ pub(crate) fn start(
             "{}: this lrpm was built without its postgres feature",
             crate::base::mask_password(uri)
         ))),
+        #[cfg(feature = "etcd")]
+        Some("etcd") => Ok(spawn(etcd::EtcdSource::open(uri, &options)?, updates)),
+        #[cfg(not(feature = "etcd"))]
         Some("etcd") => Err(OpenError::Usage(format!(
-            "{uri}: this source kind is not available in this version of lrpm"
+            "{}: this lrpm was built without its etcd feature",
+            crate::base::mask_password(uri)
         ))),
         Some(s) if !s.contains('/') && s.len() > 1 && !std::path::Path::new(uri).exists() => {
             Err(OpenError::Usage(format!(

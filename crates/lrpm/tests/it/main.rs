@@ -5,6 +5,8 @@
 //! `.config/nextest.toml` picks the heavy ones of `reliability` that way
 //! to run them alone.
 
+#[cfg(feature = "etcd")]
+mod etcd_server;
 mod support;
 
 mod control;
@@ -18,6 +20,8 @@ mod output_hubs;
 #[cfg(feature = "postgres")]
 mod pg_server;
 mod reliability;
+#[cfg(feature = "etcd")]
+mod sources_etcd;
 mod sources_exec;
 #[cfg(feature = "http")]
 mod sources_http;
