@@ -86,6 +86,59 @@ impl LineReader {
         taken
     }
 
+    /// Whether every writer of the pipe has closed it (the worker and what
+    /// it started have exited), looked at without reading: lines may still
+    /// wait in the pipe or in this reader.
+    pub(crate) fn hung_up(&self) -> bool {
+        if self.eof {
+            return true;
+        }
+        let mut fds = [rustix::event::PollFd::new(
+            &self.rx,
+            rustix::event::PollFlags::IN,
+        )];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        rustix::event::poll(&mut fds, Some(&zero)).is_ok()
+            && fds[0].revents().contains(rustix::event::PollFlags::HUP)
+    }
+
+    /// Gives up on what is left of a pipe that [hung up](Self::hung_up):
+    /// reads it to its end without waiting and returns how many lines
+    /// (a partial last one included) are dropped with what was buffered.
+    pub(crate) fn discard(mut self) -> u64 {
+        let mut lines = 0;
+        let mut partial = self.buf.len() > self.start;
+        let mut count = |bytes: &[u8], partial: &mut bool| {
+            for piece in bytes.split_inclusive(|&b| b == b'\n') {
+                if piece.ends_with(b"\n") {
+                    lines += 1;
+                    *partial = false;
+                } else {
+                    *partial = true;
+                }
+            }
+        };
+        let held = std::mem::take(&mut self.buf);
+        count(&held[self.start..], &mut partial);
+        // The writers are gone, so this ends: at most a pipe's capacity.
+        let _ = SHARED_CHUNK.with_borrow_mut(|chunk| {
+            if chunk.len() < CHUNK {
+                chunk.resize(CHUNK, 0);
+            }
+            loop {
+                match self.rx.try_read(chunk) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => count(&chunk[..n], &mut partial),
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        lines + u64::from(partial)
+    }
+
     /// The next line; `None` at the end of the stream (a last line without a
     /// newline is still a line). Cancel-safe: what was read stays buffered.
     pub(crate) async fn next(&mut self) -> io::Result<Option<Line>> {
@@ -294,5 +347,23 @@ mod tests {
             })
             .collect();
         assert_eq!(lens, [1000, 1000, 500, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_hang_up_is_seen_with_lines_still_unread_and_they_are_counted() {
+        let (r, w) = rustix::pipe::pipe().expect("pipe");
+        let mut w = std::fs::File::from(w);
+        w.write_all(b"one\ntwo\nthree\npart").expect("write");
+        let rx = pipe::Receiver::from_owned_fd(r).expect("receiver");
+        let mut reader = LineReader::new(rx, 1024, Overlong::Split);
+        assert!(matches!(reader.next().await, Ok(Some(Line::Full(l))) if l == b"one"));
+        assert!(!reader.hung_up(), "the writer is still there");
+        drop(w);
+        assert!(
+            reader.hung_up(),
+            "the writer is gone, lines are still unread"
+        );
+        // "two", "three" and the partial "part".
+        assert_eq!(reader.discard(), 3);
     }
 }

@@ -45,6 +45,12 @@ pub(crate) const MAX_LINE: usize = 64 * 1024;
 /// How many bytes of lines may wait for the writer thread (each line counts
 /// for its length plus a small overhead for its allocation).
 pub(crate) const QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// How long the lines of a worker that has exited (its pipe hung up) may
+/// wait for room in the queue before they are given up, counted as lost,
+/// and its pipe closed. While nobody reads lrpm's stdout, a crash loop
+/// would otherwise keep one descriptor per ended run, waiting forever.
+const EXITED_GRACE: Duration = Duration::from_secs(5);
+
 /// What a queued line costs besides its bytes (its allocation and its slot
 /// in the queue), so that a flood of empty lines is bounded too.
 const LINE_OVERHEAD: usize = 64;
@@ -185,8 +191,25 @@ async fn forward_pipe(
     let mut reader = LineReader::new(rx, MAX_LINE, Overlong::Split);
     // A read error ends the stream like its end does: the worker is gone.
     while let Ok(Some(PipeLine::Full(line))) = reader.next().await {
-        if output.send(&prefix, &line, stream).await.is_err() {
-            return;
+        let send = output.send(&prefix, &line, stream);
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                sent = &mut send => {
+                    if sent.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                () = tokio::time::sleep(EXITED_GRACE) => {
+                    // A live worker waits for room (back-pressure); an
+                    // exited one's lines are given up.
+                    if reader.hung_up() {
+                        stdio::add_lost(stream, 1 + reader.discard(), 0, None);
+                        return;
+                    }
+                }
+            }
         }
     }
 }

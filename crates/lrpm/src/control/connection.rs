@@ -112,8 +112,9 @@ pub(super) async fn serve(
             Ok(Request::Help) => Response::help().encode(),
             Ok(request) => ask(&shared, request).await,
         };
-        // A client that does not read its answer may be evicted meanwhile.
-        slot.set(Phase::Writing, Instant::now());
+        // A client that does not read its answer may be evicted meanwhile,
+        // and is when its uid's unread answers grow over their budget.
+        slot.writing(response.len(), Instant::now());
         let written = tokio::select! {
             written = write_line(&mut stream, &response) => written,
             () = slot.evicted.notified() => false,

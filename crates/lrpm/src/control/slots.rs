@@ -12,6 +12,12 @@
 //! newest connection there is, gets its slot and keeps it long enough to be
 //! answered.
 //!
+//! Answers waiting for a client to read them are bounded too: a uid's
+//! connections hold at most [`ANSWER_BUDGET`] bytes of unread answers; a
+//! new answer over it evicts the uid's oldest unread ones. Without this, a
+//! client asking for `status` on each of its connections and reading none
+//! held [`SHARE`] status documents (5 MB each at 10,000 jobs) in lrpm.
+//!
 //! Only root and lrpm's own uid are admitted (the accept loop checks that
 //! first), so the two shares are the whole of [`MAX_CONNECTIONS`], and the
 //! other uid can never take root's half.
@@ -26,6 +32,10 @@ use super::msg::MAX_CONNECTIONS;
 
 /// How many connections one peer uid may hold at once.
 pub(crate) const SHARE: usize = MAX_CONNECTIONS / 2;
+
+/// How many bytes of written-but-unread answers one uid's connections may
+/// hold at once.
+pub(super) const ANSWER_BUDGET: usize = 16 * 1024 * 1024;
 
 /// What a connection is doing, for the choice of whom to evict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -51,6 +61,8 @@ struct Entry {
     phase: Phase,
     /// When it entered `phase`.
     since: Instant,
+    /// The size of the answer it is writing, in [`Phase::Writing`].
+    held: usize,
     /// Woken when the connection is evicted.
     evicted: Arc<Notify>,
 }
@@ -98,6 +110,7 @@ impl Slots {
                 uid,
                 phase: Phase::Idle,
                 since: now,
+                held: 0,
                 evicted: Arc::clone(&evicted),
             },
         );
@@ -131,6 +144,41 @@ impl Slot {
             if entry.phase != phase {
                 entry.phase = phase;
                 entry.since = now;
+                entry.held = 0;
+            }
+        }
+    }
+
+    /// Records that the connection starts writing an answer of `bytes` at
+    /// `now`; when its uid's answers then hold more than [`ANSWER_BUDGET`],
+    /// evicts the uid's other writing connections, oldest first, until
+    /// they fit (this one is never evicted for its own answer).
+    pub(super) fn writing(&self, bytes: usize, now: Instant) {
+        let mut guard = self.slots.lock();
+        let entries = &mut guard.1;
+        let Some(entry) = entries.get_mut(&self.id) else {
+            return;
+        };
+        entry.phase = Phase::Writing;
+        entry.since = now;
+        entry.held = bytes;
+        let uid = entry.uid;
+        let mut held: usize = entries
+            .values()
+            .filter(|e| e.uid == uid)
+            .map(|e| e.held)
+            .sum();
+        while held > ANSWER_BUDGET {
+            let Some((&id, _)) = entries
+                .iter()
+                .filter(|(id, e)| **id != self.id && e.uid == uid && e.phase == Phase::Writing)
+                .min_by_key(|(id, e)| (e.since, **id))
+            else {
+                break;
+            };
+            if let Some(gone) = entries.remove(&id) {
+                held -= gone.held;
+                gone.evicted.notify_one();
             }
         }
     }
@@ -218,6 +266,42 @@ mod tests {
         assert!(slots.admit(0, t + Duration::from_secs(2)).is_none());
         drop(other);
         assert_eq!(slots.len(), SHARE);
+    }
+
+    #[test]
+    fn unread_answers_over_the_budget_evict_the_oldest_writers_of_the_uid() {
+        let slots = Arc::new(Slots::default());
+        let t = Instant::now();
+        let at = |ms| t + Duration::from_millis(ms);
+        let third = ANSWER_BUDGET / 3 + 1;
+        let root: Vec<Slot> = (0..4)
+            .map(|_| slots.admit(0, t).expect("admitted"))
+            .collect();
+        let other = slots.admit(1000, t).expect("admitted");
+        other.writing(ANSWER_BUDGET, at(0));
+        root[0].writing(third, at(1));
+        root[1].writing(third, at(2));
+        assert_eq!(slots.len(), 5, "two thirds fit");
+        // The third answer is over the budget: the oldest writer goes, and
+        // only root's: the other uid's full budget is its own.
+        root[2].writing(third, at(3));
+        assert_eq!(slots.len(), 4);
+        assert!(!slots.lock().1.contains_key(&root[0].id));
+        {
+            let woken = root[0].evicted.notified();
+            tokio::pin!(woken);
+            assert!(is_ready(woken));
+        }
+        // An answer that was read gives its bytes back.
+        root[1].set(Phase::Idle, at(4));
+        root[3].writing(third, at(5));
+        assert_eq!(slots.len(), 4);
+        // One answer larger than the whole budget evicts every other writer
+        // of the uid, never itself.
+        root[1].writing(ANSWER_BUDGET * 2, at(6));
+        assert_eq!(slots.len(), 2);
+        assert!(slots.lock().1.contains_key(&root[1].id));
+        assert!(slots.lock().1.contains_key(&other.id));
     }
 
     /// Whether a pinned `Notified` is ready, polled once without a runtime.

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    Lrpm, lrpm_command, pid_alive, raw_request, run_bounded, running, wait_until,
+    Lrpm, all_running, lrpm_command, pid_alive, raw_request, rss_kib, run_bounded, running,
+    wait_until,
 };
 
 /// How long a state change may take to show.
@@ -378,5 +379,56 @@ fn clients_that_never_read_their_answers_do_not_lock_out_lrpmctl() {
         );
         assert!(asked.elapsed() < Duration::from_secs(5));
     }
+    drop(stuck);
+}
+
+/// Status answers that their clients never read are held within a budget
+/// per uid: a full share of connections, each asking for a status of 2 MB
+/// and reading none of it, would hold 500 MB in lrpm; the newest answers
+/// evict the oldest unread ones instead.
+#[test]
+fn unread_status_answers_hold_a_bounded_amount_of_memory() {
+    raise_nofile(4096);
+    // 64 jobs whose 32 KB names make a status of about 2 MB.
+    let name = "n".repeat(32 * 1024);
+    let config: String = (0..64)
+        .map(|i| format!("[j{i}]\nname = \"{name}\"\ncommand = [\"sleep\", \"1000\"]\n"))
+        .collect();
+    let lrpm = Lrpm::start("jobs.toml", &config, &[]);
+    lrpm.wait_for("64 running", SETTLE, |s| all_running(s, 64));
+    let answer = raw_request(&lrpm.socket, r#"{"cmd":"status"}"#).expect("status");
+    let size = answer.to_string().len();
+    assert!(size > 2_000_000, "a status of {size} bytes");
+    let before = rss_kib(lrpm.pid());
+    let stuck: Vec<UnixStream> = (0..256)
+        .map(|_| {
+            let mut stream = UnixStream::connect(&lrpm.socket).expect("connect");
+            std::io::Write::write_all(&mut stream, b"{\"cmd\":\"status\"}\n").expect("send");
+            stream
+        })
+        .collect();
+    // Every request was answered (the start of its answer, or all of it
+    // for an evicted one, waits in the client's socket).
+    wait_until("every connection has its answer", SETTLE, || {
+        stuck
+            .iter()
+            .all(|s| rustix::io::ioctl_fionread(s).is_ok_and(|n| n > 0))
+    });
+    let after = rss_kib(lrpm.pid());
+    eprintln!(
+        "lrpm's RSS {before} KiB before, {after} KiB with 256 unread status answers of {size} bytes"
+    );
+    assert!(
+        after < before + 64 * 1024,
+        "{after} KiB held for unread answers (from {before} KiB)"
+    );
+    let asked = Instant::now();
+    let output = lrpm.ctl(&["status"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(asked.elapsed() < Duration::from_secs(5));
     drop(stuck);
 }

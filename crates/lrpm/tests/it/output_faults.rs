@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Lrpm, is_root, job_in, lrpm_command, prerequisite, raw_request, wait_until};
+use crate::support::{
+    Lrpm, fd_count, is_root, job_in, lrpm_command, prerequisite, raw_request, wait_until,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 /// The longest a `status` may take while output is in trouble.
@@ -60,9 +62,15 @@ fn farm() -> String {
 
 /// Starts lrpm on [`farm`] with its stdout and stderr as given.
 fn start(stdout: Stdio, stderr: Stdio) -> Lrpm {
+    start_farm(&farm(), stdout, stderr)
+}
+
+/// Starts lrpm on the JSON configuration `farm` with its stdout and stderr
+/// as given.
+fn start_farm(farm: &str, stdout: Stdio, stderr: Stdio) -> Lrpm {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("jobs.json");
-    std::fs::write(&config, farm()).expect("config");
+    std::fs::write(&config, farm).expect("config");
     let socket = dir.path().join("control.sock");
     let mut command = lrpm_command();
     command.arg("--socket").arg(&socket).arg(&config);
@@ -189,6 +197,68 @@ fn an_unread_stdout_and_stderr_block_nothing_and_the_loss_is_reported_once_drain
     });
     hold_until(&mut lrpm, "restarts after the drain", |_| true);
     expect_ioerr_exit(&mut lrpm);
+}
+
+/// While nobody reads lrpm's stdout, workers that print and exit over and
+/// over do not leave lrpm one pipe per ended run: an exited worker's lines
+/// wait at most a few seconds for room, then they are given up (counted
+/// as lost) and its pipe is closed.
+#[test]
+fn exited_workers_do_not_keep_their_pipes_while_stdout_is_blocked() {
+    let line = "x".repeat(100);
+    let mut jobs = serde_json::Map::new();
+    jobs.insert(
+        "flood".into(),
+        serde_json::json!({"name": "flood", "command": ["sh", "-c", format!("while :; do echo {line}; done")]}),
+    );
+    // Ten jobs each printing 20 KB (less than a pipe holds, so each run
+    // ends) and ending after half a second, restarted at once.
+    for i in 0..10 {
+        let id = format!("chatty{i}");
+        let script =
+            format!("i=0; while [ $i -lt 200 ]; do echo {line}; i=$((i+1)); done; sleep 0.5");
+        jobs.insert(
+            id.clone(),
+            serde_json::json!({"name": id, "shortRunTimeSeconds": 0, "command": ["sh", "-c", script]}),
+        );
+    }
+    let (_out_r, out_w) = rustix::pipe::pipe().expect("pipe");
+    let dir_log = tempfile::NamedTempFile::new().expect("stderr file");
+    let stderr = dir_log.reopen().expect("stderr");
+    let mut lrpm = start_farm(
+        &Value::Object(jobs).to_string(),
+        File::from(out_w).into(),
+        stderr.into(),
+    );
+    let chatty_restarts = |status: &Value| -> u64 {
+        (0..10)
+            .map(|i| {
+                job_in(status, &format!("chatty{i}")).expect("job")["restarts"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    // Past the grace of the first runs' lines.
+    std::thread::sleep(Duration::from_secs(8));
+    let first = prompt_status(&mut lrpm);
+    let fds_first = fd_count(lrpm.pid());
+    std::thread::sleep(Duration::from_secs(12));
+    let second = prompt_status(&mut lrpm);
+    let fds_second = fd_count(lrpm.pid());
+    let runs = chatty_restarts(&second) - chatty_restarts(&first);
+    eprintln!(
+        "{runs} runs ended in 12 s; lrpm's descriptors {fds_first} -> {fds_second}; \
+         stdout lines lost so far {}",
+        lost(&second, "stdout", "lines_dropped")
+    );
+    assert!(runs >= 40, "only {runs} runs: the jobs did not churn");
+    assert!(
+        fds_second < fds_first + 60,
+        "{runs} ended runs took lrpm from {fds_first} to {fds_second} descriptors"
+    );
+    assert!(lost(&second, "stdout", "lines_dropped") > 0);
+    lrpm.terminate();
 }
 
 #[test]

@@ -33,8 +33,8 @@ use serde_json::Value;
 
 use crate::support::{
     Lrpm, all_running, cgroup_dir, cgroup_of, children_of, fd_count, job_in, jobs_in, loads,
-    pid_alive, pid_of, prerequisite, read_pid, signal, source_error, state_of, wait_for_value,
-    wait_until,
+    pid_alive, pid_of, prerequisite, read_pid, rss_kib, signal, source_error, state_of,
+    wait_for_value, wait_until,
 };
 
 /// How long anything may take on a loaded 2-core machine before a test
@@ -50,16 +50,6 @@ fn knob(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Resident memory of `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
 }
 
 /// Resident memory of lrpm `pid` and its output hubs (its children running
