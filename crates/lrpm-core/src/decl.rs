@@ -261,6 +261,18 @@ pub fn validate_job(id: &JobId, value: &Value) -> Result<(JobSpec, Vec<String>),
     let user = job.optional("user", text);
     let group = job.optional("group", text);
     let stop_signal = job.optional("stopSignal", signal);
+    let notify = job.optional("notify", boolean);
+    let watchdog = job.optional("watchdogSeconds", positive_seconds);
+    let health_check = match job.lookup("healthCheck") {
+        Some((label, v)) => match crate::health::validate(label, v) {
+            Ok(check) => Some(check),
+            Err(errors) => {
+                job.errors.extend(errors);
+                None
+            }
+        },
+        None => None,
+    };
 
     match (name, program) {
         (Some(name), Some(program)) if job.errors.is_empty() => {
@@ -275,6 +287,9 @@ pub fn validate_job(id: &JobId, value: &Value) -> Result<(JobSpec, Vec<String>),
                 user,
                 group,
                 stop_signal: stop_signal.unwrap_or(defaults.stop_signal),
+                notify: notify.unwrap_or(defaults.notify),
+                watchdog,
+                health_check,
                 ..defaults
             };
             let over = over_kernel_limits(&spec);
@@ -376,16 +391,20 @@ fn over_kernel_limits(spec: &JobSpec) -> Vec<String> {
 }
 
 /// The keys that php-lrpm spells in camelCase, with their snake_case spelling.
-const SNAKE_CASE: [(&str, &str); 5] = [
+const SNAKE_CASE: [(&str, &str); 7] = [
     ("workerClass", "worker_class"),
     ("workerConfig", "worker_config"),
     ("shortRunTimeSeconds", "short_run_time_seconds"),
     ("shutdownTimeoutSeconds", "shutdown_timeout_seconds"),
     ("stopSignal", "stop_signal"),
+    ("watchdogSeconds", "watchdog_seconds"),
+    ("healthCheck", "health_check"),
 ];
 
 /// The keys that have one spelling only.
-const ONE_WORD_KEYS: [&str; 7] = ["name", "command", "mtime", "env", "cwd", "user", "group"];
+const ONE_WORD_KEYS: [&str; 8] = [
+    "name", "command", "mtime", "env", "cwd", "user", "group", "notify",
+];
 
 /// Whether `key` is a job field, in either spelling.
 fn is_known_key(key: &str) -> bool {
@@ -545,6 +564,21 @@ fn seconds(value: &Value) -> Result<Duration, String> {
         Some(s) if (0.0..=MAX_SECONDS).contains(&s) => Ok(Duration::from_secs_f64(s)),
         Some(s) if s > MAX_SECONDS => Err(format!("must be at most {MAX_SECONDS} (10 years)")),
         _ => Err("must be a number >= 0".to_owned()),
+    }
+}
+
+/// A boolean (`notify`).
+fn boolean(value: &Value) -> Result<bool, String> {
+    value
+        .as_bool()
+        .ok_or_else(|| "must be true or false".to_owned())
+}
+
+/// A number of seconds > 0 (`watchdogSeconds`), at most [`MAX_SECONDS`].
+fn positive_seconds(value: &Value) -> Result<Duration, String> {
+    match value.as_f64() {
+        Some(s) if s > 0.0 && s <= MAX_SECONDS => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!("must be a number > 0 (at most {MAX_SECONDS})")),
     }
 }
 
@@ -918,6 +952,39 @@ mod tests {
         assert_eq!(spec.user.as_deref(), Some("www-data"));
         assert_eq!(spec.group.as_deref(), Some("nogroup"));
         assert_eq!(spec.stop_signal, Signal::Int);
+    }
+
+    #[test]
+    fn notify_watchdog_and_health_check() {
+        let spec = valid(job(json!({
+            "notify": true,
+            "watchdogSeconds": 1.5,
+            "healthCheck": {"http": "http://127.0.0.1:8080/health", "retries": 2},
+        })));
+        assert!(spec.notify);
+        assert_eq!(spec.watchdog, Some(Duration::from_millis(1500)));
+        let check = spec.health_check.expect("a health check");
+        assert_eq!(check.retries, 2);
+        let snake = valid(job(
+            json!({"watchdog_seconds": 2, "health_check": {"tcp": "h:1"}}),
+        ));
+        assert_eq!(snake.watchdog, Some(Duration::from_secs(2)));
+        assert!(snake.health_check.is_some());
+        let defaults = valid(job(json!({})));
+        assert!(!defaults.notify && defaults.watchdog.is_none() && defaults.health_check.is_none());
+        assert_eq!(
+            invalid(job(json!({"notify": "yes"}))),
+            "notify: must be true or false"
+        );
+        assert!(
+            invalid(job(json!({"watchdogSeconds": 0})))
+                .starts_with("watchdogSeconds: must be a number > 0")
+        );
+        assert_eq!(
+            invalid(job(json!({"healthCheck": {"tcp": "nope"}}))),
+            "healthCheck.tcp: must be HOST:PORT"
+        );
+        assert!(invalid(job(json!({"health_check": {}}))).starts_with("health_check.probe"));
     }
 
     #[test]
@@ -1773,6 +1840,9 @@ workerConfig = {a = 1}
                         user,
                         group,
                         stop_signal,
+                        notify: false,
+                        watchdog: None,
+                        health_check: None,
                     }
                 },
             )

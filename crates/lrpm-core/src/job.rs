@@ -171,6 +171,14 @@ pub struct JobSpec {
     pub group: Option<String>,
     /// The polite stop signal.
     pub stop_signal: Signal,
+    /// `notify`: the worker says when it is ready (`READY=1`); until then
+    /// its state is `starting`.
+    pub notify: bool,
+    /// `watchdogSeconds`: the worker must send `WATCHDOG=1` at least this
+    /// often, or it is taken for hung and restarted.
+    pub watchdog: Option<Duration>,
+    /// `healthCheck`: a probe run every interval while the job runs.
+    pub health_check: Option<crate::health::HealthCheck>,
 }
 
 impl JobSpec {
@@ -188,6 +196,9 @@ impl JobSpec {
             user: None,
             group: None,
             stop_signal: Signal::Term,
+            notify: false,
+            watchdog: None,
+            health_check: None,
         }
     }
 

@@ -17,9 +17,12 @@
 pub mod backoff;
 pub mod decl;
 pub mod escape;
+pub mod health;
 pub mod human;
 pub mod job;
 pub mod keyed;
+mod liveness;
+pub mod notify;
 pub mod reparse;
 pub mod status;
 pub mod supervisor;

@@ -188,6 +188,9 @@ impl HeldConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
+    /// Its process is spawned and has not said `READY=1` yet (`notify`
+    /// jobs only).
+    Starting,
     /// Its process is running.
     Running,
     /// It is waiting for its next start after a short run.
@@ -201,6 +204,7 @@ impl JobState {
     /// The lowercase name used on the wire and in the table.
     pub fn as_str(self) -> &'static str {
         match self {
+            JobState::Starting => "starting",
             JobState::Running => "running",
             JobState::Backoff => "backoff",
             JobState::Stopping => "stopping",
@@ -238,6 +242,35 @@ pub struct JobStatus {
     /// Why the source's current declaration of this job is invalid, if it is:
     /// the job keeps running on its last valid declaration meanwhile.
     pub invalid: Option<String>,
+    /// What its health check says of its process, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// The last `STATUS=` its process sent (see `lrpm_core::notify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_text: Option<String>,
+}
+
+/// What a job's health check says of its process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No probe has succeeded yet (nor failed `retries` times).
+    Starting,
+    /// The last probe succeeded.
+    Healthy,
+    /// `retries` probes failed in a row: the process is being restarted.
+    Unhealthy,
+}
+
+impl Health {
+    /// The lowercase name used on the wire and in the table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
 }
 
 /// How a process ended.

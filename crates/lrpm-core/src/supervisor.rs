@@ -58,7 +58,9 @@ use std::time::{Duration, Instant};
 use crate::backoff::{Backoff, DEFAULT_MAX_DELAY};
 use crate::decl::Declaration;
 use crate::job::{JobId, JobSpec, Signal};
-use crate::status::{ExitInfo, ExitStatus, HeldConfig, JobState, JobStatus, SourceStatus};
+use crate::liveness::{Due, Liveness, Probed};
+use crate::notify::Notification;
+use crate::status::{ExitInfo, ExitStatus, Health, HeldConfig, JobState, JobStatus, SourceStatus};
 
 /// Settings of the supervisor that are not per job.
 #[derive(Debug, Clone)]
@@ -109,6 +111,45 @@ pub enum Action {
         /// The signal.
         signal: Signal,
     },
+    /// Run the health check of `spec` against `run` (without waiting for
+    /// it), and report its result with [`Supervisor::handle_probe`]: the
+    /// shell gives up on it (killing a probe command) after the check's
+    /// timeout and reports a failure.
+    Probe {
+        /// The process probed.
+        run: RunId,
+        /// Its job.
+        job: JobId,
+        /// Its declaration, which holds the check.
+        spec: Arc<JobSpec>,
+    },
+}
+
+/// What a notification did; for the shell's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notified {
+    /// Nothing lrpm reports (a keep-alive, a status text), or a sender that
+    /// is no running process of a job.
+    Noted,
+    /// `READY=1`: the job is now up.
+    Ready(JobId),
+    /// `WATCHDOG=trigger`: the job asked to be taken for hung, and is
+    /// being restarted.
+    Hung(JobId),
+    /// `STOPPING=1`: the job says it is going away.
+    Stopping(JobId),
+}
+
+/// What a probe's result did; for the shell's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// Recorded; the next probe is scheduled.
+    Noted,
+    /// The check failed `retries` times in a row: the job is being
+    /// restarted.
+    Unhealthy(JobId),
+    /// Not a probe the core waited for (the process ended meanwhile).
+    Ignored,
 }
 
 /// What the core made of a process's end; for the shell's log.
@@ -168,6 +209,9 @@ struct Proc {
     run: RunId,
     pid: Option<u32>,
     since: Instant,
+    /// Its readiness, watchdog and health; its deadlines count while it
+    /// runs only.
+    live: Liveness,
 }
 
 /// What happens when a stopping job's process has ended.
@@ -196,7 +240,7 @@ enum State {
 impl State {
     fn deadline(&self) -> Option<Instant> {
         match self {
-            State::Running(_) => None,
+            State::Running(proc) => proc.live.deadline(),
             State::Stopping { kill_at, .. } => *kill_at,
             State::Backoff { until } => Some(*until),
         }
@@ -226,6 +270,8 @@ struct Job {
     backoff: Backoff,
     restarts: u32,
     last_exit: Option<(ExitStatus, Instant)>,
+    /// The last `STATUS=` of its current process.
+    status_text: Option<Box<str>>,
 }
 
 /// What the removal guard holds back: a summary only, since a forced reload
@@ -318,6 +364,10 @@ struct JobView<'a> {
     mtime: Option<u64>,
     declared: bool,
     invalid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<Health>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_text: Option<&'a str>,
 }
 
 /// [`ExitInfo`], borrowed.
@@ -340,6 +390,7 @@ impl<T: std::fmt::Display> serde::Serialize for DisplayStr<'_, T> {
 impl<'a> JobView<'a> {
     fn new(id: &'a JobId, job: &'a Job, clock: WallClock) -> Self {
         let (state, restart_at) = match &job.state {
+            State::Running(proc) if !proc.live.is_ready() => (JobState::Starting, None),
             State::Running(_) => (JobState::Running, None),
             State::Stopping { .. } => (JobState::Stopping, None),
             State::Backoff { until } => (JobState::Backoff, Some(clock.wall(*until))),
@@ -362,7 +413,20 @@ impl<'a> JobView<'a> {
             mtime: job.spec.mtime,
             declared: job.declared,
             invalid: job.invalid.as_deref(),
+            health: proc.and_then(|p| p.live.health()),
+            status_text: job.status_text.as_deref(),
         }
+    }
+}
+
+impl Job {
+    /// Whether the job is up: its process runs and is ready (for a `notify`
+    /// job, it said `READY=1`). What a wave of restarts waits for.
+    fn is_up(&self) -> bool {
+        matches!(
+            self.state,
+            State::Running(proc) if proc.pid.is_some() && proc.live.is_ready()
+        )
     }
 }
 
@@ -534,15 +598,106 @@ impl Supervisor {
     /// the run's length is counted from then, not from when the spawn was
     /// asked for (the shell may have had a queue of spawns to work through).
     pub fn handle_spawned(&mut self, now: Instant, run: RunId, pid: u32) {
-        let Some(job) = self.runs.get(&run).and_then(|id| self.jobs.get_mut(id)) else {
+        let Some(id) = self.runs.get(&run).cloned() else {
             return;
         };
-        if let State::Running(proc) | State::Stopping { proc, .. } = &mut job.state {
-            if proc.run == run {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        match &mut job.state {
+            State::Running(proc) if proc.run == run => {
+                let mut proc = *proc;
+                proc.pid = Some(pid);
+                proc.since = proc.since.max(now);
+                proc.live.spawned(proc.since, &job.spec);
+                // Its deadlines count from the spawn: the timer index follows.
+                self.set_state(&id, State::Running(proc));
+            }
+            State::Stopping { proc, .. } if proc.run == run => {
                 proc.pid = Some(pid);
                 proc.since = proc.since.max(now);
             }
+            _ => {}
         }
+    }
+
+    /// Handles a notification (sd_notify) from process `run`, which the
+    /// shell identified by the sender's credentials. A notification from a
+    /// process that is not running (ended, stopping) changes nothing but
+    /// its job's status text.
+    pub fn handle_notify(&mut self, now: Instant, run: RunId, n: &Notification) -> Notified {
+        let Some(id) = self.runs.get(&run).cloned() else {
+            return Notified::Noted;
+        };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Notified::Noted;
+        };
+        if job.state.proc().map(|p| p.run) != Some(run) {
+            return Notified::Noted;
+        }
+        if let Some(text) = &n.status {
+            job.status_text = Some(text.as_str().into());
+        }
+        let State::Running(mut proc) = job.state else {
+            return Notified::Noted;
+        };
+        let was_ready = proc.live.is_ready();
+        let hung = proc.live.notified(now, n, &job.spec);
+        self.set_state(&id, State::Running(proc));
+        if hung {
+            self.hung(now, &id);
+            Notified::Hung(id)
+        } else if n.stopping {
+            Notified::Stopping(id)
+        } else if !was_ready && proc.live.is_ready() {
+            Notified::Ready(id)
+        } else {
+            Notified::Noted
+        }
+    }
+
+    /// Handles the result of a probe of process `run` (see
+    /// [`Action::Probe`]), at `now`: `healthy` or not.
+    pub fn handle_probe(&mut self, now: Instant, run: RunId, healthy: bool) -> ProbeOutcome {
+        let Some(id) = self.runs.get(&run).cloned() else {
+            return ProbeOutcome::Ignored;
+        };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return ProbeOutcome::Ignored;
+        };
+        let State::Running(mut proc) = job.state else {
+            return ProbeOutcome::Ignored;
+        };
+        if proc.run != run {
+            return ProbeOutcome::Ignored;
+        }
+        let probed = proc.live.probed(now, healthy, &job.spec);
+        self.set_state(&id, State::Running(proc));
+        match probed {
+            Probed::Fine => ProbeOutcome::Noted,
+            Probed::Ignored => ProbeOutcome::Ignored,
+            Probed::Unhealthy => {
+                self.unhealthy(now, &id);
+                ProbeOutcome::Unhealthy(id)
+            }
+        }
+    }
+
+    /// Whether job `id` is up: its process runs and is ready (at once for a
+    /// job without `notify`, at its `READY=1` for the others).
+    pub fn is_up(&self, id: &JobId) -> bool {
+        self.jobs.get(id).is_some_and(Job::is_up)
+    }
+
+    /// Stops job `id`'s hung process (its watchdog passed) and restarts it
+    /// as a crash.
+    fn hung(&mut self, now: Instant, id: &JobId) {
+        self.stop(now, id, Then::Start);
+    }
+
+    /// Stops job `id`'s unhealthy process and restarts it as a crash.
+    fn unhealthy(&mut self, now: Instant, id: &JobId) {
+        self.stop(now, id, Then::Start);
     }
 
     /// Handles the end of process `run` (or its failure to start). `now` is
@@ -653,7 +808,19 @@ impl Supervisor {
             match job.state {
                 State::Backoff { .. } => self.start(now, &id),
                 State::Stopping { .. } => self.escalate(&id),
-                State::Running(_) => unreachable!("invariant: a running job has no deadline"),
+                State::Running(mut proc) => {
+                    let due = proc.live.due(now);
+                    self.set_state(&id, State::Running(proc));
+                    match due {
+                        Due::Hung => self.hung(now, &id),
+                        Due::Probe => self.actions.push_back(Action::Probe {
+                            run: proc.run,
+                            job: id.clone(),
+                            spec: self.jobs[&id].spec.clone(),
+                        }),
+                        Due::Nothing => {}
+                    }
+                }
             }
         }
     }
@@ -759,6 +926,8 @@ impl Supervisor {
                     mtime: view.mtime,
                     declared: view.declared,
                     invalid: view.invalid.map(str::to_owned),
+                    health: view.health,
+                    status_text: view.status_text.map(str::to_owned),
                 }
             })
             .collect();
@@ -801,6 +970,7 @@ impl Supervisor {
                 backoff: Backoff::new(self.config.max_backoff),
                 restarts: 0,
                 last_exit: None,
+                status_text: None,
             };
             self.jobs.insert(id.clone(), job);
             self.start(now, &id);
@@ -881,6 +1051,8 @@ impl Supervisor {
         if job.last_exit.is_some() {
             job.restarts += 1;
         }
+        job.status_text = None;
+        let live = Liveness::new(now, &job.spec);
         self.actions.push_back(Action::Spawn {
             run,
             job: id.clone(),
@@ -893,6 +1065,7 @@ impl Supervisor {
                 run,
                 pid: None,
                 since: now,
+                live,
             }),
         );
     }
@@ -970,3 +1143,7 @@ impl Supervisor {
 #[cfg(test)]
 #[path = "supervisor_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "supervisor_liveness_tests.rs"]
+mod liveness_tests;

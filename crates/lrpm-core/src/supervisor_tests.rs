@@ -128,6 +128,12 @@ impl Sim {
                     self.spawns.push((self.t(), job));
                     self.sup.handle_spawned(self.now, run, pid);
                 }
+                Action::Probe { run, .. } => {
+                    assert!(
+                        self.live.contains_key(&run),
+                        "probe of a process that ended"
+                    );
+                }
                 Action::Signal { run, signal } => {
                     let t = self.t();
                     if let Some(p) = self.live.get_mut(&run) {
@@ -170,7 +176,7 @@ impl Sim {
                 .filter(|p| p.job.as_str() == j.id)
                 .collect();
             match j.state {
-                JobState::Running | JobState::Stopping => {
+                JobState::Starting | JobState::Running | JobState::Stopping => {
                     assert_eq!(live.len(), 1, "job {} has no process", j.id);
                     assert_eq!(j.pid, Some(live[0].pid));
                 }

@@ -12,6 +12,8 @@
 //!   [`pidfd`]: one child followed by its pidfd in the async runtime.
 //! - [`containment`]: the cgroup tree of the farm, or the subreaper's
 //!   reaper of orphans where there is no cgroup v2.
+//! - [`notify`]: the workers' sd_notify socket, each datagram with its
+//!   sender's pid from the kernel.
 //! - [`procfs`]: the one parser of `/proc/PID/stat`; [`fd`]: descriptor
 //!   hygiene and peer credentials; [`mem`]: the allocator's settings;
 //!   [`oom`]: lrpm's and its workers' `oom_score_adj`.
@@ -34,6 +36,8 @@ pub mod fd;
 #[cfg(feature = "tokio")]
 pub mod lanes;
 pub mod mem;
+#[cfg(feature = "tokio")]
+pub mod notify;
 #[cfg(feature = "tokio")]
 pub mod oom;
 #[cfg(feature = "tokio")]

@@ -913,6 +913,8 @@ mod tests {
                 mtime: None,
                 declared: true,
                 invalid: None,
+                health: Some(lrpm_core::status::Health::Healthy),
+                status_text: Some("serving".into()),
             }],
         }
     }

@@ -29,7 +29,18 @@ pub(crate) const HIDDEN_ENV: &[&str] = &[
     HTTP_TOKEN_ENV,
     ETCD_PASSWORD_ENV,
     lrpm_process::containment::RUN_ID_ENV,
+    NOTIFY_SOCKET_ENV,
+    WATCHDOG_USEC_ENV,
+    WATCHDOG_PID_ENV,
 ];
+/// sd_notify's socket: lrpm's own (under systemd) never reaches a worker;
+/// each worker gets lrpm's notification socket instead.
+pub(crate) const NOTIFY_SOCKET_ENV: &str = "NOTIFY_SOCKET";
+/// sd_notify's watchdog period in microseconds: set for a job with
+/// `watchdogSeconds`, lrpm's own never passed on.
+pub(crate) const WATCHDOG_USEC_ENV: &str = "WATCHDOG_USEC";
+/// The pid systemd's watchdog is for: lrpm's own never passed on.
+pub(crate) const WATCHDOG_PID_ENV: &str = "WATCHDOG_PID";
 
 /// The first argument of a worker sandbox: `BINARY __lrpm-worker CLASS`.
 pub(crate) const WORKER_ROLE: &str = "__lrpm-worker";

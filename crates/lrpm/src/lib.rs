@@ -27,6 +27,7 @@ pub mod library;
 mod lines;
 mod logfmt;
 mod output;
+mod probe;
 mod process;
 mod runtime;
 mod source;
@@ -213,6 +214,31 @@ fn own_oom_score_adj(options: &Options) {
     }
 }
 
+/// Binds the workers' notification socket (an abstract name of this lrpm's
+/// own) and names it in the workers' environment; without it (an error
+/// logged) workers get no `NOTIFY_SOCKET`, and `notify` jobs never get
+/// ready.
+fn notify_socket(procs: &mut process::ProcessTable) -> Option<lrpm_process::notify::NotifySocket> {
+    // The pid makes the name this lrpm's; the counter, a second bind in
+    // the same process (tests) or a stale name, a fresh one.
+    for n in 0..8 {
+        let name = format!("lrpm-notify-{}-{n}", std::process::id());
+        match lrpm_process::notify::NotifySocket::bind(&name) {
+            Ok(socket) => {
+                procs.set_notify_socket(socket.name());
+                return Some(socket);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => {
+                tracing::error!("cannot bind the workers' notification socket: {e}");
+                return None;
+            }
+        }
+    }
+    tracing::error!("cannot bind the workers' notification socket: every name is in use");
+    None
+}
+
 /// Supervises the farm as `options` say, with the worker classes of a
 /// library-mode binary (`None`: commands only).
 fn supervise(
@@ -288,6 +314,7 @@ fn supervise(
                 });
             }
         };
+        let probes = probe::Probes::new(spawn_ctx.clone());
         let procs =
             match process::ProcessTable::new(spawn_ctx, worker_classes.is_some(), containment) {
                 Ok(procs) => procs,
@@ -302,6 +329,8 @@ fn supervise(
             "lrpm {} started",
             env!("CARGO_PKG_VERSION")
         );
+        let mut procs = procs;
+        let notify = notify_socket(&mut procs);
         let config = lrpm_core::supervisor::Config {
             max_backoff: options.max_backoff,
             source_uri,
@@ -322,6 +351,8 @@ fn supervise(
             loads: 0,
             last_attempt_at: None,
             held_back: Default::default(),
+            notify,
+            probes,
         }
         .run()
         .await;

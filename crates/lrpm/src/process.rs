@@ -83,6 +83,7 @@ fn command(
     job: &JobId,
     spec: &JobSpec,
     worker_binary: bool,
+    notify_socket: Option<&str>,
 ) -> Result<SpawnRequest, SpawnError> {
     let cmd = match &spec.program {
         Program::Argv(argv) => SpawnRequest::new(&argv[0]).args(&argv[1..]),
@@ -112,6 +113,14 @@ fn command(
         .env(base::JOB_NAME_ENV, &spec.name)
         .env(base::WORKER_CONFIG_ENV, spec.worker_config.to_string())
         .env(containment::RUN_ID_ENV, containment::run_id_value(run));
+    if let Some(socket) = notify_socket {
+        cmd = cmd.env(base::NOTIFY_SOCKET_ENV, socket);
+    }
+    if let Some(watchdog) = spec.watchdog {
+        // As systemd sets it; WATCHDOG_PID is left out, since the pid is
+        // not known before the spawn (sd_watchdog_enabled accepts that).
+        cmd = cmd.env(base::WATCHDOG_USEC_ENV, watchdog.as_micros().to_string());
+    }
     for (name, value) in &spec.env {
         cmd = cmd.env(name, value);
     }
@@ -130,9 +139,10 @@ fn spawn(
     ctx: &SpawnContext,
     worker_binary: bool,
     cgroup: Option<OwnedFd>,
+    notify_socket: Option<&str>,
 ) -> Result<lrpm_process::command::Spawned, SpawnError> {
     let identity = resolve_identity(spec.user.as_deref(), spec.group.as_deref())?;
-    let cmd = command(run, job, spec, worker_binary)?
+    let cmd = command(run, job, spec, worker_binary, notify_socket)?
         .identity(identity)
         .cgroup(cgroup);
     spawn_command(cmd, ctx)
@@ -156,6 +166,10 @@ struct Entry {
 #[derive(Debug)]
 pub(crate) struct ProcessTable {
     entries: HashMap<RunId, Entry>,
+    /// The run of each entry's pid, to know who sent a notification.
+    by_pid: HashMap<u32, RunId>,
+    /// `NOTIFY_SOCKET` for every worker, once lrpm's socket is bound.
+    notify_socket: Option<Arc<str>>,
     /// Runs killed before they ended (they could not be watched), whose
     /// zombie and cgroup are left for [`ProcessTable::bury`].
     ended: Vec<(Entry, Option<containment::JobCgroup>)>,
@@ -193,6 +207,8 @@ impl ProcessTable {
     ) -> io::Result<Self> {
         Ok(Self {
             entries: HashMap::new(),
+            by_pid: HashMap::new(),
+            notify_socket: None,
             ended: Vec::new(),
             emptied: Vec::new(),
             exits: ExitWatch::new()?,
@@ -299,6 +315,35 @@ impl ProcessTable {
         }
     }
 
+    /// Names lrpm's notification socket in every worker spawned from now
+    /// on (`NOTIFY_SOCKET`).
+    pub(crate) fn set_notify_socket(&mut self, name: &str) {
+        self.notify_socket = Some(Arc::from(name));
+    }
+
+    /// The live run that process `pid` belongs to, as the kernel says: the
+    /// run's own process, or, with cgroups, any process in the run's
+    /// cgroup (its children, a daemon it started); without cgroups, a
+    /// descendant a few generations down its process tree. Never what a
+    /// message says.
+    pub(crate) fn run_of_sender(&self, pid: u32) -> Option<RunId> {
+        if let Some(run) = self.by_pid.get(&pid) {
+            return Some(*run);
+        }
+        if let Some(tree) = &self.containment.cgroups {
+            let run = run_of_cgroup(pid, tree.base())?;
+            return self.entries.get(&run).filter(|e| e.cgroup).map(|_| run);
+        }
+        let mut ancestor = pid;
+        for _ in 0..SENDER_GENERATIONS {
+            ancestor = lrpm_process::procfs::read_stat(ancestor)?.ppid;
+            if let Some(run) = self.by_pid.get(&ancestor) {
+                return Some(*run);
+            }
+        }
+        None
+    }
+
     /// Kills what is left once every worker has been reaped (adopted
     /// processes, cgroups); runs at shutdown.
     pub(crate) fn close(&mut self) {
@@ -327,8 +372,9 @@ impl ProcessTable {
             .map(|tree| tree.runs().clone());
         let ctx = self.ctx.clone();
         let worker_binary = self.worker_binary;
+        let notify = self.notify_socket.clone();
         let started = lrpm_process::lanes::map(batch.to_vec(), move |s: &Spawn| {
-            start(cgroups.as_ref(), &ctx, worker_binary, s)
+            start(cgroups.as_ref(), &ctx, worker_binary, notify.as_deref(), s)
         });
         batch
             .iter()
@@ -379,6 +425,7 @@ impl ProcessTable {
             self.end(entry, cgroup);
             return Err(SpawnError::Io(e));
         }
+        self.by_pid.insert(pid.as_raw_nonzero().get() as u32, run);
         self.entries.insert(run, entry);
         let (stdout, stderr) = spawned
             .output
@@ -487,6 +534,8 @@ impl ProcessTable {
         };
         let cgroup = self.cgroup(run, entry);
         let entry = self.entries.remove(&run)?;
+        self.by_pid
+            .remove(&(entry.pid.as_raw_nonzero().get() as u32));
         self.pidless.remove(&run);
         let job = entry.job.clone();
         // Kill what is left of its group while the zombie still pins the
@@ -601,6 +650,7 @@ fn start(
     cgroups: Option<&containment::RunCgroups>,
     ctx: &SpawnContext,
     worker_binary: bool,
+    notify_socket: Option<&str>,
     s: &Spawn,
 ) -> Starting {
     let Spawn { run, job, spec } = s;
@@ -626,9 +676,29 @@ fn start(
         },
     };
     Starting {
-        spawned: spawn(run, job, spec, ctx, worker_binary, procs),
+        spawned: spawn(run, job, spec, ctx, worker_binary, procs, notify_socket),
         cgroup,
     }
+}
+
+/// How many generations up its process tree a notification's sender is
+/// looked for among the workers, without cgroups (a `sh -c` wrapper and
+/// its child, a pool's workers).
+const SENDER_GENERATIONS: usize = 4;
+
+/// The run whose cgroup process `pid` is in, if that cgroup is one of the
+/// tree at `base` (`…/lrpm-PID/job-ID-RUN`): read from
+/// `/proc/PID/cgroup`'s cgroup v2 line.
+fn run_of_cgroup(pid: u32, base: &std::path::Path) -> Option<RunId> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;
+    let (parent, leaf) = path.trim_end().rsplit_once('/')?;
+    let tree = base.file_name()?.to_str()?;
+    if parent.rsplit('/').next() != Some(tree) || !leaf.starts_with("job-") {
+        return None;
+    }
+    let (_, run) = leaf.rsplit_once('-')?;
+    run.parse().ok().map(RunId)
 }
 
 /// Whether `error` is a lack of descriptors (lrpm's or the system's).
@@ -645,7 +715,8 @@ mod tests {
     #[test]
     fn a_workers_environment_names_its_job_and_run() {
         let spec = JobSpec::new("w", Program::Argv(vec!["w".into()]));
-        let cmd = command(RunId(7), &JobId::from("j"), &spec, false).expect("a command");
+        let cmd =
+            command(RunId(7), &JobId::from("j"), &spec, false, Some("@s")).expect("a command");
         let text = format!("{cmd:?}");
         for name in [
             base::JOB_ID_ENV,
@@ -655,9 +726,10 @@ mod tests {
             assert!(text.contains(name), "{name} in {text}");
         }
         assert!(text.contains(containment::RUN_ID_ENV));
+        assert!(text.contains("NOTIFY_SOCKET") && text.contains("@s"));
         let class = JobSpec::new("c", Program::WorkerClass("C".into()));
-        assert!(command(RunId(7), &JobId::from("j"), &class, false).is_err());
-        let worker = command(RunId(7), &JobId::from("j"), &class, true).expect("a worker");
+        assert!(command(RunId(7), &JobId::from("j"), &class, false, None).is_err());
+        let worker = command(RunId(7), &JobId::from("j"), &class, true, None).expect("a worker");
         assert!(format!("{worker:?}").contains(base::WORKER_ROLE));
     }
 }

@@ -28,15 +28,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lrpm_core::human;
 use lrpm_core::job::{JobId, Signal};
 use lrpm_core::status::{ExitStatus, SupervisorStatus};
-use lrpm_core::supervisor::{Action, AfterExit, ConfigOutcome, Interrupted, RunId, Supervisor};
+use lrpm_core::supervisor::{
+    Action, AfterExit, ConfigOutcome, Interrupted, Notified, ProbeOutcome, RunId, Supervisor,
+};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::control::{ControlMsg, Reply};
 use lrpm_process::command::SpawnError;
 use lrpm_process::exits::ExitEvent;
+use lrpm_process::notify::{Datagram, NotifySocket};
 
 use crate::hub::Forwarding;
+use crate::probe::{ProbeResult, Probes};
 use crate::process::{ProcessTable, Spawn, Started};
 use crate::source::{Loaded, SourceHandle, SourceMonitor, SourceUpdate};
 use lrpm_proto::codec::{Request, Response};
@@ -87,6 +91,11 @@ pub(crate) struct Shell {
     pub(crate) last_attempt_at: Option<f64>,
     /// The jobs that lrpm's descriptor limit holds back.
     pub(crate) held_back: HeldBack,
+    /// The workers' notification socket (`NOTIFY_SOCKET`), if it could be
+    /// bound.
+    pub(crate) notify: Option<NotifySocket>,
+    /// Health probes under way.
+    pub(crate) probes: Probes,
 }
 
 /// The jobs whose last spawn failed for want of descriptors: they wait
@@ -178,6 +187,8 @@ impl Shell {
                     }
                 }
                 Some(msg) = self.control.recv() => self.control_request(msg),
+                batch = recv_notifications(&mut self.notify) => self.notified(batch),
+                result = self.probes.next() => self.probed(result),
                 Some(()) = sigterm.recv() => self.shutdown("SIGTERM"),
                 Some(()) = sigint.recv() => match self.core.handle_interrupt(Instant::now()) {
                     Interrupted::Shutdown { jobs } => self.shutdown_began("SIGINT", jobs),
@@ -290,6 +301,50 @@ impl Shell {
             }
         }
         true
+    }
+
+    /// Hands a batch of notifications to the core, each from the run its
+    /// sender belongs to (by the kernel's credentials); a sender that is no
+    /// worker's, or a datagram that says nothing, is dropped.
+    fn notified(&mut self, batch: Vec<Datagram>) {
+        let now = Instant::now();
+        for datagram in batch {
+            let n = lrpm_core::notify::parse(&datagram.bytes);
+            if n.is_empty() {
+                continue;
+            }
+            let Some(run) = datagram.pid.and_then(|pid| self.procs.run_of_sender(pid)) else {
+                tracing::trace!(pid = ?datagram.pid, "notification from no worker: dropped");
+                continue;
+            };
+            match self.core.handle_notify(now, run, &n) {
+                Notified::Noted => {}
+                Notified::Ready(job) => tracing::info!(job = %job, "ready"),
+                Notified::Stopping(job) => tracing::info!(job = %job, "says it is stopping"),
+                Notified::Hung(job) => {
+                    tracing::warn!(job = %job, "asked to be taken for hung (WATCHDOG=trigger); restarting");
+                }
+            }
+        }
+    }
+
+    /// Hands a probe's result to the core.
+    fn probed(&mut self, result: ProbeResult) {
+        let ProbeResult { run, job, failure } = result;
+        if let Some(why) = &failure {
+            tracing::debug!(job = %job, "health check failed: {why}");
+        }
+        match self
+            .core
+            .handle_probe(Instant::now(), run, failure.is_none())
+        {
+            ProbeOutcome::Unhealthy(job) => tracing::warn!(
+                job = %job,
+                "unhealthy ({}); restarting",
+                failure.as_deref().unwrap_or("failed")
+            ),
+            ProbeOutcome::Noted | ProbeOutcome::Ignored => {}
+        }
     }
 
     fn control_request(&mut self, msg: ControlMsg) {
@@ -448,6 +503,7 @@ impl Shell {
                     self.signal(run, signal);
                 }
                 Some(Action::Spawn { run, job, spec }) => batch.push(Spawn { run, job, spec }),
+                Some(Action::Probe { run, job, spec }) => self.probes.start(run, job, &spec),
             }
         }
         (batch, None)
@@ -475,6 +531,20 @@ impl Shell {
     fn signal(&mut self, run: RunId, signal: Signal) {
         tracing::debug!(?run, %signal, "signalling");
         self.procs.signal(run, signal);
+    }
+}
+
+/// How many notifications one turn of the event loop takes at most: a
+/// flooding worker costs a bounded share of each turn, and the rest wait in
+/// the socket's queue (which the kernel bounds).
+const NOTIFICATIONS_PER_TURN: usize = 64;
+
+/// The next batch of notifications, if lrpm has a notification socket;
+/// never returns if it has none.
+async fn recv_notifications(socket: &mut Option<NotifySocket>) -> Vec<Datagram> {
+    match socket {
+        Some(socket) => socket.recv_batch(NOTIFICATIONS_PER_TURN).await,
+        None => std::future::pending().await,
     }
 }
 

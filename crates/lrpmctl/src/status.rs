@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use lrpm_core::escape::{Escaped, escape};
 use lrpm_core::human::HumanDuration;
-use lrpm_core::status::{ConnectionState, ExitInfo, JobState, JobStatus, Status};
+use lrpm_core::status::{ConnectionState, ExitInfo, Health, JobState, JobStatus, Status};
 use unicode_width::UnicodeWidthStr;
 
 use crate::client::Client;
@@ -284,6 +284,7 @@ fn cut(text: &str, limit: usize) -> String {
 fn state_style(state: JobState) -> Style {
     let color = match state {
         JobState::Running => AnsiColor::Green,
+        JobState::Starting => AnsiColor::Cyan,
         JobState::Backoff => AnsiColor::Yellow,
         JobState::Stopping => AnsiColor::Magenta,
     };
@@ -296,7 +297,13 @@ fn row(job: &JobStatus, usage: Option<Usage>, now: f64) -> [String; 9] {
     let dash = || "-".to_owned();
     let state = match (job.state, job.restart_at) {
         (JobState::Backoff, Some(at)) => format!("backoff ({})", duration(at - now)),
-        (state, _) => state.as_str().to_owned(),
+        (state, _) => match job.health {
+            // What the health check says, unless the job is just healthy.
+            Some(health @ (Health::Starting | Health::Unhealthy)) => {
+                format!("{} ({})", state.as_str(), health.as_str())
+            }
+            _ => state.as_str().to_owned(),
+        },
     };
     [
         job.id.clone(),
@@ -366,6 +373,8 @@ mod tests {
             mtime: None,
             declared: true,
             invalid: None,
+            health: None,
+            status_text: None,
         }
     }
 

@@ -1,0 +1,155 @@
+//! Worker notifications (sd_notify) with real processes: python3 workers
+//! that send datagrams to the abstract socket named in `NOTIFY_SOCKET`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Lrpm, job_in, prerequisite};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A python3 prelude: `send(text)` to lrpm's notification socket.
+const SEND: &str = r#"
+import os, socket, sys, time
+def send(msg):
+    addr = os.environ["NOTIFY_SOCKET"]
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.connect(addr)
+    s.send(msg.encode())
+    s.close()
+"#;
+
+fn python() -> bool {
+    prerequisite(
+        "python3",
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg("pass")
+            .status()
+            .is_ok_and(|s| s.success()),
+    )
+}
+
+fn py_job(body: &str, extra: Value) -> Value {
+    let mut job = json!({
+        "name": "py",
+        "command": ["python3", "-c", format!("{SEND}\n{body}")],
+        "shortRunTimeSeconds": 0,
+        "shutdownTimeoutSeconds": 2,
+    });
+    for (k, v) in extra.as_object().expect("a map") {
+        job[k] = v.clone();
+    }
+    job
+}
+
+fn field<'a>(status: &'a Value, id: &str, key: &str) -> &'a Value {
+    job_in(status, id).map_or(&Value::Null, |j| &j[key])
+}
+
+#[test]
+fn a_notify_worker_is_starting_until_ready_and_its_status_is_shown() {
+    if !python() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = dir.path().join("go");
+    let env_out = dir.path().join("env.out");
+    let body = format!(
+        r#"
+open({env:?}, "w").write(os.environ.get("NOTIFY_SOCKET", "") + "|" + os.environ.get("WATCHDOG_USEC", "-"))
+send("STATUS=loading")
+while not os.path.exists({go:?}):
+    time.sleep(0.05)
+send("READY=1\nSTATUS=serving 3 clients")
+time.sleep(1000)
+"#,
+        env = env_out.display().to_string(),
+        go = go.display().to_string(),
+    );
+    let config = json!({ "n": py_job(&body, json!({"notify": true})) });
+    let lrpm = Lrpm::start("jobs.json", &config.to_string(), &[]);
+    let s = lrpm.wait_for("starting with its status text", LONG, |s| {
+        field(s, "n", "status_text") == "loading"
+    });
+    assert_eq!(field(&s, "n", "state"), "starting");
+    let env = std::fs::read_to_string(&env_out).expect("env.out");
+    assert!(env.starts_with("@lrpm-notify-"), "{env}");
+    assert!(
+        env.ends_with("|-"),
+        "no WATCHDOG_USEC without a watchdog: {env}"
+    );
+    std::fs::write(&go, "").expect("go");
+    let s = lrpm.wait_for("ready", LONG, |s| field(s, "n", "state") == "running");
+    assert_eq!(field(&s, "n", "status_text"), "serving 3 clients");
+    let table = String::from_utf8_lossy(&lrpm.ctl(&["status"]).stdout).into_owned();
+    assert!(table.contains("running"), "{table}");
+}
+
+#[test]
+fn a_silent_worker_is_restarted_by_the_watchdog_and_a_chatty_one_is_not() {
+    if !python() {
+        return;
+    }
+    let silent = py_job("time.sleep(1000)", json!({"watchdogSeconds": 1}));
+    let chatty = py_job(
+        r#"
+if os.environ.get("WATCHDOG_USEC") != "1000000":
+    sys.exit(3)
+while True:
+    send("WATCHDOG=1")
+    time.sleep(0.2)
+"#,
+        json!({"watchdogSeconds": 1}),
+    );
+    let config = json!({ "silent": silent, "chatty": chatty });
+    let lrpm = Lrpm::start("jobs.json", &config.to_string(), &[]);
+    let s = lrpm.wait_for("the silent one restarted twice", LONG, |s| {
+        field(s, "silent", "restarts").as_u64() >= Some(2)
+    });
+    assert_eq!(field(&s, "chatty", "restarts"), 0, "{s:#}");
+    assert_eq!(field(&s, "chatty", "state"), "running");
+}
+
+#[test]
+fn a_worker_flooding_the_socket_does_not_slow_status() {
+    if !python() {
+        return;
+    }
+    let flood = py_job(
+        r#"
+addr = "\0" + os.environ["NOTIFY_SOCKET"][1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.connect(addr)
+s.setblocking(False)
+open("flooding", "w").write("1")
+while True:
+    try:
+        s.send(b"STATUS=" + b"x" * 200 + b"\nWATCHDOG=1\nREADY=1")
+    except BlockingIOError:
+        pass
+"#,
+        json!({"notify": true}),
+    );
+    let config = json!({ "flood": flood, "quiet": {"name": "q", "command": "exec sleep 1000"} });
+    let lrpm = Lrpm::start("jobs.json", &config.to_string(), &[]);
+    lrpm.wait_for("the flood under way", LONG, |s| {
+        field(s, "flood", "state") == "running"
+    });
+    // lrpm's own clock is not at issue here: a status answered within a
+    // second, every time, on a loaded machine, while the flood goes on.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let s = lrpm.status();
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(field(&s, "quiet", "state"), "running");
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest status: {slowest:?}"
+    );
+}
