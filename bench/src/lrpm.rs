@@ -76,6 +76,17 @@ impl Lrpm {
     /// raised to `raise_nofile` if given and `args` before the jobs file,
     /// and waits until its control socket answers.
     pub fn start(bench: &Bench, raise_nofile: Option<u64>, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_on(bench, raise_nofile, args, None)
+    }
+
+    /// [`Lrpm::start`], with `source` (a URI: `postgres://…`) as lrpm's
+    /// source instead of the jobs file, when given.
+    pub fn start_on(
+        bench: &Bench,
+        raise_nofile: Option<u64>,
+        args: &[&str],
+        source: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let dir = bench.session_dir("lrpm")?;
         // The jobs file has a directory of its own: lrpm watches the
         // directory, and its own log being written next to it would wake
@@ -91,7 +102,7 @@ impl Lrpm {
         cmd.arg("--socket")
             .arg(&socket)
             .args(args)
-            .arg(&jobs_file)
+            .arg(source.map_or(jobs_file.as_os_str(), std::ffi::OsStr::new))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);

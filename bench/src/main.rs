@@ -12,7 +12,8 @@
 //! - `bench.rs`: the run's context (temporary directory, binaries, plan);
 //! - `cleanup.rs`: no process outlives the run, also on panic or Ctrl-C;
 //! - `collector.rs`: the workers' reports and who runs each job;
-//! - `lrpm.rs`, `supervisord.rs`: driving the two supervisors;
+//! - `lrpm.rs`, `supervisord.rs`: driving the two supervisors; `pg.rs`: a
+//!   PostgreSQL server for the postgres part;
 //! - `scenarios/`: one module per scenario; `suite.rs`: their order;
 //! - `results.rs`, `report.rs`, `stats.rs`, `machine.rs`: the figures and
 //!   their Markdown.
@@ -22,6 +23,7 @@ mod cleanup;
 mod collector;
 mod lrpm;
 mod machine;
+mod pg;
 mod procfs;
 mod report;
 mod results;
@@ -182,6 +184,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
             }
             Err(e) => results.note(format!("supervisord was not measured: {e:#}")),
         }
+    }
+
+    if args.runs(Part::Postgres) {
+        let outcome = scenarios::pg_notify::run(&bench, &mut results);
+        record("postgres", outcome, &mut results);
     }
 
     let run = report::Run {

@@ -149,6 +149,8 @@ fn label(metric: Metric, subject: Subject) -> &'static str {
         (Metric::StatusSocket, _) => "status, raw over the socket",
         (Metric::StatusTable, Subject::Supervisord) => "status table (`supervisorctl status`)",
         (Metric::StatusTable, _) => "status table",
+        (Metric::PgNotify, _) => "row UPDATE → NOTIFY → new worker's main",
+        (Metric::PgNotifyFloor, _) => "row UPDATE → NOTIFY at a bare LISTEN client",
     }
 }
 
@@ -200,6 +202,7 @@ pub fn render(run: &Run, results: &Results) -> String {
     main_table(&mut out, results);
     resources(&mut out, results);
     storm(&mut out, results);
+    postgres(&mut out, run, results);
     subject_table(&mut out, results, Subject::Floor, "The floor");
     subject_table(&mut out, results, Subject::Supervisord, "supervisord");
     if !results.notes().is_empty() {
@@ -502,6 +505,73 @@ fn storm(out: &mut String, results: &Results) {
         floor_rate.map_or("—".into(), |r| format!("{r:.0}")),
         ratio(Some(storm.rate()), floor_rate),
     );
+}
+
+fn postgres(out: &mut String, run: &Run, results: &Results) {
+    let floor_notify = results.get(Metric::PgNotifyFloor, Subject::Floor, 1);
+    let replace = results.median(Metric::ExitReplace, Subject::Floor, 1);
+    let floor = match (floor_notify.and_then(|s| s.median()), replace) {
+        (Some(n), Some(r)) => Some(n + r),
+        _ => None,
+    };
+    let mut rows = String::new();
+    for n in crate::scenarios::pg_notify::FARMS {
+        let Some(s) = results.get(Metric::PgNotify, Subject::Lrpm, n) else {
+            continue;
+        };
+        let _ = writeln!(
+            rows,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            label(Metric::PgNotify, Subject::Lrpm),
+            jobs(n),
+            s.len(),
+            Ms(s.median()),
+            Ms(s.p95()),
+            Ms(s.p99()),
+            Ms(floor),
+            ratio(s.median(), floor),
+        );
+    }
+    if rows.is_empty() && floor_notify.is_none() {
+        return;
+    }
+    let at_1000 = results.median(Metric::PgNotify, Subject::Lrpm, 1000);
+    let _ = write!(
+        out,
+        "\n## The postgres source (issue 14)\n\n\
+         Measured by `{command}` on {date}: one job's row UPDATEd in a PostgreSQL 15 \
+         table whose statement-level trigger NOTIFYs lrpm's channel (docs/sources.md), \
+         until the job's new worker's `main`. The floor is the same UPDATE until a bare \
+         LISTEN client of the harness has the notification, plus the floor's exit → \
+         replacement (kill, reap, spawn → `main`).\n\n\
+         | target | measured | verdict |\n|---|---|---|\n\
+         | NOTIFY → worker `main` at 1,000 jobs ≤ 10 ms median | median {m} | {v} |\n\n\
+         | scenario | jobs | n | median | p95 | p99 | floor | × floor |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|\n{rows}",
+        command = run.command,
+        date = run.date,
+        m = Ms(at_1000),
+        v = verdict(at_1000.map(|m| m <= 10.0)),
+    );
+    if let Some(s) = floor_notify {
+        let _ = writeln!(
+            out,
+            "| {} (floor) | 1 | {} | {} | {} | {} | — | — |",
+            label(Metric::PgNotifyFloor, Subject::Floor),
+            s.len(),
+            Ms(s.median()),
+            Ms(s.p95()),
+            Ms(s.p99()),
+        );
+    }
+    if let Some(r) = replace {
+        let _ = writeln!(
+            out,
+            "| {} (floor) | 1 | | {} | | | — | — |",
+            label(Metric::ExitReplace, Subject::Floor),
+            Ms(Some(r)),
+        );
+    }
 }
 
 fn subject_table(out: &mut String, results: &Results, subject: Subject, title: &str) {

@@ -67,6 +67,12 @@ pub enum Metric {
     /// The status table printed by the control client, as a process run
     /// (`lrpmctl status`, `supervisorctl status`).
     StatusTable,
+    /// A row's declaration UPDATEd in PostgreSQL (a trigger NOTIFYs) → the
+    /// changed job's new worker's `main`.
+    PgNotify,
+    /// The same UPDATE → the notification received by a bare LISTEN
+    /// client of the harness (floor).
+    PgNotifyFloor,
 }
 
 /// The supervisor at rest after a mass start.

@@ -25,6 +25,9 @@ pub enum Part {
     Lrpm,
     /// supervisord.
     Supervisord,
+    /// The postgres source: a row changed → the new worker (and its
+    /// floor), against a PostgreSQL 15 server the suite starts.
+    Postgres,
 }
 
 /// A big farm whose start takes longer than this (in milliseconds) is

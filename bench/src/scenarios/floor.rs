@@ -91,7 +91,7 @@ fn spawn_wait(
 /// reap it, spawn its replacement, receive the replacement's report.
 /// Records exit → wake and exit → replacement's `main` (as `metric`),
 /// with `pause` between a replacement's report and the next crash.
-fn exit_replace(
+pub fn exit_replace(
     bench: &Bench,
     pause: Duration,
     metric: Metric,

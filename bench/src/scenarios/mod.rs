@@ -6,6 +6,7 @@
 pub mod config_push;
 pub mod floor;
 pub mod mass_start;
+pub mod pg_notify;
 pub mod rest;
 pub mod restart;
 pub mod shutdown;
