@@ -46,8 +46,13 @@ use crate::suite::Part;
 /// The workspace this suite belongs to.
 const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
+/// Where the sections of docs/benchmarks.md that other harnesses measure
+/// begin; `lrpm-bench` keeps them when it rewrites the file.
+const KEPT_MARKER: &str = "<!-- Kept by bench/run:";
+
 /// The benchmark suite of lrpm: lrpm against the physical floor of this
 /// machine and against supervisord.
+
 #[derive(Debug, Parser)]
 #[command(name = "lrpm-bench", version)]
 struct Args {
@@ -202,7 +207,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
         load1_before,
         duration: started.elapsed(),
     };
-    let markdown = report::render(&run, &results);
+    let mut markdown = report::render(&run, &results);
+    // The sections measured by other harnesses (lrpm-bench-etcd…), from
+    // their marker on, are kept as they are.
+    if let Ok(old) = std::fs::read_to_string(&output) {
+        if let Some(at) = old.find(KEPT_MARKER) {
+            markdown.push('\n');
+            markdown.push_str(&old[at..]);
+        }
+    }
     if let Some(dir) = output.parent() {
         std::fs::create_dir_all(dir)?;
     }
