@@ -119,7 +119,9 @@ fn notify_floor(
         "INSERT INTO jobs VALUES ('0', {})",
         declaration(bench, 0, 0)
     )))?;
-    rt.block_on(async { while rx.try_recv().is_ok() {} });
+    // The INSERT's own notification, so that each sample waits for its own.
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), rx.recv()).await })
+        .context("no notification of the first INSERT within 10 s")?;
     for generation in 1..=samples {
         let sql = format!(
             "UPDATE jobs SET declaration = {} WHERE id = '0'",
