@@ -957,6 +957,16 @@ impl Supervisor {
         }
     }
 
+    /// The state of every job, in no order: what a summary counts (the
+    /// `STATUS=` lrpm gives systemd), without building a status.
+    pub fn job_states(&self) -> impl Iterator<Item = JobState> + '_ {
+        self.jobs.values().map(|job| match job.state {
+            State::Running(_) => JobState::Running,
+            State::Stopping { .. } => JobState::Stopping,
+            State::Backoff { .. } => JobState::Backoff,
+        })
+    }
+
     /// ADDED or UPDATED or UNCHANGED: `spec` is the job's valid declaration.
     fn declare(&mut self, now: Instant, id: JobId, spec: Arc<JobSpec>) {
         let Some(job) = self.jobs.get_mut(&id) else {

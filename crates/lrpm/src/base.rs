@@ -23,8 +23,9 @@ pub(crate) const HTTP_TOKEN_ENV: &str = "LRPM_HTTP_TOKEN";
 /// without one: never inherited by a child.
 pub(crate) const ETCD_PASSWORD_ENV: &str = "LRPM_ETCD_PASSWORD";
 /// What no child of lrpm inherits from lrpm's own environment unless its
-/// declaration sets it: the sources' secrets, and an `LRPM_RUN_ID` lrpm
-/// itself inherited (which would tie the child to a run of another lrpm).
+/// declaration sets it: the sources' secrets, an `LRPM_RUN_ID` lrpm
+/// itself inherited (which would tie the child to a run of another lrpm),
+/// and systemd's notification settings, which are lrpm's, not its workers'.
 pub(crate) const HIDDEN_ENV: &[&str] = &[
     HTTP_TOKEN_ENV,
     ETCD_PASSWORD_ENV,

@@ -32,6 +32,7 @@ mod process;
 mod runtime;
 mod source;
 mod stdio;
+mod systemd;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -353,6 +354,7 @@ fn supervise(
             held_back: Default::default(),
             notify,
             probes,
+            systemd: systemd::Systemd::from_env(),
         }
         .run()
         .await;

@@ -43,6 +43,7 @@ use crate::hub::Forwarding;
 use crate::probe::{ProbeResult, Probes};
 use crate::process::{ProcessTable, Spawn, Started};
 use crate::source::{Loaded, SourceHandle, SourceMonitor, SourceUpdate};
+use crate::systemd::{self, Systemd};
 use lrpm_proto::codec::{Request, Response};
 
 /// Seconds since the Unix epoch, now.
@@ -96,6 +97,8 @@ pub(crate) struct Shell {
     pub(crate) notify: Option<NotifySocket>,
     /// Health probes under way.
     pub(crate) probes: Probes,
+    /// What systemd is told, when lrpm runs as its notify service.
+    pub(crate) systemd: Systemd,
 }
 
 /// The jobs whose last spawn failed for want of descriptors: they wait
@@ -128,6 +131,12 @@ impl Shell {
         // Spawns count too: a mass start outlasts the first trim after its
         // load, and what its spawns freed afterwards would stay.
         let mut trim_at: Option<Instant> = None;
+        // systemd's watchdog, fed from this loop: a stalled loop starves it.
+        let mut watchdog = self.systemd.watchdog_period().map(|period| {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
         loop {
             // Every exit already reported, whatever the last event was:
             // under a storm the spawn queue never empties, and an exit
@@ -147,6 +156,7 @@ impl Shell {
             if self.core.is_finished() {
                 break;
             }
+            self.tell_systemd(more);
             // Lets the other tasks (control connections, output forwarders)
             // run between two turns. Without it, a loop
             // that always finds an event ready (a crash storm's exits) runs
@@ -158,6 +168,14 @@ impl Shell {
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let watchdog = async {
+                match watchdog {
+                    Some(ref mut tick) => {
+                        tick.tick().await;
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -202,6 +220,7 @@ impl Shell {
                 }
                 Some(()) = recv_opt(&mut sigchld) => self.procs.reap_orphans(),
                 () = sleep => self.core.handle_timeout(Instant::now()),
+                () = watchdog => self.systemd.watchdog(),
                 () = trim => {
                     self.procs.shrink();
                     self.core.shrink();
@@ -223,10 +242,30 @@ impl Shell {
         self.shutdown_began(why, jobs);
     }
 
+    /// Tells systemd, when lrpm runs under it, that lrpm is ready (once the
+    /// first load has ended and what it started is spawned: `more` says
+    /// whether actions are still queued) and how many jobs are in each
+    /// state (at most once a second, and only when that changed).
+    fn tell_systemd(&mut self, more: bool) {
+        let summary = |core: &lrpm_core::supervisor::Supervisor| {
+            systemd::status_text(core.job_states().map(|state| state.as_str()))
+        };
+        if !self.systemd.is_ready() {
+            if self.loads > 0 && !more {
+                let status = summary(&self.core);
+                self.systemd.ready(status);
+            }
+        } else if self.systemd.status_due(Instant::now()) && !self.core.is_shutting_down() {
+            let status = summary(&self.core);
+            self.systemd.status(Instant::now(), status);
+        }
+    }
+
     /// Logs a shutdown that the core began, and stops the source: nothing
     /// it loads would be applied.
     fn shutdown_began(&mut self, why: &str, jobs: usize) {
         tracing::info!("{why}: shutting down {jobs} jobs");
+        self.systemd.stopping(why);
         self.source.stop();
     }
 

@@ -31,3 +31,4 @@ mod sources_http;
 mod sources_pg;
 mod spawning;
 mod supervision;
+mod systemd;
