@@ -30,6 +30,18 @@ fn one_job() -> Lrpm {
     lrpm
 }
 
+/// `lrpmctl status` succeeds within 5 s.
+fn lrpmctl_status_answers(lrpm: &Lrpm) {
+    let asked = Instant::now();
+    let output = lrpm.ctl(&["status"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(asked.elapsed() < Duration::from_secs(5));
+}
+
 /// Raises this process's descriptor limit to at least `n`, as far as its
 /// hard limit allows.
 fn raise_nofile(n: u64) {
@@ -370,14 +382,7 @@ fn clients_that_never_read_their_answers_do_not_lock_out_lrpmctl() {
         settled
     });
     for _ in 0..5 {
-        let asked = Instant::now();
-        let output = lrpm.ctl(&["status"]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(asked.elapsed() < Duration::from_secs(5));
+        lrpmctl_status_answers(&lrpm);
     }
     drop(stuck);
 }
@@ -422,13 +427,6 @@ fn unread_status_answers_hold_a_bounded_amount_of_memory() {
         after < before + 64 * 1024,
         "{after} KiB held for unread answers (from {before} KiB)"
     );
-    let asked = Instant::now();
-    let output = lrpm.ctl(&["status"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(asked.elapsed() < Duration::from_secs(5));
+    lrpmctl_status_answers(&lrpm);
     drop(stuck);
 }
