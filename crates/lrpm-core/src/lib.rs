@@ -24,6 +24,7 @@ pub mod keyed;
 mod liveness;
 pub mod notify;
 pub mod reparse;
+pub mod shard;
 pub mod status;
 pub mod supervisor;
 
