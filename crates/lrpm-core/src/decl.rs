@@ -263,6 +263,7 @@ pub fn validate_job(id: &JobId, value: &Value) -> Result<(JobSpec, Vec<String>),
     let stop_signal = job.optional("stopSignal", signal);
     let notify = job.optional("notify", boolean);
     let watchdog = job.optional("watchdogSeconds", positive_seconds);
+    let instances = job.optional("instances", crate::instances::count);
     let health_check = match job.lookup("healthCheck") {
         Some((label, v)) => match crate::health::validate(label, v) {
             Ok(check) => Some(check),
@@ -290,6 +291,7 @@ pub fn validate_job(id: &JobId, value: &Value) -> Result<(JobSpec, Vec<String>),
                 notify: notify.unwrap_or(defaults.notify),
                 watchdog,
                 health_check,
+                instances,
                 ..defaults
             };
             let over = over_kernel_limits(&spec);
@@ -402,8 +404,16 @@ const SNAKE_CASE: [(&str, &str); 7] = [
 ];
 
 /// The keys that have one spelling only.
-const ONE_WORD_KEYS: [&str; 8] = [
-    "name", "command", "mtime", "env", "cwd", "user", "group", "notify",
+const ONE_WORD_KEYS: [&str; 9] = [
+    "name",
+    "command",
+    "mtime",
+    "env",
+    "cwd",
+    "user",
+    "group",
+    "notify",
+    "instances",
 ];
 
 /// Whether `key` is a job field, in either spelling.
@@ -1843,6 +1853,8 @@ workerConfig = {a = 1}
                         notify: false,
                         watchdog: None,
                         health_check: None,
+                        instances: None,
+                        instance: None,
                     }
                 },
             )

@@ -179,6 +179,15 @@ pub struct JobSpec {
     pub watchdog: Option<Duration>,
     /// `healthCheck`: a probe run every interval while the job runs.
     pub health_check: Option<crate::health::HealthCheck>,
+    /// `instances`: how many copies of the job run, each a job of its own
+    /// (`ID#0` … `ID#N-1`, see [`crate::instances`]); `None` when the key
+    /// is not given: one job, under its own id.
+    pub instances: Option<u32>,
+    /// Which copy of an `instances` job this declaration runs (its
+    /// `LRPM_INSTANCE`). Only the expansion of a declaration sets it, and
+    /// then `instances` is `None`, so that a copy's declaration does not
+    /// change with the count.
+    pub instance: Option<u32>,
 }
 
 impl JobSpec {
@@ -199,6 +208,8 @@ impl JobSpec {
             notify: false,
             watchdog: None,
             health_check: None,
+            instances: None,
+            instance: None,
         }
     }
 

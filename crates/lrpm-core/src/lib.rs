@@ -1,7 +1,8 @@
 //! The I/O-free core of lrpm.
 //!
 //! Everything here is plain data and pure functions: job declarations and
-//! their validation ([`decl`]) and the per-key store of sources that keep one
+//! their validation ([`decl`]), the copies of a job with `instances`
+//! ([`instances`]) and the per-key store of sources that keep one
 //! job per key ([`keyed`]), the job model ([`job`]), restart backoff
 //! ([`backoff`]) and the supervision state machine ([`supervisor`]), which
 //! takes events (a configuration loaded, a child exited, a timer fired, a
@@ -19,6 +20,7 @@ pub mod decl;
 pub mod escape;
 pub mod health;
 pub mod human;
+pub mod instances;
 pub mod job;
 pub mod keyed;
 mod liveness;

@@ -430,6 +430,16 @@ impl Job {
     }
 }
 
+/// Why `decl` declares job `id` invalid: its own id's reason, or, for a
+/// copy of an `instances` job, its base job's (the copies then keep running
+/// on their last valid declaration, as any job does).
+fn invalid<'a>(decl: &'a Declaration, id: &JobId, job: &Job) -> Option<&'a String> {
+    decl.invalid.get(id).or_else(|| {
+        crate::instances::base_id(id, &job.spec)
+            .and_then(|base| decl.invalid.get(&JobId::from(base)))
+    })
+}
+
 /// The supervision state machine. See the [module documentation](self).
 #[derive(Debug)]
 pub struct Supervisor {
@@ -510,15 +520,16 @@ impl Supervisor {
     /// A job is removed by a configuration that declares it neither as a
     /// valid nor as an invalid job (an invalid declaration keeps the job
     /// running on its last valid one).
-    pub fn handle_config(&mut self, now: Instant, decl: Declaration) -> ConfigOutcome {
+    pub fn handle_config(&mut self, now: Instant, mut decl: Declaration) -> ConfigOutcome {
         if self.shutting_down {
             return ConfigOutcome::Ignored;
         }
+        decl.expand_instances();
         let removed: Vec<JobId> = self
             .jobs
             .iter()
             .filter(|(id, job)| {
-                job.declared && !decl.jobs.contains_key(*id) && !decl.invalid.contains_key(*id)
+                job.declared && !decl.jobs.contains_key(*id) && invalid(&decl, id, job).is_none()
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -534,14 +545,14 @@ impl Supervisor {
         self.held = None;
         self.last_load = Some(now);
         self.source.last_error = None;
-        self.source.warnings = decl.warnings;
+        self.source.warnings = std::mem::take(&mut decl.warnings);
 
         for id in removed {
             self.remove(now, &id);
         }
 
         for (id, job) in self.jobs.iter_mut() {
-            job.invalid = decl.invalid.get(id).cloned();
+            job.invalid = invalid(&decl, id, job).cloned();
         }
         self.source.invalid_jobs = decl
             .invalid
@@ -1157,3 +1168,7 @@ mod tests;
 #[cfg(test)]
 #[path = "supervisor_liveness_tests.rs"]
 mod liveness_tests;
+
+#[cfg(test)]
+#[path = "supervisor_cmd_tests.rs"]
+mod cmd_tests;

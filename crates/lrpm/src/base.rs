@@ -15,6 +15,9 @@ pub(crate) use lrpm_proto::exit::{EX_IOERR, EX_NOINPUT, EX_USAGE};
 pub(crate) const JOB_ID_ENV: &str = "LRPM_JOB_ID";
 /// A worker's job name.
 pub(crate) const JOB_NAME_ENV: &str = "LRPM_JOB_NAME";
+/// Which copy of an `instances` job a worker is (`0` … `N-1`); unset for a
+/// job without `instances`.
+pub(crate) const INSTANCE_ENV: &str = "LRPM_INSTANCE";
 /// A worker's `workerConfig`, as JSON.
 pub(crate) const WORKER_CONFIG_ENV: &str = "LRPM_WORKER_CONFIG";
 /// The bearer token of the HTTP source: never inherited by a child.

@@ -113,6 +113,9 @@ fn command(
         .env(base::JOB_NAME_ENV, &spec.name)
         .env(base::WORKER_CONFIG_ENV, spec.worker_config.to_string())
         .env(containment::RUN_ID_ENV, containment::run_id_value(run));
+    if let Some(k) = spec.instance {
+        cmd = cmd.env(base::INSTANCE_ENV, k.to_string());
+    }
     if let Some(socket) = notify_socket {
         cmd = cmd.env(base::NOTIFY_SOCKET_ENV, socket);
     }
@@ -727,6 +730,17 @@ mod tests {
         }
         assert!(text.contains(containment::RUN_ID_ENV));
         assert!(text.contains("NOTIFY_SOCKET") && text.contains("@s"));
+        assert!(
+            !text.contains(base::INSTANCE_ENV),
+            "no LRPM_INSTANCE without instances"
+        );
+        let mut copy = spec.clone();
+        copy.instance = Some(4);
+        let cmd = command(RunId(7), &JobId::from("j#4"), &copy, false, None).expect("a command");
+        assert!(
+            format!("{cmd:?}").contains(r#""LRPM_INSTANCE", "4""#),
+            "{cmd:?}"
+        );
         let class = JobSpec::new("c", Program::WorkerClass("C".into()));
         assert!(command(RunId(7), &JobId::from("j"), &class, false, None).is_err());
         let worker = command(RunId(7), &JobId::from("j"), &class, true, None).expect("a worker");

@@ -14,6 +14,7 @@ mod control_abuse;
 mod descriptors;
 mod health;
 mod hostile;
+mod instances;
 mod library;
 mod notify;
 mod oom;
