@@ -11,3 +11,8 @@
 pub mod codec;
 pub mod exit;
 pub mod socket;
+
+/// lrpm's version as `--version` and the status document show it: the
+/// package version and, when lrpm was built from a git checkout (or
+/// `LRPM_GIT_REVISION` was set), the revision: `0.1.0 (git 7c3a887abcde)`.
+pub const VERSION: &str = env!("LRPM_VERSION");

@@ -19,6 +19,19 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Generate {
+    /// lrpm's man page, in roff.
+    Man,
+    /// The completion script of bash.
+    CompleteBash,
+    /// The completion script of zsh.
+    CompleteZsh,
+    /// The completion script of fish.
+    CompleteFish,
+}
+
 /// lrpm: a long-running process manager.
 ///
 /// Supervises the jobs declared by SOURCE: starts new ones, stops removed
@@ -27,7 +40,7 @@ pub(crate) enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(
     name = "lrpm",
-    version,
+    version = lrpm_proto::VERSION,
     about,
     long_about,
     after_help = "Exit codes: 0 clean shutdown; 74 clean shutdown, but some output \
@@ -116,6 +129,29 @@ pub(crate) struct Args {
     /// Less log output (-q: warnings, -qq: errors).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub(crate) quiet: u8,
+
+    /// Print lrpm's man page or a shell's completion script, made from this
+    /// command line's own definition, and exit.
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub(crate) generate: Option<Generate>,
+}
+
+/// The man page or completion script `what` names, for the `lrpm`
+/// command line.
+pub(crate) fn generate(what: Generate) -> std::io::Result<Vec<u8>> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    let shell = match what {
+        Generate::Man => {
+            clap_mangen::Man::new(Args::command()).render(&mut out)?;
+            return Ok(out);
+        }
+        Generate::CompleteBash => clap_complete::Shell::Bash,
+        Generate::CompleteZsh => clap_complete::Shell::Zsh,
+        Generate::CompleteFish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut Args::command(), "lrpm", &mut out);
+    Ok(out)
 }
 
 /// The validated settings of a supervisor run.
@@ -271,6 +307,22 @@ mod tests {
             &["--worker-oom-score-adj", "keep"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn the_man_page_and_completions_come_from_the_definition() {
+        let man = String::from_utf8(generate(Generate::Man).expect("man")).expect("utf-8");
+        assert!(man.contains(".TH lrpm"), "{man}");
+        assert!(man.contains("max\\-removal\\-ratio"), "{man}");
+        for (what, marker) in [
+            (Generate::CompleteBash, "complete -F"),
+            (Generate::CompleteZsh, "#compdef lrpm"),
+            (Generate::CompleteFish, "complete -c lrpm"),
+        ] {
+            let script = String::from_utf8(generate(what).expect("script")).expect("utf-8");
+            assert!(script.contains(marker), "{what:?}: {script}");
+            assert!(script.contains("max-removal-ratio"), "{what:?}");
         }
     }
 

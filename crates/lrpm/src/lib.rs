@@ -128,6 +128,21 @@ fn supervise_args(args: Vec<OsString>, library: Option<library::Lrpm>) -> ExitCo
             };
         }
     };
+    if let Some(what) = args.generate {
+        return match cli::generate(what) {
+            Ok(text) => match std::io::stdout().lock().write_all(&text) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    say(format_args!("lrpm: cannot write to stdout: {e}"));
+                    ExitCode::from(EX_IOERR)
+                }
+            },
+            Err(e) => {
+                say(format_args!("lrpm: cannot generate {what:?}: {e}"));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let has_source = library.as_ref().is_some_and(library::Lrpm::has_source);
     let options = match args.validate(has_source) {
         Ok(options) => options,
@@ -328,7 +343,7 @@ fn supervise(
             pid = std::process::id(),
             source = %source_uri,
             "lrpm {} started",
-            env!("CARGO_PKG_VERSION")
+            lrpm_proto::VERSION
         );
         let mut procs = procs;
         let notify = notify_socket(&mut procs);

@@ -433,7 +433,7 @@ impl Shell {
         (source.connection, source.revision) = self.source_monitor.snapshot();
         let supervisor = SupervisorStatus {
             pid: std::process::id(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: lrpm_proto::VERSION.to_owned(),
             started_at: self.started_at,
             shutting_down: self.core.is_shutting_down(),
             source,

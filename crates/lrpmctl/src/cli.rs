@@ -23,7 +23,7 @@ Man page: lrpmctl man > lrpmctl.1";
 #[derive(Debug, Parser)]
 #[command(
     name = "lrpmctl",
-    version,
+    version = lrpm_proto::VERSION,
     disable_help_subcommand = true,
     arg_required_else_help = true,
     after_help = AFTER_HELP

@@ -40,3 +40,13 @@ fn completions_and_the_man_page_come_from_the_command_line_definition() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains(".TH lrpmctl"));
 }
+
+#[test]
+fn version_is_the_shared_one_with_the_git_revision() {
+    let out = lrpmctl(&["--version"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("lrpmctl {}", lrpm_proto::VERSION)
+    );
+}

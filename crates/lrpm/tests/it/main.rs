@@ -20,6 +20,7 @@ mod notify;
 mod oom;
 mod output_faults;
 mod output_hubs;
+mod packaging;
 #[cfg(feature = "postgres")]
 mod pg_server;
 mod reliability;
