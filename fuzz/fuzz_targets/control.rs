@@ -26,6 +26,12 @@ fuzz_target!(|data: &[u8]| {
         Request::Stop,
         Request::Reload { force: true },
         Request::Restart { id: "1".into() },
+        Request::StatusOf {
+            ids: vec!["1".into()],
+        },
+        Request::Pause {
+            ids: vec!["1".into()],
+        },
     ] {
         let _ = Response::decode(data, &request);
     }

@@ -132,6 +132,17 @@ impl Signal {
         let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
         Signal::ALL.into_iter().find(|s| s.name() == bare)
     }
+
+    /// Parses what an operator may write (`lrpmctl signal`): a name as
+    /// [`Signal::from_name`] takes it, or the signal's Linux number (`15`).
+    pub fn from_name_or_number(text: &str) -> Option<Signal> {
+        match text.trim().parse::<i32>() {
+            Ok(n) => crate::human::signal_name(n)
+                .standard()
+                .and_then(Signal::from_name),
+            Err(_) => Signal::from_name(text),
+        }
+    }
 }
 
 impl fmt::Display for Signal {
@@ -239,6 +250,15 @@ mod tests {
             assert_eq!(Signal::from_name(&s.name().to_lowercase()), Some(s));
         }
         assert_eq!(Signal::from_name("SIGBOGUS"), None);
+        assert_eq!(Signal::from_name_or_number("15"), Some(Signal::Term));
+        assert_eq!(Signal::from_name_or_number("10"), Some(Signal::Usr1));
+        assert_eq!(Signal::from_name_or_number("sigusr2"), Some(Signal::Usr2));
+        assert_eq!(
+            Signal::from_name_or_number("11"),
+            None,
+            "SIGSEGV is no signal of lrpm's"
+        );
+        assert_eq!(Signal::from_name_or_number("-1"), None);
         assert_eq!(Signal::from_name(""), None);
     }
 

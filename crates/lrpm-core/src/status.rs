@@ -198,6 +198,9 @@ pub enum JobState {
     /// Its process has been asked to stop (to restart, to be removed, or for
     /// shutdown).
     Stopping,
+    /// Held stopped by an operator (`lrpmctl pause`) until resumed,
+    /// whatever the source says.
+    Paused,
 }
 
 impl JobState {
@@ -208,6 +211,7 @@ impl JobState {
             JobState::Running => "running",
             JobState::Backoff => "backoff",
             JobState::Stopping => "stopping",
+            JobState::Paused => "paused",
         }
     }
 }

@@ -37,6 +37,12 @@
 //!                     └──► Running (new declaration), or forgotten
 //! ```
 //!
+//! An operator may pause a job ([`Supervisor::pause`]): it is stopped like
+//! a restarted one, but when its process has ended it is held in `Paused`
+//! (no process, no deadline) until [`Supervisor::resume`]. Every
+//! configuration still updates it (the new declaration waits) or removes
+//! it (forgotten, pause and all).
+//!
 //! Architecture invariant: a job has at most one live process. A new one is
 //! spawned only from `Backoff` (no process) or when the exit of the old one
 //! has been handled.
@@ -192,15 +198,42 @@ pub enum ConfigOutcome {
     Ignored,
 }
 
-/// Why a restart request was refused.
+/// Why an operator's command (restart, pause, resume, signal, status of
+/// some jobs) was refused; nothing of it was done then.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RestartError {
+pub enum CommandError {
     /// No job has this id (or it is being removed).
     #[error("no such job: {0}")]
     UnknownJob(JobId),
+    /// Several ids name no job.
+    #[error("no such jobs: {}", ids(.0))]
+    UnknownJobs(Vec<JobId>),
     /// lrpm is shutting down.
     #[error("lrpm is shutting down")]
     ShuttingDown,
+    /// The jobs are paused: held stopped until they are resumed.
+    #[error("paused, held stopped until resumed (lrpmctl resume): {}", ids(.0))]
+    Paused(Vec<JobId>),
+    /// None of the jobs has a process to signal.
+    #[error("no process to signal: {} (not running)", ids(.0))]
+    NotRunning(Vec<JobId>),
+    /// The command names no job.
+    #[error("no job id given")]
+    NoIds,
+}
+
+/// A list of job ids, for messages: `a, b, c`.
+fn ids(ids: &[JobId]) -> String {
+    ids.iter().map(JobId::as_str).collect::<Vec<_>>().join(", ")
+}
+
+/// What [`Supervisor::signal`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signalled {
+    /// The jobs whose process group gets the signal.
+    pub sent: Vec<JobId>,
+    /// The jobs named that have no process (backoff, paused).
+    pub skipped: Vec<JobId>,
 }
 
 /// A process of a job.
@@ -235,6 +268,9 @@ enum State {
     Backoff {
         until: Instant,
     },
+    /// Held stopped by an operator (`lrpmctl pause`): no process, no
+    /// deadline, whatever the source says, until resumed.
+    Paused,
 }
 
 impl State {
@@ -243,13 +279,14 @@ impl State {
             State::Running(proc) => proc.live.deadline(),
             State::Stopping { kill_at, .. } => *kill_at,
             State::Backoff { until } => Some(*until),
+            State::Paused => None,
         }
     }
 
     fn proc(&self) -> Option<&Proc> {
         match self {
             State::Running(proc) | State::Stopping { proc, .. } => Some(proc),
-            State::Backoff { .. } => None,
+            State::Backoff { .. } | State::Paused => None,
         }
     }
 }
@@ -272,6 +309,9 @@ struct Job {
     last_exit: Option<(ExitStatus, Instant)>,
     /// The last `STATUS=` of its current process.
     status_text: Option<Box<str>>,
+    /// Paused by an operator: never started until resumed (the state is
+    /// `Paused` once its process, if it had one, has ended).
+    paused: bool,
 }
 
 /// What the removal guard holds back: a summary only, since a forced reload
@@ -317,32 +357,40 @@ impl WallClock {
 
 /// Every job's status, borrowed from the core: see
 /// [`Supervisor::status_jobs`]. Serializes as a sequence of [`JobStatus`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct JobsStatus<'a> {
     sup: &'a Supervisor,
     clock: WallClock,
+    /// The jobs listed, when not every job is ([`Supervisor::status_jobs_of`]).
+    only: Option<Vec<JobId>>,
 }
 
 impl JobsStatus<'_> {
     /// How many jobs it lists.
     pub fn len(&self) -> usize {
-        self.sup.jobs.len()
+        self.only.as_ref().map_or(self.sup.jobs.len(), Vec::len)
     }
 
     /// Whether it lists no job.
     pub fn is_empty(&self) -> bool {
-        self.sup.jobs.is_empty()
+        self.len() == 0
     }
 }
 
 impl serde::Serialize for JobsStatus<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(
-            self.sup
-                .jobs
-                .iter()
-                .map(|(id, job)| JobView::new(id, job, self.clock)),
-        )
+        match &self.only {
+            None => serializer.collect_seq(
+                self.sup
+                    .jobs
+                    .iter()
+                    .map(|(id, job)| JobView::new(id, job, self.clock)),
+            ),
+            Some(ids) => serializer.collect_seq(ids.iter().filter_map(|id| {
+                let job = self.sup.jobs.get(id)?;
+                Some(JobView::new(id, job, self.clock))
+            })),
+        }
     }
 }
 
@@ -394,6 +442,7 @@ impl<'a> JobView<'a> {
             State::Running(_) => (JobState::Running, None),
             State::Stopping { .. } => (JobState::Stopping, None),
             State::Backoff { until } => (JobState::Backoff, Some(clock.wall(*until))),
+            State::Paused => (JobState::Paused, None),
         };
         let proc = job.state.proc();
         JobView {
@@ -757,7 +806,9 @@ impl Supervisor {
                 }
                 AfterExit::Stopped
             }
-            State::Backoff { .. } => unreachable!("invariant: a job in backoff has no process"),
+            State::Backoff { .. } | State::Paused => {
+                unreachable!("invariant: a job in backoff or paused has no process")
+            }
         }
     }
 
@@ -819,6 +870,7 @@ impl Supervisor {
             match job.state {
                 State::Backoff { .. } => self.start(now, &id),
                 State::Stopping { .. } => self.escalate(&id),
+                State::Paused => unreachable!("invariant: a paused job has no deadline"),
                 State::Running(mut proc) => {
                     let due = proc.live.due(now);
                     self.set_state(&id, State::Running(proc));
@@ -845,22 +897,198 @@ impl Supervisor {
     }
 
     /// Restarts job `id` now: stops its process, if it has one, and starts it
-    /// again with its backoff reset.
-    pub fn restart(&mut self, now: Instant, id: &JobId) -> Result<(), RestartError> {
-        if self.shutting_down {
-            return Err(RestartError::ShuttingDown);
+    /// again with its backoff reset. An id may also name every copy of an
+    /// `instances` job (see [`Supervisor::resolve`]). A paused job is not
+    /// restarted: resume it.
+    pub fn restart(&mut self, now: Instant, id: &JobId) -> Result<(), CommandError> {
+        self.restart_jobs(now, std::slice::from_ref(id)).map(drop)
+    }
+
+    /// [`Supervisor::restart`] of several jobs at once: all of them, or
+    /// none when an id names no job or a paused one. Returns the jobs
+    /// restarted.
+    pub fn restart_jobs(
+        &mut self,
+        now: Instant,
+        ids: &[JobId],
+    ) -> Result<Vec<JobId>, CommandError> {
+        let jobs = self.resolve(ids)?;
+        let paused: Vec<JobId> = jobs
+            .iter()
+            .filter(|id| self.jobs[*id].paused)
+            .cloned()
+            .collect();
+        if !paused.is_empty() {
+            return Err(CommandError::Paused(paused));
         }
-        let job = match self.jobs.get_mut(id) {
-            Some(job) if job.declared => job,
-            _ => return Err(RestartError::UnknownJob(id.clone())),
-        };
+        for id in &jobs {
+            self.restart_one(now, id);
+        }
+        Ok(jobs)
+    }
+
+    /// Restarts every declared job that is not paused (`lrpmctl restart
+    /// --all`); returns them.
+    pub fn restart_all(&mut self, now: Instant) -> Result<Vec<JobId>, CommandError> {
+        if self.shutting_down {
+            return Err(CommandError::ShuttingDown);
+        }
+        let jobs: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, job)| job.declared && !job.paused)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &jobs {
+            self.restart_one(now, id);
+        }
+        Ok(jobs)
+    }
+
+    /// Restarts declared, unpaused job `id`.
+    fn restart_one(&mut self, now: Instant, id: &JobId) {
+        let job = self.jobs.get_mut(id).expect("invariant: a resolved job");
         job.backoff.reset();
         match job.state {
             State::Running(_) => self.stop(now, id, Then::Start),
             State::Stopping { .. } => {}
             State::Backoff { .. } => self.start(now, id),
+            State::Paused => unreachable!("invariant: a paused job is not restarted"),
         }
-        Ok(())
+    }
+
+    /// Pauses jobs `ids` (`lrpmctl pause`): each process is stopped (its
+    /// stop signal, then SIGKILL after its timeout) and the job is held
+    /// stopped, whatever configurations arrive, until
+    /// [`Supervisor::resume`] or lrpm's end. A job removed from the source
+    /// meanwhile is forgotten. All of them, or none when an id names no job;
+    /// returns the jobs that were not paused yet.
+    pub fn pause(&mut self, now: Instant, ids: &[JobId]) -> Result<Vec<JobId>, CommandError> {
+        let jobs = self.resolve(ids)?;
+        let mut paused = Vec::new();
+        for id in jobs {
+            let job = self.jobs.get_mut(&id).expect("invariant: a resolved job");
+            if job.paused {
+                continue;
+            }
+            job.paused = true;
+            match job.state {
+                State::Running(_) => self.stop(now, &id, Then::Start),
+                // Its `Then::Start` meets the pause in `start`.
+                State::Stopping { .. } | State::Paused => {}
+                State::Backoff { .. } => self.set_state(&id, State::Paused),
+            }
+            paused.push(id);
+        }
+        Ok(paused)
+    }
+
+    /// Resumes paused jobs `ids` (`lrpmctl resume`): each starts at once
+    /// (once its process has ended, if it was still stopping) with its
+    /// backoff reset, on its latest declaration. All of them, or none when
+    /// an id names no job; returns the jobs that were paused.
+    pub fn resume(&mut self, now: Instant, ids: &[JobId]) -> Result<Vec<JobId>, CommandError> {
+        let jobs = self.resolve(ids)?;
+        let mut resumed = Vec::new();
+        for id in jobs {
+            let job = self.jobs.get_mut(&id).expect("invariant: a resolved job");
+            if !job.paused {
+                continue;
+            }
+            job.paused = false;
+            job.backoff.reset();
+            if job.state == State::Paused {
+                if let Some(spec) = job.pending.take() {
+                    job.spec = spec;
+                }
+                self.start(now, &id);
+            }
+            resumed.push(id);
+        }
+        Ok(resumed)
+    }
+
+    /// Sends `signal` to the process group of each of jobs `ids` that has a
+    /// process (`lrpmctl signal`); it is the job's business what the signal
+    /// does (an exit it causes is a crash like any other). Refused when an
+    /// id names no job, or when none of the jobs has a process.
+    pub fn signal(&mut self, ids: &[JobId], signal: Signal) -> Result<Signalled, CommandError> {
+        let jobs = self.resolve(ids)?;
+        let (sent, skipped): (Vec<JobId>, Vec<JobId>) = jobs
+            .into_iter()
+            .partition(|id| self.jobs[id].state.proc().is_some());
+        if sent.is_empty() {
+            return Err(CommandError::NotRunning(skipped));
+        }
+        for id in &sent {
+            let proc = self.jobs[id].state.proc().expect("invariant: partitioned");
+            self.actions.push_back(Action::Signal {
+                run: proc.run,
+                signal,
+            });
+        }
+        Ok(Signalled { sent, skipped })
+    }
+
+    /// The declared jobs that `ids` name, in order, each once: an id names
+    /// its job, or, if there is no job of that id, every copy of the
+    /// `instances` job of that id (`web` for `web#0` … `web#N-1`). Refused
+    /// when an id names nothing, when there is no id, and during a
+    /// shutdown.
+    pub fn resolve(&self, ids: &[JobId]) -> Result<Vec<JobId>, CommandError> {
+        if self.shutting_down {
+            return Err(CommandError::ShuttingDown);
+        }
+        self.named(ids, |job| job.declared)
+    }
+
+    /// The jobs that `ids` name among those that `listed` accepts, as
+    /// [`Supervisor::resolve`] finds them.
+    fn named(
+        &self,
+        ids: &[JobId],
+        listed: impl Fn(&Job) -> bool + Copy,
+    ) -> Result<Vec<JobId>, CommandError> {
+        if ids.is_empty() {
+            return Err(CommandError::NoIds);
+        }
+        let mut jobs = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut unknown = Vec::new();
+        for id in ids {
+            let named = match self.jobs.get(id) {
+                Some(job) if listed(job) => vec![id.clone()],
+                _ => self.copies_of(id, listed),
+            };
+            if named.is_empty() {
+                unknown.push(id.clone());
+            }
+            jobs.extend(named.into_iter().filter(|id| seen.insert(id.clone())));
+        }
+        match unknown.len() {
+            0 => Ok(jobs),
+            1 => Err(CommandError::UnknownJob(unknown.remove(0))),
+            _ => Err(CommandError::UnknownJobs(unknown)),
+        }
+    }
+
+    /// The copies of `instances` job `base` that `listed` accepts, in id
+    /// order.
+    fn copies_of(&self, base: &JobId, listed: impl Fn(&Job) -> bool) -> Vec<JobId> {
+        let prefix = format!("{base}#");
+        self.jobs
+            .range(JobId::new(prefix.clone())..)
+            .take_while(|(id, _)| id.as_str().starts_with(&prefix))
+            .filter(|(id, job)| {
+                listed(job) && crate::instances::base_id(id, &job.spec) == Some(base.as_str())
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Whether job `id` is paused by an operator.
+    pub fn is_paused(&self, id: &JobId) -> bool {
+        self.jobs.get(id).is_some_and(|job| job.paused)
     }
 
     /// Begins a graceful shutdown: every process is asked to stop, jobs in
@@ -872,7 +1100,7 @@ impl Supervisor {
             match self.jobs[&id].state {
                 State::Running(_) => self.stop(now, &id, Then::Forget),
                 State::Stopping { .. } => {}
-                State::Backoff { .. } => self.forget(&id),
+                State::Backoff { .. } | State::Paused => self.forget(&id),
             }
         }
     }
@@ -965,7 +1193,27 @@ impl Supervisor {
         JobsStatus {
             sup: self,
             clock: WallClock { now, wall_now },
+            only: None,
         }
+    }
+
+    /// [`Supervisor::status_jobs`] of the jobs that `ids` name only
+    /// (`lrpmctl status ID…`), in id order; refused when an id names no
+    /// job (see [`Supervisor::resolve`]).
+    pub fn status_jobs_of(
+        &self,
+        now: Instant,
+        wall_now: f64,
+        ids: &[JobId],
+    ) -> Result<JobsStatus<'_>, CommandError> {
+        // Status shows the jobs being removed too, and during a shutdown.
+        let mut only = self.named(ids, |_| true)?;
+        only.sort();
+        Ok(JobsStatus {
+            sup: self,
+            clock: WallClock { now, wall_now },
+            only: Some(only),
+        })
     }
 
     /// The state of every job, in no order: what a summary counts (the
@@ -975,6 +1223,7 @@ impl Supervisor {
             State::Running(_) => JobState::Running,
             State::Stopping { .. } => JobState::Stopping,
             State::Backoff { .. } => JobState::Backoff,
+            State::Paused => JobState::Paused,
         })
     }
 
@@ -992,6 +1241,7 @@ impl Supervisor {
                 restarts: 0,
                 last_exit: None,
                 status_text: None,
+                paused: false,
             };
             self.jobs.insert(id.clone(), job);
             self.start(now, &id);
@@ -1024,7 +1274,8 @@ impl Supervisor {
                 job.pending = Some(spec);
                 self.stop(now, &id, Then::Start);
             }
-            State::Stopping { .. } => job.pending = Some(spec),
+            // A paused job keeps the update for when it is resumed.
+            State::Stopping { .. } | State::Paused => job.pending = Some(spec),
             State::Backoff { .. } => {
                 job.spec = spec;
                 job.backoff.reset();
@@ -1041,6 +1292,8 @@ impl Supervisor {
             .expect("invariant: removing a known job");
         job.declared = false;
         job.pending = None;
+        // Removed from the source: nothing to hold any more.
+        job.paused = false;
         match job.state {
             State::Running(_) => self.stop(now, id, Then::Forget),
             State::Stopping { proc, kill_at, .. } => self.set_state(
@@ -1051,18 +1304,27 @@ impl Supervisor {
                     then: Then::Forget,
                 },
             ),
-            State::Backoff { .. } => self.forget(id),
+            State::Backoff { .. } | State::Paused => self.forget(id),
         }
     }
 
-    /// Spawns a new process for job `id`, which has none.
+    /// Spawns a new process for job `id`, which has none; a paused job is
+    /// held instead (state `Paused`): the one place that makes sure a
+    /// paused job never runs, whatever path wanted to start it.
     fn start(&mut self, now: Instant, id: &JobId) {
-        let run = RunId(self.next_run);
-        self.next_run += 1;
         let job = self
             .jobs
             .get_mut(id)
             .expect("invariant: starting a known job");
+        if job.paused {
+            if let Some(spec) = job.pending.take() {
+                job.spec = spec;
+            }
+            self.set_state(id, State::Paused);
+            return;
+        }
+        let run = RunId(self.next_run);
+        self.next_run += 1;
         debug_assert!(
             job.state
                 .proc()

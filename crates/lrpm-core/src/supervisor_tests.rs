@@ -180,7 +180,7 @@ impl Sim {
                     assert_eq!(live.len(), 1, "job {} has no process", j.id);
                     assert_eq!(j.pid, Some(live[0].pid));
                 }
-                JobState::Backoff => assert!(live.is_empty()),
+                JobState::Backoff | JobState::Paused => assert!(live.is_empty()),
             }
         }
         for p in self.live.values() {
@@ -646,7 +646,7 @@ fn restart_request_for_unknown_or_removed_job_is_refused() {
     sim.config(decl(&[("a", spec("a"))]));
     assert_eq!(
         sim.sup.restart(sim.now, &"zz".into()),
-        Err(RestartError::UnknownJob("zz".into()))
+        Err(CommandError::UnknownJob("zz".into()))
     );
     sim.config(decl(&[]));
     assert!(sim.sup.restart(sim.now, &"a".into()).is_err());

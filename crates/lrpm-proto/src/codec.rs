@@ -16,6 +16,7 @@
 //! server (lrpm's control module) and the client (`lrpmctl`) only move
 //! bytes.
 
+use lrpm_core::job::Signal;
 use lrpm_core::status::{Status, SupervisorStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -31,16 +32,33 @@ pub const MAX_REQUEST_LEN: usize = 64 * 1024;
 pub const MAX_RESPONSE_LEN: usize = 256 * 1024 * 1024;
 
 /// The commands of the protocol, in the order `help` lists them.
-pub const COMMANDS: [CommandInfo; 5] = [
+pub const COMMANDS: [CommandInfo; 8] = [
     CommandInfo {
         cmd: "status",
-        request: r#"{"cmd":"status"}"#,
-        help: "the status document: the supervisor, its configuration source and every job",
+        request: r#"{"cmd":"status","ids":["ID"]}"#,
+        help: "the status document: the supervisor, its configuration source and every job \
+               (with ids, only those jobs)",
     },
     CommandInfo {
         cmd: "restart",
         request: r#"{"cmd":"restart","id":"ID"}"#,
-        help: "restart job ID now, with its backoff reset (ID: a string or an integer)",
+        help: "restart job ID now, with its backoff reset (ID: a string or an integer); \
+               \"ids\":[…] restarts several, \"all\":true every job that is not paused",
+    },
+    CommandInfo {
+        cmd: "pause",
+        request: r#"{"cmd":"pause","ids":["ID"]}"#,
+        help: "stop the jobs and hold them stopped, whatever the source says, until resumed",
+    },
+    CommandInfo {
+        cmd: "resume",
+        request: r#"{"cmd":"resume","ids":["ID"]}"#,
+        help: "start paused jobs again",
+    },
+    CommandInfo {
+        cmd: "signal",
+        request: r#"{"cmd":"signal","signal":"USR1","ids":["ID"]}"#,
+        help: "send a signal (a name, with or without SIG, or a number) to the jobs' process groups",
     },
     CommandInfo {
         cmd: "reload",
@@ -146,15 +164,51 @@ pub fn is_blank(line: &[u8]) -> bool {
 }
 
 /// A control request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "cmd", rename_all = "lowercase")]
+///
+/// A job id in a request (`id`, or each of `ids`) names its job or, when
+/// no job has that id, every copy of the `instances` job of that id.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// The status document.
+    /// The status document: `{"cmd":"status"}`.
     Status,
-    /// Restart one job now, with its backoff reset.
+    /// The status document with only some jobs:
+    /// `{"cmd":"status","ids":["a","b"]}`.
+    StatusOf {
+        /// The job ids.
+        ids: Vec<String>,
+    },
+    /// Restart one job now, with its backoff reset:
+    /// `{"cmd":"restart","id":"42"}`.
     Restart {
         /// The job id.
         id: String,
+    },
+    /// Restart several jobs now: `{"cmd":"restart","ids":["a","b"]}`.
+    RestartJobs {
+        /// The job ids.
+        ids: Vec<String>,
+    },
+    /// Restart every job that is not paused: `{"cmd":"restart","all":true}`.
+    RestartAll,
+    /// Stop jobs and hold them stopped until resumed:
+    /// `{"cmd":"pause","ids":["a"]}`.
+    Pause {
+        /// The job ids.
+        ids: Vec<String>,
+    },
+    /// Start paused jobs again: `{"cmd":"resume","ids":["a"]}`.
+    Resume {
+        /// The job ids.
+        ids: Vec<String>,
+    },
+    /// Send a signal to jobs' process groups:
+    /// `{"cmd":"signal","signal":"USR1","ids":["a"]}` (the signal as a
+    /// name, with or without `SIG`, or as a number).
+    Signal {
+        /// The signal.
+        signal: Signal,
+        /// The job ids.
+        ids: Vec<String>,
     },
     /// Load the configuration again now.
     Reload {
@@ -204,6 +258,16 @@ pub enum RequestError {
         arg: &'static str,
         /// What it should be.
         expected: &'static str,
+    },
+    /// An argument has a value that means nothing.
+    #[error("{cmd}: {arg:?} {reason}")]
+    BadValue {
+        /// The command.
+        cmd: &'static str,
+        /// The argument.
+        arg: &'static str,
+        /// What is wrong with it.
+        reason: String,
     },
     /// An argument has the wrong type.
     #[error("{cmd}: {arg:?} must be {expected}, got {got}")]
@@ -276,9 +340,23 @@ impl Request {
             Some(other) => return Err(RequestError::CommandNotAString(kind(other))),
         };
         match cmd {
-            "status" => Ok(Request::Status),
-            "restart" => Ok(Request::Restart {
-                id: job_id(&mut fields)?,
+            "status" => match fields.get("ids") {
+                None | Some(Value::Null) => Ok(Request::Status),
+                Some(_) => match job_ids("status", &mut fields, false)? {
+                    ids if ids.is_empty() => Ok(Request::Status),
+                    ids => Ok(Request::StatusOf { ids }),
+                },
+            },
+            "restart" => restart(&mut fields),
+            "pause" => Ok(Request::Pause {
+                ids: job_ids("pause", &mut fields, true)?,
+            }),
+            "resume" => Ok(Request::Resume {
+                ids: job_ids("resume", &mut fields, true)?,
+            }),
+            "signal" => Ok(Request::Signal {
+                signal: signal(&mut fields)?,
+                ids: job_ids("signal", &mut fields, true)?,
             }),
             "reload" => match fields.get("force") {
                 None | Some(Value::Null) => Ok(Request::Reload { force: false }),
@@ -298,8 +376,36 @@ impl Request {
 
     /// Encodes the request as one line, newline included.
     pub fn encode(&self) -> Vec<u8> {
-        let mut line =
-            serde_json::to_vec(self).expect("invariant: a request of strings and booleans encodes");
+        let mut value = match self {
+            Request::Status
+            | Request::RestartAll
+            | Request::Reload { .. }
+            | Request::Stop
+            | Request::Help => serde_json::json!({}),
+            Request::Restart { id } => serde_json::json!({ "id": id }),
+            Request::StatusOf { ids }
+            | Request::RestartJobs { ids }
+            | Request::Pause { ids }
+            | Request::Resume { ids } => serde_json::json!({ "ids": ids }),
+            Request::Signal { signal, ids } => {
+                serde_json::json!({ "signal": signal.name(), "ids": ids })
+            }
+        };
+        let fields = value
+            .as_object_mut()
+            .expect("invariant: every request is an object");
+        match self {
+            Request::RestartAll => {
+                fields.insert("all".into(), Value::Bool(true));
+            }
+            Request::Reload { force } => {
+                fields.insert("force".into(), Value::Bool(*force));
+            }
+            _ => {}
+        }
+        fields.insert("cmd".into(), Value::from(self.name()));
+        let mut line = serde_json::to_vec(&value)
+            .expect("invariant: a request of strings and booleans encodes");
         line.push(b'\n');
         line
     }
@@ -307,8 +413,13 @@ impl Request {
     /// The command's name, the value of `cmd`.
     pub fn name(&self) -> &'static str {
         match self {
-            Request::Status => "status",
-            Request::Restart { .. } => "restart",
+            Request::Status | Request::StatusOf { .. } => "status",
+            Request::Restart { .. } | Request::RestartJobs { .. } | Request::RestartAll => {
+                "restart"
+            }
+            Request::Pause { .. } => "pause",
+            Request::Resume { .. } => "resume",
+            Request::Signal { .. } => "signal",
             Request::Reload { .. } => "reload",
             Request::Stop => "stop",
             Request::Help => "help",
@@ -400,6 +511,15 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
     }
 }
 
+/// A job id: a string, or an integer (php-lrpm's ids are integers).
+fn id_text(value: Value) -> Result<String, Value> {
+    match value {
+        Value::String(id) => Ok(id),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+        other => Err(other),
+    }
+}
+
 fn job_id(fields: &mut Map<String, Value>) -> Result<String, RequestError> {
     const EXPECTED: &str = "a job id: a string or an integer";
     match fields.remove("id") {
@@ -408,15 +528,136 @@ fn job_id(fields: &mut Map<String, Value>) -> Result<String, RequestError> {
             arg: "id",
             expected: EXPECTED,
         }),
-        Some(Value::String(id)) => Ok(id),
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
-        Some(other) => Err(RequestError::WrongType {
+        Some(value) => id_text(value).map_err(|other| RequestError::WrongType {
             cmd: "restart",
             arg: "id",
             expected: EXPECTED,
             got: kind(&other),
         }),
     }
+}
+
+/// The job ids of command `cmd`: `ids`, a list of ids, or `id`, one id;
+/// `required`: at least one.
+fn job_ids(
+    cmd: &'static str,
+    fields: &mut Map<String, Value>,
+    required: bool,
+) -> Result<Vec<String>, RequestError> {
+    const EXPECTED: &str = "a list of job ids: strings or integers";
+    let ids = match (fields.remove("ids"), fields.remove("id")) {
+        (Some(Value::Array(items)), None) => items
+            .into_iter()
+            .map(|item| {
+                id_text(item).map_err(|other| RequestError::WrongType {
+                    cmd,
+                    arg: "ids",
+                    expected: EXPECTED,
+                    got: kind(&other),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        (None | Some(Value::Null), Some(id)) if id != Value::Null => {
+            vec![id_text(id).map_err(|other| RequestError::WrongType {
+                cmd,
+                arg: "id",
+                expected: "a job id: a string or an integer",
+                got: kind(&other),
+            })?]
+        }
+        (None | Some(Value::Null), _) => Vec::new(),
+        (Some(Value::Array(_)), Some(_)) => {
+            return Err(RequestError::BadValue {
+                cmd,
+                arg: "id",
+                reason: "cannot be given with \"ids\"".into(),
+            });
+        }
+        (Some(other), _) => {
+            return Err(RequestError::WrongType {
+                cmd,
+                arg: "ids",
+                expected: EXPECTED,
+                got: kind(&other),
+            });
+        }
+    };
+    if required && ids.is_empty() {
+        return Err(RequestError::MissingArgument {
+            cmd,
+            arg: "ids",
+            expected: "at least one job id",
+        });
+    }
+    Ok(ids)
+}
+
+/// `restart`: one job (`id`), several (`ids`) or every one (`all`).
+fn restart(fields: &mut Map<String, Value>) -> Result<Request, RequestError> {
+    let all = match fields.remove("all") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(all)) => all,
+        Some(other) => {
+            return Err(RequestError::WrongType {
+                cmd: "restart",
+                arg: "all",
+                expected: "a boolean",
+                got: kind(&other),
+            });
+        }
+    };
+    let has_ids = !matches!(fields.get("ids"), None | Some(Value::Null));
+    match (all, has_ids) {
+        (true, false) if matches!(fields.get("id"), None | Some(Value::Null)) => {
+            Ok(Request::RestartAll)
+        }
+        (true, _) => Err(RequestError::BadValue {
+            cmd: "restart",
+            arg: "all",
+            reason: "cannot be given with job ids".into(),
+        }),
+        (false, true) => Ok(Request::RestartJobs {
+            ids: job_ids("restart", fields, true)?,
+        }),
+        (false, false) => Ok(Request::Restart {
+            id: job_id(fields)?,
+        }),
+    }
+}
+
+/// `signal`'s signal: a name (`TERM`, `SIGTERM`) or a number (`15`).
+fn signal(fields: &mut Map<String, Value>) -> Result<Signal, RequestError> {
+    let text = match fields.remove("signal") {
+        None | Some(Value::Null) => {
+            return Err(RequestError::MissingArgument {
+                cmd: "signal",
+                arg: "signal",
+                expected: "a signal name or number",
+            });
+        }
+        Some(Value::String(name)) => name,
+        Some(Value::Number(n)) if n.is_i64() => n.to_string(),
+        Some(other) => {
+            return Err(RequestError::WrongType {
+                cmd: "signal",
+                arg: "signal",
+                expected: "a signal name or number",
+                got: kind(&other),
+            });
+        }
+    };
+    Signal::from_name_or_number(&text).ok_or_else(|| {
+        let names: Vec<&str> = Signal::ALL.iter().map(|s| s.name()).collect();
+        RequestError::BadValue {
+            cmd: "signal",
+            arg: "signal",
+            reason: format!(
+                "must be one of {} (SIG prefix optional) or its number, got {:?}",
+                names.join(", "),
+                truncated(&text, 32)
+            ),
+        }
+    })
 }
 
 /// A control response.
@@ -567,7 +808,7 @@ impl Response {
         }
         match request {
             // The status document's types ignore the `ok` beside them.
-            Request::Status => serde_json::from_slice::<Status>(line)
+            Request::Status | Request::StatusOf { .. } => serde_json::from_slice::<Status>(line)
                 .map(|status| Response::Status(Box::new(status)))
                 .map_err(ResponseError::Status),
             Request::Help => match envelope.commands {
@@ -578,16 +819,21 @@ impl Response {
                     "no \"commands\" in the answer to help".into(),
                 )),
             },
-            Request::Restart { .. } | Request::Reload { .. } | Request::Stop => {
-                match envelope.message {
-                    Some(Value::String(message)) => Ok(Response::Done(message)),
-                    None => Ok(Response::Done(String::new())),
-                    Some(other) => Err(ResponseError::Shape(format!(
-                        "\"message\" must be a string, got {}",
-                        kind(&other)
-                    ))),
-                }
-            }
+            Request::Restart { .. }
+            | Request::RestartJobs { .. }
+            | Request::RestartAll
+            | Request::Pause { .. }
+            | Request::Resume { .. }
+            | Request::Signal { .. }
+            | Request::Reload { .. }
+            | Request::Stop => match envelope.message {
+                Some(Value::String(message)) => Ok(Response::Done(message)),
+                None => Ok(Response::Done(String::new())),
+                Some(other) => Err(ResponseError::Shape(format!(
+                    "\"message\" must be a string, got {}",
+                    kind(&other)
+                ))),
+            },
         }
     }
 }
@@ -629,6 +875,98 @@ mod tests {
         assert_eq!(
             Request::decode(br#"{"cmd":"restart","id":"a b"}"#).expect("valid"),
             Request::Restart { id: "a b".into() }
+        );
+    }
+
+    #[test]
+    fn decodes_the_operators_commands() {
+        let ok = |line: &str| Request::decode(line.as_bytes()).expect("valid");
+        let strings = |ids: &[&str]| ids.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            ok(r#"{"cmd":"status","ids":["a",7]}"#),
+            Request::StatusOf {
+                ids: strings(&["a", "7"])
+            }
+        );
+        assert_eq!(ok(r#"{"cmd":"status","ids":[]}"#), Request::Status);
+        assert_eq!(
+            ok(r#"{"cmd":"restart","ids":["a","b"]}"#),
+            Request::RestartJobs {
+                ids: strings(&["a", "b"])
+            }
+        );
+        assert_eq!(ok(r#"{"cmd":"restart","all":true}"#), Request::RestartAll);
+        assert_eq!(
+            ok(r#"{"cmd":"restart","all":false,"id":"x"}"#),
+            Request::Restart { id: "x".into() }
+        );
+        assert_eq!(
+            ok(r#"{"cmd":"pause","ids":["a"]}"#),
+            Request::Pause {
+                ids: strings(&["a"])
+            }
+        );
+        assert_eq!(
+            ok(r#"{"cmd":"resume","id":3}"#),
+            Request::Resume {
+                ids: strings(&["3"])
+            }
+        );
+        for (text, signal) in [
+            (r#""USR1""#, Signal::Usr1),
+            (r#""sigterm""#, Signal::Term),
+            ("15", Signal::Term),
+            (r#""1""#, Signal::Hup),
+        ] {
+            assert_eq!(
+                ok(&format!(
+                    r#"{{"cmd":"signal","signal":{text},"ids":["w"]}}"#
+                )),
+                Request::Signal {
+                    signal,
+                    ids: strings(&["w"])
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn the_operators_commands_say_what_is_wrong() {
+        assert_eq!(
+            err(r#"{"cmd":"pause"}"#),
+            "pause needs \"ids\" (at least one job id)"
+        );
+        assert_eq!(
+            err(r#"{"cmd":"resume","ids":[]}"#),
+            "resume needs \"ids\" (at least one job id)"
+        );
+        assert_eq!(
+            err(r#"{"cmd":"pause","ids":"a"}"#),
+            "pause: \"ids\" must be a list of job ids: strings or integers, got a string"
+        );
+        assert_eq!(
+            err(r#"{"cmd":"pause","ids":[true]}"#),
+            "pause: \"ids\" must be a list of job ids: strings or integers, got a boolean"
+        );
+        assert_eq!(
+            err(r#"{"cmd":"restart","all":true,"ids":["a"]}"#),
+            "restart: \"all\" cannot be given with job ids"
+        );
+        assert_eq!(
+            err(r#"{"cmd":"restart","all":1}"#),
+            "restart: \"all\" must be a boolean, got an integer"
+        );
+        assert_eq!(
+            err(r#"{"cmd":"signal","ids":["a"]}"#),
+            "signal needs \"signal\" (a signal name or number)"
+        );
+        assert!(
+            err(r#"{"cmd":"signal","signal":"SEGV","ids":["a"]}"#)
+                .starts_with("signal: \"signal\" must be one of HUP, INT"),
+        );
+        assert_eq!(
+            err(r#"{"cmd":"signal","signal":"TERM"}"#),
+            "signal needs \"ids\" (at least one job id)"
         );
     }
 
@@ -685,7 +1023,7 @@ mod tests {
         );
         assert_eq!(
             err("{}"),
-            "missing \"cmd\": expected one of status, restart, reload, stop, help"
+            "missing \"cmd\": expected one of status, restart, pause, resume, signal, reload, stop, help"
         );
         assert_eq!(
             err(r#"{"cmd":1}"#),
@@ -693,7 +1031,7 @@ mod tests {
         );
         assert_eq!(
             err(r#"{"cmd":"dance"}"#),
-            "unknown command \"dance\": expected one of status, restart, reload, stop, help"
+            "unknown command \"dance\": expected one of status, restart, pause, resume, signal, reload, stop, help"
         );
         assert_eq!(
             err(r#"{"cmd":"restart"}"#),
@@ -753,6 +1091,23 @@ mod tests {
             Request::Reload { force: false },
             Request::Stop,
             Request::Help,
+            Request::StatusOf {
+                ids: vec!["a".into(), "b#1".into()],
+            },
+            Request::RestartJobs {
+                ids: vec!["a".into()],
+            },
+            Request::RestartAll,
+            Request::Pause {
+                ids: vec!["a".into()],
+            },
+            Request::Resume {
+                ids: vec!["a".into(), "c".into()],
+            },
+            Request::Signal {
+                signal: Signal::Usr2,
+                ids: vec!["a".into()],
+            },
         ] {
             let line = request.encode();
             assert_eq!(line.last(), Some(&b'\n'));

@@ -29,7 +29,8 @@ use lrpm_core::human;
 use lrpm_core::job::{JobId, Signal};
 use lrpm_core::status::{ExitStatus, SupervisorStatus};
 use lrpm_core::supervisor::{
-    Action, AfterExit, ConfigOutcome, Interrupted, Notified, ProbeOutcome, RunId, Supervisor,
+    Action, AfterExit, CommandError, ConfigOutcome, Interrupted, Notified, ProbeOutcome, RunId,
+    Signalled, Supervisor,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -389,11 +390,49 @@ impl Shell {
     fn control_request(&mut self, msg: ControlMsg) {
         let reply = match msg.request {
             Request::Status => Reply::StatusLine(self.status_line()),
-            Request::Restart { id } => match self.core.restart(Instant::now(), &id.as_str().into())
-            {
-                Ok(()) => {
-                    tracing::info!(job = %id, "restart requested");
-                    Reply::Done(format!("job {id} is restarting"))
+            Request::StatusOf { ids } => match self.status_line_of(Some(&job_ids(&ids))) {
+                Ok(line) => Reply::StatusLine(line),
+                Err(e) => Reply::Refused(e.to_string()),
+            },
+            Request::Restart { id } => self.operator_restart(Some(&[id])),
+            Request::RestartJobs { ids } => self.operator_restart(Some(&ids)),
+            Request::RestartAll => self.operator_restart(None),
+            Request::Pause { ids } => match self.core.pause(Instant::now(), &job_ids(&ids)) {
+                Ok(paused) => {
+                    log_jobs(
+                        &paused,
+                        "paused by operator: stopped and held until resumed",
+                    );
+                    Reply::Done(if paused.is_empty() {
+                        "already paused".to_owned()
+                    } else {
+                        format!(
+                            "paused {}: stopped and held until resumed",
+                            id_list(&paused)
+                        )
+                    })
+                }
+                Err(e) => Reply::Refused(e.to_string()),
+            },
+            Request::Resume { ids } => match self.core.resume(Instant::now(), &job_ids(&ids)) {
+                Ok(resumed) => {
+                    log_jobs(&resumed, "resumed by operator");
+                    Reply::Done(if resumed.is_empty() {
+                        "not paused: nothing to resume".to_owned()
+                    } else {
+                        format!("resumed {}", id_list(&resumed))
+                    })
+                }
+                Err(e) => Reply::Refused(e.to_string()),
+            },
+            Request::Signal { signal, ids } => match self.core.signal(&job_ids(&ids), signal) {
+                Ok(Signalled { sent, skipped }) => {
+                    log_jobs(&sent, &format!("{signal} sent by operator"));
+                    let mut message = format!("sent {signal} to {}", id_list(&sent));
+                    if !skipped.is_empty() {
+                        message.push_str(&format!("; not running: {}", id_list(&skipped)));
+                    }
+                    Reply::Done(message)
                 }
                 Err(e) => Reply::Refused(e.to_string()),
             },
@@ -422,10 +461,39 @@ impl Shell {
         let _ = msg.reply.send(reply);
     }
 
+    /// `restart ID…` (`ids`), or `restart --all` (`None`).
+    fn operator_restart(&mut self, ids: Option<&[String]>) -> Reply {
+        let now = Instant::now();
+        let restarted = match ids {
+            Some(ids) => self.core.restart_jobs(now, &job_ids(ids)),
+            None => self.core.restart_all(now),
+        };
+        match restarted {
+            Ok(jobs) => {
+                log_jobs(&jobs, "restarted by operator");
+                match ids {
+                    Some(_) => Reply::Done(format!("restarting {}", id_list(&jobs))),
+                    None => Reply::Done(format!(
+                        "restarting every job that is not paused ({})",
+                        jobs.len()
+                    )),
+                }
+            }
+            Err(e) => Reply::Refused(e.to_string()),
+        }
+    }
+
     /// The answer to `status`, encoded: the response line of the whole
     /// status document, serialized straight from the core's state (no copy
     /// of any job's status) into a buffer the size of the last one.
     pub(crate) fn status_line(&mut self) -> Vec<u8> {
+        self.status_line_of(None)
+            .expect("invariant: the status of every job names no unknown job")
+    }
+
+    /// [`Shell::status_line`], with only the jobs `ids` name when given
+    /// (`status ID…`); refused when one names no job.
+    fn status_line_of(&mut self, ids: Option<&[JobId]>) -> Result<Vec<u8>, CommandError> {
         let (now, wall) = (Instant::now(), wall_now());
         let mut source = self.core.status_source(now, wall);
         source.loads = self.loads;
@@ -440,12 +508,17 @@ impl Shell {
             output: crate::stdio::output_status(),
             held_back: self.held_back_reason(),
         };
-        let jobs = self.core.status_jobs(now, wall);
+        let jobs = match ids {
+            None => self.core.status_jobs(now, wall),
+            Some(ids) => self.core.status_jobs_of(now, wall, ids)?,
+        };
         // The last size, or a guess: a job takes about 250 bytes.
         let capacity = self.status_size.max(1024 + 256 * jobs.len());
         let line = Response::encode_status(&supervisor, &jobs, capacity);
-        self.status_size = line.len() + line.len() / 8;
-        line
+        if ids.is_none() {
+            self.status_size = line.len() + line.len() / 8;
+        }
+        Ok(line)
     }
 
     /// Performs the core's actions, up to [`SPAWN_BUDGET`] spawns or
@@ -638,6 +711,39 @@ fn descriptor_limit() -> String {
 /// How many invalid jobs, and how many warnings, one configuration logs;
 /// status has them all.
 const LOGGED_PROBLEMS: usize = 20;
+
+/// How many jobs one operator's command logs, and names in its answer, one
+/// by one: `restart --all` of 10,000 jobs is one event, not 10,000 lines.
+const LOGGED_JOBS: usize = 20;
+
+/// The job ids of a control request.
+fn job_ids(ids: &[String]) -> Vec<JobId> {
+    ids.iter().map(|id| JobId::from(id.as_str())).collect()
+}
+
+/// Logs `what` of each of `jobs` ([`LOGGED_JOBS`] at most, then how many
+/// more).
+fn log_jobs(jobs: &[JobId], what: &str) {
+    for job in jobs.iter().take(LOGGED_JOBS) {
+        tracing::info!(job = %job, "{what}");
+    }
+    if jobs.len() > LOGGED_JOBS {
+        tracing::info!("… and {} more jobs {what}", jobs.len() - LOGGED_JOBS);
+    }
+}
+
+/// `a, b, c` (or `none`), [`LOGGED_JOBS`] ids at most, then how many more.
+fn id_list(jobs: &[JobId]) -> String {
+    if jobs.is_empty() {
+        return "none".to_owned();
+    }
+    let mut list: Vec<&str> = jobs.iter().take(LOGGED_JOBS).map(JobId::as_str).collect();
+    let more = format!("and {} more", jobs.len().saturating_sub(LOGGED_JOBS));
+    if jobs.len() > LOGGED_JOBS {
+        list.push(&more);
+    }
+    list.join(", ")
+}
 
 /// How much longer than `--source-timeout` the removal guard stays lifted
 /// after `lrpmctl reload --force`, waiting for the reloaded configuration.

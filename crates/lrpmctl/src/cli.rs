@@ -13,8 +13,8 @@ Exit status: 0 done, 1 refused by lrpm (its message is printed), 64 usage error,
 Shell completions: lrpmctl completions bash|zsh|fish|elvish|powershell.
 Man page: lrpmctl man > lrpmctl.1";
 
-/// Controls a running lrpm: shows its jobs, restarts one, reloads the
-/// configuration, shuts it down.
+/// Controls a running lrpm: shows its jobs, restarts, pauses, resumes or
+/// signals them, reloads the configuration, shuts it down.
 ///
 /// lrpmctl talks to lrpm over its control socket. Without --socket or
 /// LRPM_SOCKET it uses the first that exists of /run/lrpm/control.sock,
@@ -68,20 +68,67 @@ pub enum ColorWhen {
 pub enum Command {
     /// Show the supervisor, its configuration source and every job.
     ///
-    /// The table has one row per job: ID, PID, STATE (running, backoff,
-    /// stopping), %CPU and RSS of its process (read from /proc), UPTIME,
-    /// RESTARTS, LAST EXIT and NAME. Above it: lrpm's pid and version and the
-    /// configuration source with its last load and last error; below it: the
-    /// jobs left out as invalid, with the reason. With --json, the status
-    /// document instead.
-    Status,
+    /// The table has one row per job: ID, PID, STATE (starting, running,
+    /// backoff, stopping, paused), %CPU and RSS of its process (read from
+    /// /proc), UPTIME, RESTARTS, LAST EXIT and NAME. Above it: lrpm's pid and
+    /// version and the configuration source with its last load and last
+    /// error; below it: the jobs left out as invalid, with the reason. With
+    /// --json, the status document instead. With IDs, only those jobs (an
+    /// unknown id is refused: exit status 1).
+    Status {
+        /// Only these jobs (the id of a job with instances names every copy).
+        #[arg(value_name = "ID")]
+        ids: Vec<String>,
+    },
 
-    /// Restart a job now, with its backoff reset.
+    /// Restart jobs now, with their backoff reset.
     ///
-    /// Also starts at once a job that is waiting in backoff.
+    /// Also starts at once a job that is waiting in backoff. A paused job is
+    /// not restarted: resume it. All the jobs named, or none when one is
+    /// unknown.
+    #[command(group = clap::ArgGroup::new("which").required(true).args(["ids", "all"]))]
     Restart {
-        /// The job's id.
-        id: String,
+        /// The jobs' ids (the id of a job with instances names every copy).
+        #[arg(value_name = "ID")]
+        ids: Vec<String>,
+        /// Restart every job that is not paused.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+
+    /// Stop jobs and hold them stopped until resumed.
+    ///
+    /// A paused job is stopped (its stop signal, then SIGKILL after its
+    /// shutdown timeout) and is not started again, whatever the
+    /// configuration source says meanwhile (an update is kept for when it is
+    /// resumed), until `lrpmctl resume` or until lrpm restarts. A job removed
+    /// from the source is forgotten, pause and all.
+    Pause {
+        /// The jobs' ids (the id of a job with instances names every copy).
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+    },
+
+    /// Start paused jobs again, on their latest declaration.
+    Resume {
+        /// The jobs' ids (the id of a job with instances names every copy).
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+    },
+
+    /// Send a signal to jobs' process groups.
+    ///
+    /// SIG is a name, with or without SIG (USR1, SIGHUP), or its number (15).
+    /// The jobs without a process (backoff, paused) are skipped and named;
+    /// when none has one, exit status 1.
+    Signal {
+        /// The signal: HUP, INT, QUIT, KILL, USR1, USR2, ALRM, TERM or
+        /// WINCH, with or without SIG, or its number.
+        #[arg(value_name = "SIG")]
+        signal: String,
+        /// The jobs' ids (the id of a job with instances names every copy).
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
     },
 
     /// Read the configuration source again now.
@@ -157,6 +204,32 @@ mod tests {
                 .expect("parses");
         assert_eq!(cli.socket, Some(PathBuf::from("/x")));
         assert_eq!(cli.color, ColorWhen::Never);
+    }
+
+    #[test]
+    fn job_commands_take_ids() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|cli| cli.command);
+        assert!(matches!(
+            parse(&["lrpmctl", "restart", "a", "b"]),
+            Ok(Command::Restart { ids, all: false }) if ids == ["a", "b"]
+        ));
+        assert!(matches!(
+            parse(&["lrpmctl", "restart", "--all"]),
+            Ok(Command::Restart { ids, all: true }) if ids.is_empty()
+        ));
+        assert!(parse(&["lrpmctl", "restart"]).is_err(), "ids or --all");
+        assert!(parse(&["lrpmctl", "restart", "--all", "a"]).is_err());
+        assert!(parse(&["lrpmctl", "pause"]).is_err());
+        assert!(parse(&["lrpmctl", "resume"]).is_err());
+        assert!(parse(&["lrpmctl", "signal", "USR1"]).is_err());
+        assert!(matches!(
+            parse(&["lrpmctl", "signal", "15", "w"]),
+            Ok(Command::Signal { signal, ids }) if signal == "15" && ids == ["w"]
+        ));
+        assert!(matches!(
+            parse(&["lrpmctl", "status", "a", "b#1"]),
+            Ok(Command::Status { ids }) if ids == ["a", "b#1"]
+        ));
     }
 
     #[test]

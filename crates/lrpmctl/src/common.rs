@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use lrpm_core::escape::escape;
-use lrpm_proto::codec::Response;
+use lrpm_proto::codec::{Request, Response};
 
 use crate::client;
 use crate::error::CtlError;
@@ -51,6 +51,18 @@ pub(crate) fn check(ctx: &Context, answer: client::Answer) -> Result<Response, C
         Response::Error(error) => Err(CtlError::Refused(escape(&error).into_owned())),
         response => Ok(response),
     }
+}
+
+/// Sends `request`, which lrpm answers with a message, and prints the
+/// message (or, with `--json`, the answer as it is).
+pub(crate) fn command(ctx: &Context, request: &Request) -> Result<(), CtlError> {
+    let mut client = client::Client::connect(ctx.socket())?;
+    let answer = client.call(request)?;
+    let message = done_message(ctx, answer)?;
+    if !ctx.json {
+        print(&format!("{message}\n"))?;
+    }
+    Ok(())
 }
 
 /// The message of a `Done` answer, from a command that expects one.

@@ -19,6 +19,7 @@ mod common;
 mod error;
 mod generate;
 mod help;
+mod jobs;
 mod procfs;
 mod reload;
 mod restart;
@@ -60,8 +61,11 @@ where
         color: use_color(cli.color),
     };
     let result = match cli.command {
-        Command::Status => status::run(&ctx),
-        Command::Restart { id } => restart::run(&ctx, id),
+        Command::Status { ids } => status::run(&ctx, ids),
+        Command::Restart { ids, all } => restart::run(&ctx, ids, all),
+        Command::Pause { ids } => jobs::pause(&ctx, ids),
+        Command::Resume { ids } => jobs::resume(&ctx, ids),
+        Command::Signal { signal, ids } => jobs::signal(&ctx, &signal, ids),
         Command::Reload { force } => reload::run(&ctx, force),
         Command::Stop { timeout, no_wait } => stop::run(&ctx, timeout, !no_wait),
         Command::Help { command } => help::run(&ctx, command.as_deref()),

@@ -1,17 +1,16 @@
-//! `lrpmctl restart ID`: restart one job now.
+//! `lrpmctl restart ID…` and `lrpmctl restart --all`: restart jobs now.
 
-use crate::client::Client;
 use crate::common::Context;
 use crate::error::CtlError;
 use lrpm_proto::codec::Request;
 
-/// Runs `lrpmctl restart ID`.
-pub fn run(ctx: &Context, id: String) -> Result<(), CtlError> {
-    let mut client = Client::connect(ctx.socket())?;
-    let answer = client.call(&Request::Restart { id })?;
-    let message = crate::common::done_message(ctx, answer)?;
-    if !ctx.json {
-        crate::common::print(&format!("{message}\n"))?;
-    }
-    Ok(())
+/// Runs `lrpmctl restart ID…` (`ids`), or `lrpmctl restart --all`.
+pub fn run(ctx: &Context, mut ids: Vec<String>, all: bool) -> Result<(), CtlError> {
+    let request = match (all, ids.len()) {
+        (true, _) => Request::RestartAll,
+        // The spec's request for one job.
+        (false, 1) => Request::Restart { id: ids.remove(0) },
+        (false, _) => Request::RestartJobs { ids },
+    };
+    crate::common::command(ctx, &request)
 }

@@ -18,10 +18,15 @@ use crate::error::CtlError;
 use crate::procfs::{Sampler, Usage};
 use lrpm_proto::codec::{Request, Response};
 
-/// Runs `lrpmctl status`.
-pub fn run(ctx: &Context) -> Result<(), CtlError> {
+/// Runs `lrpmctl status [ID…]`.
+pub fn run(ctx: &Context, ids: Vec<String>) -> Result<(), CtlError> {
     let mut client = Client::connect(ctx.socket())?;
-    let answer = client.call(&Request::Status)?;
+    let request = if ids.is_empty() {
+        Request::Status
+    } else {
+        Request::StatusOf { ids }
+    };
+    let answer = client.call(&request)?;
     let path = answer.path.clone();
     match crate::common::check(ctx, answer)? {
         Response::Status(_) if ctx.json => Ok(()),
@@ -143,14 +148,19 @@ pub fn render(status: &Status, view: &View, sampler: &Sampler) -> String {
         let _ = write!(out, "\n{} {}", paint(red, "source error:"), Escaped(error));
     }
     let count = |state| status.jobs.iter().filter(|j| j.state == state).count();
-    let _ = writeln!(
+    let _ = write!(
         out,
-        "\n{} jobs: {} running, {} backoff, {} stopping\n",
+        "\n{} jobs: {} running, {} backoff, {} stopping",
         status.jobs.len(),
         count(JobState::Running),
         count(JobState::Backoff),
         count(JobState::Stopping)
     );
+    let paused = count(JobState::Paused);
+    if paused > 0 {
+        let _ = write!(out, ", {paused} paused");
+    }
+    out.push_str("\n\n");
 
     if status.jobs.is_empty() {
         out.push_str("no jobs\n");
@@ -287,6 +297,7 @@ fn state_style(state: JobState) -> Style {
         JobState::Starting => AnsiColor::Cyan,
         JobState::Backoff => AnsiColor::Yellow,
         JobState::Stopping => AnsiColor::Magenta,
+        JobState::Paused => AnsiColor::Blue,
     };
     Style::new().fg_color(Some(color.into()))
 }

@@ -539,7 +539,12 @@ fn help_lists_every_command() {
         .iter()
         .map(|c| c["cmd"].as_str().expect("cmd"))
         .collect();
-    assert_eq!(names, ["status", "restart", "reload", "stop", "help"]);
+    assert_eq!(
+        names,
+        [
+            "status", "restart", "pause", "resume", "signal", "reload", "stop", "help"
+        ]
+    );
 
     let output = lrpm.ctl(&["--json", "help"]);
     assert_exit(&output, 0);

@@ -18,6 +18,7 @@ mod instances;
 mod library;
 mod notify;
 mod oom;
+mod operator;
 mod output_faults;
 mod output_hubs;
 mod packaging;
