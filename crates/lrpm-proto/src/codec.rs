@@ -340,12 +340,9 @@ impl Request {
             Some(other) => return Err(RequestError::CommandNotAString(kind(other))),
         };
         match cmd {
-            "status" => match fields.get("ids") {
-                None | Some(Value::Null) => Ok(Request::Status),
-                Some(_) => match job_ids("status", &mut fields, false)? {
-                    ids if ids.is_empty() => Ok(Request::Status),
-                    ids => Ok(Request::StatusOf { ids }),
-                },
+            "status" => match job_ids("status", &mut fields, false)? {
+                ids if ids.is_empty() => Ok(Request::Status),
+                ids => Ok(Request::StatusOf { ids }),
             },
             "restart" => restart(&mut fields),
             "pause" => Ok(Request::Pause {
@@ -890,6 +887,12 @@ mod tests {
         );
         assert_eq!(ok(r#"{"cmd":"status","ids":[]}"#), Request::Status);
         assert_eq!(
+            ok(r#"{"cmd":"status","id":"a"}"#),
+            Request::StatusOf {
+                ids: strings(&["a"])
+            }
+        );
+        assert_eq!(
             ok(r#"{"cmd":"restart","ids":["a","b"]}"#),
             Request::RestartJobs {
                 ids: strings(&["a", "b"])
@@ -1373,6 +1376,23 @@ mod tests {
             let nested = format!(r#"{{"cmd":"status","n":[{{"{key}":1,"x":{line},"{key}":2}}]}}"#);
             let e = Request::decode(nested.as_bytes()).expect_err("duplicate");
             prop_assert!(matches!(e, RequestError::DuplicateKey(_)), "{}", e);
+        }
+
+        #[test]
+        fn operator_requests_round_trip(
+            ids in proptest::collection::vec(".*", 1..4),
+            which in 0u8..5,
+            signal in proptest::sample::select(Signal::ALL.to_vec()),
+        ) {
+            let request = match which {
+                0 => Request::StatusOf { ids },
+                1 => Request::RestartJobs { ids },
+                2 => Request::Pause { ids },
+                3 => Request::Resume { ids },
+                _ => Request::Signal { signal, ids },
+            };
+            let line = request.encode();
+            prop_assert_eq!(Request::decode(&line[..line.len() - 1]).expect("valid"), request);
         }
 
         #[test]
