@@ -124,6 +124,10 @@ impl Probes {
             .identity(identity)
             .env(base::JOB_ID_ENV, job.as_str())
             .env(base::JOB_NAME_ENV, &spec.name);
+        if let Some(k) = spec.instance {
+            // A copy's check may look at the copy's own port or file.
+            cmd = cmd.env(base::INSTANCE_ENV, k.to_string());
+        }
         for (name, value) in &spec.env {
             cmd = cmd.env(name, value);
         }
