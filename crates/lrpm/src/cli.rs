@@ -5,6 +5,7 @@
 //! [`Args`], and [`Args::validate`] turns those into [`Options`], the
 //! settings the supervisor runs with, or a usage error (exit code 64).
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -130,6 +131,16 @@ pub(crate) struct Args {
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub(crate) quiet: u8,
 
+    /// Serve metrics on ADDR over HTTP: /metrics (Prometheus text, or
+    /// OpenMetrics when asked), /healthz, and a status page at /. ADDR is
+    /// HOST:PORT, or a PORT alone for 127.0.0.1:PORT.
+    ///
+    /// The endpoint is read-only and NOT authenticated: whoever reaches it
+    /// sees every job's id, name, command and state. Keep it on loopback,
+    /// or behind a firewall or an authenticating proxy.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<String>,
+
     /// Print lrpm's man page or a shell's completion script, made from this
     /// command line's own definition, and exit.
     #[arg(long, value_enum, value_name = "WHAT")]
@@ -180,6 +191,28 @@ pub(crate) struct Options {
     pub(crate) log_format: LogFormat,
     /// Log level.
     pub(crate) log_level: tracing::Level,
+    /// Where `--metrics` serves, if it does.
+    pub(crate) metrics: Option<SocketAddr>,
+}
+
+/// `--metrics`'s ADDR: `HOST:PORT` (an IP address, or `localhost`), or a
+/// port alone on loopback.
+fn metrics_addr(value: &str) -> Result<SocketAddr, String> {
+    let loopback = |port: &str| {
+        port.parse::<u16>()
+            .map(|port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+    };
+    if let Ok(addr) = loopback(value) {
+        return Ok(addr);
+    }
+    if let Some(port) = value.strip_prefix("localhost:") {
+        if let Ok(addr) = loopback(port) {
+            return Ok(addr);
+        }
+    }
+    value.parse::<SocketAddr>().map_err(|_| {
+        format!("--metrics: {value:?} is not HOST:PORT (an IP address and a port) nor a PORT")
+    })
 }
 
 fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
@@ -226,6 +259,10 @@ impl Args {
             .map(lrpm_process::oom::parse)
             .transpose()
             .map_err(|e| format!("--worker-oom-score-adj: {e}"))?;
+        let metrics = self.metrics.as_deref().map(metrics_addr).transpose()?;
+        if metrics.is_some() && !cfg!(feature = "metrics") {
+            return Err("--metrics: this lrpm was built without the `metrics` feature".into());
+        }
         let log_level = match i16::from(self.verbose) - i16::from(self.quiet) {
             i16::MIN..=-2 => tracing::Level::ERROR,
             -1 => tracing::Level::WARN,
@@ -245,6 +282,7 @@ impl Args {
             worker_oom_score_adj,
             log_format: self.log_format,
             log_level,
+            metrics,
         })
     }
 }
@@ -323,6 +361,18 @@ mod tests {
             let script = String::from_utf8(generate(what).expect("script")).expect("utf-8");
             assert!(script.contains(marker), "{what:?}: {script}");
             assert!(script.contains("max-removal-ratio"), "{what:?}");
+        }
+    }
+
+    #[test]
+    fn the_metrics_address_defaults_to_loopback() {
+        let ok = |v: &str| metrics_addr(v).map(|a| a.to_string());
+        assert_eq!(ok("9469"), Ok("127.0.0.1:9469".to_owned()));
+        assert_eq!(ok("localhost:9469"), Ok("127.0.0.1:9469".to_owned()));
+        assert_eq!(ok("0.0.0.0:80"), Ok("0.0.0.0:80".to_owned()));
+        assert_eq!(ok("[::1]:9469"), Ok("[::1]:9469".to_owned()));
+        for bad in ["", "host", "example.com:80", "1.2.3.4", "70000"] {
+            assert!(metrics_addr(bad).is_err(), "{bad} accepted");
         }
     }
 

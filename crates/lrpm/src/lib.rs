@@ -33,6 +33,7 @@ mod runtime;
 mod source;
 mod stdio;
 mod systemd;
+mod web;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -255,6 +256,40 @@ fn notify_socket(procs: &mut process::ProcessTable) -> Option<lrpm_process::noti
     None
 }
 
+/// Starts the `--metrics` web server on `addr`, if there is one: the
+/// receiver of its requests for the event loop, or the exit code when the
+/// address cannot be bound.
+async fn start_web(
+    addr: Option<std::net::SocketAddr>,
+) -> Result<Option<mpsc::Receiver<web::WebRequest>>, ExitCode> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    #[cfg(feature = "metrics")]
+    {
+        let (tx, rx) = mpsc::channel(64);
+        match web::start(addr, tx).await {
+            Ok(bound) => {
+                tracing::info!(
+                    "metrics on http://{bound}/metrics, status page on http://{bound}/ \
+                     (unauthenticated)"
+                );
+                Ok(Some(rx))
+            }
+            Err(e) => {
+                tracing::error!("--metrics: cannot listen on {addr}: {e}");
+                Err(ExitCode::FAILURE)
+            }
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    {
+        // `Args::validate` refuses --metrics without the feature.
+        tracing::error!("--metrics {addr}: this lrpm was built without the `metrics` feature");
+        Err(ExitCode::from(EX_USAGE))
+    }
+}
+
 /// Supervises the farm as `options` say, with the worker classes of a
 /// library-mode binary (`None`: commands only).
 fn supervise(
@@ -289,6 +324,10 @@ fn supervise(
                 tracing::error!("{:#}", anyhow::Error::from(e));
                 return ExitCode::FAILURE;
             }
+        };
+        let web = match start_web(options.metrics).await {
+            Ok(web) => web,
+            Err(code) => return code,
         };
         // Before anything is spawned: a subreaper must be one before the
         // first child can leave an orphan.
@@ -370,6 +409,8 @@ fn supervise(
             notify,
             probes,
             systemd: systemd::Systemd::from_env(),
+            web,
+            load_counts: Default::default(),
         }
         .run()
         .await;

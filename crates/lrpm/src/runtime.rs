@@ -45,6 +45,7 @@ use crate::probe::{ProbeResult, Probes};
 use crate::process::{ProcessTable, Spawn, Started};
 use crate::source::{Loaded, SourceHandle, SourceMonitor, SourceUpdate};
 use crate::systemd::{self, Systemd};
+use crate::web::{LoadCounts, Snapshot, WebRequest};
 use lrpm_proto::codec::{Request, Response};
 
 /// Seconds since the Unix epoch, now.
@@ -100,6 +101,10 @@ pub(crate) struct Shell {
     pub(crate) probes: Probes,
     /// What systemd is told, when lrpm runs as its notify service.
     pub(crate) systemd: Systemd,
+    /// Requests of the `--metrics` web server, if it runs.
+    pub(crate) web: Option<mpsc::Receiver<WebRequest>>,
+    /// How the source's loads ended, for the metrics.
+    pub(crate) load_counts: LoadCounts,
 }
 
 /// The jobs whose last spawn failed for want of descriptors: they wait
@@ -206,6 +211,7 @@ impl Shell {
                     }
                 }
                 Some(msg) = self.control.recv() => self.control_request(msg),
+                Some(request) = recv_web(&mut self.web) => self.web_request(request),
                 batch = recv_notifications(&mut self.notify) => self.notified(batch),
                 result = self.probes.next() => self.probed(result),
                 Some(()) = sigterm.recv() => self.shutdown("SIGTERM"),
@@ -307,8 +313,12 @@ impl Shell {
         self.loads += 1;
         self.last_attempt_at = Some(wall(update.began));
         match update.loaded {
-            Ok(Loaded::Unchanged) => return false,
+            Ok(Loaded::Unchanged) => {
+                self.load_counts.unchanged += 1;
+                return false;
+            }
             Ok(Loaded::Config(mut decl)) => {
+                self.load_counts.loaded += 1;
                 decl.leave_out_unknown_workers(self.worker_classes.as_ref());
                 // A configuration of 100,000 broken jobs is one problem,
                 // not 100,000 log lines: status lists them all.
@@ -334,6 +344,7 @@ impl Shell {
                 }
             }
             Err(e) => {
+                self.load_counts.failed += 1;
                 tracing::error!(
                     "configuration source failed, keeping the last good configuration: {e}"
                 );
@@ -480,6 +491,32 @@ impl Shell {
                 }
             }
             Err(e) => Reply::Refused(e.to_string()),
+        }
+    }
+
+    /// Answers the web server: a copy of the status for a scrape (encoded
+    /// off the loop), the status line for the page, or a sign of life.
+    fn web_request(&mut self, request: WebRequest) {
+        // A client that went away does not care.
+        match request {
+            WebRequest::Metrics(reply) => {
+                let mut source;
+                let jobs;
+                (source, jobs) = self.core.status(Instant::now(), wall_now());
+                source.loads = self.loads;
+                let _ = reply.send(Snapshot {
+                    jobs,
+                    source,
+                    loads: self.load_counts,
+                    started_at: self.started_at,
+                });
+            }
+            WebRequest::Status(reply) => {
+                let _ = reply.send(self.status_line());
+            }
+            WebRequest::Health(reply) => {
+                let _ = reply.send(());
+            }
         }
     }
 
@@ -656,6 +693,15 @@ const NOTIFICATIONS_PER_TURN: usize = 64;
 async fn recv_notifications(socket: &mut Option<NotifySocket>) -> Vec<Datagram> {
     match socket {
         Some(socket) => socket.recv_batch(NOTIFICATIONS_PER_TURN).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next request of the web server, if it runs; never returns if it
+/// does not.
+async fn recv_web(web: &mut Option<mpsc::Receiver<WebRequest>>) -> Option<WebRequest> {
+    match web {
+        Some(web) => web.recv().await,
         None => std::future::pending().await,
     }
 }

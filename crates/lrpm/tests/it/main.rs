@@ -16,6 +16,8 @@ mod health;
 mod hostile;
 mod instances;
 mod library;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod notify;
 mod oom;
 mod operator;

@@ -1,0 +1,412 @@
+//! `/metrics`: a [`Snapshot`] and the workers' `/proc` as metric families,
+//! encoded by prometheus-client.
+//!
+//! prometheus-client writes OpenMetrics text only; the Prometheus text
+//! format (0.0.4), which a scraper gets unless it asks for OpenMetrics,
+//! differs from it in what lrpm emits by two things alone, which
+//! [`to_prometheus_text`] changes: a counter's `# HELP` and `# TYPE` lines
+//! name the sample (`…_total`), and there is no `# EOF`.
+
+use std::fmt;
+
+use lrpm_core::status::{JobState, JobStatus};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::msg::Snapshot;
+
+/// Every state a job can be in, for `lrpm_job_state` and `lrpm_jobs`
+/// (which list each one, 0 included, as Prometheus state sets do).
+fn all_states() -> [JobState; 5] {
+    // A new state fails to compile here until it is listed.
+    let listed = |state: JobState| match state {
+        JobState::Starting
+        | JobState::Running
+        | JobState::Backoff
+        | JobState::Stopping
+        | JobState::Paused => state,
+    };
+    [
+        listed(JobState::Starting),
+        listed(JobState::Running),
+        listed(JobState::Backoff),
+        listed(JobState::Stopping),
+        listed(JobState::Paused),
+    ]
+}
+
+/// What `/proc` says of one worker's main process.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    /// Resident memory, bytes.
+    memory: u64,
+    /// User and system CPU time, seconds.
+    cpu: f64,
+}
+
+/// How the kernel counts: clock ticks per second and the page size.
+#[derive(Debug, Clone, Copy)]
+struct Units {
+    ticks: f64,
+    page: u64,
+}
+
+impl Units {
+    fn get() -> Units {
+        Units {
+            ticks: rustix::param::clock_ticks_per_second() as f64,
+            page: rustix::param::page_size() as u64,
+        }
+    }
+
+    fn usage(self, pid: u32) -> Option<Usage> {
+        let stat = lrpm_process::procfs::read_stat(pid)?;
+        Some(Usage {
+            memory: stat.rss_pages * self.page,
+            cpu: (stat.utime + stat.stime) as f64 / self.ticks,
+        })
+    }
+}
+
+/// The collector of one scrape: the snapshot, and what `/proc` said of
+/// each job's process and of lrpm's.
+#[derive(Debug)]
+struct Scrape {
+    snapshot: Snapshot,
+    /// Per job, in the snapshot's order: its process's usage, if it has a
+    /// live one.
+    usage: Vec<Option<Usage>>,
+    /// lrpm's own process.
+    own: ProcessFacts,
+}
+
+/// The usual `process_*` metrics of lrpm itself.
+#[derive(Debug, Default)]
+struct ProcessFacts {
+    cpu_seconds: Option<f64>,
+    resident_bytes: Option<u64>,
+    virtual_bytes: Option<u64>,
+    open_fds: Option<u64>,
+    max_fds: Option<u64>,
+}
+
+impl ProcessFacts {
+    fn read(units: Units) -> ProcessFacts {
+        let pid = std::process::id();
+        let own = units.usage(pid);
+        // statm: size and resident, in pages.
+        let virtual_bytes = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .map(|pages| pages * units.page);
+        let open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|dir| dir.count() as u64);
+        let max_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        ProcessFacts {
+            cpu_seconds: own.map(|u| u.cpu),
+            resident_bytes: own.map(|u| u.memory),
+            virtual_bytes,
+            open_fds,
+            max_fds,
+        }
+    }
+}
+
+/// The text of a scrape of `snapshot`: OpenMetrics if `openmetrics`, else
+/// the Prometheus text format. Reads `/proc`: run it on a blocking thread.
+pub(crate) fn encode(snapshot: Snapshot, openmetrics: bool) -> String {
+    let units = Units::get();
+    let usage = snapshot
+        .jobs
+        .iter()
+        .map(|job| job.pid.and_then(|pid| units.usage(pid)))
+        .collect();
+    let scrape = Scrape {
+        snapshot,
+        usage,
+        own: ProcessFacts::read(units),
+    };
+    // About 60 bytes a sample, 20 samples a job.
+    let mut text = String::with_capacity(4096 + 1200 * scrape.snapshot.jobs.len());
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(scrape));
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .expect("invariant: writing to a String cannot fail");
+    if openmetrics {
+        text
+    } else {
+        to_prometheus_text(&text)
+    }
+}
+
+/// The Prometheus text format (0.0.4) of the OpenMetrics text that
+/// prometheus-client wrote: counters' `# HELP` and `# TYPE` lines name
+/// their `_total` samples, and the `# EOF` line goes.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let lines: Vec<&str> = openmetrics.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if *line == "# EOF" {
+            continue;
+        }
+        let counter = |type_line: &str| {
+            type_line
+                .strip_prefix("# TYPE ")
+                .is_some_and(|rest| rest.ends_with(" counter"))
+        };
+        let renamed = if let Some(rest) = line.strip_prefix("# HELP ") {
+            // HELP comes right before its family's TYPE.
+            let is_counter = lines.get(i + 1).is_some_and(|next| counter(next));
+            is_counter.then(|| {
+                let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+                format!("# HELP {name}_total {help}")
+            })
+        } else if counter(line) {
+            let name = &line["# TYPE ".len()..line.len() - " counter".len()];
+            Some(format!("# TYPE {name}_total counter"))
+        } else {
+            None
+        };
+        match renamed {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// One metric family: its samples come from `value` for each job that has
+/// one.
+fn per_job<V: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    jobs: impl Iterator<Item = (String, Option<V>)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (id, value) in jobs {
+        if let Some(value) = value {
+            family
+                .encode_family(&[("job", id.as_str())])?
+                .encode_gauge(&value)?;
+        }
+    }
+    Ok(())
+}
+
+/// A counter family, one sample per job.
+fn per_job_counter<V: EncodeCounterValue>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    jobs: impl Iterator<Item = (String, Option<V>)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (id, value) in jobs {
+        if let Some(value) = value {
+            family
+                .encode_family(&[("job", id.as_str())])?
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&value, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// One gauge without labels, if it has a value.
+fn single<V: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: Option<V>,
+) -> fmt::Result {
+    if let Some(value) = value {
+        encoder
+            .encode_descriptor(name, help, None, MetricType::Gauge)?
+            .encode_gauge(&value)?;
+    }
+    Ok(())
+}
+
+/// A job's last exit as a number: its exit code, or 128 + the signal that
+/// killed it (as a shell's `$?`); none if it never ended or never started.
+fn exit_code(job: &JobStatus) -> Option<i64> {
+    let exit = &job.last_exit.as_ref()?.status;
+    match (exit.code, exit.signal) {
+        (Some(code), _) => Some(i64::from(code)),
+        (None, Some(signal)) => Some(128 + i64::from(signal)),
+        (None, None) => None,
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let jobs = &self.snapshot.jobs;
+        let e = &mut encoder;
+        // Each family walks the jobs; the label is the job id.
+        let each = |f: fn(&JobStatus, Option<Usage>) -> Option<f64>| {
+            jobs.iter()
+                .zip(&self.usage)
+                .map(move |(job, usage)| (job.id.clone(), f(job, *usage)))
+        };
+        per_job(
+            e,
+            "lrpm_job_up",
+            "Whether the job has a live process (1) or not (0).",
+            jobs.iter()
+                .map(|j| (j.id.clone(), Some(i64::from(j.pid.is_some())))),
+        )?;
+        {
+            let mut family = e.encode_descriptor(
+                "lrpm_job_state",
+                "The job's state: 1 for the state it is in, 0 for the others.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for job in jobs {
+                for state in all_states() {
+                    family
+                        .encode_family(&[("job", job.id.as_str()), ("state", state.as_str())])?
+                        .encode_gauge(&i64::from(job.state == state))?;
+                }
+            }
+        }
+        per_job_counter(
+            e,
+            "lrpm_job_restarts",
+            "How many times the job was started again after its first start.",
+            jobs.iter()
+                .map(|j| (j.id.clone(), Some(u64::from(j.restarts)))),
+        )?;
+        per_job(
+            e,
+            "lrpm_job_start_time_seconds",
+            "When the job's current process started, in seconds since the Unix epoch.",
+            each(|j, _| j.started_at),
+        )?;
+        per_job(
+            e,
+            "lrpm_job_last_exit_code",
+            "How the job's previous process ended: its exit code, or 128 + the signal that killed it.",
+            jobs.iter().map(|j| (j.id.clone(), exit_code(j))),
+        )?;
+        per_job(
+            e,
+            "lrpm_job_backoff_seconds",
+            "The delay that follows the job's next short run before it starts again.",
+            each(|j, _| Some(j.backoff_seconds)),
+        )?;
+        per_job(
+            e,
+            "lrpm_job_memory_bytes",
+            "Resident memory of the job's main process.",
+            jobs.iter()
+                .zip(&self.usage)
+                .map(|(j, u)| (j.id.clone(), u.map(|u| u.memory))),
+        )?;
+        per_job_counter(
+            e,
+            "lrpm_job_cpu_seconds",
+            "CPU time (user and system) of the job's current main process.",
+            each(|_, u| u.map(|u| u.cpu)),
+        )?;
+        {
+            let mut family = e.encode_descriptor(
+                "lrpm_jobs",
+                "How many jobs are in each state.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for state in all_states() {
+                let n = jobs.iter().filter(|j| j.state == state).count() as u64;
+                family
+                    .encode_family(&[("state", state.as_str())])?
+                    .encode_gauge(&n)?;
+            }
+        }
+        {
+            let loads = self.snapshot.loads;
+            let mut family = e.encode_descriptor(
+                "lrpm_source_loads",
+                "Attempts to load the configuration source, by result: loaded (a new configuration), unchanged, failed.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, n) in [
+                ("loaded", loads.loaded),
+                ("unchanged", loads.unchanged),
+                ("failed", loads.failed),
+            ] {
+                family
+                    .encode_family(&[("result", result)])?
+                    .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+        single(
+            e,
+            "lrpm_source_last_success_timestamp_seconds",
+            "When a configuration was last loaded from the source, in seconds since the Unix epoch.",
+            self.snapshot.source.last_load_at,
+        )?;
+        let own = &self.own;
+        if let Some(cpu) = own.cpu_seconds {
+            e.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds.",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&cpu, None)?;
+        }
+        single(
+            e,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            own.resident_bytes,
+        )?;
+        single(
+            e,
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            own.virtual_bytes,
+        )?;
+        single(
+            e,
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            Some(self.snapshot.started_at),
+        )?;
+        single(
+            e,
+            "process_open_fds",
+            "Number of open file descriptors.",
+            own.open_fds,
+        )?;
+        single(
+            e,
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            own.max_fds,
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_renamed_and_eof_dropped_for_prometheus_text() {
+        let om = "# HELP a_things Things.\n# TYPE a_things counter\na_things_total{job=\"x\"} 3\n\
+                  # HELP b Gauge.\n# TYPE b gauge\nb 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_things_total Things.\n# TYPE a_things_total counter\n\
+             a_things_total{job=\"x\"} 3\n# HELP b Gauge.\n# TYPE b gauge\nb 1\n"
+        );
+    }
+}
