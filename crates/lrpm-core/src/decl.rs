@@ -1284,7 +1284,7 @@ mod tests {
             valid(job(json!({"stop_signal": "HUP"}))).stop_signal,
             Signal::Hup
         );
-        let names = "HUP, INT, QUIT, KILL, USR1, USR2, ALRM, TERM, WINCH";
+        let names = "HUP, INT, QUIT, KILL, USR1, USR2, ALRM, TERM, CONT, STOP, TTIN, TTOU, WINCH";
         for bad in [json!("SIGBOGUS"), json!(15), json!("")] {
             let reason = format!("stopSignal: must be one of {names} (SIG prefix optional)");
             assert_eq!(invalid(job(json!({"stopSignal": bad}))), reason);
@@ -1344,8 +1344,8 @@ mod tests {
                 "mtime: must be an integer >= 0",
                 "shortRunTimeSeconds: must be a number >= 0",
                 "env.X: must be a string (quote numbers and booleans)",
-                "stopSignal: must be one of HUP, INT, QUIT, KILL, USR1, USR2, ALRM, TERM, WINCH \
-                 (SIG prefix optional)",
+                "stopSignal: must be one of HUP, INT, QUIT, KILL, USR1, USR2, ALRM, TERM, CONT, \
+                 STOP, TTIN, TTOU, WINCH (SIG prefix optional)",
             ]
         );
     }

@@ -93,13 +93,21 @@ pub enum Signal {
     Alrm,
     /// SIGTERM: the default polite stop signal.
     Term,
+    /// SIGCONT: a stopped process goes on.
+    Cont,
+    /// SIGSTOP: cannot be caught; the process is stopped until SIGCONT.
+    Stop,
+    /// SIGTTIN (gunicorn: one worker more)
+    Ttin,
+    /// SIGTTOU (gunicorn: one worker less)
+    Ttou,
     /// SIGWINCH
     Winch,
 }
 
 impl Signal {
     /// Every signal, in the order of their usual numbers.
-    pub const ALL: [Signal; 9] = [
+    pub const ALL: [Signal; 13] = [
         Signal::Hup,
         Signal::Int,
         Signal::Quit,
@@ -108,6 +116,10 @@ impl Signal {
         Signal::Usr2,
         Signal::Alrm,
         Signal::Term,
+        Signal::Cont,
+        Signal::Stop,
+        Signal::Ttin,
+        Signal::Ttou,
         Signal::Winch,
     ];
 
@@ -122,6 +134,10 @@ impl Signal {
             Signal::Usr2 => "USR2",
             Signal::Alrm => "ALRM",
             Signal::Term => "TERM",
+            Signal::Cont => "CONT",
+            Signal::Stop => "STOP",
+            Signal::Ttin => "TTIN",
+            Signal::Ttou => "TTOU",
             Signal::Winch => "WINCH",
         }
     }

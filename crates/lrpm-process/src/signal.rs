@@ -14,6 +14,10 @@ pub fn to_rustix(signal: Signal) -> rustix::process::Signal {
         Signal::Usr2 => S::USR2,
         Signal::Alrm => S::ALARM,
         Signal::Term => S::TERM,
+        Signal::Cont => S::CONT,
+        Signal::Stop => S::STOP,
+        Signal::Ttin => S::TTIN,
+        Signal::Ttou => S::TTOU,
         Signal::Winch => S::WINCH,
     }
 }

@@ -488,7 +488,9 @@ impl ProcessTable {
             }
         };
         send(sig);
-        if signal != Signal::Kill {
+        // A stopped process handles its signal at once (as systemd does),
+        // but an operator's SIGSTOP stays one.
+        if !matches!(signal, Signal::Kill | Signal::Stop | Signal::Cont) {
             send(rustix::process::Signal::CONT);
         }
         if signal == Signal::Kill {

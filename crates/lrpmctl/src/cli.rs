@@ -122,8 +122,8 @@ pub enum Command {
     /// The jobs without a process (backoff, paused) are skipped and named;
     /// when none has one, exit status 1.
     Signal {
-        /// The signal: HUP, INT, QUIT, KILL, USR1, USR2, ALRM, TERM or
-        /// WINCH, with or without SIG, or its number.
+        /// The signal: HUP, INT, QUIT, KILL, USR1, USR2, ALRM, TERM, CONT,
+        /// STOP, TTIN, TTOU or WINCH, with or without SIG, or its number.
         #[arg(value_name = "SIG")]
         signal: String,
         /// The jobs' ids (the id of a job with instances names every copy).

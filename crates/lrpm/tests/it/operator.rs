@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Lrpm, job_in, jobs_in, pid_alive, pid_of, running, wait_until};
+use crate::support::{Lrpm, job_in, jobs_in, pid_alive, pid_of, running, state_of, wait_until};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -124,6 +124,11 @@ fn signal_reaches_the_worker() {
         Some(w),
         "w lives on"
     );
+    // STOP and CONT reach it too.
+    ctl_ok(&lrpm, &["signal", "STOP", "w"]);
+    wait_until("w stopped", LONG, || state_of(w) == Some('T'));
+    ctl_ok(&lrpm, &["signal", "sigcont", "w"]);
+    wait_until("w going on", LONG, || state_of(w).is_some_and(|s| s != 'T'));
 
     let refused = ctl_refused(&lrpm, &["signal", "USR1", "nope"]);
     assert!(refused.contains("no such job: nope"), "{refused}");
