@@ -408,6 +408,7 @@ mod props {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::instances::copy_id;
 
     /// One event of the property test.
     #[derive(Debug, Clone)]
@@ -459,6 +460,43 @@ mod props {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the counts, a change of `instances` stops exactly the
+        /// copies past the new count and starts exactly the new ones; the
+        /// others keep their process.
+        #[test]
+        fn a_count_change_touches_only_the_copies_added_or_removed(
+            counts in prop::collection::vec(1u32..6, 1..12),
+        ) {
+            let mut sim = Sim::new();
+            let mut before: Vec<Option<u32>> = Vec::new();
+            for n in counts {
+                let signals = sim.signals.len();
+                let spawns = sim.spawns.len();
+                sim.config(decl(&[("w", spec("w", Some(n)))]));
+                let old = before.len() as u32;
+                let stopped: Vec<JobId> =
+                    sim.signals[signals..].iter().map(|(id, _)| id.clone()).collect();
+                let expected_stops: Vec<JobId> =
+                    (n..old).map(|k| copy_id(&JobId::from("w"), k)).collect();
+                prop_assert_eq!(stopped, expected_stops);
+                let started = sim.spawns[spawns..].to_vec();
+                let expected_starts: Vec<JobId> =
+                    (old.min(n)..n).map(|k| copy_id(&JobId::from("w"), k)).collect();
+                prop_assert_eq!(started, expected_starts);
+                // The copies kept run the process they ran.
+                for (k, pid) in before.iter().enumerate().take(n.min(old) as usize) {
+                    prop_assert_eq!(sim.pid(&format!("w#{k}")), *pid);
+                }
+                // The stopped copies end; the farm is the N copies.
+                for k in n..old {
+                    sim.exit(&format!("w#{k}"));
+                }
+                let ids: Vec<String> = (0..n).map(|k| format!("w#{k}")).collect();
+                prop_assert_eq!(sim.ids(), ids);
+                before = (0..n).map(|k| sim.pid(&format!("w#{k}"))).collect();
+            }
+        }
 
         #[test]
         fn a_paused_job_never_runs(events in prop::collection::vec(event(), 1..60)) {
