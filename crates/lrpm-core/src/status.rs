@@ -44,6 +44,10 @@ pub struct SupervisorStatus {
     /// stderr.
     #[serde(default)]
     pub output: OutputStatus,
+    /// The cluster this node belongs to, when it belongs to one (`--cluster-size`,
+    /// `--cluster-file`, `--cluster`). The shell fills it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
 }
 
 /// What each stream leaving lrpm lost since lrpm started.
@@ -385,4 +389,52 @@ mod tests {
             assert_eq!(format!("{status:#}"), short);
         }
     }
+}
+
+/// A cluster node's view of its cluster: `supervisor.cluster` in status,
+/// and, with the assignment of every job, the answer to `cluster`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// `static` (a fixed size and index) or `etcd` (live members).
+    pub mode: String,
+    /// This node: its index in a static cluster, its node id on etcd.
+    pub node: String,
+    /// The members, this one included, ordered by name.
+    pub members: Vec<MemberStatus>,
+    /// The sharding strategy (`balanced`, `hash`, `rendezvous`).
+    pub strategy: crate::shard::Strategy,
+    /// Where the membership comes from: the cluster file's path, the etcd
+    /// URI (without its password), or `flags`/`environment`.
+    pub from: String,
+    /// How many jobs of the map are assigned to this node.
+    pub jobs_here: usize,
+    /// How many jobs the map has, all nodes together.
+    pub jobs_total: usize,
+    /// The lease's time to live in seconds (etcd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ttl: Option<f64>,
+    /// How long the lease has left at most, in seconds, from the send time
+    /// of the last keep-alive that etcd answered (etcd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_left: Option<f64>,
+    /// The connection to etcd (etcd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<ConnectionStatus>,
+    /// The last problem with the membership (a cluster file that became
+    /// unreadable: the last good membership stays), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Every job of the map with the node that runs it: the answer to
+    /// `cluster` only (status leaves it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<BTreeMap<String, String>>,
+}
+
+/// A member of a cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Its name: its index, or its node id.
+    pub name: String,
+    /// Its rendezvous weight.
+    pub weight: f64,
 }

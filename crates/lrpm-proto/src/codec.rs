@@ -17,7 +17,7 @@
 //! bytes.
 
 use lrpm_core::job::Signal;
-use lrpm_core::status::{Status, SupervisorStatus};
+use lrpm_core::status::{ClusterStatus, Status, SupervisorStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -32,7 +32,7 @@ pub const MAX_REQUEST_LEN: usize = 64 * 1024;
 pub const MAX_RESPONSE_LEN: usize = 256 * 1024 * 1024;
 
 /// The commands of the protocol, in the order `help` lists them.
-pub const COMMANDS: [CommandInfo; 8] = [
+pub const COMMANDS: [CommandInfo; 9] = [
     CommandInfo {
         cmd: "status",
         request: r#"{"cmd":"status","ids":["ID"]}"#,
@@ -69,6 +69,11 @@ pub const COMMANDS: [CommandInfo; 8] = [
         cmd: "stop",
         request: r#"{"cmd":"stop"}"#,
         help: "shut lrpm down gracefully; the reply comes before the workers are stopped",
+    },
+    CommandInfo {
+        cmd: "cluster",
+        request: r#"{"cmd":"cluster"}"#,
+        help: "this node's cluster: its node, the members, and which node runs each job",
     },
     CommandInfo {
         cmd: "help",
@@ -217,6 +222,8 @@ pub enum Request {
     },
     /// Shut lrpm down gracefully.
     Stop,
+    /// The cluster, with the node of every job.
+    Cluster,
     /// The list of commands.
     Help,
 }
@@ -366,6 +373,7 @@ impl Request {
                 }),
             },
             "stop" => Ok(Request::Stop),
+            "cluster" => Ok(Request::Cluster),
             "help" => Ok(Request::Help),
             other => Err(RequestError::UnknownCommand(truncated(other, 64))),
         }
@@ -419,6 +427,7 @@ impl Request {
             Request::Signal { .. } => "signal",
             Request::Reload { .. } => "reload",
             Request::Stop => "stop",
+            Request::Cluster => "cluster",
             Request::Help => "help",
         }
     }
@@ -666,6 +675,9 @@ pub enum Response {
     Done(String),
     /// `{"ok":true,"commands":[…]}`: the answer to `help`.
     Help(Vec<CommandHelp>),
+    /// `{"ok":true,"cluster":{…}|null}`: the answer to `cluster`; `None`
+    /// when lrpm runs alone.
+    Cluster(Option<Box<ClusterStatus>>),
     /// `{"ok":false,"error":"…"}`: the request was refused or invalid.
     Error(String),
 }
@@ -713,6 +725,11 @@ impl Response {
             ok: bool,
             error: &'a str,
         }
+        #[derive(Serialize)]
+        struct Cluster<'a> {
+            ok: bool,
+            cluster: Option<&'a ClusterStatus>,
+        }
         let encoded = match self {
             Response::Status(status) => serde_json::to_vec(&Success {
                 ok: true,
@@ -721,6 +738,10 @@ impl Response {
             Response::Done(message) => serde_json::to_vec(&Done { ok: true, message }),
             Response::Help(commands) => serde_json::to_vec(&Help { ok: true, commands }),
             Response::Error(error) => serde_json::to_vec(&Refusal { ok: false, error }),
+            Response::Cluster(cluster) => serde_json::to_vec(&Cluster {
+                ok: true,
+                cluster: cluster.as_deref(),
+            }),
         };
         let mut line = encoded.unwrap_or_else(|e| {
             // Only a map with non-string keys could fail, and the status
@@ -779,6 +800,7 @@ impl Response {
             error: Option<Value>,
             message: Option<Value>,
             commands: Option<Value>,
+            cluster: Option<Value>,
         }
         let envelope: Envelope = serde_json::from_slice(line).map_err(|e| {
             if e.is_data() {
@@ -815,6 +837,12 @@ impl Response {
                 None => Err(ResponseError::Shape(
                     "no \"commands\" in the answer to help".into(),
                 )),
+            },
+            Request::Cluster => match envelope.cluster {
+                Some(Value::Null) | None => Ok(Response::Cluster(None)),
+                Some(cluster) => serde_json::from_value(cluster)
+                    .map(|c| Response::Cluster(Some(Box::new(c))))
+                    .map_err(|e| ResponseError::Shape(format!("bad \"cluster\": {e}"))),
             },
             Request::Restart { .. }
             | Request::RestartJobs { .. }
@@ -1093,6 +1121,7 @@ mod tests {
             Request::Reload { force: true },
             Request::Reload { force: false },
             Request::Stop,
+            Request::Cluster,
             Request::Help,
             Request::StatusOf {
                 ids: vec!["a".into(), "b#1".into()],
@@ -1183,6 +1212,7 @@ mod tests {
             source: core.status_source(now, 1_764_000_060.5),
             output: Default::default(),
             held_back: None,
+            cluster: None,
         };
         let owned = || {
             let (source, jobs) = core.status(now, 1_764_000_060.5);
@@ -1256,6 +1286,7 @@ mod tests {
                 },
                 output: Default::default(),
                 held_back: None,
+                cluster: None,
             },
             jobs: vec![JobStatus {
                 id: "42".into(),

@@ -145,6 +145,10 @@ pub(crate) struct Args {
     /// command line's own definition, and exit.
     #[arg(long, value_enum, value_name = "WHAT")]
     pub(crate) generate: Option<Generate>,
+
+    /// Clustering: which share of the jobs this node runs.
+    #[command(flatten)]
+    pub(crate) cluster: crate::cluster::ClusterArgs,
 }
 
 /// The man page or completion script `what` names, for the `lrpm`
@@ -193,6 +197,8 @@ pub(crate) struct Options {
     pub(crate) log_level: tracing::Level,
     /// Where `--metrics` serves, if it does.
     pub(crate) metrics: Option<SocketAddr>,
+    /// The cluster this node belongs to, if any.
+    pub(crate) cluster: crate::cluster::ClusterChoice,
 }
 
 /// `--metrics`'s ADDR: `HOST:PORT` (an IP address, or `localhost`), or a
@@ -270,6 +276,9 @@ impl Args {
             1 => tracing::Level::DEBUG,
             _ => tracing::Level::TRACE,
         };
+        let cluster = self
+            .cluster
+            .validate(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))?;
         Ok(Options {
             source: self.source,
             socket: self.socket,
@@ -283,6 +292,7 @@ impl Args {
             log_format: self.log_format,
             log_level,
             metrics,
+            cluster,
         })
     }
 }

@@ -19,6 +19,7 @@
 
 mod base;
 mod cli;
+mod cluster;
 mod control;
 #[cfg(feature = "etcd")]
 mod etcd;
@@ -369,6 +370,13 @@ fn supervise(
                 });
             }
         };
+        let cluster = match cluster::Cluster::start(options.cluster.clone()) {
+            Ok(cluster) => cluster,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let probes = probe::Probes::new(spawn_ctx.clone());
         let procs =
             match process::ProcessTable::new(spawn_ctx, worker_classes.is_some(), containment) {
@@ -411,6 +419,7 @@ fn supervise(
             systemd: systemd::Systemd::from_env(),
             web,
             load_counts: Default::default(),
+            cluster,
         }
         .run()
         .await;

@@ -35,6 +35,7 @@ use lrpm_core::supervisor::{
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use crate::cluster::{Cluster, ClusterEvent};
 use crate::control::{ControlMsg, Reply};
 use lrpm_process::command::SpawnError;
 use lrpm_process::exits::ExitEvent;
@@ -105,6 +106,8 @@ pub(crate) struct Shell {
     pub(crate) web: Option<mpsc::Receiver<WebRequest>>,
     /// How the source's loads ended, for the metrics.
     pub(crate) load_counts: LoadCounts,
+    /// The cluster this node belongs to: `None` runs every job here.
+    pub(crate) cluster: Option<Cluster>,
 }
 
 /// The jobs whose last spawn failed for want of descriptors: they wait
@@ -212,6 +215,7 @@ impl Shell {
                 }
                 Some(msg) = self.control.recv() => self.control_request(msg),
                 Some(request) = recv_web(&mut self.web) => self.web_request(request),
+                event = next_cluster_event(&mut self.cluster) => self.cluster_event(event),
                 batch = recv_notifications(&mut self.notify) => self.notified(batch),
                 result = self.probes.next() => self.probed(result),
                 Some(()) = sigterm.recv() => self.shutdown("SIGTERM"),
@@ -320,6 +324,10 @@ impl Shell {
             Ok(Loaded::Config(mut decl)) => {
                 self.load_counts.loaded += 1;
                 decl.leave_out_unknown_workers(self.worker_classes.as_ref());
+                // Only this node's share, when it is one of a cluster.
+                if let Some(cluster) = &mut self.cluster {
+                    decl = cluster.filter(decl);
+                }
                 // A configuration of 100,000 broken jobs is one problem,
                 // not 100,000 log lines: status lists them all.
                 let unlogged = |n: usize| n.saturating_sub(LOGGED_PROBLEMS);
@@ -352,6 +360,20 @@ impl Shell {
             }
         }
         true
+    }
+
+    /// Handles a change of the cluster's membership: the core gets this
+    /// node's new share of the last job map.
+    fn cluster_event(&mut self, event: ClusterEvent) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        if let Some(share) = cluster.handle(event) {
+            match self.core.handle_config(Instant::now(), share) {
+                ConfigOutcome::Held(message) => tracing::warn!("{message}"),
+                ConfigOutcome::Applied | ConfigOutcome::Ignored => {}
+            }
+        }
     }
 
     /// Hands a batch of notifications to the core, each from the run its
@@ -466,6 +488,14 @@ impl Shell {
                 self.shutdown("stop requested");
                 Reply::Done("lrpm is shutting down".into())
             }
+            Request::Cluster => Reply::StatusLine(
+                Response::Cluster(
+                    self.cluster
+                        .as_ref()
+                        .map(|cluster| Box::new(cluster.status(true))),
+                )
+                .encode(),
+            ),
             Request::Help => Reply::Refused("help is answered by the control server".into()),
         };
         // A client that went away does not care.
@@ -544,6 +574,7 @@ impl Shell {
             source,
             output: crate::stdio::output_status(),
             held_back: self.held_back_reason(),
+            cluster: self.cluster.as_ref().map(|cluster| cluster.status(false)),
         };
         let jobs = match ids {
             None => self.core.status_jobs(now, wall),
@@ -702,6 +733,15 @@ async fn recv_notifications(socket: &mut Option<NotifySocket>) -> Vec<Datagram> 
 async fn recv_web(web: &mut Option<mpsc::Receiver<WebRequest>>) -> Option<WebRequest> {
     match web {
         Some(web) => web.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The cluster's next event, if lrpm is one of a cluster; never returns if
+/// it is not.
+async fn next_cluster_event(cluster: &mut Option<Cluster>) -> ClusterEvent {
+    match cluster {
+        Some(cluster) => cluster.next_event().await,
         None => std::future::pending().await,
     }
 }

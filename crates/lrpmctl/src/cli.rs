@@ -155,6 +155,14 @@ pub enum Command {
         no_wait: bool,
     },
 
+    /// Show this node's cluster: the node, the members and which node runs
+    /// each job.
+    ///
+    /// In a static cluster (--cluster-size, --cluster-file) every node
+    /// computes the whole assignment from the same job map. With --json,
+    /// lrpm's answer as it is.
+    Cluster,
+
     /// Print this help, or the help of COMMAND.
     ///
     /// With --json, print lrpm's own list of protocol commands instead.

@@ -15,6 +15,7 @@
 
 mod cli;
 mod client;
+mod cluster;
 mod common;
 mod error;
 mod generate;
@@ -68,6 +69,7 @@ where
         Command::Signal { signal, ids } => jobs::signal(&ctx, &signal, ids),
         Command::Reload { force } => reload::run(&ctx, force),
         Command::Stop { timeout, no_wait } => stop::run(&ctx, timeout, !no_wait),
+        Command::Cluster => cluster::run(&ctx),
         Command::Help { command } => help::run(&ctx, command.as_deref()),
         Command::Completions { shell } => generate::completions(shell),
         Command::Man => generate::man(),

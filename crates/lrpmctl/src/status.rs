@@ -408,6 +408,7 @@ mod tests {
                 source,
                 output: Default::default(),
                 held_back: None,
+                cluster: None,
             },
             jobs: vec![
                 job("1", JobState::Running),

@@ -189,15 +189,30 @@ impl StaticShard {
         let texts: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
         ids.into_iter().cloned().zip(self.assign(&texts)).collect()
     }
+}
 
-    /// `decl` with only the jobs (valid or invalid) assigned to this node.
-    /// Warnings are kept: they are about the document.
-    pub fn filter(&self, mut decl: Declaration) -> Declaration {
-        let nodes = self.assignment(&decl);
-        let mine = |id: &JobId| nodes.get(id) == Some(&self.index);
-        decl.jobs.retain(|id, _| mine(id));
-        decl.invalid.retain(|id, _| mine(id));
-        decl
+/// The share of `decl` (valid and invalid jobs) that `assignment` gives to
+/// `node`. Warnings are kept: they are about the document.
+pub fn share<N: PartialEq>(
+    decl: &Declaration,
+    assignment: &BTreeMap<JobId, N>,
+    node: &N,
+) -> Declaration {
+    let mine = |id: &JobId| assignment.get(id) == Some(node);
+    Declaration {
+        jobs: decl
+            .jobs
+            .iter()
+            .filter(|(id, _)| mine(id))
+            .map(|(id, spec)| (id.clone(), spec.clone()))
+            .collect(),
+        invalid: decl
+            .invalid
+            .iter()
+            .filter(|(id, _)| mine(id))
+            .map(|(id, why)| (id.clone(), why.clone()))
+            .collect(),
+        warnings: decl.warnings.clone(),
     }
 }
 

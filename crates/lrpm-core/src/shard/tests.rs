@@ -97,7 +97,7 @@ fn filter_keeps_this_nodes_valid_and_invalid_jobs() {
     let mut seen = BTreeSet::new();
     for index in 0..3 {
         let shard = StaticShard::new(3, index, Strategy::Balanced).unwrap();
-        let mine = shard.filter(decl.clone());
+        let mine = share(&decl, &shard.assignment(&decl), &index);
         assert_eq!(mine.warnings, decl.warnings);
         for id in mine.jobs.keys().chain(mine.invalid.keys()) {
             assert!(seen.insert(id.clone()), "{id} on two nodes");

@@ -22,10 +22,10 @@ pub(crate) struct ControlMsg {
 /// The event loop's answer to a [`ControlMsg`].
 #[derive(Debug)]
 pub(crate) enum Reply {
-    /// The status document, already encoded as the response line: the
-    /// event loop serializes it straight from the core's state, which is
-    /// cheaper than copying every job's status for the connection task to
-    /// encode (see `Shell::status_line`).
+    /// The status document (or the answer to `cluster`), already encoded
+    /// as the response line: the event loop serializes it straight from
+    /// the core's state, which is cheaper than copying every job's status
+    /// for the connection task to encode (see `Shell::status_line`).
     StatusLine(Vec<u8>),
     /// The request was carried out; a message for the operator.
     Done(String),

@@ -9,6 +9,7 @@
 mod etcd_server;
 mod support;
 
+mod cluster_static;
 mod control;
 mod control_abuse;
 mod descriptors;

@@ -1,0 +1,19 @@
+//! Clustering: several lrpm nodes share one job map, each running its
+//! share (see docs/cluster.md).
+//!
+//! - `args.rs`: the flags, their environment variables and the cluster
+//!   file, validated into a [`ClusterChoice`];
+//! - `file.rs`: a static cluster's file, followed through inotify;
+//! - `node.rs`: [`Cluster`], the event loop's view of the cluster and the
+//!   filter between the source and the core, which logs every job that
+//!   moves.
+//!
+//! The assignment itself is pure and lives in the core
+//! (`lrpm_core::shard`).
+
+mod args;
+mod file;
+mod node;
+
+pub(crate) use args::{ClusterArgs, ClusterChoice};
+pub(crate) use node::{Cluster, ClusterEvent};
