@@ -1054,7 +1054,7 @@ mod tests {
         );
         assert_eq!(
             err("{}"),
-            "missing \"cmd\": expected one of status, restart, pause, resume, signal, reload, stop, help"
+            "missing \"cmd\": expected one of status, restart, pause, resume, signal, reload, stop, cluster, help"
         );
         assert_eq!(
             err(r#"{"cmd":1}"#),
@@ -1062,7 +1062,7 @@ mod tests {
         );
         assert_eq!(
             err(r#"{"cmd":"dance"}"#),
-            "unknown command \"dance\": expected one of status, restart, pause, resume, signal, reload, stop, help"
+            "unknown command \"dance\": expected one of status, restart, pause, resume, signal, reload, stop, cluster, help"
         );
         assert_eq!(
             err(r#"{"cmd":"restart"}"#),

@@ -542,7 +542,7 @@ fn help_lists_every_command() {
     assert_eq!(
         names,
         [
-            "status", "restart", "pause", "resume", "signal", "reload", "stop", "help"
+            "status", "restart", "pause", "resume", "signal", "reload", "stop", "cluster", "help"
         ]
     );
 
