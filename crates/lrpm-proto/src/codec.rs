@@ -386,6 +386,7 @@ impl Request {
             | Request::RestartAll
             | Request::Reload { .. }
             | Request::Stop
+            | Request::Cluster
             | Request::Help => serde_json::json!({}),
             Request::Restart { id } => serde_json::json!({ "id": id }),
             Request::StatusOf { ids }
