@@ -212,7 +212,7 @@ pub enum CommandError {
     #[error("lrpm is shutting down")]
     ShuttingDown,
     /// The jobs are paused: held stopped until they are resumed.
-    #[error("paused, held stopped until resumed (lrpmctl resume): {}", ids(.0))]
+    #[error("paused, so not restarted: {}; resume first (lrpmctl resume)", ids(.0))]
     Paused(Vec<JobId>),
     /// None of the jobs has a process to signal.
     #[error("no process to signal: {} (not running)", ids(.0))]

@@ -179,6 +179,11 @@ fn restart_all_restarts_every_job_and_restart_ids_only_those() {
     }
     let refused = ctl_refused(&lrpm, &["restart", "a", "zz"]);
     assert!(refused.contains("no such job: zz"), "{refused}");
+    ctl_ok(&lrpm, &["pause", "c"]);
+    let refused = ctl_refused(&lrpm, &["restart", "a", "c"]);
+    assert!(refused.contains("paused, so not restarted: c"), "{refused}");
+    let said = ctl_ok(&lrpm, &["restart", "--all"]);
+    assert!(said.contains("(2)"), "the paused job left alone: {said}");
     assert!(lrpm.stderr().contains("restarted by operator"));
 }
 
