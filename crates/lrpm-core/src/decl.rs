@@ -275,6 +275,7 @@ pub fn validate_job(id: &JobId, value: &Value) -> Result<(JobSpec, Vec<String>),
         None => None,
     };
 
+    let unknown: Vec<&String> = map.keys().filter(|key| !is_known_key(key)).collect();
     match (name, program) {
         (Some(name), Some(program)) if job.errors.is_empty() => {
             let defaults = JobSpec::new(name, program);
@@ -298,14 +299,25 @@ pub fn validate_job(id: &JobId, value: &Value) -> Result<(JobSpec, Vec<String>),
             if !over.is_empty() {
                 return Err(over.join("; "));
             }
-            let warnings = map
-                .keys()
-                .filter(|key| !is_known_key(key))
+            let warnings = unknown
+                .iter()
                 .map(|key| format!("job {id}: unknown key '{}' (ignored)", key.escape_debug()))
                 .collect();
             Ok((spec, warnings))
         }
-        _ => Err(job.errors.join("; ")),
+        // An unknown key is often why a job is invalid (a misspelt
+        // `command`): it is named with the errors, not left unsaid.
+        _ => {
+            let unknown = unknown
+                .iter()
+                .map(|key| format!("{}: unknown key (ignored)", key.escape_debug()));
+            Err(job
+                .errors
+                .drain(..)
+                .chain(unknown)
+                .collect::<Vec<_>>()
+                .join("; "))
+        }
     }
 }
 
@@ -1346,7 +1358,19 @@ mod tests {
                 "env.X: must be a string (quote numbers and booleans)",
                 "stopSignal: must be one of HUP, INT, QUIT, KILL, USR1, USR2, ALRM, TERM, CONT, \
                  STOP, TTIN, TTOU, WINCH (SIG prefix optional)",
+                "typo: unknown key (ignored)",
             ]
+        );
+    }
+
+    #[test]
+    fn an_invalid_job_names_its_unknown_keys_too() {
+        let body = json!({"name": "n", "comand": "x", "shortRunTimeSeconds": -1});
+        let reason = validate_job(&JobId::from("42"), &body).unwrap_err();
+        assert_eq!(
+            reason,
+            "command: one of command or workerClass is required; \
+             shortRunTimeSeconds: must be a number >= 0; comand: unknown key (ignored)"
         );
     }
 

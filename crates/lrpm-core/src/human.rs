@@ -183,6 +183,55 @@ impl<T: fmt::Display> fmt::Display for Cut<T> {
     }
 }
 
+/// A moment as RFC 3339 text in UTC with microseconds:
+/// `2026-12-06T20:01:02.123456Z` (the form of the JSON log's timestamps):
+/// see [`timestamp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub Duration);
+
+/// The moment `since_epoch` after the Unix epoch, as RFC 3339 text: see
+/// [`Timestamp`]. The caller reads the clock (this crate never does).
+pub fn timestamp(since_epoch: Duration) -> Timestamp {
+    Timestamp(since_epoch)
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.as_secs();
+        let (days, of_day) = (secs / 86_400, secs % 86_400);
+        // Howard Hinnant's days_from_civil, inverted (civil_from_days),
+        // on unsigned days since 1970-01-01 shifted to an era of 400
+        // years that begins on 0000-03-01.
+        let z = days + 719_468;
+        let era = z / 146_097;
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + u64::from(month <= 2);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+            of_day / 3600,
+            of_day / 60 % 60,
+            of_day % 60,
+            self.0.subsec_micros()
+        )
+    }
+}
+
+/// `n` followed by `noun`, in the plural unless `n` is 1: `1 job`,
+/// `3 jobs`, `0 jobs` (for nouns whose plural takes an `s`).
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// A size in bytes, in its human form: `812 B`, `4.0 kB`, `1.0 MB`,
 /// `2.5 GB` (powers of 1000, one decimal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +256,54 @@ impl fmt::Display for HumanSize {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn timestamps_are_rfc_3339_in_utc() {
+        let at = |secs: u64, micros: u32| timestamp(Duration::new(secs, micros * 1000)).to_string();
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
+        assert_eq!(at(1_796_587_262, 123_456), "2026-12-06T20:01:02.123456Z");
+        assert_eq!(at(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
+        assert_eq!(at(253_402_300_799, 0), "9999-12-31T23:59:59.000000Z");
+    }
+
+    proptest::proptest! {
+        /// Day by day, the calendar advances as it should: the day after
+        /// the last of a month is the first of the next one.
+        #[test]
+        fn consecutive_days_are_consecutive_dates(day in 0u64..3_000_000) {
+            let date = |d: u64| -> (u64, u64, u64) {
+                let text = timestamp(Duration::from_secs(d * 86_400)).to_string();
+                let mut parts = text[..10].split('-').map(|p| p.parse::<u64>().expect("digits"));
+                let mut next = || parts.next().expect("a part");
+                (next(), next(), next())
+            };
+            let (y, m, d) = date(day);
+            let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+            let last = match m {
+                2 if leap => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            let expected = if d < last {
+                (y, m, d + 1)
+            } else if m < 12 {
+                (y, m + 1, 1)
+            } else {
+                (y + 1, 1, 1)
+            };
+            proptest::prop_assert_eq!(date(day + 1), expected);
+        }
+    }
+
+    #[test]
+    fn counts_agree_with_their_noun() {
+        assert_eq!(count(1, "job"), "1 job");
+        assert_eq!(count(0, "job"), "0 jobs");
+        assert_eq!(count(2, "worker"), "2 workers");
+    }
+
     #[test]
     fn long_text_is_cut_with_its_size() {
         let short = "php worker.php --queue=a";

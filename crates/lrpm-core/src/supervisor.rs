@@ -109,6 +109,8 @@ pub enum Action {
         job: JobId,
         /// The declaration to run.
         spec: Arc<JobSpec>,
+        /// Why it starts, for the log.
+        reason: Reason,
     },
     /// Send `signal` to the process group of `run`, if it is still there.
     Signal {
@@ -116,6 +118,8 @@ pub enum Action {
         run: RunId,
         /// The signal.
         signal: Signal,
+        /// Why the process is stopped, for the log.
+        reason: Reason,
     },
     /// Run the health check of `spec` against `run` (without waiting for
     /// it), and report its result with [`Supervisor::handle_probe`]: the
@@ -129,6 +133,64 @@ pub enum Action {
         /// Its declaration, which holds the check.
         spec: Arc<JobSpec>,
     },
+}
+
+/// Why a job's process starts or stops: every start and stop line of the
+/// log names one ([`Action::Spawn`], [`Action::Signal`],
+/// [`AfterExit::Stopped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The job is new in the configuration (or declared again after its
+    /// removal).
+    Added,
+    /// Its declaration changed: the old process stops, the new one starts.
+    Updated,
+    /// It left the configuration.
+    Removed,
+    /// Its process ended without being asked to (or could not start), and
+    /// it is started again.
+    Crashed,
+    /// Its watchdog expired, or it asked to be taken for hung
+    /// (`WATCHDOG=trigger`): stopped and started again.
+    Hung,
+    /// Its health check failed: stopped and started again.
+    Unhealthy,
+    /// An operator restarted it (`lrpmctl restart`).
+    Operator,
+    /// An operator paused it (`lrpmctl pause`).
+    Paused,
+    /// An operator resumed it (`lrpmctl resume`).
+    Resumed,
+    /// An operator sent its process a signal (`lrpmctl signal`): not a
+    /// stop, whatever the signal does.
+    Signalled,
+    /// lrpm is shutting down.
+    Shutdown,
+}
+
+impl Reason {
+    /// The reason as one word, for the log's `reason` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Added => "added",
+            Reason::Updated => "updated",
+            Reason::Removed => "removed",
+            Reason::Crashed => "crashed",
+            Reason::Hung => "hung",
+            Reason::Unhealthy => "unhealthy",
+            Reason::Operator => "operator",
+            Reason::Paused => "paused",
+            Reason::Resumed => "resumed",
+            Reason::Signalled => "signalled",
+            Reason::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What a notification did; for the shell's log.
@@ -161,8 +223,9 @@ pub enum ProbeOutcome {
 /// What the core made of a process's end; for the shell's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterExit {
-    /// It was asked to stop (removed, updated, restarted, shutdown).
-    Stopped,
+    /// It was asked to stop, for this reason (removed, updated,
+    /// restarted, shutdown…).
+    Stopped(Reason),
     /// It crashed after a long run and was restarted at once.
     Restarted,
     /// It crashed after a short run (or never started); it starts again
@@ -312,6 +375,10 @@ struct Job {
     /// Paused by an operator: never started until resumed (the state is
     /// `Paused` once its process, if it had one, has ended).
     paused: bool,
+    /// Why its current process started, or is stopping.
+    why: Reason,
+    /// The last declaration ignored for its `mtime` (reported once).
+    ignored: Option<Arc<JobSpec>>,
 }
 
 /// What the removal guard holds back: a summary only, since a forced reload
@@ -508,6 +575,9 @@ pub struct Supervisor {
     guard_lifted_until: Option<Instant>,
     shutting_down: bool,
     actions: VecDeque<Action>,
+    /// The jobs whose change was ignored for its `mtime`, not yet taken
+    /// by [`Supervisor::take_ignored`].
+    ignored: Vec<JobId>,
 }
 
 impl Supervisor {
@@ -529,6 +599,7 @@ impl Supervisor {
             guard_lifted_until: None,
             shutting_down: false,
             actions: VecDeque::new(),
+            ignored: Vec::new(),
         }
     }
 
@@ -613,6 +684,30 @@ impl Supervisor {
             self.declare(now, id, spec);
         }
         ConfigOutcome::Applied
+    }
+
+    /// The jobs whose declaration changed in the configurations applied
+    /// since the last call, but whose `mtime` did not grow, so that the
+    /// change was ignored (php-lrpm's rule), for the log: each ignored
+    /// declaration is reported once, however often a source delivers it.
+    pub fn take_ignored(&mut self) -> Vec<JobId> {
+        std::mem::take(&mut self.ignored)
+    }
+
+    /// Whether job `id` is declared (a valid declaration runs, or waits to
+    /// run): a new invalid declaration of it leaves it on this one.
+    pub fn is_declared(&self, id: &JobId) -> bool {
+        self.jobs.get(id).is_some_and(|job| job.declared)
+    }
+
+    /// The job of live process `run`, if the core knows it.
+    pub fn job_of(&self, run: RunId) -> Option<&JobId> {
+        self.runs.get(&run)
+    }
+
+    /// Whether the removal guard is on (`--max-removal-ratio`).
+    pub fn has_removal_guard(&self) -> bool {
+        self.config.max_removal_ratio.is_some()
     }
 
     /// The removal guard: holds the configuration back if it would remove
@@ -752,12 +847,12 @@ impl Supervisor {
     /// Stops job `id`'s hung process (its watchdog passed) and restarts it
     /// as a crash.
     fn hung(&mut self, now: Instant, id: &JobId) {
-        self.stop(now, id, Then::Start);
+        self.stop(now, id, Then::Start, Reason::Hung);
     }
 
     /// Stops job `id`'s unhealthy process and restarts it as a crash.
     fn unhealthy(&mut self, now: Instant, id: &JobId) {
-        self.stop(now, id, Then::Start);
+        self.stop(now, id, Then::Start, Reason::Unhealthy);
     }
 
     /// Handles the end of process `run` (or its failure to start). `now` is
@@ -783,28 +878,43 @@ impl Supervisor {
             State::Running(proc) => {
                 if self.shutting_down {
                     self.forget(&id);
-                    AfterExit::Stopped
+                    AfterExit::Stopped(Reason::Shutdown)
                 } else if failed_to_start || now.duration_since(proc.since) < job.spec.short_run {
                     let delay = job.backoff.fail();
                     self.set_state(&id, State::Backoff { until: now + delay });
                     AfterExit::Backoff(delay)
                 } else {
                     job.backoff.reset();
-                    self.start(now, &id);
+                    self.start(now, &id, Reason::Crashed);
                     AfterExit::Restarted
                 }
             }
             State::Stopping { then, .. } => {
+                let why = if self.shutting_down {
+                    Reason::Shutdown
+                } else {
+                    job.why
+                };
                 if self.shutting_down || then == Then::Forget {
                     self.forget(&id);
                 } else {
-                    if let Some(spec) = job.pending.take() {
-                        job.spec = spec;
-                    }
+                    // A stop for an update starts the new declaration; a
+                    // removed job declared again starts as a new one.
+                    let next = match (job.pending.take(), why) {
+                        (Some(spec), Reason::Removed) => {
+                            job.spec = spec;
+                            Reason::Added
+                        }
+                        (Some(spec), _) => {
+                            job.spec = spec;
+                            Reason::Updated
+                        }
+                        (None, why) => why,
+                    };
                     job.backoff.reset();
-                    self.start(now, &id);
+                    self.start(now, &id, next);
                 }
-                AfterExit::Stopped
+                AfterExit::Stopped(why)
             }
             State::Backoff { .. } | State::Paused => {
                 unreachable!("invariant: a job in backoff or paused has no process")
@@ -868,7 +978,7 @@ impl Supervisor {
                 .get(&id)
                 .expect("invariant: timers name live jobs");
             match job.state {
-                State::Backoff { .. } => self.start(now, &id),
+                State::Backoff { .. } => self.start(now, &id, Reason::Crashed),
                 State::Stopping { .. } => self.escalate(&id),
                 State::Paused => unreachable!("invariant: a paused job has no deadline"),
                 State::Running(mut proc) => {
@@ -950,9 +1060,9 @@ impl Supervisor {
         let job = self.jobs.get_mut(id).expect("invariant: a resolved job");
         job.backoff.reset();
         match job.state {
-            State::Running(_) => self.stop(now, id, Then::Start),
+            State::Running(_) => self.stop(now, id, Then::Start, Reason::Operator),
             State::Stopping { .. } => {}
-            State::Backoff { .. } => self.start(now, id),
+            State::Backoff { .. } => self.start(now, id, Reason::Operator),
             State::Paused => unreachable!("invariant: a paused job is not restarted"),
         }
     }
@@ -973,7 +1083,7 @@ impl Supervisor {
             }
             job.paused = true;
             match job.state {
-                State::Running(_) => self.stop(now, &id, Then::Start),
+                State::Running(_) => self.stop(now, &id, Then::Start, Reason::Paused),
                 // Its `Then::Start` meets the pause in `start`.
                 State::Stopping { .. } | State::Paused => {}
                 State::Backoff { .. } => self.set_state(&id, State::Paused),
@@ -1001,7 +1111,10 @@ impl Supervisor {
                 if let Some(spec) = job.pending.take() {
                     job.spec = spec;
                 }
-                self.start(now, &id);
+                self.start(now, &id, Reason::Resumed);
+            } else if job.why == Reason::Paused {
+                // Still stopping: it starts again, resumed, at its exit.
+                job.why = Reason::Resumed;
             }
             resumed.push(id);
         }
@@ -1025,6 +1138,7 @@ impl Supervisor {
             self.actions.push_back(Action::Signal {
                 run: proc.run,
                 signal,
+                reason: Reason::Signalled,
             });
         }
         Ok(Signalled { sent, skipped })
@@ -1098,7 +1212,7 @@ impl Supervisor {
         let ids: Vec<JobId> = self.jobs.keys().cloned().collect();
         for id in ids {
             match self.jobs[&id].state {
-                State::Running(_) => self.stop(now, &id, Then::Forget),
+                State::Running(_) => self.stop(now, &id, Then::Forget, Reason::Shutdown),
                 State::Stopping { .. } => {}
                 State::Backoff { .. } | State::Paused => self.forget(&id),
             }
@@ -1242,9 +1356,11 @@ impl Supervisor {
                 last_exit: None,
                 status_text: None,
                 paused: false,
+                why: Reason::Added,
+                ignored: None,
             };
             self.jobs.insert(id.clone(), job);
-            self.start(now, &id);
+            self.start(now, &id, Reason::Added);
             return;
         };
         if !job.declared {
@@ -1266,20 +1382,42 @@ impl Supervisor {
         }
         let latest = job.pending.as_ref().unwrap_or(&job.spec);
         // The same declaration as last time (a reparse reuses it): unchanged.
-        if Arc::ptr_eq(latest, &spec) || !latest.needs_restart_for(&spec) {
+        if Arc::ptr_eq(latest, &spec) {
             return;
         }
+        if !latest.needs_restart_for(&spec) {
+            // Changed, but its mtime did not grow: ignored, and said so
+            // once per ignored declaration (a polled source delivers it
+            // again and again).
+            let new = job
+                .ignored
+                .as_ref()
+                .is_none_or(|last| !Arc::ptr_eq(last, &spec) && **last != *spec);
+            if new && **latest != *spec {
+                self.ignored.push(id.clone());
+                job.ignored = Some(spec);
+            }
+            return;
+        }
+        job.ignored = None;
         match job.state {
             State::Running(_) => {
                 job.pending = Some(spec);
-                self.stop(now, &id, Then::Start);
+                self.stop(now, &id, Then::Start, Reason::Updated);
+            }
+            State::Stopping { .. } => {
+                job.pending = Some(spec);
+                // A stop for another reason now ends in this update.
+                if job.why != Reason::Removed {
+                    job.why = Reason::Updated;
+                }
             }
             // A paused job keeps the update for when it is resumed.
-            State::Stopping { .. } | State::Paused => job.pending = Some(spec),
+            State::Paused => job.pending = Some(spec),
             State::Backoff { .. } => {
                 job.spec = spec;
                 job.backoff.reset();
-                self.start(now, &id);
+                self.start(now, &id, Reason::Updated);
             }
         }
     }
@@ -1294,8 +1432,9 @@ impl Supervisor {
         job.pending = None;
         // Removed from the source: nothing to hold any more.
         job.paused = false;
+        job.why = Reason::Removed;
         match job.state {
-            State::Running(_) => self.stop(now, id, Then::Forget),
+            State::Running(_) => self.stop(now, id, Then::Forget, Reason::Removed),
             State::Stopping { proc, kill_at, .. } => self.set_state(
                 id,
                 State::Stopping {
@@ -1308,10 +1447,11 @@ impl Supervisor {
         }
     }
 
-    /// Spawns a new process for job `id`, which has none; a paused job is
-    /// held instead (state `Paused`): the one place that makes sure a
-    /// paused job never runs, whatever path wanted to start it.
-    fn start(&mut self, now: Instant, id: &JobId) {
+    /// Spawns a new process for job `id`, which has none, for reason
+    /// `why`; a paused job is held instead (state `Paused`): the one place
+    /// that makes sure a paused job never runs, whatever path wanted to
+    /// start it.
+    fn start(&mut self, now: Instant, id: &JobId, why: Reason) {
         let job = self
             .jobs
             .get_mut(id)
@@ -1335,11 +1475,13 @@ impl Supervisor {
             job.restarts += 1;
         }
         job.status_text = None;
+        job.why = why;
         let live = Liveness::new(now, &job.spec);
         self.actions.push_back(Action::Spawn {
             run,
             job: id.clone(),
             spec: job.spec.clone(),
+            reason: why,
         });
         self.runs.insert(run, id.clone());
         self.set_state(
@@ -1353,16 +1495,21 @@ impl Supervisor {
         );
     }
 
-    /// Asks job `id`'s running process to stop, with SIGKILL after its
-    /// timeout.
-    fn stop(&mut self, now: Instant, id: &JobId, then: Then) {
-        let job = &self.jobs[id];
+    /// Asks job `id`'s running process to stop, for reason `why`, with
+    /// SIGKILL after its timeout.
+    fn stop(&mut self, now: Instant, id: &JobId, then: Then, why: Reason) {
+        let job = self
+            .jobs
+            .get_mut(id)
+            .expect("invariant: stopping a known job");
         let State::Running(proc) = job.state else {
             unreachable!("invariant: only a running job is stopped");
         };
+        job.why = why;
         self.actions.push_back(Action::Signal {
             run: proc.run,
             signal: job.spec.stop_signal,
+            reason: why,
         });
         let kill_at = Some(now + job.spec.shutdown_timeout);
         self.set_state(
@@ -1383,6 +1530,7 @@ impl Supervisor {
             self.actions.push_back(Action::Signal {
                 run: proc.run,
                 signal: Signal::Kill,
+                reason: self.jobs[id].why,
             });
             self.set_state(
                 id,

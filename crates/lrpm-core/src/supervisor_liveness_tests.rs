@@ -80,7 +80,7 @@ impl Sim {
                     self.spawns.push(job);
                     self.sup.handle_spawned(self.now, run, 100 + run.0 as u32);
                 }
-                Action::Signal { run, signal } => {
+                Action::Signal { run, signal, .. } => {
                     if let Some(job) = self.live.get(&run).cloned() {
                         self.stops.push((job, signal));
                         // Every worker here obeys its stop signal at once.

@@ -49,6 +49,9 @@ struct Sim {
     spawns: Vec<(Duration, JobId)>,
     /// Every signal, in order: (time since start, job, signal).
     signals: Vec<(Duration, JobId, Signal)>,
+    /// Every spawn's and signal's reason, in order: (job, "start" or
+    /// "stop", reason).
+    reasons: Vec<(JobId, &'static str, Reason)>,
     /// The ids of the last configuration (valid or invalid).
     declared: BTreeSet<JobId>,
     /// The valid ids of the last configuration.
@@ -90,6 +93,7 @@ impl Sim {
             next_pid: 1000,
             spawns: Vec::new(),
             signals: Vec::new(),
+            reasons: Vec::new(),
             declared: BTreeSet::new(),
             valid: BTreeSet::new(),
             max_backoff,
@@ -105,7 +109,13 @@ impl Sim {
     fn run_actions(&mut self) {
         while let Some(action) = self.sup.poll_action() {
             match action {
-                Action::Spawn { run, job, spec: _ } => {
+                Action::Spawn {
+                    run,
+                    job,
+                    spec: _,
+                    reason,
+                } => {
+                    self.reasons.push((job.clone(), "start", reason));
                     assert!(
                         self.live.values().all(|p| p.job != job),
                         "job {job} would have two live processes"
@@ -134,9 +144,14 @@ impl Sim {
                         "probe of a process that ended"
                     );
                 }
-                Action::Signal { run, signal } => {
+                Action::Signal {
+                    run,
+                    signal,
+                    reason,
+                } => {
                     let t = self.t();
                     if let Some(p) = self.live.get_mut(&run) {
+                        self.reasons.push((p.job.clone(), "stop", reason));
                         p.signals.push(signal);
                         self.signals.push((t, p.job.clone(), signal));
                         if signal == Signal::Kill {
@@ -317,6 +332,97 @@ fn added_jobs_start_at_once() {
     assert_eq!(sim.job("a").restarts, 0);
     assert!(sim.job("a").pid.is_some());
     assert_eq!(sim.sup.poll_timeout(), None, "nothing to wake up for");
+}
+
+#[test]
+fn every_start_and_stop_says_why() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a")), ("b", spec("b"))]));
+    sim.advance(SEC * 60);
+    // Updated: the old process stops, the new declaration starts.
+    sim.config(decl(&[("a", spec("a2")), ("b", spec("b"))]));
+    sim.exit("a", 0);
+    // A crash after a long run, and one after a short run (backoff).
+    sim.advance(SEC * 60);
+    sim.exit("b", 1);
+    sim.exit("b", 1);
+    sim.advance(SEC * 5);
+    // An operator's restart.
+    sim.sup
+        .restart(sim.now, &JobId::from("a"))
+        .expect("restart");
+    sim.run_actions();
+    sim.exit("a", 0);
+    // Removed.
+    sim.config(decl(&[("b", spec("b"))]));
+    sim.exit("a", 0);
+    // Shutdown.
+    sim.sup.shutdown(sim.now);
+    sim.run_actions();
+    let got: Vec<(&str, &str, &str)> = sim
+        .reasons
+        .iter()
+        .map(|(job, what, why)| (job.as_str(), *what, why.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a", "start", "added"),
+            ("b", "start", "added"),
+            ("a", "stop", "updated"),
+            ("a", "start", "updated"),
+            ("b", "start", "crashed"),
+            ("b", "start", "crashed"),
+            ("a", "stop", "operator"),
+            ("a", "start", "operator"),
+            ("a", "stop", "removed"),
+            ("b", "stop", "shutdown"),
+        ]
+    );
+}
+
+#[test]
+fn an_exit_after_a_stop_says_why_it_was_stopped() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    sim.config(decl(&[]));
+    let run = sim.run_of("a").expect("a process");
+    sim.live.remove(&run);
+    assert_eq!(
+        sim.sup.handle_exit(sim.now, run, ExitStatus::code(0)),
+        AfterExit::Stopped(Reason::Removed)
+    );
+    // Removed while stopping, then declared again: it starts as a new job.
+    sim.config(decl(&[("b", spec("b"))]));
+    sim.config(decl(&[]));
+    sim.config(decl(&[("b", spec("b2"))]));
+    sim.exit("b", 0);
+    assert_eq!(sim.reasons.last().map(|r| r.2), Some(Reason::Added));
+}
+
+#[test]
+fn a_change_ignored_for_its_mtime_is_reported_once() {
+    let mut sim = Sim::new();
+    let mut first = spec("a");
+    first.mtime = Some(10);
+    sim.config(decl(&[("a", first.clone())]));
+    assert!(sim.sup.take_ignored().is_empty());
+    let mut changed = spec("a2");
+    changed.mtime = Some(10);
+    sim.config(decl(&[("a", changed.clone())]));
+    assert_eq!(sim.sup.take_ignored(), [JobId::from("a")]);
+    // Delivered again (a polled source): said already.
+    sim.config(decl(&[("a", changed.clone())]));
+    assert!(sim.sup.take_ignored().is_empty());
+    // Another ignored change is reported; the same text as the running
+    // one is no change at all.
+    let mut again = spec("a3");
+    again.mtime = Some(9);
+    sim.config(decl(&[("a", again)]));
+    assert_eq!(sim.sup.take_ignored(), [JobId::from("a")]);
+    sim.config(decl(&[("a", first)]));
+    assert!(sim.sup.take_ignored().is_empty());
+    assert_eq!(sim.spawn_count("a"), 1);
 }
 
 #[test]

@@ -51,7 +51,8 @@ pub(crate) const WORKER_ROLE: &str = "__lrpm-worker";
 /// The first argument of a configuration sandbox:
 /// `BINARY __lrpm-config INTERVAL`.
 pub(crate) const CONFIG_ROLE: &str = "__lrpm-config";
-/// The first argument of an output hub: `BINARY __lrpm-output-hub FD`.
+/// The first argument of an output hub: `BINARY __lrpm-output-hub FD
+/// [json]`.
 pub(crate) const HUB_ROLE: &str = "__lrpm-output-hub";
 
 /// What a run of the lrpm binary (or of a library-mode binary) is for,
@@ -76,6 +77,9 @@ pub(crate) enum Role {
     OutputHub {
         /// Its socket's descriptor number.
         fd: RawFd,
+        /// Whether it writes workers' lines as JSON objects (`--log-format
+        /// json`) rather than prefixed text.
+        json: bool,
     },
 }
 
@@ -104,10 +108,13 @@ impl Role {
                     "{CONFIG_ROLE} needs the interval in seconds"
                 ))),
             },
-            Some(HUB_ROLE) => match arg(2).and_then(|s| s.parse::<RawFd>().ok()) {
-                Some(fd) if fd > 2 => Ok(Role::OutputHub { fd }),
+            Some(HUB_ROLE) => match (arg(2).and_then(|s| s.parse::<RawFd>().ok()), arg(3)) {
+                (Some(fd), format @ (None | Some("json"))) if fd > 2 => Ok(Role::OutputHub {
+                    fd,
+                    json: format.is_some(),
+                }),
                 _ => Err(RoleError(format!(
-                    "{HUB_ROLE} needs the descriptor of its socket"
+                    "{HUB_ROLE} needs the descriptor of its socket (and `json`, or nothing)"
                 ))),
             },
             _ => Ok(Role::Supervisor),
@@ -122,7 +129,13 @@ impl Role {
             Role::Config { interval_secs } => {
                 vec![CONFIG_ROLE.to_owned(), interval_secs.to_string()]
             }
-            Role::OutputHub { fd } => vec![HUB_ROLE.to_owned(), fd.to_string()],
+            Role::OutputHub { fd, json } => {
+                let mut args = vec![HUB_ROLE.to_owned(), fd.to_string()];
+                if *json {
+                    args.push("json".to_owned());
+                }
+                args
+            }
         }
     }
 
@@ -145,9 +158,12 @@ impl Role {
     }
 
     /// The role of an output hub that is handed its socket by
-    /// [`SpawnRequest::hand`].
-    pub(crate) fn handed_hub() -> Role {
-        Role::OutputHub { fd: HANDED_FD }
+    /// [`SpawnRequest::hand`], writing JSON lines if `json`.
+    pub(crate) fn handed_hub(json: bool) -> Role {
+        Role::OutputHub {
+            fd: HANDED_FD,
+            json,
+        }
     }
 }
 
@@ -233,7 +249,8 @@ mod tests {
             },
             Role::Config { interval_secs: 2.5 },
             Role::Config { interval_secs: 0.0 },
-            Role::handed_hub(),
+            Role::handed_hub(false),
+            Role::handed_hub(true),
         ] {
             let mut argv = vec!["lrpm".to_owned()];
             argv.extend(role.args());
@@ -256,6 +273,7 @@ mod tests {
             &["lrpm", CONFIG_ROLE, "NaN"],
             &["lrpm", HUB_ROLE, "2"],
             &["lrpm", HUB_ROLE, "x"],
+            &["lrpm", HUB_ROLE, "3", "yaml"],
         ] {
             assert!(Role::parse(&args(broken)).is_err(), "{broken:?}");
         }

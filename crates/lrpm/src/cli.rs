@@ -5,6 +5,7 @@
 //! [`Args`], and [`Args::validate`] turns those into [`Options`], the
 //! settings the supervisor runs with, or a usage error (exit code 64).
 
+use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,6 +32,30 @@ pub(crate) enum Generate {
     CompleteZsh,
     /// The completion script of fish.
     CompleteFish,
+}
+
+/// When lrpm's text log is coloured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ColorChoice {
+    /// When stderr is a terminal and NO_COLOR is unset (or empty).
+    Auto,
+    /// Always, even into a file or a pipe, and whatever NO_COLOR says.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether the log gets colours, given whether stderr is a terminal
+    /// and the value of NO_COLOR (<https://no-color.org>: set and not
+    /// empty means no colours; an explicit `--color always` wins).
+    pub(crate) fn colours(self, stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => stderr_is_terminal && no_color.is_none_or(OsStr::is_empty),
+        }
+    }
 }
 
 /// lrpm: a long-running process manager.
@@ -119,9 +144,15 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub(crate) worker_oom_score_adj: Option<String>,
 
-    /// Log line format.
+    /// Log line format. With `json`, workers' lines are JSON objects too
+    /// (`ts`, `job`, `stream`, `line`).
     #[arg(long, value_enum, default_value = "text")]
     pub(crate) log_format: LogFormat,
+
+    /// When the text log is coloured: `auto` (stderr is a terminal and
+    /// NO_COLOR is not set), `always` or `never`.
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
+    pub(crate) color: ColorChoice,
 
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
@@ -193,6 +224,8 @@ pub(crate) struct Options {
     pub(crate) worker_oom_score_adj: Option<i32>,
     /// Log format.
     pub(crate) log_format: LogFormat,
+    /// Whether the text log is coloured.
+    pub(crate) color: ColorChoice,
     /// Log level.
     pub(crate) log_level: tracing::Level,
     /// Where `--metrics` serves, if it does.
@@ -290,6 +323,7 @@ impl Args {
             oom_score_adj,
             worker_oom_score_adj,
             log_format: self.log_format,
+            color: self.color,
             log_level,
             metrics,
             cluster,
@@ -384,6 +418,24 @@ mod tests {
         for bad in ["", "host", "example.com:80", "1.2.3.4", "70000"] {
             assert!(metrics_addr(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color_unless_told() {
+        let set = Some(OsStr::new("1"));
+        let empty = Some(OsStr::new(""));
+        assert!(ColorChoice::Auto.colours(true, None));
+        assert!(ColorChoice::Auto.colours(true, empty));
+        assert!(!ColorChoice::Auto.colours(true, set));
+        assert!(!ColorChoice::Auto.colours(false, None));
+        assert!(ColorChoice::Always.colours(false, set));
+        assert!(!ColorChoice::Never.colours(true, None));
+        let args = Args::try_parse_from(["lrpm", "--color", "never", "jobs.toml"]).expect("parse");
+        assert_eq!(
+            args.validate(false).expect("valid").color,
+            ColorChoice::Never
+        );
+        assert!(Args::try_parse_from(["lrpm", "--color", "sometimes", "jobs.toml"]).is_err());
     }
 
     #[test]

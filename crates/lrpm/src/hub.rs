@@ -87,7 +87,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::base::Role;
-use crate::output::{Output, WorkerDone};
+use crate::output::{LineFormat, Output, WorkerDone};
 use crate::stdio::{self, Losses, Stream};
 
 /// Descriptors a hub keeps for itself (stdio, its socket, the runtime's)
@@ -138,6 +138,8 @@ struct Pool {
     capacity: usize,
     /// How a hub is spawned.
     ctx: SpawnContext,
+    /// How its hubs write workers' lines.
+    format: LineFormat,
     /// The hubs that are alive, and their watchers (which reap them).
     hubs: Vec<(Arc<Hub>, JoinHandle<()>)>,
     /// No hub is started before then: the last start failed.
@@ -161,8 +163,9 @@ struct Hub {
 
 impl Hubs {
     /// The hubs of the current process, given its descriptor limit (after
-    /// it was raised); `None` when the soft limit is unlimited.
-    pub(crate) fn new(ctx: SpawnContext) -> Option<Hubs> {
+    /// it was raised), writing workers' lines in `format`; `None` when the
+    /// soft limit is unlimited.
+    pub(crate) fn new(ctx: SpawnContext, format: LineFormat) -> Option<Hubs> {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
         let soft = limit.current?;
         let hard = limit.maximum.unwrap_or(soft).max(soft);
@@ -171,6 +174,7 @@ impl Hubs {
             threshold: RawFd::try_from(soft / 2).unwrap_or(RawFd::MAX),
             capacity: capacity.max(1),
             ctx,
+            format,
             hubs: Vec::new(),
             retry_at: None,
             closing: false,
@@ -269,7 +273,7 @@ impl Pool {
         if self.retry_at.is_some_and(|at| Instant::now() < at) {
             return None;
         }
-        match spawn_hub(&self.ctx) {
+        match spawn_hub(&self.ctx, self.format) {
             Ok(hub) => {
                 self.retry_at = None;
                 tracing::info!(
@@ -292,14 +296,18 @@ impl Pool {
 
 /// Spawns a hub: `/proc/self/exe __lrpm-output-hub 3`, its socket handed
 /// on as descriptor 3.
-fn spawn_hub(ctx: &SpawnContext) -> io::Result<Arc<Hub>> {
+fn spawn_hub(ctx: &SpawnContext, format: LineFormat) -> io::Result<Arc<Hub>> {
     let (ours, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
     )?;
-    let request = Role::handed_hub().request().inherit_output().hand(theirs);
+    let json = format == LineFormat::Json;
+    let request = Role::handed_hub(json)
+        .request()
+        .inherit_output()
+        .hand(theirs);
     let spawned = spawn_command(request, ctx).map_err(io::Error::other)?;
     let child = AsyncChild::new(spawned.pid, spawned.pidfd)?;
     let sock = register(ours, Interest::READABLE | Interest::WRITABLE).map_err(|(_, e)| e)?;
@@ -514,7 +522,7 @@ async fn watch(hub: Arc<Hub>) {
 
 /// Runs an output hub on the socket `fd` that lrpm handed it. Returns once
 /// lrpm closed the socket and every pipe the hub held reached its end.
-pub(crate) fn run(fd: RawFd) -> ExitCode {
+pub(crate) fn run(fd: RawFd, format: LineFormat) -> ExitCode {
     // A hub holds two descriptors per worker: as many as it may.
     let _ = lrpm_process::fd::raise_nofile_limit();
     let sock = match lrpm_process::fd::take_handed(fd) {
@@ -534,7 +542,7 @@ pub(crate) fn run(fd: RawFd) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (output, thread) = match Output::start() {
+    let (output, thread) = match Output::start(format) {
         Ok(started) => started,
         Err(e) => {
             eprintln!("lrpm output hub: {e}");

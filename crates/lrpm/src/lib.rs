@@ -51,7 +51,7 @@ use lrpm_process::containment::Containment;
 use crate::base::{EX_IOERR, EX_NOINPUT, EX_USAGE, HIDDEN_ENV, Role};
 use crate::cli::{Args, LogFormat, Options};
 use crate::hub::Forwarding;
-use crate::output::Output;
+use crate::output::{LineFormat, Output};
 use crate::runtime::Shell;
 use crate::source::{OpenError, SourceMonitor, SourceOptions};
 
@@ -102,7 +102,7 @@ fn run_as(args: Vec<OsString>, library: Option<library::Lrpm>) -> ExitCode {
     };
     match (role, library) {
         (Role::Supervisor, library) => supervise_args(args, library),
-        (Role::OutputHub { fd }, _) => hub::run(fd),
+        (Role::OutputHub { fd, json }, _) => hub::run(fd, LineFormat::json_if(json)),
         (Role::Worker { class }, Some(library)) => library.run_worker(&class),
         (Role::Config { interval_secs }, Some(library)) => {
             library.run_config(std::time::Duration::from_secs_f64(interval_secs))
@@ -189,8 +189,13 @@ fn init_logging(options: &Options) -> std::io::Result<()> {
     let filter = tracing_subscriber::EnvFilter::builder()
         .with_default_directive(options.log_level.into())
         .from_env_lossy();
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ansi = options
+        .color
+        .colours(terminal, std::env::var_os("NO_COLOR").as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(stdio::start_log_thread()?)
         // Its report of a failed write is an `eprintln!`, which panics on a
         // broken stderr; the writer never fails anyway.
@@ -311,9 +316,10 @@ fn supervise(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (output, output_thread) = Output::start()?;
+    let format = LineFormat::json_if(options.log_format == LogFormat::Json);
+    let (output, output_thread) = Output::start(format)?;
     let spawn_ctx = SpawnContext::current(child_nofile, HIDDEN_ENV);
-    let hubs = hub::Hubs::new(spawn_ctx.clone());
+    let hubs = hub::Hubs::new(spawn_ctx.clone(), format);
     let forwarding = Forwarding::new(output, hubs.clone());
     let code = rt.block_on(async move {
         let (control_tx, control) = mpsc::channel(64);

@@ -21,6 +21,12 @@
 //! bound (at most [`QUEUE_BYTES`] in the queue, whatever the lines'
 //! lengths).
 //!
+//! With `--log-format json` ([`LineFormat::Json`]) each line is a JSON
+//! object instead, `{"ts":…,"job":…,"stream":…,"line":…}`: `ts` is the
+//! RFC 3339 time at which lrpm read the line from the pipe, `line` the
+//! line's text (bytes that are not UTF-8 replaced by U+FFFD), so that a
+//! log collector parses every line of lrpm's stdout and stderr alike.
+//!
 //! An output hub (the `hub` module) runs this same code
 //! ([`Output::forward_counted`]) with its own queue and writer thread, to
 //! the same stdout and stderr. Idle streams cost little: no buffer of their
@@ -28,11 +34,13 @@
 //! streams.
 
 use std::io;
+use std::io::Write as _;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use lrpm_core::human;
 use lrpm_core::job::JobId;
 
 use crate::lines::{Line as PipeLine, LineReader, Overlong};
@@ -65,12 +73,78 @@ struct Line {
     _budget: OwnedSemaphorePermit,
 }
 
+/// How a worker's line is written to lrpm's stdout or stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LineFormat {
+    /// `[job-id] line`.
+    Prefixed,
+    /// `{"ts":"2026-12-06T20:01:02.123456Z","job":"job-id","stream":"stdout","line":"line"}`.
+    Json,
+}
+
+impl LineFormat {
+    /// [`LineFormat::Json`] if `json`, else [`LineFormat::Prefixed`].
+    pub(crate) fn json_if(json: bool) -> Self {
+        if json {
+            LineFormat::Json
+        } else {
+            LineFormat::Prefixed
+        }
+    }
+
+    /// What comes before each line of `job`'s `stream`: `[job] `, or the
+    /// middle of the JSON object (`,"job":…,"stream":…,"line":`).
+    fn prefix(self, job: &JobId, stream: Stream) -> Arc<[u8]> {
+        match self {
+            LineFormat::Prefixed => format!("[{job}] ").into_bytes().into(),
+            LineFormat::Json => {
+                let name = match stream {
+                    Stream::Stderr => "stderr",
+                    Stream::Stdout | Stream::Log => "stdout",
+                };
+                let job =
+                    serde_json::to_string(job.as_str()).expect("invariant: a string serializes");
+                format!(r#","job":{job},"stream":"{name}","line":"#)
+                    .into_bytes()
+                    .into()
+            }
+        }
+    }
+
+    /// The bytes of `line` as written, with its `prefix` and a newline;
+    /// `at` is when it was read.
+    fn format(self, prefix: &[u8], line: &[u8], at: SystemTime) -> Vec<u8> {
+        match self {
+            LineFormat::Prefixed => {
+                let mut bytes = Vec::with_capacity(prefix.len() + line.len() + 1);
+                bytes.extend_from_slice(prefix);
+                bytes.extend_from_slice(line);
+                bytes.push(b'\n');
+                bytes
+            }
+            LineFormat::Json => {
+                let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+                let mut bytes = Vec::with_capacity(prefix.len() + line.len() + 48);
+                let _ = write!(bytes, r#"{{"ts":"{}""#, human::timestamp(since_epoch));
+                bytes.extend_from_slice(prefix);
+                let text = String::from_utf8_lossy(line);
+                serde_json::to_writer(&mut bytes, text.as_ref())
+                    .expect("invariant: a string serializes into a Vec");
+                bytes.extend_from_slice(b"}\n");
+                bytes
+            }
+        }
+    }
+}
+
 /// A handle to the output writer; clones share it.
 #[derive(Debug, Clone)]
 pub(crate) struct Output {
     tx: mpsc::UnboundedSender<Line>,
     /// The bytes the queue may still take.
     budget: Arc<Semaphore>,
+    /// How lines are written.
+    format: LineFormat,
 }
 
 /// Reports, when dropped, that the output of one worker has ended: an output
@@ -121,9 +195,9 @@ impl OutputThread {
 }
 
 impl Output {
-    /// Starts the writer thread.
-    pub(crate) fn start() -> io::Result<(Output, OutputThread)> {
-        let (output, rx) = Output::queue();
+    /// Starts the writer thread, which writes lines in `format`.
+    pub(crate) fn start(format: LineFormat) -> io::Result<(Output, OutputThread)> {
+        let (output, rx) = Output::queue(format);
         let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("lrpm-output".into())
@@ -135,10 +209,10 @@ impl Output {
     }
 
     /// A handle and the receiving end of its queue.
-    fn queue() -> (Output, mpsc::UnboundedReceiver<Line>) {
+    fn queue(format: LineFormat) -> (Output, mpsc::UnboundedReceiver<Line>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
-        (Output { tx, budget }, rx)
+        (Output { tx, budget, format }, rx)
     }
 
     /// Forwards a worker's stdout and stderr until they are closed.
@@ -165,9 +239,12 @@ impl Output {
         stderr: OwnedFd,
         done: Option<Arc<WorkerDone>>,
     ) {
-        // One allocation for both streams' prefix.
-        let prefix: Arc<[u8]> = format!("[{job}] ").into_bytes().into();
+        // One allocation for both streams' prefix, where they share it.
+        let mut prefix = self.format.prefix(job, Stream::Stdout);
         for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
+            if stream == Stream::Stderr && self.format == LineFormat::Json {
+                prefix = self.format.prefix(job, stream);
+            }
             match pipe::Receiver::from_owned_fd(fd) {
                 Ok(rx) => {
                     let task = forward_pipe(rx, prefix.clone(), stream, self.clone(), done.clone());
@@ -221,20 +298,32 @@ struct Closed;
 impl Output {
     /// Queues one prefixed line, once the queue has room for it.
     async fn send(&self, prefix: &[u8], line: &[u8], stream: Stream) -> Result<(), Closed> {
+        let at = SystemTime::now();
         let len = prefix.len() + line.len() + 1;
         // A line is at most MAX_LINE plus its prefix, far below the budget
         // and u32::MAX.
-        let cost = u32::try_from((len + LINE_OVERHEAD).min(QUEUE_BYTES)).map_err(|_| Closed)?;
-        let budget = self
+        let cost = |len: usize| u32::try_from((len + LINE_OVERHEAD).min(QUEUE_BYTES));
+        let mut budget = self
             .budget
             .clone()
-            .acquire_many_owned(cost)
+            .acquire_many_owned(cost(len).map_err(|_| Closed)?)
             .await
             .map_err(|_| Closed)?;
-        let mut bytes = Vec::with_capacity(len);
-        bytes.extend_from_slice(prefix);
-        bytes.extend_from_slice(line);
-        bytes.push(b'\n');
+        let bytes = self.format.format(prefix, line, at);
+        // A JSON line's escapes make it longer: it takes the rest too.
+        if bytes.len() > len {
+            let held = u32::try_from(budget.num_permits()).unwrap_or(u32::MAX);
+            let more = cost(bytes.len()).map_err(|_| Closed)?.saturating_sub(held);
+            if more > 0 {
+                let extra = self
+                    .budget
+                    .clone()
+                    .acquire_many_owned(more)
+                    .await
+                    .map_err(|_| Closed)?;
+                budget.merge(extra);
+            }
+        }
         Recovery::queued(stream, 1);
         self.tx
             .send(Line {
@@ -324,7 +413,7 @@ mod tests {
             let mut w = std::fs::File::from(w);
             let _ = w.write_all(input);
         });
-        let (output, mut rx) = Output::queue();
+        let (output, mut rx) = Output::queue(LineFormat::Prefixed);
         let rx_pipe = pipe::Receiver::from_owned_fd(r).expect("receiver");
         let prefix: Arc<[u8]> = b"[j] ".to_vec().into();
         forward_pipe(rx_pipe, prefix, Stream::Stdout, output, None).await;
@@ -349,9 +438,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_json_line_is_one_object_whatever_the_bytes() {
+        let job = JobId::from("evil\"\n\u{1b}[2J");
+        let prefix = LineFormat::Json.prefix(&job, Stream::Stderr);
+        let at = UNIX_EPOCH + Duration::new(1_796_587_262, 123_456_789);
+        let bytes = LineFormat::Json.format(&prefix, b"a \"quote\"\t\x1b[31m \xff\x00", at);
+        assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert!(bytes.ends_with(b"}\n"));
+        let value: serde_json::Value = serde_json::from_slice(&bytes).expect("one JSON object");
+        assert_eq!(value["ts"], "2026-12-06T20:01:02.123456Z");
+        assert_eq!(value["job"], job.as_str());
+        assert_eq!(value["stream"], "stderr");
+        assert_eq!(value["line"], "a \"quote\"\t\u{1b}[31m \u{fffd}\u{0}");
+    }
+
     #[tokio::test]
     async fn the_queue_holds_a_bounded_number_of_bytes() {
-        let (output, mut rx) = Output::queue();
+        let (output, mut rx) = Output::queue(LineFormat::Prefixed);
         let line = vec![b'x'; MAX_LINE];
         let mut queued = 0;
         // Without a writer, sending stops once the budget is spent.

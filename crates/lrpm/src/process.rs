@@ -60,7 +60,7 @@ use std::time::Instant;
 
 use lrpm_core::job::{JobId, JobSpec, Program, Signal};
 use lrpm_core::status::ExitStatus;
-use lrpm_core::supervisor::RunId;
+use lrpm_core::supervisor::{Reason, RunId};
 use lrpm_process::children::{
     reap_child_blocking, reap_pid_blocking, waitid_pid_status, waitid_status,
 };
@@ -627,6 +627,8 @@ pub(crate) struct Spawn {
     pub(crate) job: JobId,
     /// The declaration it runs.
     pub(crate) spec: Arc<JobSpec>,
+    /// Why it starts, for the log.
+    pub(crate) reason: Reason,
 }
 
 /// A run just started: its pid and the read ends of its stdout and stderr,
@@ -658,7 +660,7 @@ fn start(
     notify_socket: Option<&str>,
     s: &Spawn,
 ) -> Starting {
-    let Spawn { run, job, spec } = s;
+    let Spawn { run, job, spec, .. } = s;
     let run = *run;
     let (cgroup, procs) = match cgroups {
         None => (None, None),

@@ -29,8 +29,8 @@ use lrpm_core::human;
 use lrpm_core::job::{JobId, Signal};
 use lrpm_core::status::{ExitStatus, SupervisorStatus};
 use lrpm_core::supervisor::{
-    Action, AfterExit, CommandError, ConfigOutcome, Interrupted, Notified, ProbeOutcome, RunId,
-    Signalled, Supervisor,
+    Action, AfterExit, CommandError, ConfigOutcome, Interrupted, Notified, ProbeOutcome, Reason,
+    RunId, Signalled, Supervisor,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -275,7 +275,7 @@ impl Shell {
     /// Logs a shutdown that the core began, and stops the source: nothing
     /// it loads would be applied.
     fn shutdown_began(&mut self, why: &str, jobs: usize) {
-        tracing::info!("{why}: shutting down {jobs} jobs");
+        tracing::info!("{why}: shutting down {}", human::count(jobs, "job"));
         self.systemd.stopping(why);
         self.source.stop();
     }
@@ -300,10 +300,15 @@ impl Shell {
         // The time of the exit, not of its handling: under a storm the two
         // are seconds apart, and a short run must not count as a long one.
         match self.core.handle_exit(exit.at, exit.run, status) {
-            AfterExit::Stopped => tracing::info!(job = %job, "stopped ({how})"),
-            AfterExit::Restarted => tracing::warn!(job = %job, "{how}; restarting"),
+            AfterExit::Stopped(reason) => {
+                tracing::info!(job = %job, %reason, "stopped ({how})");
+            }
+            AfterExit::Restarted => {
+                tracing::warn!(job = %job, reason = %Reason::Crashed, "{how}; restarting");
+            }
             AfterExit::Backoff(delay) => tracing::warn!(
                 job = %job,
+                reason = %Reason::Crashed,
                 "{how} too soon; restarting in {}",
                 human::duration(delay)
             ),
@@ -332,23 +337,44 @@ impl Shell {
                 // not 100,000 log lines: status lists them all.
                 let unlogged = |n: usize| n.saturating_sub(LOGGED_PROBLEMS);
                 for (id, reason) in decl.invalid.iter().take(LOGGED_PROBLEMS) {
-                    tracing::error!(job = %id, "invalid job left out: {}", human::cut(reason));
+                    if self.core.is_declared(id) {
+                        tracing::error!(
+                            job = %id,
+                            "invalid declaration ignored, the job keeps its last valid one: {}",
+                            human::cut(reason)
+                        );
+                    } else {
+                        tracing::error!(job = %id, "invalid job left out: {}", human::cut(reason));
+                    }
                 }
                 if unlogged(decl.invalid.len()) > 0 {
                     let more = unlogged(decl.invalid.len());
-                    tracing::error!("… and {more} more invalid jobs (see lrpmctl status)");
+                    tracing::error!(
+                        "… and {} (see lrpmctl status)",
+                        human::count(more, "more invalid job")
+                    );
                 }
                 for warning in decl.warnings.iter().take(LOGGED_PROBLEMS) {
                     tracing::warn!("{}", human::cut(warning));
                 }
                 if unlogged(decl.warnings.len()) > 0 {
                     let more = unlogged(decl.warnings.len());
-                    tracing::warn!("… and {more} more warnings (see lrpmctl status --json)");
+                    tracing::warn!(
+                        "… and {} (see lrpmctl status --json)",
+                        human::count(more, "more warning")
+                    );
                 }
                 tracing::debug!(jobs = decl.jobs.len(), "configuration loaded");
                 match self.core.handle_config(Instant::now(), decl) {
                     ConfigOutcome::Held(message) => tracing::warn!("{message}"),
                     ConfigOutcome::Applied | ConfigOutcome::Ignored => {}
+                }
+                for id in self.core.take_ignored().iter().take(LOGGED_PROBLEMS) {
+                    tracing::info!(
+                        job = %id,
+                        "declaration changed but its mtime did not grow: change ignored, the \
+                         job keeps running as it was (raise mtime to apply it)"
+                    );
                 }
             }
             Err(e) => {
@@ -469,12 +495,12 @@ impl Shell {
                 }
                 Err(e) => Reply::Refused(e.to_string()),
             },
-            Request::Reload { force: false } => {
+            Request::Reload { force } if !force || !self.core.has_removal_guard() => {
                 tracing::info!("reload requested");
                 self.source.reload();
                 Reply::Done("reloading the configuration".into())
             }
-            Request::Reload { force: true } => {
+            Request::Reload { .. } => {
                 tracing::warn!(
                     "forced reload requested: the configuration the source delivers next is \
                      applied whatever it removes"
@@ -606,8 +632,8 @@ impl Shell {
             for (spawn, result) in batch.into_iter().zip(results) {
                 self.spawn_done(spawn, result);
             }
-            if let Some((run, signal)) = then {
-                self.signal(run, signal);
+            if let Some((run, signal, reason)) = then {
+                self.signal(run, signal, reason);
             }
         }
         (self.core.has_pending_actions(), spawned > 0)
@@ -615,7 +641,12 @@ impl Shell {
 
     /// Tells the core how `spawn` went, and the log.
     fn spawn_done(&mut self, spawn: Spawn, result: Result<Started, SpawnError>) {
-        let Spawn { run, job, spec } = spawn;
+        let Spawn {
+            run,
+            job,
+            spec,
+            reason,
+        } = spawn;
         match result {
             Ok(Started {
                 pid,
@@ -624,7 +655,7 @@ impl Shell {
             }) => {
                 self.held_back.jobs.remove(&job);
                 self.output.forward(&job, stdout, stderr);
-                tracing::info!(job = %job, pid, "started: {}", human::cut(&spec.program));
+                tracing::info!(job = %job, pid, %reason, "started: {}", human::cut(&spec.program));
                 self.core.handle_spawned(Instant::now(), run, pid);
             }
             Err(e) if out_of_descriptors(&e) => {
@@ -662,7 +693,7 @@ impl Shell {
                     AfterExit::Backoff(d) => format!("; retrying in {}", human::duration(d)),
                     _ => String::new(),
                 };
-                tracing::error!(job = %job, "cannot start: {e}{retry}");
+                tracing::error!(job = %job, %reason, "cannot start: {e}{retry}");
             }
         }
     }
@@ -671,18 +702,32 @@ impl Shell {
     /// signals that come between them at once (they cost little), except a
     /// signal to one of these spawns' runs, which must follow its spawn: it
     /// ends the batch and is returned with it.
-    fn next_batch(&mut self, max: usize) -> (Vec<Spawn>, Option<(RunId, Signal)>) {
+    fn next_batch(&mut self, max: usize) -> (Vec<Spawn>, Option<(RunId, Signal, Reason)>) {
         let mut batch = Vec::new();
         while batch.len() < max {
             match self.core.poll_action() {
                 None => break,
-                Some(Action::Signal { run, signal }) => {
+                Some(Action::Signal {
+                    run,
+                    signal,
+                    reason,
+                }) => {
                     if batch.iter().any(|s: &Spawn| s.run == run) {
-                        return (batch, Some((run, signal)));
+                        return (batch, Some((run, signal, reason)));
                     }
-                    self.signal(run, signal);
+                    self.signal(run, signal, reason);
                 }
-                Some(Action::Spawn { run, job, spec }) => batch.push(Spawn { run, job, spec }),
+                Some(Action::Spawn {
+                    run,
+                    job,
+                    spec,
+                    reason,
+                }) => batch.push(Spawn {
+                    run,
+                    job,
+                    spec,
+                    reason,
+                }),
                 Some(Action::Probe { run, job, spec }) => self.probes.start(run, job, &spec),
             }
         }
@@ -698,18 +743,28 @@ impl Shell {
             return None;
         }
         Some(format!(
-            "lrpm's descriptor limit ({}) holds {} jobs back: their spawns fail with \"Too many \
+            "lrpm's descriptor limit ({}) holds {} back: their spawns fail with \"Too many \
              open files\" and are retried every {}; {} running workers are followed without a \
              pidfd. Raise lrpm's RLIMIT_NOFILE (LimitNOFILE=, ulimit -n)",
             descriptor_limit(),
-            self.held_back.jobs.len(),
+            human::count(self.held_back.jobs.len(), "job"),
             human::duration(DESCRIPTOR_RETRY),
             self.procs.pidless_count(),
         ))
     }
 
-    fn signal(&mut self, run: RunId, signal: Signal) {
-        tracing::debug!(?run, %signal, "signalling");
+    /// Sends `signal` to `run`'s process group, and logs the stop it
+    /// asks for with its reason.
+    fn signal(&mut self, run: RunId, signal: Signal, reason: Reason) {
+        if let Some(job) = self.core.job_of(run) {
+            if reason == Reason::Signalled {
+                tracing::debug!(job = %job, %reason, "sending {signal}");
+            } else if signal == Signal::Kill {
+                tracing::warn!(job = %job, %reason, "stopping: SIGKILL");
+            } else {
+                tracing::info!(job = %job, %reason, "stopping: {signal}");
+            }
+        }
         self.procs.signal(run, signal);
     }
 }

@@ -150,8 +150,8 @@ pub fn render(status: &Status, view: &View, sampler: &Sampler) -> String {
     let count = |state| status.jobs.iter().filter(|j| j.state == state).count();
     let _ = write!(
         out,
-        "\n{} jobs: {} running, {} backoff, {} stopping",
-        status.jobs.len(),
+        "\n{}: {} running, {} backoff, {} stopping",
+        lrpm_core::human::count(status.jobs.len(), "job"),
         count(JobState::Running),
         count(JobState::Backoff),
         count(JobState::Stopping)

@@ -101,7 +101,10 @@ fn under_a_limit_too_small_for_the_farm_status_says_the_limit_holds_jobs_back() 
         .filter(|job| job["state"] != "running")
         .collect();
     assert!(
-        held.contains(&format!("holds {} jobs back", waiting.len())),
+        held.contains(&format!(
+            "holds {} back",
+            lrpm::lrpm_core::human::count(waiting.len(), "job")
+        )),
         "{held}, {} jobs waiting",
         waiting.len()
     );

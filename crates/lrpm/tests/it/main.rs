@@ -17,6 +17,7 @@ mod health;
 mod hostile;
 mod instances;
 mod library;
+mod logging;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod notify;

@@ -1,0 +1,235 @@
+//! The spec's "Logs and observability", lrpm's own log: colours only where
+//! they belong, JSON lines that all parse (workers' lines included), a
+//! reason on every start and stop, and messages that say what happened.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{Lrpm, wait_for_value, wait_until};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Every line of `text` as a JSON object; panics on a line that is not
+/// one.
+fn json_lines(what: &str, text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|line| {
+            let value: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("a line of {what} is not JSON ({e}): {line:?}"));
+            assert!(value.is_object(), "{what}: {line}");
+            value
+        })
+        .collect()
+}
+
+/// The JSON log events of job `id` whose message starts with `message`.
+fn events<'a>(log: &'a [Value], id: &str, message: &str) -> Vec<&'a Value> {
+    log.iter()
+        .filter(|e| {
+            e["job"] == id
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))
+        })
+        .collect()
+}
+
+/// Whether `ts` is RFC 3339 in UTC as lrpm writes it:
+/// `2026-12-06T20:01:02.123456Z`.
+fn is_rfc3339(ts: &str) -> bool {
+    let b = ts.as_bytes();
+    b.len() == 27
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            4 | 7 => c == b'-',
+            10 => c == b'T',
+            13 | 16 => c == b':',
+            19 => c == b'.',
+            26 => c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+#[test]
+fn no_ansi_escape_in_the_log_when_stderr_is_a_file() {
+    // A crash loop logs warnings, which a terminal would show coloured.
+    let jobs = r#"{"c": {"name": "c", "command": "exit 3"}}"#;
+    let mut plain = Lrpm::start("jobs.json", jobs, &[]);
+    wait_until("a crash logged", LONG, || {
+        plain.stderr().contains("too soon")
+    });
+    plain.terminate();
+    let log = plain.stderr();
+    assert!(!log.contains('\u{1b}'), "an escape in the log:\n{log}");
+    // The check can fail: told to, lrpm colours a file too, whatever
+    // NO_COLOR says (an explicit flag wins).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("jobs.json");
+    std::fs::write(&config, jobs).expect("write the config");
+    let mut coloured = Lrpm::start_in(dir, config.clone(), |command| {
+        command
+            .env("NO_COLOR", "1")
+            .args(["--color", "always"])
+            .arg(&config);
+    });
+    wait_until("a crash logged", LONG, || {
+        coloured.stderr().contains("too soon")
+    });
+    coloured.terminate();
+    assert!(
+        coloured.stderr().contains("\u{1b}["),
+        "{}",
+        coloured.stderr()
+    );
+}
+
+#[test]
+fn with_json_every_line_parses_workers_lines_included() {
+    let jobs = r#"{
+        "talker": {"name": "t", "command": "printf 'out \"q\" \\033[2J\\n'; printf 'err\\tline\\n' >&2; printf 'third\\n'; exec sleep 300"},
+        "c": {"name": "c", "command": "echo bye; exit 3"}
+    }"#;
+    let mut lrpm = Lrpm::start("jobs.json", jobs, &["--log-format", "json"]);
+    wait_until("the workers' lines", LONG, || {
+        lrpm.stdout().contains("third") && lrpm.stderr().contains("err\\tline")
+    });
+    wait_until("a crash logged", LONG, || {
+        lrpm.stderr().contains("too soon")
+    });
+    lrpm.terminate();
+    let stdout = json_lines("stdout", &lrpm.stdout());
+    let stderr = json_lines("stderr", &lrpm.stderr());
+    let worker = |lines: &[Value], job: &str, text: &str| -> Value {
+        lines
+            .iter()
+            .find(|l| l["job"] == job && l["line"] == text)
+            .unwrap_or_else(|| panic!("no line {text:?} of {job} in {lines:#?}"))
+            .clone()
+    };
+    let out = worker(&stdout, "talker", "out \"q\" \u{1b}[2J");
+    assert_eq!(out["stream"], "stdout");
+    let ts = out["ts"].as_str().expect("ts");
+    assert!(is_rfc3339(ts), "{ts}");
+    worker(&stdout, "talker", "third");
+    worker(&stdout, "c", "bye");
+    let err = worker(&stderr, "talker", "err\tline");
+    assert_eq!(err["stream"], "stderr");
+    assert!(is_rfc3339(err["ts"].as_str().expect("ts")));
+    // lrpm's own events are there too, with their fields.
+    let started = events(&stderr, "talker", "started");
+    assert_eq!(started.len(), 1, "{stderr:#?}");
+    assert_eq!(started[0]["reason"], "added");
+}
+
+#[test]
+fn every_start_and_stop_says_why() {
+    let sleeper = |cmd: &str| format!(r#"{{"name": "n", "command": "{cmd}"}}"#);
+    let config = |jobs: &[(&str, String)]| {
+        let body: Vec<String> = jobs
+            .iter()
+            .map(|(id, j)| format!("\"{id}\": {j}"))
+            .collect();
+        format!("{{{}}}", body.join(","))
+    };
+    let lrpm = Lrpm::start(
+        "jobs.json",
+        &config(&[
+            ("u", sleeper("sleep 300")),
+            ("r", sleeper("sleep 300")),
+            ("o", sleeper("sleep 300")),
+            ("c", sleeper("sleep 2; exit 1")),
+        ]),
+        &["--log-format", "json"],
+    );
+    for id in ["u", "r", "o"] {
+        lrpm.running_pid(id);
+    }
+    lrpm.write_config(&config(&[
+        ("u", sleeper("sleep 301")),
+        ("o", sleeper("sleep 300")),
+        ("c", sleeper("sleep 2; exit 1")),
+    ]));
+    let out = lrpm.ctl(&["restart", "o"]);
+    assert!(out.status.success(), "{out:?}");
+    let log = wait_for_value("every reason in the log", LONG, || {
+        let log = json_lines("stderr", &lrpm.stderr());
+        let has = |id: &str, message: &str, reason: &str| {
+            events(&log, id, message)
+                .iter()
+                .any(|e| e["reason"] == reason)
+        };
+        (has("u", "stopping", "updated")
+            && has("u", "stopped", "updated")
+            && has("u", "started", "updated")
+            && has("r", "stopping", "removed")
+            && has("r", "stopped", "removed")
+            && has("o", "stopping", "operator")
+            && has("o", "started", "operator")
+            && has("c", "exited", "crashed"))
+        .then_some(log)
+    });
+    // Every start and stop line has one.
+    for e in &log {
+        let message = e["message"].as_str().unwrap_or_default();
+        if ["started", "stopping", "stopped"]
+            .iter()
+            .any(|m| message.starts_with(m))
+        {
+            assert!(e["reason"].is_string(), "no reason: {e}");
+        }
+    }
+}
+
+#[test]
+fn messages_say_what_happened() {
+    let lrpm = Lrpm::start(
+        "jobs.json",
+        r#"{"a": {"name": "a", "command": "sleep 300", "mtime": 10}}"#,
+        &[],
+    );
+    lrpm.running_pid("a");
+    // An invalid declaration of a running job: it keeps running, and the
+    // log says so (not that it was left out); a new invalid job is left
+    // out, with its misspelt key named.
+    lrpm.wait_for_load_after(|| {
+        lrpm.write_config(
+            r#"{"a": {"name": "a", "command": "sleep 300", "mtime": 10, "stopSignal": "NOPE"},
+                "b": {"name": "b", "comand": "sleep 300"}}"#,
+        );
+    });
+    let log = lrpm.stderr();
+    assert!(
+        log.contains("invalid declaration ignored, the job keeps its last valid one: stopSignal"),
+        "{log}"
+    );
+    assert!(!log.contains("invalid job left out: stopSignal"), "{log}");
+    assert!(
+        log.contains("invalid job left out: command: one of command or workerClass is required; comand: unknown key (ignored)"),
+        "{log}"
+    );
+    // A change with the same mtime is ignored, and the log says so.
+    let pid = lrpm.running_pid("a");
+    lrpm.wait_for_load_after(|| {
+        lrpm.write_config(r#"{"a": {"name": "a", "command": "sleep 301", "mtime": 10}}"#);
+    });
+    assert_eq!(lrpm.running_pid("a"), pid);
+    let log = lrpm.stderr();
+    let ignored: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("mtime did not grow"))
+        .collect();
+    assert_eq!(ignored.len(), 1, "{log}");
+    assert!(ignored[0].contains("INFO"), "{log}");
+    // `reload --force` without a removal guard does not talk of one.
+    let out = lrpm.ctl(&["reload", "--force"]);
+    assert!(out.status.success(), "{out:?}");
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!said.contains("guard"), "{said}");
+    let mut lrpm = lrpm;
+    lrpm.terminate();
+    let log = lrpm.stderr();
+    assert!(!log.contains("guard"), "{log}");
+    assert!(log.contains("shutting down 1 job"), "{log}");
+    assert!(!log.contains("1 jobs"), "{log}");
+}
