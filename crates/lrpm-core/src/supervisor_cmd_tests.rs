@@ -71,7 +71,7 @@ impl Sim {
                     self.spawns.push(job);
                     self.sup.handle_spawned(self.now, run, self.next_pid);
                 }
-                Action::Signal { run, signal } => {
+                Action::Signal { run, signal, .. } => {
                     if let Some((job, _)) = self.live.get(&run) {
                         self.signals.push((job.clone(), signal));
                         if signal == Signal::Kill {

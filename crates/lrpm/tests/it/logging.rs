@@ -197,7 +197,12 @@ fn messages_say_what_happened() {
                 "b": {"name": "b", "comand": "sleep 300"}}"#,
         );
     });
-    let log = lrpm.stderr();
+    // The log is written by a thread of its own, maybe after the status
+    // that saw the load.
+    let log = wait_for_value("the invalid jobs logged", LONG, || {
+        let log = lrpm.stderr();
+        log.contains("comand").then_some(log)
+    });
     assert!(
         log.contains("invalid declaration ignored, the job keeps its last valid one: stopSignal"),
         "{log}"
@@ -213,6 +218,15 @@ fn messages_say_what_happened() {
         lrpm.write_config(r#"{"a": {"name": "a", "command": "sleep 301", "mtime": 10}}"#);
     });
     assert_eq!(lrpm.running_pid("a"), pid);
+    wait_until("the ignored change logged", LONG, || {
+        lrpm.stderr().contains("mtime did not grow")
+    });
+    // Loaded again, it is not logged again.
+    lrpm.wait_for_load_after(|| {
+        lrpm.write_config(r#"{"a": {"name": "a", "command": "sleep 301", "mtime": 10}, "z": {"name": "z", "command": "sleep 300"}}"#);
+    });
+    lrpm.running_pid("z");
+    wait_until("z's start logged", LONG, || lrpm.stderr().contains("job=z"));
     let log = lrpm.stderr();
     let ignored: Vec<&str> = log
         .lines()
@@ -226,6 +240,11 @@ fn messages_say_what_happened() {
     let said =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!said.contains("guard"), "{said}");
+    // One job left: "1 job", not "1 jobs".
+    lrpm.write_config(r#"{"a": {"name": "a", "command": "sleep 301", "mtime": 10}}"#);
+    lrpm.wait_for("z removed", LONG, |s| {
+        crate::support::job_in(s, "z").is_none()
+    });
     let mut lrpm = lrpm;
     lrpm.terminate();
     let log = lrpm.stderr();
