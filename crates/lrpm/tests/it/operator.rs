@@ -205,7 +205,7 @@ fn status_of_some_jobs_lists_only_those() {
     assert_eq!(listed, ["b", "w#0", "w#1"]);
     assert!(status["supervisor"]["pid"].is_u64());
     let table = ctl_ok(&lrpm, &["status", "a"]);
-    assert!(table.contains("1 jobs: 1 running"), "{table}");
+    assert!(table.contains("1 job: 1 running"), "{table}");
     let refused = ctl_refused(&lrpm, &["status", "a", "nope"]);
     assert!(refused.contains("no such job: nope"), "{refused}");
 }
