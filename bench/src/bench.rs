@@ -38,8 +38,13 @@ pub struct Plan {
     pub storm_jobs: usize,
     /// The storm's measuring window.
     pub storm_window: Duration,
-    /// Crash→restart samples of supervisord (about a second each).
-    pub supervisord_restart_samples: usize,
+    /// Crash→restart samples of a peer with one job (1.5 s apart).
+    pub peer_restart_samples: usize,
+    /// Crash→restart samples of a peer with 1,000 jobs (each crash of a
+    /// job not crashed before).
+    pub peer_farm_restart_samples: usize,
+    /// Additions and removals of a job, on every system's farm of 1,000.
+    pub job_set_samples: usize,
 }
 
 impl Plan {
@@ -61,7 +66,9 @@ impl Plan {
                 rest_window: Duration::from_secs(2),
                 storm_jobs: 100,
                 storm_window: Duration::from_secs(2),
-                supervisord_restart_samples: 3,
+                peer_restart_samples: 3,
+                peer_farm_restart_samples: 10,
+                job_set_samples: 5,
             }
         } else {
             Self {
@@ -74,7 +81,9 @@ impl Plan {
                 rest_window: Duration::from_secs(10),
                 storm_jobs: 100,
                 storm_window: Duration::from_secs(5),
-                supervisord_restart_samples: 15,
+                peer_restart_samples: 15,
+                peer_farm_restart_samples: 50,
+                job_set_samples: 20,
             }
         }
     }

@@ -6,8 +6,9 @@
 //! directory whose path is unique to the run: the binaries are copied there
 //! and run from there, and every worker gets the datagram socket's path
 //! (inside it) on its command line. That path is the *token*: a process
-//! whose command line contains it was started by this run, and by nothing
-//! else on the machine.
+//! whose command line contains it, or whose working directory is inside
+//! it (s6's supervisors and workers, named relative to their service
+//! directory), was started by this run, and by nothing else on the machine.
 //!
 //! The suite's direct children (lrpm, supervisord, control clients) are
 //! [`Tracked`]: each holds a pidfd, registered here, so it can be signalled
@@ -154,12 +155,13 @@ fn wait_exit(pidfd: &OwnedFd, deadline: Instant) {
     let _ = poll(&mut fds, Some(&timeout));
 }
 
-/// SIGKILLs every process carrying `token`; returns how many.
+/// SIGKILLs every process carrying `token` ([`procfs::carries`]);
+/// returns how many.
 fn kill_by_token(token: &[u8]) -> usize {
     let own = std::process::id();
     let mut killed = 0;
     for pid in procfs::all_pids() {
-        if pid == own || !procfs::contains(&procfs::cmdline(pid), token) {
+        if pid == own || !procfs::carries(pid, token) {
             continue;
         }
         let Some(raw) = Pid::from_raw(pid as i32) else {
@@ -170,9 +172,7 @@ fn kill_by_token(token: &[u8]) -> usize {
         };
         // The pidfd pins the process: checking again now makes sure the
         // pid was not recycled between the scan and the open.
-        if procfs::contains(&procfs::cmdline(pid), token)
-            && pidfd_send_signal(pidfd.as_fd(), Signal::KILL).is_ok()
-        {
+        if procfs::carries(pid, token) && pidfd_send_signal(pidfd.as_fd(), Signal::KILL).is_ok() {
             killed += 1;
         }
     }

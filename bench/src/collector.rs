@@ -173,8 +173,19 @@ impl Roster {
     /// `main` time among the reports received. Fails after `timeout`, saying
     /// how many reported.
     pub fn wait_all(&mut self, collector: &Collector, timeout: Duration) -> anyhow::Result<u64> {
+        let stamps = self.wait_all_stamps(collector, timeout)?;
+        Ok(stamps.into_iter().max().unwrap_or(0))
+    }
+
+    /// [`Roster::wait_all`], returning the `main` time of every report
+    /// received (a mass start's curve).
+    pub fn wait_all_stamps(
+        &mut self,
+        collector: &Collector,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<u64>> {
         let deadline = Instant::now() + timeout;
-        let mut last = 0;
+        let mut stamps = Vec::with_capacity(self.pids.len());
         while self.running < self.pids.len() {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(hello) = collector.recv_timeout(left) else {
@@ -185,9 +196,14 @@ impl Roster {
                 );
             };
             self.record(hello);
-            last = last.max(hello.ns);
+            stamps.push(hello.ns);
         }
-        Ok(last)
+        Ok(stamps)
+    }
+
+    /// The pids of the current workers.
+    pub fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.pids.iter().flatten().copied()
     }
 }
 

@@ -26,6 +26,9 @@ pub struct JobSet {
     /// A counter per job, written into its `env`: bumping one changes that
     /// job's declaration and nothing else, so lrpm restarts just that job.
     pub generation: Vec<u32>,
+    /// One more job, with this id, beyond `0..n` (the change of the job
+    /// set adds one and removes it again).
+    pub extra: Option<usize>,
 }
 
 impl JobSet {
@@ -34,6 +37,7 @@ impl JobSet {
         Self {
             mode,
             generation: vec![0; n],
+            extra: None,
         }
     }
 
@@ -41,7 +45,8 @@ impl JobSet {
     /// (`shortRunTimeSeconds = 0`: no run is too short, so no backoff).
     pub fn to_toml(&self, bench: &Bench) -> String {
         let mut out = String::with_capacity(self.generation.len() * 256);
-        for (id, generation) in self.generation.iter().enumerate() {
+        let extra = self.extra.map(|id| (id, &0));
+        for (id, generation) in self.generation.iter().enumerate().chain(extra) {
             let argv = bench
                 .worker_argv(id, self.mode)
                 .map(|a| format!("\"{}\"", a.replace('\\', "\\\\").replace('"', "\\\"")))

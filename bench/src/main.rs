@@ -2,9 +2,10 @@
 //!
 //! It measures lrpm on the scenarios of issue 7 (crash → restart, change
 //! of configuration, mass start, rest, shutdown, status, crash storm),
-//! measures in the same run the physical floor of the machine and
-//! supervisord on the scenarios it supports, and writes the figures, with
-//! lrpm's ratios to both, as Markdown (`docs/benchmarks.md`).
+//! measures in the same run the physical floor of the machine and lrpm's
+//! peers (supervisord, pm2, circus, s6) on the scenarios each supports, and
+//! writes the figures, with the ratios to lrpm and to the floor, and their
+//! plots (SVG), as Markdown (`docs/benchmarks.md`).
 //!
 //! Run it with `bench/run` (which builds lrpm and the suite first); see
 //! `bench/README.md`. The codemap:
@@ -12,7 +13,8 @@
 //! - `bench.rs`: the run's context (temporary directory, binaries, plan);
 //! - `cleanup.rs`: no process outlives the run, also on panic or Ctrl-C;
 //! - `collector.rs`: the workers' reports and who runs each job;
-//! - `lrpm.rs`, `supervisord.rs`: driving the two supervisors; `pg.rs`: a
+//! - `lrpm.rs`: driving lrpm; `peers/`: installing and driving its peers
+//!   (supervisord, pm2, circus, s6) through one interface; `pg.rs`: a
 //!   PostgreSQL server for the postgres part;
 //! - `scenarios/`: one module per scenario; `suite.rs`: their order;
 //! - `results.rs`, `report.rs`, `stats.rs`, `machine.rs`: the figures and
@@ -23,24 +25,25 @@ mod cleanup;
 mod collector;
 mod lrpm;
 mod machine;
+mod peers;
 mod pg;
+mod plot;
 mod procfs;
 mod report;
 mod results;
 mod scenarios;
 mod stats;
 mod suite;
-mod supervisord;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
 
 use crate::bench::{Bench, Plan};
-use crate::results::{Metric, Results, Subject};
+use crate::results::Results;
 use crate::suite::Part;
 
 /// The workspace this suite belongs to.
@@ -51,7 +54,7 @@ const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 const KEPT_MARKER: &str = "<!-- Kept by bench/run:";
 
 /// The benchmark suite of lrpm: lrpm against the physical floor of this
-/// machine and against supervisord.
+/// machine and against its peers (supervisord, pm2, circus, s6).
 
 #[derive(Debug, Parser)]
 #[command(name = "lrpm-bench", version)]
@@ -72,6 +75,10 @@ struct Args {
     /// Do not measure (nor install) supervisord.
     #[arg(long)]
     no_supervisord: bool,
+
+    /// Do not measure (nor install) any peer: supervisord, pm2, circus, s6.
+    #[arg(long)]
+    no_peers: bool,
 
     /// Where to write the Markdown report [default: docs/benchmarks.md, or
     /// target/benchmarks-quick.md with --quick].
@@ -95,8 +102,13 @@ struct Args {
 
 impl Args {
     fn runs(&self, part: Part) -> bool {
+        let peer = matches!(
+            part,
+            Part::Supervisord | Part::Pm2 | Part::Circus | Part::S6
+        );
         (self.only.is_empty() || self.only.contains(&part))
             && !(part == Part::Supervisord && self.no_supervisord)
+            && !(peer && self.no_peers)
     }
 }
 
@@ -172,22 +184,23 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let outcome = suite::lrpm(&bench, &farms, &mut results);
         record("lrpm", outcome, &mut results);
     }
-    let mut supervisord_version = None;
-    if args.runs(Part::Supervisord) {
-        match supervisord::find_or_install() {
-            Ok(programs) => {
-                supervisord_version =
-                    machine::output(Command::new(&programs.supervisord).arg("--version"));
-                let outcome = suite::supervisord(&bench, &programs, &mut results);
-                record("supervisord", outcome, &mut results);
-                let start = results.median(Metric::MassStart, Subject::Supervisord, 1000);
-                results.note(format!(
-                    "supervisord is not run with more than 1,000 programs: it took {} to \
-                     start 1,000 here.",
-                    stats::Ms(start)
-                ));
+    let mut peers = Vec::new();
+    for kind in peers::Kind::ALL {
+        let subject = kind.subject();
+        let name = subject.name();
+        if !args.runs(suite::Part::of(kind)) {
+            continue;
+        }
+        match kind.find_or_install(&workspace) {
+            Ok(installed) => {
+                peers.push((subject, installed.version.clone()));
+                let outcome = suite::peer(&bench, kind, &installed, &mut results);
+                record(name, outcome, &mut results);
             }
-            Err(e) => results.note(format!("supervisord was not measured: {e:#}")),
+            Err(e) => {
+                results.note(format!("{name} was not measured: {e:#}"));
+                peers.push((subject, format!("not measured: {e:#}")));
+            }
         }
     }
 
@@ -201,13 +214,21 @@ fn run(args: &Args) -> anyhow::Result<()> {
         quick: args.quick,
         date,
         machine: machine::Machine::probe(&bench.bins.lrpm, &workspace),
-        supervisord: supervisord_version,
+        peers,
         load_before,
         load_after: procfs::loadavg(),
         load1_before,
         duration: started.elapsed(),
     };
-    let mut markdown = report::render(&run, &results);
+    let stem = output
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("benchmarks")
+        .to_owned();
+    let report::Rendered {
+        mut markdown,
+        plots,
+    } = report::render(&run, &results, &stem);
     // The sections measured by other harnesses (lrpm-bench-etcd…), from
     // their marker on, are kept as they are.
     if let Ok(old) = std::fs::read_to_string(&output) {
@@ -220,6 +241,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&output, &markdown).with_context(|| format!("writing {}", output.display()))?;
+    for (name, svg) in plots {
+        let path = output.with_file_name(name);
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+    }
     println!("{markdown}");
     eprintln!(
         "lrpm-bench: done in {:.0} s; report written to {}",

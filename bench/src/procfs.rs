@@ -76,6 +76,9 @@ impl CpuSnapshot {
 pub struct Memory {
     /// `VmRSS`, in KiB.
     pub rss_kib: u64,
+    /// `Pss` from `/proc/PID/smaps_rollup`, in KiB (0 where the kernel
+    /// has no such file).
+    pub pss_kib: u64,
     /// `VmHWM`, the peak resident size, in KiB.
     pub hwm_kib: u64,
 }
@@ -91,8 +94,17 @@ impl Memory {
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| io::Error::other(format!("{name} missing in /proc/{pid}/status")))
         };
+        let pss_kib = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("Pss:"))
+                    .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            })
+            .unwrap_or(0);
         Ok(Self {
             rss_kib: field("VmRSS:")?,
+            pss_kib,
             hwm_kib: field("VmHWM:")?,
         })
     }
@@ -107,6 +119,7 @@ impl Memory {
             match Self::of(*pid) {
                 Ok(one) => {
                     sum.rss_kib += one.rss_kib;
+                    sum.pss_kib += one.pss_kib;
                     sum.hwm_kib += one.hwm_kib;
                 }
                 Err(e) if i == 0 => return Err(e),
@@ -171,6 +184,23 @@ pub fn loadavg() -> String {
 /// for a zombie or a process that is gone.
 pub fn cmdline(pid: u32) -> Vec<u8> {
     fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()
+}
+
+/// Whether process `pid` carries the run's `token` (the path of its
+/// temporary directory, with a final `/`): in its command line, or as the
+/// start of its working directory. The second serves s6, whose
+/// supervisors (`s6-supervise NAME`) and workers (`./run`) are named
+/// relative to their service directory, which is their working directory.
+pub fn carries(pid: u32, token: &[u8]) -> bool {
+    if contains(&cmdline(pid), token) {
+        return true;
+    }
+    let Ok(cwd) = fs::read_link(format!("/proc/{pid}/cwd")) else {
+        return false;
+    };
+    let mut cwd = cwd.into_os_string().into_encoded_bytes();
+    cwd.push(b'/');
+    !token.is_empty() && cwd.starts_with(token)
 }
 
 /// Whether `haystack` contains `needle`.

@@ -1,10 +1,12 @@
-//! The Markdown report: the run, the targets of issue 7, the figures with
-//! their ratios to the floor and to supervisord, and the method.
+//! The Markdown report: the run, the targets of issues 7 and 18, the
+//! figures with their ratios to the floor and to lrpm, every system side by
+//! side, the plots, and the method.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::machine::Machine;
+use crate::plot;
 use crate::results::{Metric, Results, Subject};
 use crate::stats::Ms;
 
@@ -19,8 +21,8 @@ pub struct Run {
     pub date: String,
     /// The machine and versions.
     pub machine: Machine,
-    /// `supervisord --version`, when it was measured.
-    pub supervisord: Option<String>,
+    /// The peers measured (or meant to be), with their versions.
+    pub peers: Vec<(Subject, String)>,
     /// The load averages before and after.
     pub load_before: String,
     /// The load averages after the run.
@@ -68,6 +70,18 @@ const ROWS: &[Row] = &[
         metric: Metric::ConfigPush,
         jobs: 1000,
         floor: Some((Metric::ExitReplace, 1, "exit → replacement")),
+    },
+    Row {
+        label: "a job added → its worker's main",
+        metric: Metric::JobAdded,
+        jobs: 1000,
+        floor: Some((Metric::ExitReplace, 1, "exit → replacement")),
+    },
+    Row {
+        label: "that job removed → its worker exited",
+        metric: Metric::JobRemoved,
+        jobs: 1000,
+        floor: Some((Metric::ExitWake, 1, "exit → wake")),
     },
     Row {
         label: "mass start",
@@ -142,6 +156,8 @@ fn label(metric: Metric, subject: Subject) -> &'static str {
         (Metric::AllRunning, _) => "start → all RUNNING (`supervisorctl status`, polled)",
         (Metric::Restart, _) => "crash → restart",
         (Metric::ConfigPush, _) => "config change → effect",
+        (Metric::JobAdded, _) => "a job added → its worker's main",
+        (Metric::JobRemoved, _) => "that job removed → its worker exited",
         (Metric::MassStart, _) => "mass start",
         (Metric::MassStartUncontained, _) => "mass start, `--cgroup off`",
         (Metric::Shutdown, _) => "shutdown",
@@ -194,17 +210,29 @@ fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
-/// Renders the whole report.
-pub fn render(run: &Run, results: &Results) -> String {
+/// The report: its Markdown, and the plots it embeds (file name, SVG),
+/// to be written beside it.
+#[derive(Debug)]
+pub struct Rendered {
+    /// The Markdown.
+    pub markdown: String,
+    /// The plots: each file's name (relative to the Markdown's directory)
+    /// and its SVG.
+    pub plots: Vec<(String, String)>,
+}
+
+/// Renders the whole report; its plots' files are named after `stem`
+/// (`benchmarks` → `benchmarks-restart.svg`).
+pub fn render(run: &Run, results: &Results, stem: &str) -> Rendered {
     let mut out = String::new();
     header(&mut out, run);
     targets(&mut out, results);
     main_table(&mut out, results);
+    let plots = systems(&mut out, run, results, stem);
     resources(&mut out, results);
     storm(&mut out, results);
     postgres(&mut out, run, results);
     subject_table(&mut out, results, Subject::Floor, "The floor");
-    subject_table(&mut out, results, Subject::Supervisord, "supervisord");
     if !results.notes().is_empty() {
         out.push_str("\n## Notes on this run\n\n");
         for note in results.notes() {
@@ -212,7 +240,243 @@ pub fn render(run: &Run, results: &Results) -> String {
         }
     }
     out.push_str(METHOD);
-    out
+    Rendered {
+        markdown: out,
+        plots,
+    }
+}
+
+/// One row of the systems' table: a scenario, at how many jobs, and the
+/// floor figure it is compared to.
+struct SystemRow {
+    label: &'static str,
+    metric: Metric,
+    jobs: usize,
+    floor: Option<(Metric, usize)>,
+}
+
+const SYSTEM_ROWS: &[SystemRow] = &[
+    SystemRow {
+        label: "crash → restart",
+        metric: Metric::Restart,
+        jobs: 1,
+        floor: Some((Metric::ExitReplace, 1)),
+    },
+    SystemRow {
+        label: "crash → restart",
+        metric: Metric::Restart,
+        jobs: 1000,
+        floor: Some((Metric::ExitReplace, 1)),
+    },
+    SystemRow {
+        label: "a job added → its worker's main",
+        metric: Metric::JobAdded,
+        jobs: 1000,
+        floor: Some((Metric::ExitReplace, 1)),
+    },
+    SystemRow {
+        label: "that job removed → its worker exited",
+        metric: Metric::JobRemoved,
+        jobs: 1000,
+        floor: Some((Metric::ExitWake, 1)),
+    },
+    SystemRow {
+        label: "mass start → every main ran",
+        metric: Metric::MassStart,
+        jobs: 1000,
+        floor: Some((Metric::MassStart, 1000)),
+    },
+    SystemRow {
+        label: "mass start → all RUNNING by its own account (polled)",
+        metric: Metric::AllRunning,
+        jobs: 1000,
+        floor: Some((Metric::MassStart, 1000)),
+    },
+    SystemRow {
+        label: "shutdown → every worker exited",
+        metric: Metric::Shutdown,
+        jobs: 1000,
+        floor: Some((Metric::Shutdown, 1000)),
+    },
+    SystemRow {
+        label: "status, raw (no client)",
+        metric: Metric::StatusSocket,
+        jobs: 1000,
+        floor: None,
+    },
+    SystemRow {
+        label: "status table (its client)",
+        metric: Metric::StatusTable,
+        jobs: 1000,
+        floor: None,
+    },
+];
+
+/// Why `subject` has no figure for `metric`, when it cannot have one.
+fn cannot(subject: Subject, metric: Metric) -> Option<&'static str> {
+    match (subject, metric) {
+        (Subject::Pm2, Metric::StatusSocket) => Some(
+            "its protocol (axon RPC over its socket) is spoken only by its client: see the table",
+        ),
+        (Subject::Circus, Metric::StatusSocket) => {
+            Some("its protocol (JSON over ZeroMQ) is spoken only by its client: see the table")
+        }
+        _ => None,
+    }
+}
+
+/// The systems side by side: one table, system by system, with ratios to
+/// lrpm and to the floor, then the plots. Returns the plots' files.
+fn systems(out: &mut String, run: &Run, results: &Results, stem: &str) -> Vec<(String, String)> {
+    let subjects: Vec<Subject> = std::iter::once(Subject::Lrpm)
+        .chain(run.peers.iter().map(|(s, _)| *s))
+        .collect();
+    if subjects.len() < 2 {
+        return Vec::new();
+    }
+    out.push_str(
+        "\n## Every system side by side (issue 18)\n\n\
+         The same worker, the same scenarios, in one run; each peer at its own defaults \
+         (see the method). Medians, and the ratios of medians to lrpm's and to the \
+         floor's (lower is better); `—` where a system cannot do a scenario, with the \
+         reason.\n\n\
+         | system | scenario | jobs | n | median | p99 | × lrpm | × floor |\n\
+         |---|---|--:|--:|--:|--:|--:|--:|\n",
+    );
+    for &subject in &subjects {
+        let name = subject.name();
+        let mut any = false;
+        for row in SYSTEM_ROWS {
+            let lrpm = results.median(row.metric, Subject::Lrpm, row.jobs);
+            let floor = row
+                .floor
+                .and_then(|(metric, n)| results.median(metric, Subject::Floor, n));
+            match results.get(row.metric, subject, row.jobs) {
+                Some(s) => {
+                    any = true;
+                    let _ = writeln!(
+                        out,
+                        "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+                        row.label,
+                        jobs(row.jobs),
+                        s.len(),
+                        Ms(s.median()),
+                        Ms(s.p99()),
+                        ratio(s.median(), lrpm),
+                        ratio(s.median(), floor),
+                    );
+                }
+                None => {
+                    if let Some(why) = cannot(subject, row.metric) {
+                        let _ = writeln!(
+                            out,
+                            "| {name} | {} | {} | | — ({why}) | | | |",
+                            row.label,
+                            jobs(row.jobs),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(rest) = results.rest(subject, 1000) {
+            any = true;
+            let lrpm = results.rest(Subject::Lrpm, 1000);
+            let _ = writeln!(
+                out,
+                "| {name} | at rest: RSS (PSS) of {} process{} | 1,000 | | {} ({}) | | {} | |\n\
+                 | {name} | at rest: CPU (% of one core) | 1,000 | | {:.3} % | | {} | |",
+                rest.processes,
+                if rest.processes == 1 { "" } else { "es" },
+                mib(rest.rss_kib),
+                mib(rest.pss_kib),
+                ratio(Some(rest.rss_kib as f64), lrpm.map(|r| r.rss_kib as f64)),
+                rest.cpu_percent,
+                ratio(Some(rest.cpu_percent), lrpm.map(|r| r.cpu_percent)),
+            );
+        }
+        if !any {
+            let _ = writeln!(
+                out,
+                "| {name} | not measured in this run (see the notes) | | | | | | |"
+            );
+        }
+    }
+    plots(out, &subjects, results, stem)
+}
+
+/// The plots of crash → restart at 1,000 jobs (a CDF) and of the mass
+/// start of 1,000 (workers running against time), embedded in the report.
+fn plots(
+    out: &mut String,
+    subjects: &[Subject],
+    results: &Results,
+    stem: &str,
+) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    let mut lines = Vec::new();
+    if let Some(s) = results.get(Metric::ExitReplace, Subject::Floor, 1) {
+        lines.push(plot::Line {
+            subject: Subject::Floor,
+            label: "floor (exit → replacement)".into(),
+            points: plot::cdf(&s.sorted()),
+        });
+    }
+    for &subject in subjects {
+        if let Some(s) = results.get(Metric::Restart, subject, 1000) {
+            lines.push(plot::Line {
+                subject,
+                label: format!("{} (n = {})", subject.name(), s.len()),
+                points: plot::cdf(&s.sorted()),
+            });
+        }
+    }
+    let restart = plot::StepPlot {
+        title: "Crash → restart at 1,000 jobs: share of restarts done within a time".into(),
+        y_label: "restarts done".into(),
+        y_max: 1.0,
+        percent: true,
+        lines,
+    };
+    let mut lines = Vec::new();
+    for (subject, curve) in results.curves() {
+        if subject == Subject::Floor || subjects.contains(&subject) {
+            lines.push(plot::Line {
+                subject,
+                label: if subject == Subject::Floor {
+                    "floor (sequential spawns)".into()
+                } else {
+                    subject.name().into()
+                },
+                points: plot::running(curve),
+            });
+        }
+    }
+    let start = plot::StepPlot {
+        title: "Mass start of 1,000 jobs: workers whose main ran, against time".into(),
+        y_label: "workers running".into(),
+        y_max: 1000.0,
+        percent: false,
+        lines,
+    };
+    for (plot, name, alt) in [
+        (
+            restart,
+            "restart",
+            "crash → restart latency per system (CDF)",
+        ),
+        (
+            start,
+            "mass-start",
+            "mass start of 1,000: workers running against time",
+        ),
+    ] {
+        if let Some(svg) = plot.render() {
+            let file = format!("{stem}-{name}.svg");
+            let _ = write!(out, "\n![{alt}]({file})\n");
+            files.push((file, svg));
+        }
+    }
+    files
 }
 
 fn header(out: &mut String, run: &Run) {
@@ -223,10 +487,11 @@ fn header(out: &mut String, run: &Run) {
          <!-- Generated by the benchmark suite (bench/, `bench/run`); \
          change bench/src/report.rs, not this file. -->\n\n\
          lrpm measured against the physical floor of the machine (the harness \
-         itself doing the least possible work) and against supervisord, in \
-         one run. Regenerate this file with:\n\n\
+         itself doing the least possible work) and against the supervisors a \
+         user would pick instead (supervisord, pm2, circus, s6), in one run, \
+         with the same worker. Regenerate this file with:\n\n\
          ```sh\n\
-         bench/run            # the full run (4 to 5 minutes here); writes docs/benchmarks.md\n\
+         bench/run            # the full run (about 12 minutes here); writes docs/benchmarks.md\n\
          bench/run --quick    # a smoke test: fewer samples, 1,000 jobs at most;\n\
          \x20                    # writes target/benchmarks-quick.md\n\
          ```\n\n\
@@ -241,7 +506,7 @@ fn header(out: &mut String, run: &Run) {
          | kernel | {kernel} |\n\
          | rustc | {rustc} |\n\
          | lrpm | {lrpm} |\n\
-         | supervisord | {sv} |\n\
+         {peers}\
          | load average (1, 5, 15 min) | before: {lb}; after, with the suite's own work: {la} |\n\
          | duration | {dur} |\n",
         command = run.command,
@@ -253,7 +518,11 @@ fn header(out: &mut String, run: &Run) {
         kernel = m.kernel,
         rustc = m.rustc,
         lrpm = m.lrpm,
-        sv = run.supervisord.as_deref().unwrap_or("not measured"),
+        peers = run
+            .peers
+            .iter()
+            .map(|(subject, version)| format!("| {} | {version} |\n", subject.name()))
+            .collect::<String>(),
         lb = run.load_before,
         la = run.load_after,
         dur = format_args!(
@@ -284,7 +553,10 @@ fn header(out: &mut String, run: &Run) {
 }
 
 fn targets(out: &mut String, results: &Results) {
-    out.push_str("\n## Targets (issue 7)\n\n| target | measured | verdict |\n|---|---|---|\n");
+    out.push_str(
+        "\n## Targets (issue 7, tightened by issue 18)\n\n\
+         | target | measured | verdict |\n|---|---|---|\n",
+    );
     let lrpm = Subject::Lrpm;
     let floor_replace = results.median(Metric::ExitReplace, Subject::Floor, 1);
 
@@ -294,13 +566,13 @@ fn targets(out: &mut String, results: &Results) {
         restart.and_then(|s| s.p99()),
     );
     let met = match (median, p99, floor_replace) {
-        (Some(m), Some(p), Some(f)) => Some(m <= 2.0 * f && p <= 10.0),
+        (Some(m), Some(p), Some(f)) => Some(m <= 1.2 * f && p <= 5.0),
         _ => None,
     };
     let back_to_back = results.median(Metric::ExitReplaceBackToBack, Subject::Floor, 1);
     let _ = writeln!(
         out,
-        "| crash → restart at 1,000 jobs ≤ 2× the floor's exit → replacement, p99 ≤ 10 ms \
+        "| crash → restart at 1,000 jobs ≤ 1.2× the floor's exit → replacement, p99 ≤ 5 ms \
          | median {} = {} the floor's {} (5 ms apart, as lrpm's crashes; {} its {} back to \
          back); p99 {} | {} |",
         Ms(median),
@@ -314,13 +586,20 @@ fn targets(out: &mut String, results: &Results) {
 
     let push = results.get(Metric::ConfigPush, lrpm, 1000);
     let median = push.and_then(|s| s.median());
+    let met = match (median, floor_replace) {
+        (Some(m), Some(f)) => Some(m <= 2.0 * f),
+        _ => None,
+    };
     let _ = writeln!(
         out,
-        "| config change → effect at 1,000 jobs ≤ 20 ms | median {}; p95 {}; p99 {} | {} |",
+        "| config change → effect at 1,000 jobs ≤ 2× the floor's exit → replacement \
+         | median {} = {} the floor's {}; p95 {}; p99 {} | {} |",
         Ms(median),
+        ratio(median, floor_replace),
+        Ms(floor_replace),
         Ms(push.and_then(|s| s.p95())),
         Ms(push.and_then(|s| s.p99())),
-        verdict(median.map(|m| m <= 20.0))
+        verdict(met)
     );
 
     let start = results.median(Metric::MassStart, lrpm, 1000);
@@ -342,6 +621,24 @@ fn targets(out: &mut String, results: &Results) {
         verdict(met)
     );
 
+    let shutdown = results.get(Metric::Shutdown, lrpm, 1000);
+    let median = shutdown.and_then(|s| s.median());
+    let floor_shutdown = results.median(Metric::Shutdown, Subject::Floor, 1000);
+    let met = match (median, floor_shutdown) {
+        (Some(m), Some(f)) => Some(m <= 1.5 * f),
+        _ => None,
+    };
+    let _ = writeln!(
+        out,
+        "| shutdown of 1,000 cooperative workers ≤ 1.5× the floor's SIGTERM to all, reap all \
+         | median {} = {} the floor's {}; max {} | {} |",
+        Ms(median),
+        ratio(median, floor_shutdown),
+        Ms(floor_shutdown),
+        Ms(shutdown.and_then(|s| s.quantile(1.0))),
+        verdict(met)
+    );
+
     // The 10,000-job targets, or what was measured instead when 10,000
     // jobs do not fit this machine's descriptor limit.
     let big = results.big_farm();
@@ -360,13 +657,13 @@ fn targets(out: &mut String, results: &Results) {
     let rest = big.and_then(|n| results.rest(lrpm, n));
     let _ = writeln!(
         out,
-        "| 10,000 jobs: supervisor RSS ≤ 64 MiB (lrpm + output hubs) | {} | {} |",
+        "| 10,000 jobs at rest: RSS ≤ 48 MiB across lrpm and its output hubs | {} | {} |",
         at_big(rest.map_or("—".into(), |r| format!(
             "{} in {} processes",
             mib(r.rss_kib),
             r.processes
         ))),
-        big_verdict(rest.map(|r| r.rss_kib <= 64 * 1024))
+        big_verdict(rest.map(|r| r.rss_kib <= 48 * 1024))
     );
     let _ = writeln!(
         out,
@@ -377,16 +674,6 @@ fn targets(out: &mut String, results: &Results) {
             r.window.as_secs()
         ))),
         big_verdict(rest.map(|r| r.cpu_percent <= 0.1))
-    );
-
-    let shutdown = results.get(Metric::Shutdown, lrpm, 1000);
-    let median = shutdown.and_then(|s| s.median());
-    let _ = writeln!(
-        out,
-        "| shutdown of 1,000 cooperative workers ≤ 1 s | median {}; max {} | {} |",
-        Ms(median),
-        Ms(shutdown.and_then(|s| s.quantile(1.0))),
-        verdict(median.map(|m| m <= 1000.0))
     );
 
     let status = big.and_then(|n| results.get(Metric::StatusSocket, lrpm, n));
@@ -401,14 +688,26 @@ fn targets(out: &mut String, results: &Results) {
         )),
         big_verdict(median.map(|m| m <= 50.0))
     );
+    let table = big.and_then(|n| results.get(Metric::StatusTable, lrpm, n));
+    let median = table.and_then(|s| s.median());
+    let _ = writeln!(
+        out,
+        "| `lrpmctl status` table of 10,000 jobs ≤ 60 ms | {} | {} |",
+        at_big(format!(
+            "median {}; p99 {}",
+            Ms(median),
+            Ms(table.and_then(|s| s.p99()))
+        )),
+        big_verdict(median.map(|m| m <= 60.0))
+    );
 }
 
 fn main_table(out: &mut String, results: &Results) {
     out.push_str(
-        "\n## lrpm, against the floor and supervisord\n\n\
+        "\n## lrpm, against the floor\n\n\
          Latencies; the ratios are of medians (lower is better).\n\n\
-         | scenario | jobs | n | median | p95 | p99 | floor | × floor | supervisord | × supervisord |\n\
-         |---|--:|--:|--:|--:|--:|---|--:|--:|--:|\n",
+         | scenario | jobs | n | median | p95 | p99 | floor | × floor |\n\
+         |---|--:|--:|--:|--:|--:|---|--:|\n",
     );
     let size = |n: usize| {
         if n == BIG {
@@ -433,10 +732,9 @@ fn main_table(out: &mut String, results: &Results) {
             }
             None => ("—".into(), "—".into()),
         };
-        let sv = results.median(row.metric, Subject::Supervisord, n);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             row.label,
             jobs(n),
             s.len(),
@@ -445,8 +743,6 @@ fn main_table(out: &mut String, results: &Results) {
             Ms(s.p99()),
             floor_text,
             floor_ratio,
-            Ms(sv),
-            ratio(median, sv),
         );
     }
 }
@@ -454,21 +750,25 @@ fn main_table(out: &mut String, results: &Results) {
 fn resources(out: &mut String, results: &Results) {
     out.push_str(
         "\n## The supervisor at rest, after a mass start\n\n\
-         RSS, peak RSS and CPU are summed over the supervisor's processes: lrpm \
-         and its output hubs (the processes that forward the output of workers \
-         beyond half of lrpm's descriptor limit), whose number is given; the \
-         open descriptors are lrpm's own.\n\n\
-         | supervisor | jobs | processes | RSS (VmRSS) | peak RSS (VmHWM, sum of peaks) | CPU at rest (% of one core) | window | open descriptors |\n\
-         |---|--:|--:|--:|--:|--:|--:|--:|\n",
+         RSS, PSS, peak RSS and CPU are summed over the supervisor's processes, \
+         whose number is given: lrpm and its output hubs (the processes that \
+         forward the output of workers beyond half of lrpm's descriptor limit); \
+         s6-svscan and its s6-supervise, one per service; the daemon of the \
+         others. PSS (`Pss` of `smaps_rollup`) counts a page shared by several \
+         of them once in all, which RSS does not. The open descriptors are the \
+         main process's own.\n\n\
+         | supervisor | jobs | processes | RSS (VmRSS) | PSS | peak RSS (VmHWM, sum of peaks) | CPU at rest (% of one core) | window | open descriptors |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for (subject, n, rest) in results.rests() {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {:.3} % | {:.0} s | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.3} % | {:.0} s | {} |",
             subject.name(),
             jobs(n),
             rest.processes,
             mib(rest.rss_kib),
+            mib(rest.pss_kib),
             mib(rest.hwm_kib),
             rest.cpu_percent,
             rest.window.as_secs_f64(),
@@ -686,18 +986,68 @@ restores the descriptor limit and resets its signals before it execs), a
 new process group, two pipes for the output, a pidfd registered with
 epoll, a log line.
 
-**supervisord** (Debian's package, installed by the suite if missing) runs
-as `supervisord -n -c CONF` with a configuration generated in the run's
-temporary directory (its own socket, log and pid file; never the system
-service, never /etc/supervisor). Each program runs the same worker with
-`startsecs=0`, `autorestart=true` and its output discarded. supervisord
-has no push of a changed configuration, so its mass start runs from its own
-spawn, with every program in its configuration. After each crash it is left
-alone 1.5 s, because a program it has not yet marked RUNNING (on its next
-tick, up to a second later) counts as a failed start and is backed off. Its
-raw status is the XML-RPC call `supervisor.getAllProcessInfo` that
-`supervisorctl status` makes, over the same socket. It is not run with
-10,000 programs.
+**The peers** run the same worker, at 1 job and at 1,000, each from a
+directory of its own in the run's temporary directory, started by the
+harness as its child and stopped by SIGTERM through a pidfd; never a
+system service. What is missing is installed by the suite, the quietest
+way: Debian's `supervisor` and `s6` packages (`apt-get`), pm2 from the npm
+registry (`npm install -g --prefix target/bench-peers/pm2`), circus from
+PyPI (a virtual environment in `target/bench-peers/circus`). Each is left
+at its defaults, which are, where they decide:
+
+- *supervisord* runs as `supervisord -n -c CONF`. Each job is a program
+  with `startsecs=0` (without it a program is not RUNNING for a second, and
+  a crash before that is a failed start), `autorestart=true`,
+  `startretries=100` and its output discarded. A job is added by writing a
+  program's section into an included file and `supervisorctl update`. Its
+  raw status is the XML-RPC call `supervisor.getAllProcessInfo` that
+  `supervisorctl status` makes, over the same socket; "all RUNNING" polls
+  `supervisorctl status` until every program is RUNNING, which it marks on
+  its next tick.
+- *pm2* runs as `pm2-runtime start ecosystem.json` (pm2's daemon in the
+  foreground, `PM2_HOME` in the session's directory). Each job is an app
+  with `interpreter: none` and its output sent to `/dev/null`; pm2's
+  defaults are `autorestart`, `restart_delay` 0, and `min_uptime` 1 s with
+  `max_restarts` 16 (a process that lived less than a second is unstable,
+  and pm2 gives up after 16 such restarts in a row), `kill_timeout` 1.6 s,
+  SIGINT as the stop signal. A job is added with `pm2 start` of an
+  ecosystem file of that one app and removed with `pm2 delete`; the
+  status table is `pm2 ls`. Its protocol (axon RPC) is spoken only by its
+  client, so it has no raw status figure; its client's start (node) is in
+  every figure that uses the client.
+- *circus* runs as `circusd circus.ini`, its endpoints as Unix sockets in
+  the session's directory. Each job is a watcher of one process; circus's
+  defaults are `respawn`, `warmup_delay` 0, `graceful_timeout` 30 s and
+  `check_delay` 1 s. A job is added with `circusctl add --start` and removed
+  with `circusctl rm`; the status table is `circusctl status`. Its protocol
+  (JSON over ZeroMQ) is spoken only by its client, so it has no raw status
+  figure; its client's start (python) is in every figure that uses it.
+- *s6* runs as `s6-svscan SCANDIR`, which starts one `s6-supervise` per
+  service directory. Each job is a service directory whose `run` is a
+  symbolic link to the worker, which then reads its arguments from a file
+  beside it (after its clock), so no shell stands between s6 and the
+  worker. s6-svscan maintains at most 500 services by default: a farm of
+  1,000 needs `-c 1100` (the one setting s6 needs to do the job at all).
+  s6's default throttle starts a service at most once a second. A
+  job is added by renaming a new service directory into the scan directory
+  and `s6-svscanctl -a`, and removed by renaming it out and
+  `s6-svscanctl -an`. s6 has no status socket: its raw status is the
+  harness reading every service's `supervise/status` file, its table
+  `s6-svstat` run once per service (s6 has no command for all of them).
+  Its memory and CPU add up s6-svscan and every s6-supervise.
+
+With one job, a peer's crashes are 1.5 s apart, so that none of those
+throttles decides a restart (s6's second, supervisord's tick, pm2's
+`min_uptime`). With 1,000 jobs each crash hits a job not crashed before in
+the series, 5 ms after the last replacement reported, as lrpm's. A peer's
+mass start runs from its daemon's spawn, with every job in its
+configuration; lrpm's from its jobs file written, lrpm already running. A
+peer's shutdown runs from SIGTERM until its daemon and every worker have
+exited (each worker followed by a pidfd). *A job added*: the clock starts
+before the first step of the change (a file written, a client started), and
+runs to the new worker's `main`; *removed*: from the first step of the
+removal until that worker has exited. lrpm adds and removes a job by
+rewriting its jobs file. The peers are not run with more than 1,000 jobs.
 
 **What limits each target**, and what was measured to find it, is in
 [bench/README.md](../bench/README.md#what-limits-the-targets-met-or-not).

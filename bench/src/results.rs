@@ -15,6 +15,14 @@ pub enum Subject {
     Lrpm,
     /// supervisord from Debian's `supervisor` package.
     Supervisord,
+    /// pm2, from the npm registry (its daemon run in the foreground by
+    /// `pm2-runtime`).
+    Pm2,
+    /// circus (Mozilla's), from PyPI.
+    Circus,
+    /// s6 (skarnet's), from Debian's `s6` package: `s6-svscan` and one
+    /// `s6-supervise` per service.
+    S6,
 }
 
 impl Subject {
@@ -24,6 +32,9 @@ impl Subject {
             Subject::Floor => "floor",
             Subject::Lrpm => "lrpm",
             Subject::Supervisord => "supervisord",
+            Subject::Pm2 => "pm2",
+            Subject::Circus => "circus",
+            Subject::S6 => "s6",
         }
     }
 }
@@ -47,6 +58,11 @@ pub enum Metric {
     Restart,
     /// Jobs file rewritten → the changed job's new worker's `main`.
     ConfigPush,
+    /// A job added to the running set (each system's own way) → its
+    /// worker's `main`.
+    JobAdded,
+    /// That job removed again → its worker has exited.
+    JobRemoved,
     /// Configuration given → every worker's `main` ran. For the floor:
     /// the harness spawning the workers one after the other.
     MassStart,
@@ -83,6 +99,10 @@ pub struct Rest {
     pub processes: usize,
     /// `VmRSS`, in KiB.
     pub rss_kib: u64,
+    /// The proportional set size (`Pss` of `smaps_rollup`), in KiB: pages
+    /// shared between its processes (s6's 1,000 s6-supervise share their
+    /// code) counted once in all.
+    pub pss_kib: u64,
     /// `VmHWM`, the peak resident size so far, in KiB.
     pub hwm_kib: u64,
     /// CPU time over the window, as a percentage of one core.
@@ -129,6 +149,7 @@ pub struct Results {
     times: BTreeMap<(Metric, Subject, usize), Samples>,
     rest: BTreeMap<(Subject, usize), Rest>,
     storm: BTreeMap<Subject, Storm>,
+    curves: BTreeMap<Subject, Vec<f64>>,
     big_farm: Option<usize>,
     notes: Vec<String>,
 }
@@ -174,6 +195,23 @@ impl Results {
     /// The crash storm of `subject`.
     pub fn storm(&self, subject: Subject) -> Option<&Storm> {
         self.storm.get(&subject)
+    }
+
+    /// Records the mass-start curve of `subject` at 1,000 jobs: when each
+    /// worker's `main` ran, in milliseconds after the start was asked for.
+    pub fn set_curve(&mut self, subject: Subject, mut ms: Vec<f64>) {
+        ms.sort_by(f64::total_cmp);
+        self.curves.insert(subject, ms);
+    }
+
+    /// Whether `subject`'s mass-start curve is recorded.
+    pub fn has_curve(&self, subject: Subject) -> bool {
+        self.curves.contains_key(&subject)
+    }
+
+    /// Every mass-start curve, sorted.
+    pub fn curves(&self) -> impl Iterator<Item = (Subject, &[f64])> {
+        self.curves.iter().map(|(s, c)| (*s, c.as_slice()))
     }
 
     /// Records the size of the big farm lrpm ran: 10,000 jobs, or fewer

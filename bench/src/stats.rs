@@ -38,10 +38,16 @@ impl Samples {
         if self.values.is_empty() {
             return None;
         }
-        let mut sorted = self.values.clone();
-        sorted.sort_by(f64::total_cmp);
+        let sorted = self.sorted();
         let rank = (q * sorted.len() as f64).ceil() as usize;
         Some(sorted[rank.clamp(1, sorted.len()) - 1])
+    }
+
+    /// The samples, sorted (for a distribution's plot).
+    pub fn sorted(&self) -> Vec<f64> {
+        let mut sorted = self.values.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted
     }
 
     /// The median (nearest rank, so always one of the samples).

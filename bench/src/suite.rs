@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use crate::bench::{Bench, Descriptors, Plan, Sizing, WorkerMode};
 use crate::lrpm::JobSet;
+use crate::peers::{Installed, Kind};
 use crate::procfs;
 use crate::report::{self, jobs};
 use crate::results::{Metric, Results, Subject};
 use crate::scenarios::restart::Series;
-use crate::scenarios::{config_push, floor, mass_start, rest, restart, shutdown, status, storm};
-use crate::supervisord::Programs;
+use crate::scenarios::{
+    config_push, floor, job_set, mass_start, rest, restart, shutdown, status, storm,
+};
 
 /// The parts of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -25,19 +27,44 @@ pub enum Part {
     Lrpm,
     /// supervisord.
     Supervisord,
+    /// pm2.
+    Pm2,
+    /// circus.
+    Circus,
+    /// s6.
+    S6,
     /// The postgres source: a row changed → the new worker (and its
     /// floor), against a PostgreSQL 15 server the suite starts.
     Postgres,
 }
 
+impl Part {
+    /// The part that measures the peer `kind`.
+    pub fn of(kind: Kind) -> Part {
+        match kind {
+            Kind::Supervisord => Part::Supervisord,
+            Kind::Pm2 => Part::Pm2,
+            Kind::Circus => Part::Circus,
+            Kind::S6 => Part::S6,
+        }
+    }
+}
+
+/// A peer whose farm of 1,000 takes longer than this (in milliseconds) to
+/// start and stop is started only once.
+const SLOW_PEER_MS: f64 = 60_000.0;
+
 /// A big farm whose start takes longer than this (in milliseconds) is
 /// started only once.
 const SLOW_START_MS: f64 = 60_000.0;
 
-/// How long supervisord is left alone between two crashes: it marks a
-/// program RUNNING on its next tick (up to a second later), and a crash
-/// before that counts as a failed start and is backed off.
-const SUPERVISORD_SETTLE: Duration = Duration::from_millis(1500);
+/// How long a peer with one job is left alone between two crashes: more
+/// than a second, so that none of their defaults throttles the restart
+/// (supervisord marks a program RUNNING on its next tick, up to a second
+/// later, and backs off a crash before that as a failed start; s6 starts
+/// a service at most once a second; pm2 counts a process that lived less
+/// than its `min_uptime` of 1 s as unstable and gives up after 16).
+const PEER_SETTLE: Duration = Duration::from_millis(1500);
 
 /// A farm size of the run, and how lrpm gets the descriptors it needs.
 #[derive(Debug, Clone, Copy)]
@@ -183,6 +210,7 @@ pub fn lrpm(bench: &Bench, farms: &[Farm], results: &mut Results) -> anyhow::Res
         samples: plan.restart_samples,
         settle: restart::PAUSE,
         timeout: Duration::from_secs(10),
+        distinct: false,
     };
 
     eprintln!("[lrpm] 1 job: crash → restart");
@@ -219,6 +247,8 @@ pub fn lrpm(bench: &Bench, farms: &[Farm], results: &mut Results) -> anyhow::Res
                 if jobs == 1000 {
                     eprintln!("[lrpm] {jobs} jobs: configuration change → effect");
                     config_push::lrpm(bench, &mut farm, plan.push_samples, results)?;
+                    eprintln!("[lrpm] {jobs} jobs: a job added and removed");
+                    job_set::lrpm(bench, &mut farm, plan.job_set_samples, results)?;
                 }
                 eprintln!("[lrpm] {jobs} jobs: status");
                 status::lrpm(
@@ -266,63 +296,83 @@ pub fn lrpm(bench: &Bench, farms: &[Farm], results: &mut Results) -> anyhow::Res
     Ok(())
 }
 
-/// Measures supervisord on the scenarios it supports, with one program
-/// and with 1,000.
-pub fn supervisord(
+/// Measures a peer on every scenario it supports, with one job and with
+/// 1,000. With one job its crashes are [`PEER_SETTLE`] apart; with 1,000
+/// each crash hits a job not crashed before, [`restart::PAUSE`] after the
+/// last replacement reported, so that no peer's restart throttle (s6's
+/// one start a second, supervisord's RUNNING after a tick, pm2's
+/// `min_uptime`) decides a figure, while each stays at its defaults.
+pub fn peer(
     bench: &Bench,
-    programs: &Programs,
+    kind: Kind,
+    installed: &Installed,
     results: &mut Results,
 ) -> anyhow::Result<()> {
     let plan = &bench.plan;
-    let series = Series {
-        samples: plan.supervisord_restart_samples,
-        settle: SUPERVISORD_SETTLE,
+    let subject = kind.subject();
+    let name = subject.name();
+    let series = |samples, settle, distinct| Series {
+        samples,
+        settle,
         timeout: Duration::from_secs(30),
+        distinct,
     };
 
-    eprintln!("[supervisord] 1 program: crash → restart");
-    let mut farm = mass_start::supervisord(bench, programs, 1, false, results)?;
-    std::thread::sleep(SUPERVISORD_SETTLE);
+    eprintln!("[{name}] 1 job: crash → restart");
+    let mut farm = mass_start::peer(bench, kind, installed, 1, false, results)?;
+    std::thread::sleep(PEER_SETTLE);
     restart::measure(
         bench,
         &mut farm.roster,
         1,
-        series,
-        results.times(Metric::Restart, Subject::Supervisord, 1),
+        series(plan.peer_restart_samples, PEER_SETTLE, false),
+        results.times(Metric::Restart, subject, 1),
     )?;
-    shutdown::supervisord(farm, results)?;
+    shutdown::peer(farm, results)?;
 
     let jobs = 1000;
     let sessions = if plan.quick { 1 } else { 2 };
     for session in 0..sessions {
         eprintln!(
-            "[supervisord] {jobs} programs: start ({}/{sessions})",
+            "[{name}] {jobs} jobs: mass start ({}/{sessions})",
             session + 1
         );
-        let mut farm = mass_start::supervisord(bench, programs, jobs, session == 0, results)?;
+        let mut farm = mass_start::peer(bench, kind, installed, jobs, session == 0, results)?;
         if session == 0 {
-            eprintln!(
-                "[supervisord] {jobs} programs: at rest for {:?}",
-                plan.rest_window
-            );
-            let at_rest = rest::measure(farm.supervisord.pid(), plan.rest_window)?;
-            results.set_rest(Subject::Supervisord, jobs, at_rest);
-            eprintln!("[supervisord] {jobs} programs: crash → restart");
+            eprintln!("[{name}] {jobs} jobs: at rest for {:?}", plan.rest_window);
+            let at_rest = rest::measure_all(&farm.peer.processes(), plan.rest_window)?;
+            results.set_rest(subject, jobs, at_rest);
+            eprintln!("[{name}] {jobs} jobs: crash → restart");
             restart::measure(
                 bench,
                 &mut farm.roster,
                 jobs,
-                series,
-                results.times(Metric::Restart, Subject::Supervisord, jobs),
+                series(plan.peer_farm_restart_samples, restart::PAUSE, true),
+                results.times(Metric::Restart, subject, jobs),
             )?;
-            eprintln!("[supervisord] {jobs} programs: status");
+            eprintln!("[{name}] {jobs} jobs: a job added and removed");
+            job_set::peer(bench, &mut farm, plan.job_set_samples, results)?;
+            eprintln!("[{name}] {jobs} jobs: status");
             let (socket, table) = if plan.quick { (5, 2) } else { (10, 5) };
-            status::supervisord(&farm, socket, table, results)?;
+            status::peer(&farm, socket, table, results)?;
         }
-        eprintln!("[supervisord] {jobs} programs: shutdown");
-        shutdown::supervisord(farm, results)?;
+        eprintln!("[{name}] {jobs} jobs: shutdown");
+        shutdown::peer(farm, results)?;
+        // Keeps the full run within bounds when a peer is slow.
+        let start = results.median(Metric::MassStart, subject, jobs);
+        let stop = results.median(Metric::Shutdown, subject, jobs);
+        let took = start.unwrap_or(0.0) + stop.unwrap_or(0.0);
+        if took > SLOW_PEER_MS && session + 1 < sessions {
+            results.note(format!(
+                "{name} took {:.0} s to start and stop {} jobs, so the suite started that \
+                 farm only once.",
+                took / 1000.0,
+                report::jobs(jobs),
+            ));
+            break;
+        }
     }
-    report_progress(results, Subject::Supervisord);
+    report_progress(results, subject);
     Ok(())
 }
 
@@ -331,6 +381,8 @@ fn report_progress(results: &Results, subject: Subject) {
     for metric in [
         Metric::Restart,
         Metric::ConfigPush,
+        Metric::JobAdded,
+        Metric::JobRemoved,
         Metric::MassStart,
         Metric::Shutdown,
         Metric::StatusSocket,

@@ -1,7 +1,13 @@
 //! The benchmark's worker: the smallest program that tells the harness when
 //! its `main` ran.
 //!
-//! Usage: `lrpm-bench-worker SOCKET ID [MODE]`.
+//! Usage: `lrpm-bench-worker SOCKET ID [MODE]`, or with one argument or
+//! none, which reads `SOCKET ID MODE` (separated by spaces) from the file
+//! `bench-args` in the current directory. That form serves s6, whose
+//! `run` is executed in its service directory with at most the service's
+//! name as its argument: `run` is a
+//! symbolic link to this program, so no shell stands between the
+//! supervisor and the worker. The file is read after the clock.
 //!
 //! The very first thing `main` does is read `CLOCK_MONOTONIC` (a system-wide
 //! clock, so the harness can compare it with its own readings). Then,
@@ -56,7 +62,22 @@ fn monotonic_ns() -> u64 {
 
 fn main() -> ExitCode {
     let ns = monotonic_ns();
-    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let mut args: Vec<_> = std::env::args_os().skip(1).collect();
+    if args.len() < 2 {
+        match std::fs::read("bench-args") {
+            Ok(text) => {
+                args = text
+                    .split(|b| b.is_ascii_whitespace())
+                    .filter(|a| !a.is_empty())
+                    .map(|a| OsStr::from_bytes(a).to_owned())
+                    .collect();
+            }
+            Err(e) => {
+                eprintln!("lrpm-bench-worker: no argument, and no ./bench-args: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        }
+    }
     let (socket, id) = match (args.first(), args.get(1)) {
         (Some(socket), Some(id)) => (socket, id),
         _ => {

@@ -18,7 +18,7 @@ use crate::cleanup;
 use crate::collector::Roster;
 use crate::procfs::monotonic_ns;
 use crate::results::{Metric, Results, Subject};
-use crate::scenarios::restart;
+use crate::scenarios::{mass_start, restart};
 
 /// Runs every floor measurement, with sequential farms of each of `farms`
 /// sizes.
@@ -143,10 +143,14 @@ fn sequential_farm(bench: &Bench, jobs: usize, results: &mut Results) -> anyhow:
     for id in 0..jobs {
         brood.spawn(bench, id)?;
     }
-    let last = roster.wait_all(&bench.collector, Plan::start_timeout(jobs))?;
+    let stamps = roster.wait_all_stamps(&bench.collector, Plan::start_timeout(jobs))?;
+    let last = stamps.iter().copied().max().unwrap_or(t0);
     results
         .times(Metric::MassStart, Subject::Floor, jobs)
         .push_ns(last.saturating_sub(t0));
+    if jobs == mass_start::CURVE_JOBS && !results.has_curve(Subject::Floor) {
+        results.set_curve(Subject::Floor, mass_start::since(t0, &stamps));
+    }
     let t0 = Instant::now();
     for child in &brood.0 {
         if let Some(pid) = Pid::from_raw(child.id() as i32) {

@@ -5,6 +5,7 @@
 
 pub mod config_push;
 pub mod floor;
+pub mod job_set;
 pub mod mass_start;
 pub mod pg_notify;
 pub mod rest;

@@ -1,7 +1,8 @@
 //! Crash → restart latency: SIGKILL one worker of a running farm at t0,
 //! wait for its replacement's report, and take the replacement's `main`
-//! time minus t0. The same method serves lrpm and supervisord.
+//! time minus t0. The same method serves lrpm and its peers.
 
+use std::collections::HashSet;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
@@ -29,6 +30,9 @@ pub struct Series {
     pub settle: Duration,
     /// How long a replacement may take.
     pub timeout: Duration,
+    /// Whether each crash hits a job not crashed before in the series (a
+    /// peer's own restart throttle then never decides; see `suite::peer`).
+    pub distinct: bool,
 }
 
 /// Crashes `series.samples` workers of a farm of `jobs` jobs whose current
@@ -42,8 +46,17 @@ pub fn measure(
     out: &mut Samples,
 ) -> anyhow::Result<()> {
     let mut rng = Rng::new(jobs as u64);
+    let mut crashed = HashSet::new();
+    ensure!(
+        !series.distinct || series.samples <= jobs,
+        "{} distinct crashes among {jobs} jobs",
+        series.samples
+    );
     for _ in 0..series.samples {
-        let id = rng.below(jobs);
+        let mut id = rng.below(jobs);
+        while series.distinct && !crashed.insert(id) {
+            id = rng.below(jobs);
+        }
         let old = roster
             .pid(id)
             .with_context(|| format!("job {id} has no known worker"))?;
@@ -54,7 +67,7 @@ pub fn measure(
         .with_context(|| format!("pidfd_open of job {id}'s worker {old}"))?;
         // The pidfd pins the process; make sure it is this run's worker.
         ensure!(
-            procfs::contains(&procfs::cmdline(old), cleanup::token()),
+            procfs::carries(old, cleanup::token()),
             "pid {old} is not a worker of this run"
         );
         let t0 = monotonic_ns();

@@ -8,7 +8,7 @@ use anyhow::ensure;
 
 use crate::bench::Bench;
 use crate::results::{Metric, Results, Subject};
-use crate::scenarios::mass_start::{LrpmFarm, SupervisordFarm};
+use crate::scenarios::mass_start::{LrpmFarm, PeerFarm};
 
 /// lrpm: `{"cmd":"status"}` over the socket, then `lrpmctl status`.
 pub fn lrpm(
@@ -42,30 +42,32 @@ pub fn lrpm(
     Ok(())
 }
 
-/// supervisord: XML-RPC `getAllProcessInfo` over the socket, then
-/// `supervisorctl status`.
-pub fn supervisord(
-    farm: &SupervisordFarm,
+/// A peer: its raw status over its socket when the harness speaks its
+/// protocol, then its client's table, which must show every job running.
+pub fn peer(
+    farm: &PeerFarm,
     socket_samples: usize,
     table_samples: usize,
     results: &mut Results,
 ) -> anyhow::Result<()> {
     for _ in 0..socket_samples {
-        let t0 = Instant::now();
-        farm.supervisord.xmlrpc_all_info()?;
+        let Some(took) = farm.peer.status_raw() else {
+            break;
+        };
         results
-            .times(Metric::StatusSocket, Subject::Supervisord, farm.jobs)
-            .push(t0.elapsed());
+            .times(Metric::StatusSocket, farm.subject, farm.jobs)
+            .push(took?);
     }
     for _ in 0..table_samples {
-        let (took, running) = farm.supervisord.ctl_status()?;
+        let (took, running) = farm.peer.status_table()?;
         ensure!(
             running == farm.jobs,
-            "supervisorctl shows {running} of {} programs RUNNING",
+            "{}'s status table shows {running} of {} jobs running",
+            farm.subject.name(),
             farm.jobs
         );
         results
-            .times(Metric::StatusTable, Subject::Supervisord, farm.jobs)
+            .times(Metric::StatusTable, farm.subject, farm.jobs)
             .push(took);
     }
     Ok(())

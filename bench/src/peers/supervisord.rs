@@ -6,8 +6,7 @@
 //! that directory: never the system service, and nothing under
 //! /etc/supervisor is read or written.
 
-use std::fmt::Write as _;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -20,65 +19,26 @@ use rustix::process::Signal;
 use crate::bench::{Bench, WorkerMode};
 use crate::cleanup::Tracked;
 use crate::lrpm::tail;
+use crate::peers::{Installed, Peer, apt_install, run_client, spawn_daemon, version_of, which};
 use crate::procfs;
 
-/// The installed supervisord and supervisorctl.
-#[derive(Debug, Clone)]
-pub struct Programs {
-    /// The daemon.
-    pub supervisord: PathBuf,
-    /// Its control client.
-    pub supervisorctl: PathBuf,
-}
-
-/// Finds `name` on `PATH`.
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-fn find() -> Option<Programs> {
-    Some(Programs {
-        supervisord: which("supervisord")?,
-        supervisorctl: which("supervisorctl")?,
+fn find() -> Option<Installed> {
+    let daemon = which("supervisord")?;
+    Some(Installed {
+        version: version_of(Command::new(&daemon).arg("--version")),
+        daemon,
+        ctl: which("supervisorctl")?,
     })
 }
 
 /// Finds supervisord, installing Debian's `supervisor` package first if it
-/// is missing (`apt-get install`, after an `apt-get update` if the first
-/// attempt fails). The package's own service is not started (the suite
-/// never uses it).
-pub fn find_or_install() -> anyhow::Result<Programs> {
+/// is missing. The package's own service is not started (the suite never
+/// uses it).
+pub fn find_or_install() -> anyhow::Result<Installed> {
     if let Some(found) = find() {
         return Ok(found);
     }
-    eprintln!("lrpm-bench: supervisord is missing; installing Debian's supervisor package");
-    let install = || {
-        Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-qq",
-                "--no-install-recommends",
-                "supervisor",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-    };
-    if !install().is_ok_and(|s| s.success()) {
-        let updated = Command::new("apt-get")
-            .args(["update", "-qq"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .context("running apt-get update")?;
-        ensure!(updated.success(), "apt-get update failed");
-        let installed = install().context("running apt-get install")?;
-        ensure!(installed.success(), "apt-get install supervisor failed");
-    }
+    apt_install("supervisor")?;
     find().context("supervisord is still not on PATH after installing it")
 }
 
@@ -90,48 +50,42 @@ pub struct Supervisord {
     socket: PathBuf,
     log: PathBuf,
     ctl: PathBuf,
+    /// Where added programs' sections go (an `[include]` of the
+    /// configuration).
+    extra: PathBuf,
 }
 
 impl Supervisord {
     /// Writes a configuration of `jobs` programs of `mode` workers and
     /// starts supervisord on it; returns it and `CLOCK_MONOTONIC` just
     /// before the spawn.
-    pub fn start(
-        bench: &Bench,
-        programs: &Programs,
-        jobs: usize,
-        mode: WorkerMode,
-    ) -> anyhow::Result<(Self, u64)> {
+    pub fn start(bench: &Bench, programs: &Installed, jobs: usize) -> anyhow::Result<(Self, u64)> {
         let dir = bench.session_dir("supervisord")?;
         let conf = dir.join("supervisord.conf");
         let socket = dir.join("supervisor.sock");
         let log = dir.join("supervisord.log");
-        fs::write(&conf, config(bench, &dir, &socket, jobs, mode))?;
-        let out = File::create(dir.join("supervisord.out"))?;
-        let mut cmd = Command::new(&programs.supervisord);
-        cmd.arg("-n")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        let t0 = procfs::monotonic_ns();
-        let child = Tracked::spawn(&mut cmd)?;
+        let extra = dir.join("extra");
+        fs::create_dir(&extra)?;
+        fs::write(&conf, config(bench, &dir, &socket, jobs, WorkerMode::Pause))?;
+        let (child, t0) = spawn_daemon(
+            Command::new(&programs.daemon)
+                .arg("-n")
+                .arg("-c")
+                .arg(&conf),
+            &dir,
+            &dir.join("supervisord.out"),
+        )?;
         Ok((
             Self {
                 child,
                 conf,
                 socket,
                 log,
-                ctl: programs.supervisorctl.clone(),
+                ctl: programs.ctl.clone(),
+                extra,
             },
             t0,
         ))
-    }
-
-    /// supervisord's pid.
-    pub fn pid(&self) -> u32 {
-        self.child.pid()
     }
 
     /// Runs `supervisorctl status` (its table, into a pipe); returns how
@@ -189,8 +143,60 @@ impl Supervisord {
         Ok(response.len())
     }
 
-    /// Waits until its control socket answers.
-    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+    /// `supervisorctl update`: rereads the configuration and adds or
+    /// removes programs as their sections came or went.
+    fn update(&self) -> anyhow::Result<()> {
+        run_client(
+            Command::new(&self.ctl)
+                .arg("-c")
+                .arg(&self.conf)
+                .arg("update"),
+            "supervisorctl update",
+        )?;
+        Ok(())
+    }
+}
+
+impl Peer for Supervisord {
+    fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    fn add_job(&mut self, bench: &Bench, id: usize) -> anyhow::Result<u64> {
+        let t0 = procfs::monotonic_ns();
+        fs::write(
+            self.extra.join(format!("w{id}.conf")),
+            program(bench, id, WorkerMode::Pause),
+        )?;
+        self.update()?;
+        Ok(t0)
+    }
+
+    fn remove_job(&mut self, id: usize) -> anyhow::Result<u64> {
+        let t0 = procfs::monotonic_ns();
+        fs::remove_file(self.extra.join(format!("w{id}.conf")))?;
+        self.update()?;
+        Ok(t0)
+    }
+
+    fn status_raw(&self) -> Option<anyhow::Result<Duration>> {
+        let t0 = Instant::now();
+        Some(self.xmlrpc_all_info().map(|_| t0.elapsed()))
+    }
+
+    fn status_table(&self) -> anyhow::Result<(Duration, usize)> {
+        self.ctl_status()
+    }
+
+    fn running_by_own_account(&self) -> anyhow::Result<Option<usize>> {
+        Ok(Some(self.ctl_status()?.1))
+    }
+
+    fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -206,19 +212,17 @@ impl Supervisord {
         }
     }
 
-    /// SIGTERM, then waits until supervisord has exited; returns how long
-    /// that took. It exits once every program has stopped.
-    pub fn stop(mut self) -> anyhow::Result<Duration> {
-        let t0 = Instant::now();
+    /// SIGTERM, then waits until supervisord has exited. It exits once
+    /// every program has stopped.
+    fn stop(mut self: Box<Self>) -> anyhow::Result<()> {
         self.child.signal(Signal::TERM)?;
         let status = self.child.wait()?;
-        let elapsed = t0.elapsed();
         ensure!(
             status.success(),
             "supervisord exited with {status}:\n{}",
             tail(&self.log)
         );
-        Ok(elapsed)
+        Ok(())
     }
 }
 
@@ -234,7 +238,8 @@ fn config(bench: &Bench, dir: &Path, socket: &Path, jobs: usize, mode: WorkerMod
          minfds={minfds}\nminprocs={minprocs}\n{user}\n\
          [rpcinterface:supervisor]\n\
          supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n\
-         [supervisorctl]\nserverurl=unix://{socket}\n\n",
+         [supervisorctl]\nserverurl=unix://{socket}\n\n\
+         [include]\nfiles = {d}/extra/*.conf\n\n",
         socket = socket.display(),
         minfds = 1024 + jobs * 6,
         minprocs = 200 + jobs,
@@ -246,13 +251,17 @@ fn config(bench: &Bench, dir: &Path, socket: &Path, jobs: usize, mode: WorkerMod
         },
     );
     for id in 0..jobs {
-        let argv = bench.worker_argv(id, mode).join(" ");
-        let _ = write!(
-            out,
-            "[program:w{id}]\ncommand={argv}\nautostart=true\nautorestart=true\n\
-             startsecs=0\nstartretries=100\nstopwaitsecs=10\n\
-             stdout_logfile=NONE\nstderr_logfile=NONE\n\n"
-        );
+        out.push_str(&program(bench, id, mode));
     }
     out
+}
+
+/// The section of job `id`'s program.
+fn program(bench: &Bench, id: usize, mode: WorkerMode) -> String {
+    let argv = bench.worker_argv(id, mode).join(" ");
+    format!(
+        "[program:w{id}]\ncommand={argv}\nautostart=true\nautorestart=true\n\
+         startsecs=0\nstartretries=100\nstopwaitsecs=10\n\
+         stdout_logfile=NONE\nstderr_logfile=NONE\n\n"
+    )
 }
