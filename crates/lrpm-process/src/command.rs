@@ -4,7 +4,8 @@
 //!
 //! Every child of lrpm is started here the same way: in a process group of
 //! its own, with stdin from `/dev/null`, its stdout and stderr piped to lrpm
-//! (or lrpm's own, for an output hub), a parent-death SIGKILL armed, the
+//! (or lrpm's own, for an output hub), a parent-death SIGKILL armed (but
+//! for the guardian, [`SpawnRequest::outlive_parent`]), the
 //! descriptor limit lrpm started with, no descriptor but stdio (and one
 //! that the request hands on), and an empty signal mask. It is recorded as
 //! an own child ([`crate::children`]) until it is reaped.
@@ -137,6 +138,7 @@ pub struct SpawnRequest {
     inherit_output: bool,
     handed: Option<OwnedFd>,
     fallbacks: Fallbacks,
+    outlives_parent: bool,
 }
 
 impl SpawnRequest {
@@ -202,6 +204,14 @@ impl SpawnRequest {
     /// Hands `fd` to the child as its descriptor [`HANDED_FD`].
     pub fn hand(mut self, fd: OwnedFd) -> Self {
         self.handed = Some(fd);
+        self
+    }
+
+    /// Lets the child outlive lrpm: no parent-death signal, and lrpm's own
+    /// `oom_score_adj` rather than the workers'. For lrpm's guardian only,
+    /// which must see lrpm die and clean up after it.
+    pub fn outlive_parent(mut self) -> Self {
+        self.outlives_parent = true;
         self
     }
 
@@ -340,6 +350,7 @@ pub fn spawn_command(cmd: SpawnRequest, ctx: &SpawnContext) -> Result<Spawned, S
         stderr,
         handed: cmd.handed.as_ref().map(AsFd::as_fd),
         fallbacks: cmd.fallbacks,
+        outlives_parent: cmd.outlives_parent,
     };
     let child = spawn::spawn(&plan).map_err(|failure| child_error(&cmd, failure))?;
     children::register(child.pid);

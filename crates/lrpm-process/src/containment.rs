@@ -497,6 +497,95 @@ fn remove_stale_trees(parent: &Path) {
     }
 }
 
+/// Kills every process of lrpm's tree at `base` (`PARENT/lrpm-PID`), and
+/// removes its cgroups once their processes are gone, as
+/// [`CgroupTree::close`] would have: what the guardian does when its lrpm
+/// died. Returns how many processes were in it. Blocks for a moment
+/// (at most a few seconds) while the killed processes die.
+pub fn kill_dead_tree(base: &Path) -> usize {
+    kill_and_remove_tree(base)
+}
+
+/// SIGKILLs every process of the tree at `base`, all at once and escaped
+/// daemons included (`cgroup.kill`), and leaves the cgroups in place for
+/// their lrpm, which is alive: what the guardian does when lrpm's
+/// heartbeat is late. Returns how many processes were in it.
+pub fn kill_tree_processes(base: &Path) -> io::Result<usize> {
+    let count = tree_process_count(base);
+    std::fs::write(base.join("cgroup.kill"), "1")?;
+    Ok(count)
+}
+
+/// How many processes the cgroups of the tree at `base` hold (the tree's
+/// own and its runs').
+fn tree_process_count(base: &Path) -> usize {
+    let procs = |dir: &Path| {
+        std::fs::read_to_string(dir.join("cgroup.procs")).map_or(0, |procs| procs.lines().count())
+    };
+    let runs = std::fs::read_dir(base).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| procs(&e.path()))
+            .sum()
+    });
+    procs(base) + runs
+}
+
+/// How long [`kill_runs_of`] goes on looking for processes of lrpm's runs
+/// (ones that fork while it kills, ones that do not die at once).
+const RUN_KILL_PATIENCE: Duration = Duration::from_secs(2);
+
+/// SIGKILLs every process on the machine whose environment carries a run
+/// id of lrpm `lrpm` (`LRPM_RUN_ID=LRPM.RUN`), daemons that left their
+/// job's process group included: what the guardian kills without cgroups.
+/// Scans `/proc` again until a scan finds none (a process may fork while
+/// its siblings die), for at most [`RUN_KILL_PATIENCE`]. Returns how many
+/// processes were signalled.
+///
+/// Each process is opened as a pidfd before its environment is read and
+/// signalled through that pidfd, so a pid reused in between can never
+/// make it kill a stranger. A process that cleared its environment is not
+/// found (see the module documentation).
+pub fn kill_runs_of(lrpm: u32) -> usize {
+    let prefix = format!("{RUN_ID_ENV}={lrpm}.");
+    let me = std::process::id();
+    let deadline = std::time::Instant::now() + RUN_KILL_PATIENCE;
+    let mut killed = std::collections::HashSet::new();
+    loop {
+        let mut found = 0;
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return killed.len();
+        };
+        let pids = procs
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| u32::try_from(*pid).is_ok_and(|pid| pid != me && pid != lrpm))
+            .filter_map(Pid::from_raw);
+        for pid in pids {
+            let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+            else {
+                continue;
+            };
+            let Ok(environ) = std::fs::read(format!("/proc/{}/environ", pid.as_raw_nonzero()))
+            else {
+                continue;
+            };
+            let ours = environ
+                .split(|b| *b == 0)
+                .any(|var| var.starts_with(prefix.as_bytes()));
+            if ours && rustix::process::pidfd_send_signal(&pidfd, Signal::KILL).is_ok() {
+                found += 1;
+                killed.insert(pid);
+            }
+        }
+        if found == 0 || std::time::Instant::now() >= deadline {
+            return killed.len();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Kills every process of the tree at `base` and removes its cgroups,
 /// waiting a moment for the killed processes to die. Returns how many
 /// processes were in it.

@@ -54,6 +54,9 @@ pub(crate) const CONFIG_ROLE: &str = "__lrpm-config";
 /// The first argument of an output hub: `BINARY __lrpm-output-hub FD
 /// [json]`.
 pub(crate) const HUB_ROLE: &str = "__lrpm-output-hub";
+/// The first argument of lrpm's guardian:
+/// `BINARY __lrpm-guardian LRPM_PID [CGROUP_TREE]`.
+pub(crate) const GUARDIAN_ROLE: &str = "__lrpm-guardian";
 
 /// What a run of the lrpm binary (or of a library-mode binary) is for,
 /// read from its first argument. lrpm re-executes itself
@@ -80,6 +83,14 @@ pub(crate) enum Role {
         /// Whether it writes workers' lines as JSON objects (`--log-format
         /// json`) rather than prefixed text.
         json: bool,
+    },
+    /// lrpm's guardian (the `guardian` module), on the socket handed to it
+    /// as descriptor 3.
+    Guardian {
+        /// The pid of the lrpm it watches.
+        lrpm: u32,
+        /// lrpm's cgroup tree (`PARENT/lrpm-PID`), if it has one.
+        tree: Option<std::path::PathBuf>,
     },
 }
 
@@ -117,6 +128,13 @@ impl Role {
                     "{HUB_ROLE} needs the descriptor of its socket (and `json`, or nothing)"
                 ))),
             },
+            Some(GUARDIAN_ROLE) => match arg(2).and_then(|s| s.parse::<u32>().ok()) {
+                Some(lrpm) if lrpm > 0 => Ok(Role::Guardian {
+                    lrpm,
+                    tree: args.get(3).map(std::path::PathBuf::from),
+                }),
+                _ => Err(RoleError(format!("{GUARDIAN_ROLE} needs lrpm's pid"))),
+            },
             _ => Ok(Role::Supervisor),
         }
     }
@@ -134,6 +152,11 @@ impl Role {
                 if *json {
                     args.push("json".to_owned());
                 }
+                args
+            }
+            Role::Guardian { lrpm, tree } => {
+                let mut args = vec![GUARDIAN_ROLE.to_owned(), lrpm.to_string()];
+                args.extend(tree.iter().map(|t| t.to_string_lossy().into_owned()));
                 args
             }
         }
@@ -251,6 +274,14 @@ mod tests {
             Role::Config { interval_secs: 0.0 },
             Role::handed_hub(false),
             Role::handed_hub(true),
+            Role::Guardian {
+                lrpm: 42,
+                tree: None,
+            },
+            Role::Guardian {
+                lrpm: 42,
+                tree: Some("/sys/fs/cgroup/lrpm-42".into()),
+            },
         ] {
             let mut argv = vec!["lrpm".to_owned()];
             argv.extend(role.args());
@@ -274,6 +305,8 @@ mod tests {
             &["lrpm", HUB_ROLE, "2"],
             &["lrpm", HUB_ROLE, "x"],
             &["lrpm", HUB_ROLE, "3", "yaml"],
+            &["lrpm", GUARDIAN_ROLE],
+            &["lrpm", GUARDIAN_ROLE, "0"],
         ] {
             assert!(Role::parse(&args(broken)).is_err(), "{broken:?}");
         }

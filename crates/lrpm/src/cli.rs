@@ -126,6 +126,13 @@ pub(crate) struct Args {
     #[arg(long, value_name = "auto|off|PATH", default_value = "auto")]
     pub(crate) cgroup: lrpm_process::containment::CgroupChoice,
 
+    /// Keep a guardian process: when lrpm dies, even by SIGKILL, it kills
+    /// every job's cgroup (or, without cgroups, every process carrying one
+    /// of lrpm's run ids), so that daemons that left their job's process
+    /// group do not outlive lrpm. A guardian that dies is started again.
+    #[arg(long, value_enum, value_name = "on|off", default_value = "on")]
+    pub(crate) guardian: OnOff,
+
     /// lrpm's own oom_score_adj (-1000 to 1000), or `keep` to leave what
     /// it inherited. The default, -900, makes the kernel's OOM killer pick
     /// workers (which lrpm restarts) long before lrpm; lowering it needs
@@ -200,6 +207,15 @@ pub(crate) fn generate(what: Generate) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A switch's value: `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
 /// The validated settings of a supervisor run.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
@@ -218,6 +234,8 @@ pub(crate) struct Options {
     pub(crate) max_removal_ratio: Option<f64>,
     /// Where job cgroups go.
     pub(crate) cgroup: lrpm_process::containment::CgroupChoice,
+    /// Whether lrpm keeps a guardian (`--guardian`).
+    pub(crate) guardian: bool,
     /// lrpm's own `oom_score_adj`; `None`: keep it.
     pub(crate) oom_score_adj: Option<i32>,
     /// The workers' `oom_score_adj`; `None`: the value lrpm started with.
@@ -320,6 +338,7 @@ impl Args {
             max_backoff,
             max_removal_ratio: self.max_removal_ratio,
             cgroup: self.cgroup,
+            guardian: self.guardian == OnOff::On,
             oom_score_adj,
             worker_oom_score_adj,
             log_format: self.log_format,

@@ -23,6 +23,7 @@ mod cluster;
 mod control;
 #[cfg(feature = "etcd")]
 mod etcd;
+mod guardian;
 mod hub;
 pub mod library;
 mod lines;
@@ -103,6 +104,7 @@ fn run_as(args: Vec<OsString>, library: Option<library::Lrpm>) -> ExitCode {
     match (role, library) {
         (Role::Supervisor, library) => supervise_args(args, library),
         (Role::OutputHub { fd, json }, _) => hub::run(fd, LineFormat::json_if(json)),
+        (Role::Guardian { lrpm, tree }, _) => guardian::run(lrpm, tree),
         (Role::Worker { class }, Some(library)) => library.run_worker(&class),
         (Role::Config { interval_secs }, Some(library)) => {
             library.run_config(std::time::Duration::from_secs_f64(interval_secs))
@@ -345,6 +347,15 @@ fn supervise(
                 return ExitCode::FAILURE;
             }
         };
+        // Before anything is spawned, so that no worker runs unguarded.
+        let guardian = options.guardian.then(|| {
+            let tree = containment.cgroups.as_ref().map(|t| t.base().to_path_buf());
+            guardian::Guardian::start(spawn_ctx.clone(), tree)
+        });
+        let guardian_handle = guardian
+            .as_ref()
+            .map(guardian::Guardian::handle)
+            .unwrap_or_default();
         let (updates_tx, updates) = mpsc::unbounded_channel();
         let source_options = SourceOptions {
             interval: options.interval,
@@ -426,9 +437,14 @@ fn supervise(
             web,
             load_counts: Default::default(),
             cluster,
+            guardian: guardian_handle,
         }
         .run()
         .await;
+        // Every worker is gone: the guardian has nothing left to guard.
+        if let Some(guardian) = guardian {
+            guardian.bye().await;
+        }
         // Every worker is reaped: the hubs forward what is left in their
         // pipes and exit.
         if let Some(hubs) = hubs {

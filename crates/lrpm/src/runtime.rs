@@ -108,6 +108,9 @@ pub(crate) struct Shell {
     pub(crate) load_counts: LoadCounts,
     /// The cluster this node belongs to: `None` runs every job here.
     pub(crate) cluster: Option<Cluster>,
+    /// The guardian's heartbeat (the cluster mode's dead-man's switch).
+    #[allow(dead_code)] // For the cluster mode (issue 15).
+    pub(crate) guardian: crate::guardian::Handle,
 }
 
 /// The jobs whose last spawn failed for want of descriptors: they wait

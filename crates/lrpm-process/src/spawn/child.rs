@@ -109,6 +109,8 @@ pub(super) struct ChildArgs {
     pub(super) cwd: *const libc::c_char,
     pub(super) identity: Option<*const Switch>,
     pub(super) parent: rustix::process::Pid,
+    /// Whether the parent-death SIGKILL is armed (not for the guardian).
+    pub(super) death_signal: bool,
     pub(super) nofile: libc::rlimit,
     /// The workers' `oom_score_adj`, as text (null: keep lrpm's).
     pub(super) oom: *const u8,
@@ -161,7 +163,9 @@ pub(super) extern "C" fn child_main(arg: *mut c_void) -> c_int {
         stdio(a)?;
         oom_score_adj(a)?;
         switch_identity(a)?;
-        death_signal(a)?;
+        if a.death_signal {
+            death_signal(a)?;
+        }
         // Best effort: a child that cannot lower its own limit still runs.
         // SAFETY: setrlimit reads the rlimit the parent prepared.
         let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &a.nofile) };

@@ -142,6 +142,9 @@ pub struct Plan<'a> {
     pub handed: Option<BorrowedFd<'a>>,
     /// Fallback paths to take even where they are not needed.
     pub fallbacks: Fallbacks,
+    /// A child that must outlive lrpm (the guardian): no parent-death
+    /// signal, and lrpm's own `oom_score_adj` rather than the workers'.
+    pub outlives_parent: bool,
 }
 
 /// A child that is running its program.
@@ -325,7 +328,11 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Child, Failure> {
     let envp = pointers(plan.envp);
     let report = Report::default();
     let mut oom_text = [0u8; 12];
-    let oom = crate::oom::worker_value(&mut oom_text);
+    let oom = if plan.outlives_parent {
+        None
+    } else {
+        crate::oom::worker_value(&mut oom_text)
+    };
     let mut guard = spawner();
     if guard.is_none() {
         *guard = Some(Spawner::new().map_err(Failure::parent)?);
@@ -353,6 +360,7 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Child, Failure> {
         cwd: plan.cwd.map_or(ptr::null(), CStr::as_ptr),
         identity: plan.identity.map(ptr::from_ref),
         parent: plan.parent,
+        death_signal: !plan.outlives_parent,
         nofile: libc::rlimit {
             rlim_cur: plan.nofile.current.unwrap_or(libc::RLIM_INFINITY),
             rlim_max: plan.nofile.maximum.unwrap_or(libc::RLIM_INFINITY),

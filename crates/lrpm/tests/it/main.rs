@@ -13,6 +13,7 @@ mod cluster_static;
 mod control;
 mod control_abuse;
 mod descriptors;
+mod guardian;
 mod health;
 mod hostile;
 mod instances;

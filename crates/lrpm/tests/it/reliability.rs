@@ -946,7 +946,9 @@ fn sigkill_in_the_middle_of_a_reconcile_leaves_no_worker_and_a_restart_restores_
         config.push_str(&format!(r#""w{i}": {{"name": "w", "command": {command}}}"#));
     }
     config.push('}');
-    let mut first = Lrpm::start("jobs.json", "{}", &[]);
+    // Without its guardian, which would kill the grandchildren at once
+    // (the guardian module's tests): here the next lrpm cleans up.
+    let mut first = Lrpm::start("jobs.json", "{}", &["--guardian", "off"]);
     let lrpm_pid = first.pid();
     first.write_config(&config);
     wait_until("the reconcile to be under way", LONG, || {

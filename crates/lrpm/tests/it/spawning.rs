@@ -8,7 +8,10 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use crate::support::{Lrpm, children_of, job_in, jobs, pid_alive, pid_of, signal, wait_until};
+use crate::support::{
+    Lrpm, children_but_the_guardian, is_guardian, job_in, jobs, pid_alive, pid_of, signal,
+    wait_until,
+};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -65,10 +68,10 @@ fn start_failures_are_clear_errors_and_leave_no_process() {
             && nocwd.contains("No such file or directory"),
         "{nocwd}"
     );
-    // The failed children were reaped: lrpm has no child at all (a retry
-    // may be starting one for a few microseconds, hence the wait).
+    // The failed children were reaped: lrpm has no child but its guardian
+    // (a retry may be starting one for a few microseconds, hence the wait).
     wait_until("lrpm to have no child", LONG, || {
-        children_of(lrpm.pid()).is_empty()
+        children_but_the_guardian(lrpm.pid()).is_empty()
     });
 }
 
@@ -199,9 +202,11 @@ fn children_by_thread(pid: u32) -> BTreeMap<String, Vec<u32>> {
         ) else {
             continue;
         };
+        // Its guardian is no worker.
         by_thread.entry(name.trim().to_owned()).or_default().extend(
             list.split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok()),
+                .filter_map(|p| p.parse::<u32>().ok())
+                .filter(|p| !is_guardian(*p)),
         );
     }
     by_thread.retain(|_, children| !children.is_empty());

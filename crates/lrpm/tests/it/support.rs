@@ -615,6 +615,21 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Whether process `pid` is an lrpm's guardian (`__lrpm-guardian`).
+pub fn is_guardian(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        cmdline.split(|b| *b == 0).nth(1) == Some(b"__lrpm-guardian".as_slice())
+    })
+}
+
+/// The children of lrpm `pid` but its guardian.
+pub fn children_but_the_guardian(pid: u32) -> Vec<u32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|child| !is_guardian(*child))
+        .collect()
+}
+
 /// Resident memory of `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
