@@ -1234,6 +1234,29 @@ impl Supervisor {
         }
     }
 
+    /// SIGKILL now to every process that is stopping and has not had it
+    /// yet, without shutting down: a cluster node whose lease may expire
+    /// within a second kills what is left of the workers it gave up.
+    pub fn kill_stopping(&mut self) {
+        let due: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, job)| {
+                matches!(
+                    job.state,
+                    State::Stopping {
+                        kill_at: Some(_),
+                        ..
+                    }
+                )
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.escalate(&id);
+        }
+    }
+
     /// Shuts down at once: SIGKILL to every process that has not had it yet.
     pub fn force_kill(&mut self, now: Instant) {
         self.shutdown(now);

@@ -806,6 +806,31 @@ fn force_kill_kills_at_once() {
 }
 
 #[test]
+fn kill_stopping_kills_the_stopping_processes_and_nothing_else() {
+    let mut sim = Sim::new();
+    let mut slow = spec("slow");
+    slow.shutdown_timeout = 30 * SEC;
+    let kept = spec("kept");
+    sim.config(decl(&[("slow", slow), ("kept", kept.clone())]));
+    // A cluster node gives `slow` up: it is asked to stop, politely.
+    sim.config(decl(&[("kept", kept)]));
+    sim.run_actions();
+    assert_eq!(
+        sim.signals.iter().map(|s| s.2).collect::<Vec<_>>(),
+        [Signal::Term]
+    );
+    sim.sup.kill_stopping();
+    sim.run_actions();
+    let sent: Vec<Signal> = sim.signals.iter().map(|s| s.2).collect();
+    assert_eq!(sent, [Signal::Term, Signal::Kill], "one SIGKILL, to slow");
+    assert!(!sim.sup.is_shutting_down());
+    // A second call has nothing left to kill.
+    sim.sup.kill_stopping();
+    sim.run_actions();
+    assert_eq!(sim.signals.len(), 2);
+}
+
+#[test]
 fn a_first_interrupt_stops_gracefully_and_a_second_kills_at_once() {
     let mut sim = Sim::new();
     let mut slow = spec("slow");

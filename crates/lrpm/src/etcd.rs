@@ -284,9 +284,9 @@ impl Etcd {
         self.index
     }
 
-    /// The etcd-client handle, for what this layer does not wrap yet
-    /// (leases, transactions).
-    #[allow(dead_code)]
+    /// The etcd-client handle, for what this layer does not wrap
+    /// (leases, puts; the cluster membership uses them).
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     pub(crate) fn client(&mut self) -> &mut Client {
         &mut self.client
     }

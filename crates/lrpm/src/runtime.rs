@@ -35,7 +35,7 @@ use lrpm_core::supervisor::{
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::cluster::{Cluster, ClusterEvent};
+use crate::cluster::{Cluster, ClusterEvent, Outcome};
 use crate::control::{ControlMsg, Reply};
 use lrpm_process::command::SpawnError;
 use lrpm_process::exits::ExitEvent;
@@ -397,11 +397,13 @@ impl Shell {
         let Some(cluster) = &mut self.cluster else {
             return;
         };
-        if let Some(share) = cluster.handle(event) {
-            match self.core.handle_config(Instant::now(), share) {
+        match cluster.handle(event) {
+            Outcome::Nothing => {}
+            Outcome::Share(share) => match self.core.handle_config(Instant::now(), share) {
                 ConfigOutcome::Held(message) => tracing::warn!("{message}"),
                 ConfigOutcome::Applied | ConfigOutcome::Ignored => {}
-            }
+            },
+            Outcome::Kill => self.core.kill_stopping(),
         }
     }
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use lrpm_core::shard::{StaticShard, Strategy};
 
 /// The cluster's flags, flattened into `lrpm`'s command line.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ClusterArgs {
     /// The number of nodes of a static cluster (env LRPM_NUMBER_OF_INSTANCES,
     /// or php-lrpm-cluster's PHP_LRPM_NUMBER_OF_INSTANCES); with
@@ -36,6 +36,36 @@ pub(crate) struct ClusterArgs {
         help_heading = "Cluster"
     )]
     pub(crate) shard: Option<Strategy>,
+
+    /// Dynamic membership on etcd: etcd://HOST:PORT[,HOST:PORT…]/PREFIX.
+    /// Each node holds a lease and registers as PREFIX/members/NODE; the
+    /// jobs go by rendezvous hashing over the live members.
+    #[arg(long, value_name = "URI", conflicts_with_all = ["cluster_size", "cluster_index", "cluster_file"], help_heading = "Cluster")]
+    pub(crate) cluster: Option<String>,
+
+    /// This node's id in an etcd cluster [default: the host name].
+    #[arg(
+        long,
+        env = "LRPM_NODE_ID",
+        value_name = "ID",
+        help_heading = "Cluster"
+    )]
+    pub(crate) node_id: Option<String>,
+
+    /// The lease's time to live in seconds (at least 2): a dead node's jobs
+    /// run elsewhere within this plus 2 s.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "10",
+        help_heading = "Cluster"
+    )]
+    pub(crate) lease_ttl: u64,
+
+    /// This node's rendezvous weight (> 0): a node of weight 2 gets about
+    /// twice the jobs of a node of weight 1.
+    #[arg(long, value_name = "W", default_value = "1", help_heading = "Cluster")]
+    pub(crate) node_weight: f64,
 }
 
 /// The environment variables of a static cluster's size, lrpm's first.
@@ -62,6 +92,32 @@ pub(crate) enum ClusterChoice {
         /// What it held at start.
         shard: StaticShard,
     },
+    /// Dynamic membership on etcd.
+    Etcd {
+        /// The URI, as given (shown without its password).
+        uri: String,
+        /// This node's id.
+        node: String,
+        /// The lease's time to live.
+        ttl: std::time::Duration,
+        /// This node's weight.
+        weight: f64,
+    },
+}
+
+impl Default for ClusterArgs {
+    fn default() -> Self {
+        Self {
+            cluster_size: None,
+            cluster_index: None,
+            cluster_file: None,
+            shard: None,
+            cluster: None,
+            node_id: None,
+            lease_ttl: 10,
+            node_weight: 1.0,
+        }
+    }
 }
 
 impl ClusterArgs {
@@ -72,6 +128,18 @@ impl ClusterArgs {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<ClusterChoice, String> {
         let strategy = self.shard.unwrap_or_default();
+        if let Some(uri) = self.cluster {
+            return etcd_choice(
+                uri,
+                self.node_id,
+                self.lease_ttl,
+                self.node_weight,
+                self.shard,
+            );
+        }
+        if self.lease_ttl != 10 || self.node_weight != 1.0 {
+            return Err("--lease-ttl and --node-weight need --cluster etcd://…".into());
+        }
         // The first variable of each list that is set, with its name.
         let from_env = |names: [&'static str; 2]| {
             names
@@ -140,6 +208,55 @@ impl ClusterArgs {
             }
         }
     }
+}
+
+/// Checks the etcd cluster's settings.
+fn etcd_choice(
+    uri: String,
+    node: Option<String>,
+    ttl: u64,
+    weight: f64,
+    shard: Option<Strategy>,
+) -> Result<ClusterChoice, String> {
+    if !cfg!(feature = "etcd") {
+        return Err("--cluster etcd://… needs lrpm built with the etcd feature".into());
+    }
+    if !uri.starts_with("etcd://") {
+        return Err(format!(
+            "--cluster: {uri:?} is not an etcd://HOST:PORT/PREFIX URI"
+        ));
+    }
+    if shard.is_some_and(|s| s != Strategy::Rendezvous) {
+        return Err(
+            "--cluster etcd://… assigns jobs by rendezvous hashing: --shard \
+                    balanced and hash are for static clusters"
+                .into(),
+        );
+    }
+    if ttl < 2 {
+        return Err(format!("--lease-ttl: at least 2 seconds, got {ttl}"));
+    }
+    if !(weight.is_finite() && weight > 0.0) {
+        return Err(format!("--node-weight: must be a number > 0, got {weight}"));
+    }
+    let node = match node {
+        Some(node) => node,
+        None => rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned(),
+    };
+    if node.is_empty() || node.contains('/') || node.chars().any(char::is_control) {
+        return Err(format!(
+            "--node-id: {node:?} must be a non-empty name without '/' or control characters"
+        ));
+    }
+    Ok(ClusterChoice::Etcd {
+        uri,
+        node,
+        ttl: std::time::Duration::from_secs(ttl),
+        weight,
+    })
 }
 
 /// A size or index: decimal digits only (as php-lrpm-cluster's
@@ -257,6 +374,51 @@ mod tests {
         for (args, env) in bad {
             let shown = format!("{args:?} {env:?}");
             assert!(choice(args, &env).is_err(), "accepted: {shown}");
+        }
+    }
+
+    #[test]
+    fn etcd_settings_are_checked() {
+        let etcd =
+            |node: Option<&str>, ttl: u64, weight: f64, shard: Option<Strategy>| ClusterArgs {
+                cluster: Some("etcd://127.0.0.1:2379/lrpm".into()),
+                node_id: node.map(str::to_owned),
+                lease_ttl: ttl,
+                node_weight: weight,
+                shard,
+                ..ClusterArgs::default()
+            };
+        assert_eq!(
+            choice(etcd(Some("n1"), 3, 2.0, None), &[]),
+            Ok(ClusterChoice::Etcd {
+                uri: "etcd://127.0.0.1:2379/lrpm".into(),
+                node: "n1".into(),
+                ttl: std::time::Duration::from_secs(3),
+                weight: 2.0,
+            })
+        );
+        assert!(matches!(
+            choice(etcd(None, 10, 1.0, Some(Strategy::Rendezvous)), &[]),
+            Ok(ClusterChoice::Etcd { node, .. }) if !node.is_empty()
+        ));
+        for bad in [
+            etcd(Some("n1"), 1, 1.0, None),
+            etcd(Some("n1"), 3, 0.0, None),
+            etcd(Some("n1"), 3, f64::NAN, None),
+            etcd(Some("a/b"), 3, 1.0, None),
+            etcd(Some(""), 3, 1.0, None),
+            etcd(Some("n1"), 3, 1.0, Some(Strategy::Hash)),
+            ClusterArgs {
+                cluster: Some("http://x:1/p".into()),
+                ..ClusterArgs::default()
+            },
+            ClusterArgs {
+                lease_ttl: 5,
+                ..ClusterArgs::default()
+            },
+        ] {
+            let shown = format!("{bad:?}");
+            assert!(choice(bad, &[]).is_err(), "accepted: {shown}");
         }
     }
 

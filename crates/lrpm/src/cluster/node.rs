@@ -4,41 +4,91 @@
 //! Every configuration the source delivers goes through
 //! [`Cluster::filter`], which keeps the whole map (a later membership
 //! change assigns it again) and hands the core only this node's share.
-//! When the membership changes, [`Cluster::membership_changed`] gives the
-//! core the new share of the same map. Both log every job that moves
-//! between nodes, with the reason.
+//! When the membership changes, [`Cluster::handle`] gives the core the new
+//! share of the same map. Both log every job that moves between nodes,
+//! with the reason.
+//!
+//! On etcd, the share also depends on the lease: a node whose lease may
+//! expire soon (no keep-alive answered for a while) fences itself: its
+//! share becomes empty, so that the core stops every worker, and the
+//! workers still alive one second before the lease could expire are
+//! killed ([`ClusterEvent::Kill`]).
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lrpm_core::decl::Declaration;
 use lrpm_core::job::JobId;
-use lrpm_core::shard::{StaticShard, share};
+#[cfg(feature = "etcd")]
+use lrpm_core::shard::{Node, rendezvous};
+use lrpm_core::shard::{StaticShard, Strategy, share};
 use lrpm_core::status::{ClusterStatus, MemberStatus};
+#[cfg(feature = "etcd")]
+use lrpm_core::status::{ConnectionState, ConnectionStatus};
 
 use super::args::ClusterChoice;
 use super::file::ClusterFile;
+#[cfg(feature = "etcd")]
+use super::lease::{self, LeaseEvent};
 
 /// How many moved jobs one change logs one by one; a summary line counts
 /// the others.
 const LOGGED_MOVES: usize = 20;
 
+/// How long before the lease could expire every worker is dead at the
+/// latest.
+const FENCE_MARGIN: Duration = Duration::from_secs(1);
+
 /// A node's cluster: its membership and the last job map.
 #[derive(Debug)]
 pub(crate) struct Cluster {
-    /// The size, this node's index and the strategy.
-    shard: StaticShard,
-    /// Where they come from, for status.
+    /// How the membership is known.
+    mode: Mode,
+    /// Where it comes from, for status.
     from: String,
-    /// The cluster file, followed, if the membership is in one.
-    file: Option<ClusterFile>,
     /// The last job map the source delivered, whole: a membership change
     /// assigns it again.
     map: Option<Declaration>,
-    /// Every job of that map with its node.
-    assignment: BTreeMap<JobId, u32>,
-    /// The last problem with the membership, if the last read of the
-    /// cluster file failed.
+    /// Every job of that map with its node's name.
+    assignment: BTreeMap<JobId, String>,
+    /// The last problem with the membership, if any.
     error: Option<String>,
+}
+
+/// How the membership is known.
+#[derive(Debug)]
+enum Mode {
+    /// A fixed size and index, perhaps from a followed file.
+    Static {
+        shard: StaticShard,
+        file: Option<ClusterFile>,
+    },
+    /// Live members on etcd.
+    #[cfg(feature = "etcd")]
+    Etcd(Box<EtcdMember>),
+}
+
+/// This node's membership of an etcd cluster.
+#[cfg(feature = "etcd")]
+#[derive(Debug)]
+struct EtcdMember {
+    node: String,
+    ttl: Duration,
+    /// The live members, with their weights.
+    members: BTreeMap<String, f64>,
+    /// The membership task's reports.
+    events: tokio::sync::mpsc::UnboundedReceiver<LeaseEvent>,
+    /// The send time of the last keep-alive etcd answered, plus the TTL:
+    /// the lease lives at least until then. `None` before the first.
+    deadline: Option<Instant>,
+    /// Whether this node has fenced itself (its share is empty until its
+    /// lease is renewed).
+    fenced: bool,
+    /// Whether the workers left at the fence were killed.
+    killed: bool,
+    /// Since when the connection is in its state, and the state, for
+    /// status.
+    connection: ConnectionStatus,
 }
 
 /// Something the cluster has to tell the event loop.
@@ -47,32 +97,99 @@ pub(crate) enum ClusterEvent {
     /// The cluster file was read again: its membership, or why it is
     /// unusable.
     File(Result<StaticShard, String>),
+    /// The etcd membership task reported.
+    #[cfg(feature = "etcd")]
+    Lease(LeaseEvent),
+    /// The lease may expire soon: stop every worker.
+    Fence,
+    /// The lease may expire within [`FENCE_MARGIN`]: kill every worker
+    /// still alive.
+    Kill,
+}
+
+/// What the event loop does after an event.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Nothing.
+    Nothing,
+    /// Give the core this node's new share.
+    Share(Declaration),
+    /// Kill every worker still stopping (the lease's last second nears).
+    Kill,
 }
 
 impl Cluster {
     /// The cluster `choice` describes (`None` for a lone node), with its
-    /// file watched.
+    /// file watched or its etcd membership started.
     pub(crate) fn start(choice: ClusterChoice) -> Result<Option<Self>, String> {
-        let (shard, from, file) = match choice {
+        let (mode, from) = match choice {
             ClusterChoice::Alone => return Ok(None),
-            ClusterChoice::Static { shard, from } => (shard, from, None),
+            ClusterChoice::Static { shard, from } => (Mode::Static { shard, file: None }, from),
             ClusterChoice::File { path, shard } => {
                 let file = ClusterFile::watch(&path, shard.strategy())?;
-                (shard, path.display().to_string(), Some(file))
+                let from = path.display().to_string();
+                (
+                    Mode::Static {
+                        shard,
+                        file: Some(file),
+                    },
+                    from,
+                )
+            }
+            #[cfg(feature = "etcd")]
+            ClusterChoice::Etcd {
+                uri,
+                node,
+                ttl,
+                weight,
+            } => {
+                let parsed =
+                    crate::etcd::EtcdUri::parse(&uri).map_err(|e| format!("--cluster: {e}"))?;
+                let events = lease::start(lease::LeaseConfig {
+                    uri: parsed,
+                    node: node.clone(),
+                    weight,
+                    ttl,
+                });
+                tracing::info!(node = %node, "etcd cluster {}, this node {node} (weight {weight}), lease TTL {}s", crate::base::mask_password(&uri), ttl.as_secs());
+                let member = EtcdMember {
+                    node,
+                    ttl,
+                    members: BTreeMap::new(),
+                    events,
+                    deadline: None,
+                    fenced: true,
+                    killed: true,
+                    connection: ConnectionStatus {
+                        state: ConnectionState::Connecting,
+                        since: wall_now(),
+                        error: None,
+                        retry_at: None,
+                    },
+                };
+                (
+                    Mode::Etcd(Box::new(member)),
+                    crate::base::mask_password(&uri),
+                )
+            }
+            #[cfg(not(feature = "etcd"))]
+            ClusterChoice::Etcd { .. } => {
+                return Err("--cluster etcd://… needs lrpm built with the etcd feature".into());
             }
         };
-        tracing::info!(
-            node = shard.index(),
-            "static cluster of {} nodes ({}), this one node {}, strategy {}",
-            shard.size(),
-            from,
-            shard.index(),
-            shard.strategy()
-        );
+        if let Mode::Static { shard, .. } = &mode {
+            tracing::info!(
+                node = shard.index(),
+                "static cluster of {} nodes ({}), this one node {}, strategy {}",
+                shard.size(),
+                from,
+                shard.index(),
+                shard.strategy()
+            );
+        }
         Ok(Some(Self {
-            shard,
+            mode,
             from,
-            file,
             map: None,
             assignment: BTreeMap::new(),
             error: None,
@@ -81,9 +198,30 @@ impl Cluster {
 
     /// The next event; never returns if there can be none.
     pub(crate) async fn next_event(&mut self) -> ClusterEvent {
-        match &mut self.file {
-            Some(file) => ClusterEvent::File(file.changed().await),
-            None => std::future::pending().await,
+        match &mut self.mode {
+            Mode::Static {
+                file: Some(file), ..
+            } => ClusterEvent::File(file.changed().await),
+            Mode::Static { file: None, .. } => std::future::pending().await,
+            #[cfg(feature = "etcd")]
+            Mode::Etcd(member) => {
+                let fence_at = member.fence_at();
+                let kill_at = member
+                    .deadline
+                    .filter(|_| !member.killed)
+                    .map(|d| d - FENCE_MARGIN);
+                let until = |at: Option<Instant>| async move {
+                    match at {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    Some(event) = member.events.recv() => ClusterEvent::Lease(event),
+                    () = until(fence_at) => ClusterEvent::Fence,
+                    () = until(kill_at) => ClusterEvent::Kill,
+                }
+            }
         }
     }
 
@@ -95,35 +233,117 @@ impl Cluster {
         share
     }
 
-    /// Handles `event`; returns this node's new share of the last map when
-    /// the membership changed.
-    pub(crate) fn handle(&mut self, event: ClusterEvent) -> Option<Declaration> {
-        match event {
+    /// Handles `event`: what the event loop must do.
+    pub(crate) fn handle(&mut self, event: ClusterEvent) -> Outcome {
+        let why = match event {
             ClusterEvent::File(Err(e)) => {
                 if self.error.as_ref() != Some(&e) {
                     tracing::error!("{e}; keeping the last good membership");
                 }
                 self.error = Some(e);
-                None
+                return Outcome::Nothing;
             }
-            ClusterEvent::File(Ok(shard)) => {
+            ClusterEvent::File(Ok(new)) => {
                 self.error = None;
-                if shard == self.shard {
-                    return None;
+                let Mode::Static { shard, .. } = &mut self.mode else {
+                    return Outcome::Nothing;
+                };
+                if new == *shard {
+                    return Outcome::Nothing;
                 }
                 let why = format!(
                     "the cluster file changed: {} nodes, this one node {} (was {} nodes, node {})",
+                    new.size(),
+                    new.index(),
                     shard.size(),
-                    shard.index(),
-                    self.shard.size(),
-                    self.shard.index()
+                    shard.index()
                 );
                 tracing::info!("{why}");
-                self.shard = shard;
-                let map = self.map.take()?;
-                let share = self.share(&map, &why);
-                self.map = Some(map);
-                Some(share)
+                *shard = new;
+                why
+            }
+            #[cfg(feature = "etcd")]
+            ClusterEvent::Lease(event) => match self.lease_event(event) {
+                Some(why) => why,
+                None => return Outcome::Nothing,
+            },
+            ClusterEvent::Fence => {
+                #[cfg(feature = "etcd")]
+                if let Mode::Etcd(member) = &mut self.mode {
+                    member.fenced = true;
+                    member.killed = false;
+                }
+                let why = "no keep-alive of the lease answered in time: this node fences itself, \
+                           stopping every worker before the lease can expire"
+                    .to_owned();
+                tracing::error!("{why}");
+                why
+            }
+            ClusterEvent::Kill => {
+                #[cfg(feature = "etcd")]
+                if let Mode::Etcd(member) = &mut self.mode {
+                    member.killed = true;
+                }
+                tracing::error!("the lease may expire within a second: killing every worker left");
+                return Outcome::Kill;
+            }
+        };
+        let Some(map) = self.map.take() else {
+            return Outcome::Nothing;
+        };
+        let share = self.share(&map, &why);
+        self.map = Some(map);
+        Outcome::Share(share)
+    }
+
+    /// Takes in a report of the membership task; returns why the share
+    /// changes, if it may.
+    #[cfg(feature = "etcd")]
+    fn lease_event(&mut self, event: LeaseEvent) -> Option<String> {
+        let Mode::Etcd(member) = &mut self.mode else {
+            return None;
+        };
+        let now_wall = wall_now();
+        match event {
+            LeaseEvent::Renewed(sent) => {
+                member.deadline = Some(sent + member.ttl);
+                if member.connection.state != ConnectionState::Connected {
+                    member.connection = ConnectionStatus {
+                        state: ConnectionState::Connected,
+                        since: now_wall,
+                        error: None,
+                        retry_at: None,
+                    };
+                }
+                self.error = None;
+                let fence_at = sent + member.ttl - FENCE_MARGIN - member.ttl / 6;
+                if member.fenced && fence_at > Instant::now() {
+                    member.fenced = false;
+                    member.killed = true;
+                    return Some("the lease is held again".into());
+                }
+                None
+            }
+            LeaseEvent::Lost(why) => {
+                tracing::warn!("etcd membership: {why}; trying again");
+                member.connection = ConnectionStatus {
+                    state: ConnectionState::Reconnecting,
+                    since: now_wall,
+                    error: Some(why.clone()),
+                    retry_at: None,
+                };
+                self.error = Some(why);
+                None
+            }
+            LeaseEvent::Members(members) => {
+                if members == member.members {
+                    return None;
+                }
+                let names: Vec<&String> = members.keys().collect();
+                let why = format!("the members changed: {names:?}");
+                tracing::info!("{why}");
+                member.members = members;
+                Some(why)
             }
         }
     }
@@ -131,26 +351,65 @@ impl Cluster {
     /// Assigns `decl`'s jobs, logs those that moved since the last
     /// assignment with `why`, and returns this node's share.
     fn share(&mut self, decl: &Declaration, why: &str) -> Declaration {
-        let assignment = self.shard.assignment(decl);
-        let me = self.shard.index();
-        log_moves(&self.assignment, &assignment, me, why);
+        let (assignment, me) = match &self.mode {
+            Mode::Static { shard, .. } => (
+                shard
+                    .assignment(decl)
+                    .into_iter()
+                    .map(|(id, node)| (id, node.to_string()))
+                    .collect(),
+                shard.index().to_string(),
+            ),
+            #[cfg(feature = "etcd")]
+            Mode::Etcd(member) => {
+                let nodes: Vec<Node<'_>> = member
+                    .members
+                    .iter()
+                    .map(|(name, weight)| Node {
+                        name,
+                        weight: *weight,
+                    })
+                    .collect();
+                let assignment: BTreeMap<JobId, String> = decl
+                    .jobs
+                    .keys()
+                    .chain(decl.invalid.keys())
+                    .filter_map(|id| {
+                        rendezvous(&nodes, id.as_str())
+                            .map(|i| (id.clone(), nodes[i].name.to_owned()))
+                    })
+                    .collect();
+                // A fenced node, or one not registered yet, runs nothing.
+                let me = if member.fenced || !member.members.contains_key(&member.node) {
+                    String::new()
+                } else {
+                    member.node.clone()
+                };
+                (assignment, me)
+            }
+        };
+        log_moves(&self.assignment, &assignment, &self.node(), why);
         self.assignment = assignment;
         share(decl, &self.assignment, &me)
     }
 
+    /// This node's name.
+    fn node(&self) -> String {
+        match &self.mode {
+            Mode::Static { shard, .. } => shard.index().to_string(),
+            #[cfg(feature = "etcd")]
+            Mode::Etcd(member) => member.node.clone(),
+        }
+    }
+
     /// `supervisor.cluster`, with every job's node when `assignment`.
     pub(crate) fn status(&self, assignment: bool) -> ClusterStatus {
-        let me = self.shard.index();
-        ClusterStatus {
+        let me = self.node();
+        let mut status = ClusterStatus {
             mode: "static".into(),
-            node: me.to_string(),
-            members: (0..self.shard.size())
-                .map(|i| MemberStatus {
-                    name: i.to_string(),
-                    weight: 1.0,
-                })
-                .collect(),
-            strategy: self.shard.strategy(),
+            node: me.clone(),
+            members: Vec::new(),
+            strategy: Strategy::Rendezvous,
             from: self.from.clone(),
             jobs_here: self.assignment.values().filter(|n| **n == me).count(),
             jobs_total: self.assignment.len(),
@@ -161,19 +420,74 @@ impl Cluster {
             assignment: assignment.then(|| {
                 self.assignment
                     .iter()
-                    .map(|(id, node)| (id.to_string(), node.to_string()))
+                    .map(|(id, node)| (id.to_string(), node.clone()))
                     .collect()
             }),
+        };
+        match &self.mode {
+            Mode::Static { shard, .. } => {
+                status.strategy = shard.strategy();
+                status.members = (0..shard.size())
+                    .map(|i| MemberStatus {
+                        name: i.to_string(),
+                        weight: 1.0,
+                    })
+                    .collect();
+            }
+            #[cfg(feature = "etcd")]
+            Mode::Etcd(member) => {
+                status.mode = "etcd".into();
+                status.members = member
+                    .members
+                    .iter()
+                    .map(|(name, weight)| MemberStatus {
+                        name: name.clone(),
+                        weight: *weight,
+                    })
+                    .collect();
+                status.lease_ttl = Some(member.ttl.as_secs_f64());
+                status.lease_left = member
+                    .deadline
+                    .map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64());
+                status.connection = Some(member.connection.clone());
+                if member.fenced {
+                    status.jobs_here = 0;
+                }
+            }
         }
+        status
     }
+}
+
+#[cfg(feature = "etcd")]
+impl EtcdMember {
+    /// When this node fences itself if no keep-alive is answered: a sixth
+    /// of the TTL before the workers must be dead, so that they have time
+    /// to stop politely. `None` while already fenced.
+    fn fence_at(&self) -> Option<Instant> {
+        let deadline = self.deadline?;
+        (!self.fenced).then(|| deadline - FENCE_MARGIN - self.ttl / 6)
+    }
+}
+
+/// Seconds since the Unix epoch, now, for status.
+fn wall_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Logs the jobs that `before` and `after` give to different nodes, when
 /// this node (`me`) is one of the two: up to [`LOGGED_MOVES`] one by one.
-fn log_moves(before: &BTreeMap<JobId, u32>, after: &BTreeMap<JobId, u32>, me: u32, why: &str) {
+fn log_moves(
+    before: &BTreeMap<JobId, String>,
+    after: &BTreeMap<JobId, String>,
+    me: &str,
+    why: &str,
+) {
     let moves = after.iter().filter_map(|(id, to)| {
-        let from = *before.get(id)?;
-        (from != *to && (from == me || *to == me)).then_some((id, from, *to))
+        let from = before.get(id)?;
+        (from != to && (from == me || to == me)).then_some((id, from, to))
     });
     let mut count = 0usize;
     for (id, from, to) in moves {

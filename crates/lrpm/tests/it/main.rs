@@ -9,6 +9,8 @@
 mod etcd_server;
 mod support;
 
+#[cfg(feature = "etcd")]
+mod cluster_etcd;
 mod cluster_static;
 mod control;
 mod control_abuse;

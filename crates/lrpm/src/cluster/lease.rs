@@ -1,0 +1,168 @@
+//! A node's membership of an etcd cluster (`--cluster etcd://…/PREFIX`):
+//! one lease, kept alive at a third of its TTL, the member key
+//! `PREFIX/members/NODE` bound to it, and a watch on every member.
+//!
+//! A task of its own does all of it and tells the event loop, through a
+//! channel, the live members and the send time of every keep-alive etcd
+//! answered: the lease cannot expire on etcd before that time plus the TTL,
+//! which is the node's deadline for having stopped its workers. A lost
+//! connection, an expired lease or a broken watch is retried with backoff
+//! (1 s doubling to 30 s) on a new lease.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use etcd_client::PutOptions;
+use tokio::sync::mpsc;
+
+use crate::etcd::{Etcd, EtcdUri};
+
+/// What the membership task tells the event loop.
+#[derive(Debug)]
+pub(crate) enum LeaseEvent {
+    /// The live members (node id → weight), this node among them once it
+    /// has registered.
+    Members(BTreeMap<String, f64>),
+    /// Etcd answered a keep-alive (or the grant) sent at this instant: the
+    /// lease lives at least until then plus the TTL.
+    Renewed(Instant),
+    /// The lease or the connection is lost: why.
+    Lost(String),
+}
+
+/// What the task needs.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseConfig {
+    /// The cluster's etcd.
+    pub(crate) uri: EtcdUri,
+    /// This node's id.
+    pub(crate) node: String,
+    /// Its rendezvous weight.
+    pub(crate) weight: f64,
+    /// The lease's time to live.
+    pub(crate) ttl: Duration,
+}
+
+/// Starts the membership task; it runs until the receiver is dropped.
+pub(crate) fn start(config: LeaseConfig) -> mpsc::UnboundedReceiver<LeaseEvent> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let why = match member(&config, &tx).await {
+                Ok(()) => return,
+                Err(why) => why,
+            };
+            if tx.send(LeaseEvent::Lost(why)).is_err() {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    });
+    rx
+}
+
+/// The members' prefix.
+fn members_prefix(config: &LeaseConfig) -> Vec<u8> {
+    format!("{}/members/", config.uri.path.trim_end_matches('/')).into_bytes()
+}
+
+/// One membership: connect, grant, register, watch and keep alive, until
+/// something fails (`Err`, why) or the event loop is gone (`Ok`).
+async fn member(
+    config: &LeaseConfig,
+    tx: &mpsc::UnboundedSender<LeaseEvent>,
+) -> Result<(), String> {
+    let period = config.ttl / 3;
+    let mut etcd = Etcd::connect(&config.uri, 0, period)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ttl = i64::try_from(config.ttl.as_secs()).unwrap_or(i64::MAX);
+    let sent = Instant::now();
+    let lease = etcd
+        .client()
+        .lease_grant(ttl, None)
+        .await
+        .map_err(|e| format!("lease grant: {e}"))?
+        .id();
+    let prefix = members_prefix(config);
+    let mut key = prefix.clone();
+    key.extend_from_slice(config.node.as_bytes());
+    let value = serde_json::json!({ "weight": config.weight }).to_string();
+    etcd.client()
+        .put(key, value, Some(PutOptions::new().with_lease(lease)))
+        .await
+        .map_err(|e| format!("registering as a member: {e}"))?;
+    if tx.send(LeaseEvent::Renewed(sent)).is_err() {
+        return Ok(());
+    }
+    let snapshot = etcd.snapshot(&prefix).await.map_err(|e| e.to_string())?;
+    let mut members: BTreeMap<String, f64> = snapshot
+        .kvs
+        .iter()
+        .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), weight_of(v)))
+        .collect();
+    if tx.send(LeaseEvent::Members(members.clone())).is_err() {
+        return Ok(());
+    }
+    let mut watch = etcd
+        .watch(&prefix, snapshot.revision + 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut keeper, mut answers) = etcd
+        .client()
+        .lease_keep_alive(lease)
+        .await
+        .map_err(|e| format!("lease keep-alive: {e}"))?;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let sent = Instant::now();
+                keeper.keep_alive().await.map_err(|e| format!("lease keep-alive: {e}"))?;
+                // An unanswered one keeps its older send time: the deadline
+                // never moves past an answer etcd gave.
+                pending.get_or_insert(sent);
+            }
+            answer = answers.message() => {
+                let answer = answer
+                    .map_err(|e| format!("lease keep-alive: {e}"))?
+                    .ok_or("lease keep-alive: the server closed the stream")?;
+                if answer.ttl() <= 0 {
+                    return Err("the lease expired on etcd".into());
+                }
+                if let Some(sent) = pending.take() {
+                    if tx.send(LeaseEvent::Renewed(sent)).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            changes = watch.next() => {
+                let (_, changes) = changes.map_err(|e| e.to_string())?;
+                for change in changes {
+                    let name = String::from_utf8_lossy(&change.key).into_owned();
+                    match change.value {
+                        Some(value) => members.insert(name, weight_of(&value)),
+                        None => members.remove(&name),
+                    };
+                }
+                if tx.send(LeaseEvent::Members(members.clone())).is_err() {
+                    return Ok(());
+                }
+            }
+            () = tx.closed() => return Ok(()),
+        }
+    }
+}
+
+/// A member key's weight: `{"weight": W}`, 1 for anything else.
+fn weight_of(value: &[u8]) -> f64 {
+    serde_json::from_slice::<serde_json::Value>(value)
+        .ok()
+        .and_then(|v| v["weight"].as_f64())
+        .filter(|w| w.is_finite() && *w > 0.0)
+        .unwrap_or(1.0)
+}

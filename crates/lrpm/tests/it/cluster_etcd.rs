@@ -1,0 +1,228 @@
+//! Dynamic membership on a real etcd (started on loopback by the test):
+//! three lrpm nodes, each with its own socket, share one job map; every
+//! job runs on exactly one node, and a node killed with SIGKILL has its
+//! jobs running elsewhere within the lease's TTL plus 2 s.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::etcd_server::{self, EtcdServer};
+use crate::support::{Lrpm, jobs_in, signal, wait_for_value, wall_now};
+
+const TTL: u64 = 3;
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A job map of `n` jobs whose workers append `JOB PID NODE` to the ledger
+/// when they start, then sleep.
+fn job_map(n: usize, ledger: &std::path::Path) -> String {
+    let line = format!(
+        "echo \"$LRPM_JOB_ID $$ $LRPM_NODE_ID\" >> {}; exec sleep 300",
+        ledger.display()
+    );
+    let map: serde_json::Map<String, Value> = (0..n)
+        .map(|i| {
+            let job = serde_json::json!({"name": format!("job {i}"), "command": line});
+            (format!("job-{i}"), job)
+        })
+        .collect();
+    Value::Object(map).to_string()
+}
+
+/// Starts node `name` of the cluster on `etcd`, reading `jobs` (a file).
+fn node(etcd: &EtcdServer, name: &str, jobs: &std::path::Path) -> Lrpm {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let uri = format!("etcd://{}/lrpm-test", etcd.endpoint());
+    let jobs = jobs.to_path_buf();
+    Lrpm::start_in(dir, jobs.clone(), |c| {
+        c.env("LRPM_NODE_ID", name)
+            .args(["--cluster", &uri, "--lease-ttl", &TTL.to_string()])
+            .arg(&jobs);
+    })
+}
+
+/// Every running job of `nodes`, with the node that runs it; `None` until
+/// `n` jobs run, each on exactly one node.
+fn placement(nodes: &[&Lrpm], n: usize) -> Option<BTreeMap<String, (usize, Value)>> {
+    let mut placed = BTreeMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for job in jobs_in(&node.status()) {
+            if job["state"] != "running" {
+                return None;
+            }
+            let id = job["id"].as_str().expect("an id").to_owned();
+            if placed.insert(id, (i, job.clone())).is_some() {
+                return None;
+            }
+        }
+    }
+    (placed.len() == n).then_some(placed)
+}
+
+#[test]
+fn three_nodes_run_every_job_once_and_a_killed_nodes_jobs_move_within_ttl_plus_2s() {
+    if !etcd_server::available() {
+        return;
+    }
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let ledger = dir.path().join("ledger");
+    let jobs = dir.path().join("jobs.json");
+    std::fs::write(&jobs, job_map(30, &ledger)).expect("write the jobs");
+    let mut nodes = vec![
+        node(&etcd, "n0", &jobs),
+        node(&etcd, "n1", &jobs),
+        node(&etcd, "n2", &jobs),
+    ];
+    // Once all three are members, each job runs on exactly one of them.
+    let placed = wait_for_value("30 jobs, each on one node, 3 members", WAIT, || {
+        let refs: Vec<&Lrpm> = nodes.iter().collect();
+        let members_ok = refs.iter().all(|n| {
+            n.status()["supervisor"]["cluster"]["members"]
+                .as_array()
+                .map(Vec::len)
+                == Some(3)
+        });
+        if !members_ok {
+            return None;
+        }
+        placement(&refs, 30)
+    });
+    let on_first: Vec<String> = placed
+        .iter()
+        .filter(|(_, (i, _))| *i == 0)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(!on_first.is_empty(), "node n0 runs some jobs: {placed:?}");
+    let status = nodes[0].status();
+    let cluster = &status["supervisor"]["cluster"];
+    assert_eq!(cluster["mode"], "etcd");
+    assert_eq!(cluster["node"], "n0");
+    assert_eq!(cluster["connection"]["state"], "connected");
+    assert!(
+        cluster["lease_left"]
+            .as_f64()
+            .is_some_and(|left| left > 0.0 && left <= TTL as f64)
+    );
+
+    // SIGKILL n0: its jobs run on n1 and n2 within TTL + 2 s.
+    let killed_at = wall_now();
+    signal(nodes[0].pid(), rustix::process::Signal::KILL);
+    let mut first = nodes.remove(0);
+    first.wait_timeout(WAIT).expect("n0 exits");
+    let placed = wait_for_value("the 30 jobs on the 2 nodes left", WAIT, || {
+        let refs: Vec<&Lrpm> = nodes.iter().collect();
+        placement(&refs, 30)
+    });
+    let mut slowest: f64 = 0.0;
+    for id in &on_first {
+        let started = placed[id].1["started_at"].as_f64().expect("started_at");
+        slowest = slowest.max(started - killed_at);
+    }
+    eprintln!(
+        "failover of {} jobs: the last started {slowest:.2} s after the kill",
+        on_first.len()
+    );
+    assert!(slowest <= TTL as f64 + 2.0, "failover took {slowest:.2} s");
+    // The ledger (each worker writes its line as it starts): every moved
+    // job started on n0, then on n1 or n2.
+    let starts = |text: &str, id: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{id} ")))
+            .map(str::to_owned)
+            .collect()
+    };
+    let text = wait_for_value("the moved workers' lines in the ledger", WAIT, || {
+        let text = std::fs::read_to_string(&ledger).unwrap_or_default();
+        on_first
+            .iter()
+            .all(|id| starts(&text, id).len() >= 2)
+            .then_some(text)
+    });
+    for id in &on_first {
+        let starts = starts(&text, id);
+        assert!(starts[0].ends_with(" n0"), "{id}: {starts:?}");
+        assert!(
+            starts[1..].iter().all(|s| !s.ends_with(" n0")),
+            "{id}: {starts:?}"
+        );
+    }
+}
+
+#[test]
+fn with_etcd_gone_every_node_stops_its_workers_before_its_lease_could_expire_then_all_come_back_once()
+ {
+    if !etcd_server::available() {
+        return;
+    }
+    let mut etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let ledger = dir.path().join("ledger");
+    let jobs = dir.path().join("jobs.json");
+    std::fs::write(&jobs, job_map(12, &ledger)).expect("write the jobs");
+    let nodes = [
+        node(&etcd, "a", &jobs),
+        node(&etcd, "b", &jobs),
+        node(&etcd, "c", &jobs),
+    ];
+    let refs: Vec<&Lrpm> = nodes.iter().collect();
+    let placed = wait_for_value("12 jobs, each on one node, 3 members", WAIT, || {
+        let members_ok = refs.iter().all(|n| {
+            n.status()["supervisor"]["cluster"]["members"]
+                .as_array()
+                .map(Vec::len)
+                == Some(3)
+        });
+        if members_ok {
+            placement(&refs, 12)
+        } else {
+            None
+        }
+    });
+    let pids: Vec<u32> = placed
+        .values()
+        .map(|(_, job)| u32::try_from(job["pid"].as_u64().expect("pid")).expect("a pid"))
+        .collect();
+    // etcd goes away. Each node's last keep-alive was sent before now, so
+    // its lease cannot expire before now + TTL: every worker must be dead
+    // a second before that.
+    let stopped = std::time::Instant::now();
+    etcd.stop();
+    let dead = |pid: &u32| crate::support::state_of(*pid).is_none_or(|s| s == 'Z');
+    wait_for_value("every worker dead", WAIT, || {
+        pids.iter().all(dead).then_some(())
+    });
+    let took = stopped.elapsed();
+    eprintln!(
+        "every worker was dead {:.2} s after etcd stopped (lease TTL {TTL} s)",
+        took.as_secs_f64()
+    );
+    assert!(
+        took <= Duration::from_secs(TTL) - Duration::from_secs(1),
+        "workers outlived the fence: {took:?}"
+    );
+    for node in &nodes {
+        let status = node.status();
+        assert_eq!(jobs_in(&status).len(), 0, "{status}");
+        assert_ne!(
+            status["supervisor"]["cluster"]["connection"]["state"],
+            "connected"
+        );
+    }
+    // etcd is back: every job runs again, each on exactly one node.
+    etcd.resume();
+    wait_for_value("12 jobs again, each on one node", WAIT, || {
+        let members_ok = refs.iter().all(|n| {
+            n.status()["supervisor"]["cluster"]["members"]
+                .as_array()
+                .map(Vec::len)
+                == Some(3)
+        });
+        if members_ok {
+            placement(&refs, 12)
+        } else {
+            None
+        }
+    });
+}
