@@ -15,7 +15,9 @@
 //! killed ([`ClusterEvent::Kill`]).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+#[cfg(feature = "etcd")]
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use lrpm_core::decl::Declaration;
 use lrpm_core::job::JobId;
@@ -37,6 +39,7 @@ const LOGGED_MOVES: usize = 20;
 
 /// How long before the lease could expire every worker is dead at the
 /// latest.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 const FENCE_MARGIN: Duration = Duration::from_secs(1);
 
 /// A node's cluster: its membership and the last job map.
@@ -93,6 +96,7 @@ struct EtcdMember {
 
 /// Something the cluster has to tell the event loop.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 pub(crate) enum ClusterEvent {
     /// The cluster file was read again: its membership, or why it is
     /// unusable.
@@ -177,6 +181,7 @@ impl Cluster {
                 return Err("--cluster etcd://… needs lrpm built with the etcd feature".into());
             }
         };
+        #[cfg_attr(not(feature = "etcd"), allow(irrefutable_let_patterns))]
         if let Mode::Static { shard, .. } = &mode {
             tracing::info!(
                 node = shard.index(),
@@ -245,6 +250,7 @@ impl Cluster {
             }
             ClusterEvent::File(Ok(new)) => {
                 self.error = None;
+                #[cfg_attr(not(feature = "etcd"), allow(irrefutable_let_patterns))]
                 let Mode::Static { shard, .. } = &mut self.mode else {
                     return Outcome::Nothing;
                 };
@@ -471,6 +477,7 @@ impl EtcdMember {
 }
 
 /// Seconds since the Unix epoch, now, for status.
+#[cfg(feature = "etcd")]
 fn wall_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

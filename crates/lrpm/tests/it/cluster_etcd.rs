@@ -60,6 +60,21 @@ fn placement(nodes: &[&Lrpm], n: usize) -> Option<BTreeMap<String, (usize, Value
     (placed.len() == n).then_some(placed)
 }
 
+/// [`placement`], once every node sees every node as a member.
+fn settled(nodes: &[&Lrpm], n: usize) -> Option<BTreeMap<String, (usize, Value)>> {
+    let all_members = nodes.iter().all(|node| {
+        node.status()["supervisor"]["cluster"]["members"]
+            .as_array()
+            .map(Vec::len)
+            == Some(nodes.len())
+    });
+    if all_members {
+        placement(nodes, n)
+    } else {
+        None
+    }
+}
+
 #[test]
 fn three_nodes_run_every_job_once_and_a_killed_nodes_jobs_move_within_ttl_plus_2s() {
     if !etcd_server::available() {
@@ -77,17 +92,7 @@ fn three_nodes_run_every_job_once_and_a_killed_nodes_jobs_move_within_ttl_plus_2
     ];
     // Once all three are members, each job runs on exactly one of them.
     let placed = wait_for_value("30 jobs, each on one node, 3 members", WAIT, || {
-        let refs: Vec<&Lrpm> = nodes.iter().collect();
-        let members_ok = refs.iter().all(|n| {
-            n.status()["supervisor"]["cluster"]["members"]
-                .as_array()
-                .map(Vec::len)
-                == Some(3)
-        });
-        if !members_ok {
-            return None;
-        }
-        placement(&refs, 30)
+        settled(&nodes.iter().collect::<Vec<_>>(), 30)
     });
     let on_first: Vec<String> = placed
         .iter()
@@ -168,17 +173,7 @@ fn with_etcd_gone_every_node_stops_its_workers_before_its_lease_could_expire_the
     ];
     let refs: Vec<&Lrpm> = nodes.iter().collect();
     let placed = wait_for_value("12 jobs, each on one node, 3 members", WAIT, || {
-        let members_ok = refs.iter().all(|n| {
-            n.status()["supervisor"]["cluster"]["members"]
-                .as_array()
-                .map(Vec::len)
-                == Some(3)
-        });
-        if members_ok {
-            placement(&refs, 12)
-        } else {
-            None
-        }
+        settled(&refs, 12)
     });
     let pids: Vec<u32> = placed
         .values()
@@ -213,16 +208,6 @@ fn with_etcd_gone_every_node_stops_its_workers_before_its_lease_could_expire_the
     // etcd is back: every job runs again, each on exactly one node.
     etcd.resume();
     wait_for_value("12 jobs again, each on one node", WAIT, || {
-        let members_ok = refs.iter().all(|n| {
-            n.status()["supervisor"]["cluster"]["members"]
-                .as_array()
-                .map(Vec::len)
-                == Some(3)
-        });
-        if members_ok {
-            placement(&refs, 12)
-        } else {
-            None
-        }
+        settled(&refs, 12)
     });
 }
