@@ -2,7 +2,7 @@
 // Prints the job map of a php-lrpm ConfigurationSource as JSON, for lrpm's
 // exec: source.
 //
-//   php lrpm-source.php [--watch SECONDS] AUTOLOAD CLASS
+//   php lrpm-source.php [--watch SECONDS] [--host] AUTOLOAD CLASS
 //
 // AUTOLOAD is the file that makes CLASS loadable (usually Composer's
 // vendor/autoload.php); CLASS implements PHPLRPM\ConfigurationSource.
@@ -16,7 +16,10 @@
 //
 // Jobs that name a `workerClass` and no `command` get a `command` that runs
 // the class with lrpm-worker.php, so that an existing configuration source
-// works unchanged.
+// works unchanged. With --host they get a `host` instead: lrpm-host.php,
+// with the same PHP binary, autoloader and OPcache for the CLI, forks them
+// (php-lrpm's fork model: shared memory, no PHP start-up per worker; see
+// docs/hosts.md).
 
 declare(strict_types=1);
 
@@ -44,8 +47,12 @@ if (($args[0] ?? '') === '--watch') {
     $watch = (float) $watch;
     $args = array_slice($args, 2);
 }
+$hosted = ($args[0] ?? '') === '--host';
+if ($hosted) {
+    $args = array_slice($args, 1);
+}
 if (count($args) !== 2) {
-    fail('usage: php lrpm-source.php [--watch SECONDS] AUTOLOAD CLASS', EXIT_USAGE);
+    fail('usage: php lrpm-source.php [--watch SECONDS] [--host] AUTOLOAD CLASS', EXIT_USAGE);
 }
 [$autoload, $class] = $args;
 $autoload = realpath($autoload);
@@ -62,15 +69,21 @@ if (!$source instanceof PHPLRPM\ConfigurationSource) {
     fail("$class does not implement PHPLRPM\\ConfigurationSource", EXIT_CLASS_NOT_FOUND);
 }
 
-$worker = [PHP_BINARY, __DIR__ . '/lrpm-worker.php', $autoload];
+$worker = $hosted
+    ? ['host' => [PHP_BINARY, '-d', 'opcache.enable_cli=1', __DIR__ . '/lrpm-host.php', $autoload]]
+    : ['command' => [PHP_BINARY, __DIR__ . '/lrpm-worker.php', $autoload]];
 
 /** The job map as one line of JSON. */
 function render(array $jobs, array $worker): string
 {
     foreach ($jobs as $id => $job) {
         if (is_array($job) && isset($job['workerClass']) && !isset($job['command'])) {
-            $job['command'] = array_merge($worker, [(string) $job['workerClass']]);
-            unset($job['workerClass']);
+            if (isset($worker['host'])) {
+                $job['host'] = $job['host'] ?? $worker['host'];
+            } else {
+                $job['command'] = array_merge($worker['command'], [(string) $job['workerClass']]);
+                unset($job['workerClass']);
+            }
             $jobs[$id] = $job;
         }
     }

@@ -20,27 +20,11 @@ if ($argc !== 3) {
 [, $autoload, $class] = $argv;
 require_once $autoload;
 require_once __DIR__ . '/lrpm-compat.php';
+require_once __DIR__ . '/lrpm-run.php';
 
 $config = json_decode(getenv('LRPM_WORKER_CONFIG') ?: '{}', true, 512, JSON_THROW_ON_ERROR);
 if (!is_array($config)) {
     $config = [];
 }
 
-$running = true;
-if (function_exists('pcntl_async_signals')) {
-    pcntl_async_signals(true);
-    $stop = function () use (&$running) { $running = false; };
-    pcntl_signal(SIGTERM, $stop);
-    pcntl_signal(SIGINT, $stop);
-}
-
-$worker = new $class();
-if (!$worker instanceof PHPLRPM\Worker) {
-    fwrite(STDERR, "$class does not implement PHPLRPM\\Worker" . PHP_EOL);
-    exit(2);
-}
-$worker->start($config);
-while ($running) {
-    $worker->cycle();
-}
-exit(0);
+exit(lrpm_run_worker_class($class, $config));

@@ -98,6 +98,8 @@ impl Declaration {
         let known = |class: &String| classes.is_some_and(|c| c.contains(class));
         let mut unknown: Vec<(JobId, String)> = Vec::new();
         self.jobs.retain(|id, spec| match &spec.program {
+            // A worker host runs it: the host knows its classes, not lrpm.
+            Program::WorkerClass(_) if spec.host.is_some() => true,
             Program::WorkerClass(class) if !known(class) => {
                 unknown.push((id.clone(), class.clone()));
                 false
@@ -274,6 +276,25 @@ pub fn validate_job(id: &JobId, value: &Value) -> Result<(JobSpec, Vec<String>),
         },
         None => None,
     };
+    let host = job.lookup("host").and_then(|(label, v)| job.host(label, v));
+    if host.is_some() {
+        if !matches!(program, Some(Program::WorkerClass(_)) | None) {
+            job.error(
+                "host",
+                "needs workerClass (a host forks worker classes, not commands)",
+            );
+        }
+        for field in ["user", "group"] {
+            if map.contains_key(field) {
+                job.error(
+                    "host",
+                    format_args!(
+                        "cannot be combined with {field} (a hosted worker runs as its host does)"
+                    ),
+                );
+            }
+        }
+    }
 
     let unknown: Vec<&String> = map.keys().filter(|key| !is_known_key(key)).collect();
     match (name, program) {
@@ -293,6 +314,7 @@ pub fn validate_job(id: &JobId, value: &Value) -> Result<(JobSpec, Vec<String>),
                 watchdog,
                 health_check,
                 instances,
+                host,
                 ..defaults
             };
             let over = over_kernel_limits(&spec);
@@ -416,7 +438,7 @@ const SNAKE_CASE: [(&str, &str); 7] = [
 ];
 
 /// The keys that have one spelling only.
-const ONE_WORD_KEYS: [&str; 9] = [
+const ONE_WORD_KEYS: [&str; 10] = [
     "name",
     "command",
     "mtime",
@@ -426,6 +448,7 @@ const ONE_WORD_KEYS: [&str; 9] = [
     "group",
     "notify",
     "instances",
+    "host",
 ];
 
 /// Whether `key` is a job field, in either spelling.
@@ -494,21 +517,40 @@ impl<'a> Fields<'a> {
     fn command(&mut self, label: &str, value: &Value) -> Option<Program> {
         match value {
             Value::String(_) => self.check(label, text(value)).map(Program::Shell),
-            Value::Array(items) if !items.is_empty() => {
-                let argv: Vec<Option<String>> = items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, item)| {
-                        // The program itself cannot be empty; its arguments can.
-                        let parsed = if i == 0 { text(item) } else { string(item) };
-                        self.check(&format!("{label}[{i}]"), parsed)
-                    })
-                    .collect();
-                argv.into_iter().collect::<Option<_>>().map(Program::Argv)
-            }
+            Value::Array(items) if !items.is_empty() => self.argv(label, items).map(Program::Argv),
             _ => {
                 let reason = "must be a non-empty array of strings or a non-empty string";
                 self.error(label, reason);
+                None
+            }
+        }
+    }
+
+    /// A non-empty array as an argv: strings, the first (the program) not
+    /// empty; every bad item is reported.
+    fn argv(&mut self, label: &str, items: &[Value]) -> Option<Vec<String>> {
+        let argv: Vec<Option<String>> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                // The program itself cannot be empty; its arguments can.
+                let parsed = if i == 0 { text(item) } else { string(item) };
+                self.check(&format!("{label}[{i}]"), parsed)
+            })
+            .collect();
+        argv.into_iter().collect()
+    }
+
+    /// `host`: a worker host's argv, a non-empty array of strings whose
+    /// first (the program) is not empty.
+    fn host(&mut self, label: &str, value: &Value) -> Option<Vec<String>> {
+        match value {
+            Value::Array(items) if !items.is_empty() => self.argv(label, items),
+            _ => {
+                self.error(
+                    label,
+                    "must be a non-empty array of strings (the host's argv)",
+                );
                 None
             }
         }
@@ -974,6 +1016,38 @@ mod tests {
         assert_eq!(spec.user.as_deref(), Some("www-data"));
         assert_eq!(spec.group.as_deref(), Some("nogroup"));
         assert_eq!(spec.stop_signal, Signal::Int);
+    }
+
+    #[test]
+    fn host_runs_a_worker_class() {
+        let host = json!(["python3", "lrpm_host.py", ""]);
+        let spec = valid(json!({"name": "n", "workerClass": "W", "host": host}));
+        assert_eq!(
+            spec.host,
+            Some(vec!["python3".into(), "lrpm_host.py".into(), String::new()])
+        );
+        assert_eq!(
+            invalid(json!({"name": "n", "command": "x", "host": ["h"]})),
+            "host: needs workerClass (a host forks worker classes, not commands)"
+        );
+        assert_eq!(
+            invalid(json!({"name": "n", "workerClass": "W", "host": []})),
+            "host: must be a non-empty array of strings (the host's argv)"
+        );
+        assert_eq!(
+            invalid(json!({"name": "n", "workerClass": "W", "host": ["", 1]})),
+            "host[0]: must be a non-empty string; host[1]: must be a string"
+        );
+        assert_eq!(
+            invalid(json!({"name": "n", "workerClass": "W", "host": ["h"], "user": "u"})),
+            "host: cannot be combined with user (a hosted worker runs as its host does)"
+        );
+        // A plain lrpm runs hosted worker classes: the host knows them.
+        let mut d = Declaration::default();
+        d.jobs.insert(id(), Arc::new(spec));
+        d.leave_out_unknown_workers(None);
+        assert_eq!(d.jobs.len(), 1);
+        assert!(d.invalid.is_empty());
     }
 
     #[test]
@@ -1879,6 +1953,7 @@ workerConfig = {a = 1}
                         health_check: None,
                         instances: None,
                         instance: None,
+                        host: None,
                     }
                 },
             )

@@ -215,6 +215,10 @@ pub struct JobSpec {
     /// then `instances` is `None`, so that a copy's declaration does not
     /// change with the count.
     pub instance: Option<u32>,
+    /// `host`: the argv of the worker host that forks this job's worker
+    /// (a [`Program::WorkerClass`] job only); jobs naming the same argv
+    /// share one host process. `None`: the worker is executed afresh.
+    pub host: Option<Vec<String>>,
 }
 
 impl JobSpec {
@@ -237,6 +241,7 @@ impl JobSpec {
             health_check: None,
             instances: None,
             instance: None,
+            host: None,
         }
     }
 

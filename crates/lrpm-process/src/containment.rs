@@ -162,6 +162,22 @@ impl Containment {
     }
 }
 
+impl Containment {
+    /// Makes lrpm a subreaper, if it is not one, and reaps what it adopts
+    /// from then on: worker hosts need it (their workers are re-parented
+    /// to lrpm, see [`crate::hosted`]). With cgroups, adopted processes
+    /// are only reaped (their cgroup kills them with their job).
+    pub fn adopt_orphans(&mut self) -> io::Result<()> {
+        if self.orphans.is_some() && self.cgroups.is_none() {
+            return Ok(());
+        }
+        crate::hosted::become_subreaper()?;
+        self.orphans
+            .get_or_insert_with(|| Orphans::new(self.cgroups.is_none()));
+        Ok(())
+    }
+}
+
 /// Why a cgroup tree could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {

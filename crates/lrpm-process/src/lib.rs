@@ -10,6 +10,8 @@
 //! - [`children`]: the registry of lrpm's own children and their reaping
 //!   through pidfds; [`exits`]: the epoll set of the farm's pidfds;
 //!   [`pidfd`]: one child followed by its pidfd in the async runtime.
+//! - [`hosted`]: workers forked by a worker host: their socket, their
+//!   `hello` with the sender's pidfd from the kernel, their adoption.
 //! - [`containment`]: the cgroup tree of the farm, or the subreaper's
 //!   reaper of orphans where there is no cgroup v2.
 //! - [`notify`]: the workers' sd_notify socket, each datagram with its
@@ -33,6 +35,8 @@ pub mod containment;
 #[cfg(feature = "tokio")]
 pub mod exits;
 pub mod fd;
+#[cfg(feature = "tokio")]
+pub mod hosted;
 #[cfg(feature = "tokio")]
 pub mod lanes;
 pub mod mem;

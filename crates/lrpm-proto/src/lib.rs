@@ -1,6 +1,6 @@
 //! What the lrpm supervisor and its control client `lrpmctl` share: the
 //! control protocol's [codec], the [socket] path chain, and the [exit]
-//! codes.
+//! codes; and the [host] protocol lrpm speaks with its worker hosts.
 //!
 //! Architecture invariant: this crate performs no I/O beyond looking at
 //! paths ([`socket::client_socket`]); it depends on neither tokio nor libc,
@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod exit;
+pub mod host;
 pub mod socket;
 
 /// lrpm's version as `--version` and the status document show it: the

@@ -24,6 +24,7 @@ mod control;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod guardian;
+mod host;
 mod hub;
 pub mod library;
 mod lines;
@@ -395,14 +396,17 @@ fn supervise(
             }
         };
         let probes = probe::Probes::new(spawn_ctx.clone());
-        let procs =
-            match process::ProcessTable::new(spawn_ctx, worker_classes.is_some(), containment) {
-                Ok(procs) => procs,
-                Err(e) => {
-                    tracing::error!("cannot watch workers' exits (epoll): {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+        let procs = match process::ProcessTable::new(
+            spawn_ctx.clone(),
+            worker_classes.is_some(),
+            containment,
+        ) {
+            Ok(procs) => procs,
+            Err(e) => {
+                tracing::error!("cannot watch workers' exits (epoll): {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         tracing::info!(
             pid = std::process::id(),
             source = %source_uri,
@@ -438,6 +442,7 @@ fn supervise(
             load_counts: Default::default(),
             cluster,
             guardian: guardian_handle,
+            hosts: host::Hosts::new(spawn_ctx),
         }
         .run()
         .await;

@@ -108,29 +108,54 @@ fn command(
             .request()
         }
     };
-    let mut cmd = cmd
-        .env(base::JOB_ID_ENV, job.as_str())
-        .env(base::JOB_NAME_ENV, &spec.name)
-        .env(base::WORKER_CONFIG_ENV, spec.worker_config.to_string())
-        .env(containment::RUN_ID_ENV, containment::run_id_value(run));
-    if let Some(k) = spec.instance {
-        cmd = cmd.env(base::INSTANCE_ENV, k.to_string());
-    }
-    if let Some(socket) = notify_socket {
-        cmd = cmd.env(base::NOTIFY_SOCKET_ENV, socket);
-    }
-    if let Some(watchdog) = spec.watchdog {
-        // As systemd sets it; WATCHDOG_PID is left out, since the pid is
-        // not known before the spawn (sd_watchdog_enabled accepts that).
-        cmd = cmd.env(base::WATCHDOG_USEC_ENV, watchdog.as_micros().to_string());
-    }
-    for (name, value) in &spec.env {
+    let mut cmd = cmd;
+    for (name, value) in worker_env(run, job, spec, notify_socket) {
         cmd = cmd.env(name, value);
     }
     if let Some(cwd) = &spec.cwd {
         cmd = cmd.current_dir(cwd);
     }
     Ok(cmd)
+}
+
+/// What run `run` of a worker for `spec` gets in its environment over
+/// lrpm's: the `LRPM_*` variables (`LRPM_INSTANCE` for a copy),
+/// `NOTIFY_SOCKET`, `WATCHDOG_USEC`, and
+/// the job's `env` last.
+pub(crate) fn worker_env(
+    run: RunId,
+    job: &JobId,
+    spec: &JobSpec,
+    notify_socket: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        (base::JOB_ID_ENV.to_owned(), job.as_str().to_owned()),
+        (base::JOB_NAME_ENV.to_owned(), spec.name.clone()),
+        (
+            base::WORKER_CONFIG_ENV.to_owned(),
+            spec.worker_config.to_string(),
+        ),
+        (
+            containment::RUN_ID_ENV.to_owned(),
+            containment::run_id_value(run),
+        ),
+    ];
+    if let Some(k) = spec.instance {
+        env.push((base::INSTANCE_ENV.to_owned(), k.to_string()));
+    }
+    if let Some(socket) = notify_socket {
+        env.push((base::NOTIFY_SOCKET_ENV.to_owned(), socket.to_owned()));
+    }
+    if let Some(watchdog) = spec.watchdog {
+        // As systemd sets it; WATCHDOG_PID is left out, since the pid is
+        // not known before the spawn (sd_watchdog_enabled accepts that).
+        env.push((
+            base::WATCHDOG_USEC_ENV.to_owned(),
+            watchdog.as_micros().to_string(),
+        ));
+    }
+    env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
 }
 
 /// Spawns run `run` of a worker for `spec`; with `cgroup` (the directory of
@@ -438,6 +463,107 @@ impl ProcessTable {
             stdout,
             stderr,
         })
+    }
+
+    /// Makes lrpm a subreaper that reaps what it adopts, for worker hosts
+    /// (their workers are re-parented to lrpm).
+    pub(crate) fn adopt_orphans(&mut self) -> io::Result<()> {
+        self.containment.adopt_orphans()
+    }
+
+    /// The environment of run `run` of `spec`, as a spawn here would give
+    /// it, for a worker host to set in the worker it forks.
+    pub(crate) fn hosted_env(
+        &self,
+        run: RunId,
+        job: &JobId,
+        spec: &JobSpec,
+    ) -> Vec<(String, String)> {
+        worker_env(run, job, spec, self.notify_socket.as_deref())
+    }
+
+    /// Takes the worker a host forked for run `run` as lrpm's own: its
+    /// `hello` (waiting on `ours`, lrpm's end of its socket) names it by the
+    /// kernel's credentials; it must be the pid the host said (`pid`) and
+    /// lrpm's child. It is moved into the run's cgroup, watched like any
+    /// worker, and told `go`. On an error, the worker (if any) exits by
+    /// itself when `ours` closes.
+    pub(crate) fn admit_hosted(
+        &mut self,
+        run: RunId,
+        job: &JobId,
+        pid: u32,
+        ours: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<Started, SpawnError> {
+        use lrpm_process::hosted;
+        let io_err = |what: &str, e: io::Error| {
+            SpawnError::Io(io::Error::new(e.kind(), format!("{what}: {e}")))
+        };
+        let hello = hosted::recv_hello(ours.as_fd())
+            .map_err(|e| io_err("the worker's hello", e))?
+            .ok_or_else(|| {
+                SpawnError::Io(io::Error::other(
+                    "the host said forked, but the worker sent no hello first (docs/hosts.md)",
+                ))
+            })?;
+        if !lrpm_proto::host::is_hello(&hello.payload) {
+            return Err(SpawnError::Io(io::Error::other(
+                "the worker's first datagram is not a hello",
+            )));
+        }
+        let sender = hello.pid.as_raw_nonzero().get() as u32;
+        if sender != pid {
+            return Err(SpawnError::Io(io::Error::other(format!(
+                "the host said it forked {pid}, but the hello came from {sender}"
+            ))));
+        }
+        hosted::adopt(hello.pid, hello.pidfd.as_fd()).map_err(|e| {
+            io_err(
+                "the worker is not lrpm's child (a host forks twice, docs/hosts.md)",
+                e,
+            )
+        })?;
+        let cgroup = match &self.containment.cgroups {
+            None => None,
+            Some(tree) => match tree.runs().create_run(job, run) {
+                Ok((cgroup, _dir)) => match hosted::join_cgroup(cgroup.dir(), hello.pid) {
+                    Ok(()) => Some(cgroup),
+                    Err(e) => {
+                        tracing::warn!(%job, "cannot move the hosted worker into its cgroup: {e}");
+                        cgroup.remove();
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(%job, "cannot create a cgroup for the hosted worker: {e}");
+                    None
+                }
+            },
+        };
+        let started = self.admit(
+            run,
+            job,
+            Starting {
+                spawned: Ok(lrpm_process::command::Spawned {
+                    pid: hello.pid,
+                    pidfd: hello.pidfd,
+                    output: Some((stdout, stderr)),
+                }),
+                cgroup,
+            },
+        )?;
+        let go = lrpm_proto::host::go(std::process::id());
+        if let Err(e) = rustix::net::send(
+            &ours,
+            &go,
+            rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+        ) {
+            // It exits on the hang-up; its exit is watched.
+            tracing::warn!(%job, "cannot tell the hosted worker to go: {e}");
+        }
+        Ok(started)
     }
 
     /// Listens to SIGCHLD, if it does not already.

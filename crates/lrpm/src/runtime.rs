@@ -41,6 +41,7 @@ use lrpm_process::command::SpawnError;
 use lrpm_process::exits::ExitEvent;
 use lrpm_process::notify::{Datagram, NotifySocket};
 
+use crate::host::{HostEvent, Hosts};
 use crate::hub::Forwarding;
 use crate::probe::{ProbeResult, Probes};
 use crate::process::{ProcessTable, Spawn, Started};
@@ -111,6 +112,8 @@ pub(crate) struct Shell {
     /// The guardian's heartbeat (the cluster mode's dead-man's switch).
     #[allow(dead_code)] // For the cluster mode (issue 15).
     pub(crate) guardian: crate::guardian::Handle,
+    /// The worker hosts, and the runs they have not forked yet.
+    pub(crate) hosts: Hosts,
 }
 
 /// The jobs whose last spawn failed for want of descriptors: they wait
@@ -156,6 +159,11 @@ impl Shell {
             // branches waited for several turns of spawns.
             if self.take_ready_exits() {
                 trim_at.get_or_insert_with(|| Instant::now() + TRIM_AFTER);
+            }
+            // The first hosted job made lrpm a subreaper: reap what it adopts.
+            if sigchld.is_none() && self.procs.adopts_orphans() {
+                sigchld =
+                    Some(signal(SignalKind::child()).expect("invariant: signal handlers install"));
             }
             // The actions of the last event first: a crashed worker's
             // replacement is spawned before anything else is done.
@@ -221,6 +229,7 @@ impl Shell {
                 event = next_cluster_event(&mut self.cluster) => self.cluster_event(event),
                 batch = recv_notifications(&mut self.notify) => self.notified(batch),
                 result = self.probes.next() => self.probed(result),
+                event = self.hosts.next() => self.host_event(event),
                 Some(()) = sigterm.recv() => self.shutdown("SIGTERM"),
                 Some(()) = sigint.recv() => match self.core.handle_interrupt(Instant::now()) {
                     Interrupted::Shutdown { jobs } => self.shutdown_began("SIGINT", jobs),
@@ -727,12 +736,19 @@ impl Shell {
                     job,
                     spec,
                     reason,
-                }) => batch.push(Spawn {
-                    run,
-                    job,
-                    spec,
-                    reason,
-                }),
+                }) => {
+                    let spawn = Spawn {
+                        run,
+                        job,
+                        spec,
+                        reason,
+                    };
+                    if spawn.spec.host.is_some() {
+                        self.start_hosted(spawn);
+                    } else {
+                        batch.push(spawn);
+                    }
+                }
                 Some(Action::Probe { run, job, spec }) => self.probes.start(run, job, &spec),
             }
         }
@@ -770,7 +786,69 @@ impl Shell {
                 tracing::info!(job = %job, %reason, "stopping: {signal}");
             }
         }
+        if self.hosts.cancel(run) {
+            // Its host has not forked it yet: it is stopped before it began.
+            let status = ExitStatus::spawn_failed("stopped before its host forked it");
+            self.core.handle_exit(Instant::now(), run, status);
+            return;
+        }
         self.procs.signal(run, signal);
+    }
+
+    /// Hands `spawn` (a job with a `host`) to its worker host; its start is
+    /// told to the core when the host has forked it ([`Shell::host_event`]).
+    fn start_hosted(&mut self, spawn: Spawn) {
+        if let Err(e) = self.procs.adopt_orphans() {
+            let e = SpawnError::Io(std::io::Error::new(
+                e.kind(),
+                format!("lrpm cannot become a subreaper for its worker hosts: {e}"),
+            ));
+            return self.spawn_done(spawn, Err(e));
+        }
+        let env = self.procs.hosted_env(spawn.run, &spawn.job, &spawn.spec);
+        if let Err(e) = self
+            .hosts
+            .start(spawn.run, &spawn.job, &spawn.spec, spawn.reason, env)
+        {
+            self.spawn_done(spawn, Err(e));
+        }
+    }
+
+    /// A host's answer: a worker forked (admitted into the process table,
+    /// then told to go) or a fork that failed.
+    fn host_event(&mut self, event: HostEvent) {
+        let (spawn, result) = match event {
+            HostEvent::Forked { run, pid, ours } => {
+                // A run cancelled meanwhile is gone: its worker exits when
+                // `ours` closes here.
+                let Some(p) = self.hosts.take(run) else {
+                    return;
+                };
+                let spawn = Spawn {
+                    run,
+                    job: p.job.clone(),
+                    spec: p.spec.clone(),
+                    reason: p.reason,
+                };
+                let result = self
+                    .procs
+                    .admit_hosted(run, &p.job, pid, ours, p.stdout, p.stderr);
+                (spawn, result)
+            }
+            HostEvent::Failed { run, why } => {
+                let Some(p) = self.hosts.take(run) else {
+                    return;
+                };
+                let spawn = Spawn {
+                    run,
+                    job: p.job,
+                    spec: p.spec,
+                    reason: p.reason,
+                };
+                (spawn, Err(SpawnError::Io(std::io::Error::other(why))))
+            }
+        };
+        self.spawn_done(spawn, result);
     }
 }
 

@@ -18,6 +18,7 @@ mod descriptors;
 mod guardian;
 mod health;
 mod hostile;
+mod hosts;
 mod instances;
 mod library;
 mod logging;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Lrpm, job_in, prerequisite};
+use crate::support::{Lrpm, job_in, python3};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -21,17 +21,6 @@ def send(msg):
     s.send(msg.encode())
     s.close()
 "#;
-
-fn python() -> bool {
-    prerequisite(
-        "python3",
-        std::process::Command::new("python3")
-            .arg("-c")
-            .arg("pass")
-            .status()
-            .is_ok_and(|s| s.success()),
-    )
-}
 
 fn py_job(body: &str, extra: Value) -> Value {
     let mut job = json!({
@@ -52,7 +41,7 @@ fn field<'a>(status: &'a Value, id: &str, key: &str) -> &'a Value {
 
 #[test]
 fn a_notify_worker_is_starting_until_ready_and_its_status_is_shown() {
-    if !python() {
+    if !python3() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -91,7 +80,7 @@ time.sleep(1000)
 
 #[test]
 fn a_silent_worker_is_restarted_by_the_watchdog_and_a_chatty_one_is_not() {
-    if !python() {
+    if !python3() {
         return;
     }
     let silent = py_job("time.sleep(1000)", json!({"watchdogSeconds": 1}));
@@ -116,7 +105,7 @@ while True:
 
 #[test]
 fn a_worker_flooding_the_socket_does_not_slow_status() {
-    if !python() {
+    if !python3() {
         return;
     }
     let flood = py_job(

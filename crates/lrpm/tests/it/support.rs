@@ -667,6 +667,19 @@ pub fn prerequisite(what: &str, available: bool) -> bool {
     available
 }
 
+/// Whether `python3` runs (a prerequisite of the tests whose workers or
+/// hosts are Python).
+pub fn python3() -> bool {
+    prerequisite(
+        "python3",
+        Command::new("python3")
+            .arg("-c")
+            .arg("pass")
+            .status()
+            .is_ok_and(|s| s.success()),
+    )
+}
+
 /// Whether this test process runs as root.
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()

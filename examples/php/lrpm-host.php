@@ -1,0 +1,194 @@
+<?php
+// A worker host for lrpm (protocol 1, see docs/hosts.md):
+//
+//   php lrpm-host.php AUTOLOAD [CLASS...]
+//
+// Loads the application's autoloader once (and each CLASS, to compile it
+// before any fork), then forks one process per worker on lrpm's request.
+// The workers share the host's pages copy-on-write and, with
+// opcache.enable_cli=1, its OPcache shared memory: they start without
+// booting PHP or compiling anything again. A job runs here when it names
+// this host and a php-lrpm Worker class, which runs unchanged:
+// start($config), then cycle() until SIGTERM or SIGINT, then exit 0.
+//
+//   {"name": "mailer", "workerClass": "App\\Mailer",
+//    "host": ["php", "-d", "opcache.enable_cli=1", "lrpm-host.php", "vendor/autoload.php"]}
+//
+// Needs php-cli with pcntl, posix, sockets and FFI (ffi.enable=preload, the
+// default, allows FFI in the CLI).
+
+declare(strict_types=1);
+
+ini_set('display_errors', 'stderr');
+error_reporting(E_ALL);
+
+const LRPM_PROTOCOL = 1;
+const LRPM_MAX_DATAGRAM = 4 * 1024 * 1024;
+const PR_SET_PDEATHSIG = 1;
+
+if ($argc < 2) {
+    fwrite(STDERR, 'usage: php lrpm-host.php AUTOLOAD [CLASS...]' . PHP_EOL);
+    exit(64);
+}
+require_once $argv[1];
+require_once __DIR__ . '/lrpm-compat.php';
+require_once __DIR__ . '/lrpm-run.php';
+foreach (array_slice($argv, 2) as $preload) {
+    class_exists($preload);
+}
+
+$libc = FFI::cdef(
+    'int dup2(int, int); int close(int); int open(const char *, int);
+     int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long);
+     void _exit(int);',
+    'libc.so.6'
+);
+
+/** The descriptor number behind a stream, found by its device and inode. */
+function lrpm_fd_of($stream): int
+{
+    $want = fstat($stream);
+    foreach (scandir('/proc/self/fd') as $fd) {
+        if (!ctype_digit($fd)) {
+            continue;
+        }
+        $st = @stat("/proc/self/fd/$fd");
+        if ($st !== false && $st['ino'] === $want['ino'] && $st['dev'] === $want['dev']) {
+            return (int) $fd;
+        }
+    }
+    throw new RuntimeException('a received descriptor is not open');
+}
+
+function lrpm_send(Socket $sock, array $msg): void
+{
+    $data = json_encode($msg, JSON_THROW_ON_ERROR);
+    socket_send($sock, $data, strlen($data), 0);
+}
+
+/** The worker, after the second fork. Never returns. */
+function lrpm_run_worker(FFI $libc, array $request, array $fds, Socket $own, array $keep): void
+{
+    [$out, $err, $ownFd] = $fds;
+    posix_setsid();
+    $null = $libc->open('/dev/null', 0);
+    $libc->dup2($null, 0);
+    $libc->dup2($out, 1);
+    $libc->dup2($err, 2);
+    // Every other descriptor goes, the host's socket included, but the
+    // worker's own socket and OPcache's lock file (its shared memory's).
+    foreach (scandir('/proc/self/fd') as $fd) {
+        if (!ctype_digit($fd) || (int) $fd <= 2 || (int) $fd === $ownFd) {
+            continue;
+        }
+        $target = @readlink("/proc/self/fd/$fd");
+        if ($target !== false && strpos($target, 'ZendSem') !== false) {
+            continue;
+        }
+        $libc->close((int) $fd);
+    }
+    // The objects of the descriptors closed above stay referenced (`$keep`)
+    // until exit, so that PHP never closes a number reused since.
+    $GLOBALS['lrpm_closed'] = $keep;
+    socket_send($own, '{"type":"hello"}', 16, 0);
+    $answer = '';
+    $n = @socket_recv($own, $answer, 4096, 0);
+    $go = $n ? json_decode($answer, true) : null;
+    if (!is_array($go) || ($go['type'] ?? '') !== 'go') {
+        $libc->_exit(1); // lrpm did not take it: no user code runs
+    }
+    socket_close($own);
+    // Dies with lrpm, its parent from now on (the host forked twice).
+    $libc->prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (posix_getppid() !== ($go['pid'] ?? 0)) {
+        $libc->_exit(1);
+    }
+    foreach ($request['env'] ?? [] as $name => $value) {
+        putenv("$name=$value");
+        $_ENV[$name] = $_SERVER[$name] = $value;
+    }
+    if (!empty($request['cwd'])) {
+        chdir($request['cwd']);
+    }
+    foreach ([SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGWINCH] as $sig) {
+        pcntl_signal($sig, SIG_DFL);
+    }
+    $config = is_array($request['config'] ?? null) ? $request['config'] : [];
+    exit(lrpm_run_worker_class($request['class'], $config));
+}
+
+/**
+ * Forks the worker through an intermediate process, which exits at once so
+ * that the worker is re-parented to lrpm (a subreaper); returns the
+ * worker's pid once the intermediate is reaped.
+ */
+function lrpm_fork(FFI $libc, Socket $host, array $request, array $received): int
+{
+    $class = $request['class'] ?? '';
+    if (!is_string($class) || !class_exists($class)) {
+        throw new RuntimeException("no class $class");
+    }
+    [$out, $err, $own] = $received;
+    if (!$own instanceof Socket) {
+        throw new RuntimeException('the third descriptor is not a socket');
+    }
+    $fds = [lrpm_fd_of($out), lrpm_fd_of($err), lrpm_fd_of(socket_export_stream($own))];
+    $pair = stream_socket_pair(STREAM_PF_UNIX, STREAM_SOCK_STREAM, STREAM_IPPROTO_IP);
+    $middle = pcntl_fork();
+    if ($middle === -1) {
+        throw new RuntimeException('fork failed');
+    }
+    if ($middle === 0) {
+        $worker = pcntl_fork();
+        if ($worker === 0) {
+            lrpm_run_worker($libc, $request, $fds, $own, [$host, $out, $err, $pair]);
+        }
+        fwrite($pair[1], (string) $worker);
+        $libc->_exit(0);
+    }
+    fclose($pair[1]);
+    $pid = (int) stream_get_contents($pair[0]);
+    fclose($pair[0]);
+    pcntl_waitpid($middle, $status);
+    if ($pid <= 0) {
+        throw new RuntimeException('the intermediate process could not fork');
+    }
+    return $pid;
+}
+
+$fd = getenv('LRPM_HOST_FD');
+putenv('LRPM_HOST_FD');
+$host = socket_import_stream(fopen("php://fd/$fd", 'r+'));
+$libc->close((int) $fd); // the import holds a copy
+lrpm_send($host, ['type' => 'ready', 'protocol' => LRPM_PROTOCOL]);
+while (true) {
+    $msg = [
+        'name' => [],
+        'buffer_size' => LRPM_MAX_DATAGRAM,
+        'controllen' => socket_cmsg_space(SOL_SOCKET, SCM_RIGHTS, 3),
+    ];
+    if (@socket_recvmsg($host, $msg, 0) === false) {
+        if (socket_last_error($host) === SOCKET_EINTR) {
+            continue;
+        }
+        exit(0);
+    }
+    $data = $msg['iov'][0] ?? '';
+    if ($data === '') {
+        exit(0); // lrpm has gone
+    }
+    $received = $msg['control'][0]['data'] ?? [];
+    $request = json_decode($data, true);
+    if (!is_array($request) || ($request['type'] ?? '') !== 'fork' || count($received) !== 3) {
+        continue;
+    }
+    try {
+        $pid = lrpm_fork($libc, $host, $request, $received);
+        lrpm_send($host, ['type' => 'forked', 'id' => $request['id'], 'pid' => $pid]);
+    } catch (Throwable $e) {
+        lrpm_send($host, ['type' => 'error', 'id' => $request['id'], 'message' => $e->getMessage()]);
+    }
+    foreach ($received as $r) {
+        $r instanceof Socket ? socket_close($r) : fclose($r);
+    }
+}
