@@ -237,6 +237,16 @@ pub struct JobStatus {
     pub started_at: Option<f64>,
     /// How many times it has been started again after its first start.
     pub restarts: u32,
+    /// How many of its processes crashed: ended in a way lrpm did not ask
+    /// for, or were stopped by lrpm as failed (watchdog, health check).
+    /// Deliberate restarts (an update, an operator's restart) are not
+    /// crashes.
+    #[serde(default)]
+    pub crashes: u32,
+    /// How many of its processes the kernel's OOM killer ended (a kill seen
+    /// in the process's cgroup).
+    #[serde(default)]
+    pub oom_kills: u32,
     /// How its previous process ended.
     pub last_exit: Option<ExitInfo>,
     /// The delay the next short run will be followed by.
@@ -281,7 +291,67 @@ impl Health {
     }
 }
 
-/// How a process ended.
+/// Why a process ended: `last_exit.reason` in status.
+///
+/// The shell tells how the process ended (an exit, a signal, a spawn that
+/// failed, an OOM kill seen in its cgroup); the core replaces that by its
+/// own reason when it had asked the process to stop: as a failure
+/// ([`ExitReason::Watchdog`], [`ExitReason::Unhealthy`]) or on purpose
+/// ([`ExitReason::Stopped`]: updated, restarted by an operator, removed).
+/// Every reason but `Stopped` is a crash (see [`ExitReason::is_crash`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExitReason {
+    /// It exited by itself, with the exit code.
+    #[default]
+    Exit,
+    /// A signal lrpm did not send killed it.
+    Signal,
+    /// The kernel's OOM killer killed a process of its cgroup (its
+    /// `memoryMax`, or the host's memory ran out).
+    OomKilled,
+    /// It fell silent past `watchdogSeconds` (or sent `WATCHDOG=trigger`),
+    /// and lrpm stopped it.
+    Watchdog,
+    /// Its health check failed `retries` times in a row, and lrpm stopped
+    /// it.
+    Unhealthy,
+    /// It could not be started; the error's text is in
+    /// [`ExitStatus::error`].
+    SpawnFailed,
+    /// lrpm stopped it on purpose: its declaration changed, an operator
+    /// restarted it, or it was removed. Not a crash.
+    Stopped,
+}
+
+impl ExitReason {
+    /// The name used on the wire and in the status table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Exit => "exit",
+            ExitReason::Signal => "signal",
+            ExitReason::OomKilled => "oom-killed",
+            ExitReason::Watchdog => "watchdog",
+            ExitReason::Unhealthy => "unhealthy",
+            ExitReason::SpawnFailed => "spawn-failed",
+            ExitReason::Stopped => "stopped",
+        }
+    }
+
+    /// Whether such an end is a crash: one lrpm did not ask for, or asked
+    /// for because the process failed (its watchdog, its health check).
+    pub fn is_crash(self) -> bool {
+        self != ExitReason::Stopped
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a process ended, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitStatus {
     /// Its exit code, if it exited.
@@ -291,6 +361,9 @@ pub struct ExitStatus {
     /// Why it could not be started, if it never ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why it ended.
+    #[serde(default)]
+    pub reason: ExitReason,
 }
 
 impl ExitStatus {
@@ -300,6 +373,7 @@ impl ExitStatus {
             code: Some(code),
             signal: None,
             error: None,
+            reason: ExitReason::Exit,
         }
     }
 
@@ -309,6 +383,7 @@ impl ExitStatus {
             code: None,
             signal: Some(signal),
             error: None,
+            reason: ExitReason::Signal,
         }
     }
 
@@ -318,31 +393,58 @@ impl ExitStatus {
             code: None,
             signal: None,
             error: Some(error.into()),
+            reason: ExitReason::SpawnFailed,
         }
+    }
+
+    /// The same end, for another reason.
+    pub fn because(self, reason: ExitReason) -> Self {
+        Self { reason, ..self }
     }
 
     /// Whether the process exited with code 0.
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
-}
 
-/// How the process ended, for people: `exited with code 1`, `killed by
-/// SIGKILL`, `could not start: REASON`, as the log and error messages say
-/// it. The alternate form (`{:#}`) is the short one of the status table's
-/// LAST EXIT column: `exit 1`, `SIGKILL`, `could not start` (the reason,
-/// which may be long, is in `lrpmctl status --json`).
-impl fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let short = f.alternate();
+    /// How it ended, without the reason: `exited with code 1`, `killed by
+    /// SIGKILL`, `could not start: REASON`; short: `exit 1`, `SIGKILL`,
+    /// `spawn-failed`.
+    fn fmt_how(&self, f: &mut fmt::Formatter<'_>, short: bool) -> fmt::Result {
         match (self.code, self.signal, &self.error) {
             (Some(code), _, _) if short => write!(f, "exit {code}"),
             (Some(code), _, _) => write!(f, "exited with code {code}"),
             (None, Some(signal), _) if short => write!(f, "{}", signal_name(signal)),
             (None, Some(signal), _) => write!(f, "killed by {}", signal_name(signal)),
-            (None, None, Some(_)) if short => f.write_str("could not start"),
+            (None, None, Some(_)) if short => f.write_str("spawn-failed"),
             (None, None, Some(error)) => write!(f, "could not start: {error}"),
             (None, None, None) => f.write_str("ended"),
+        }
+    }
+}
+
+/// How the process ended, for people: `exited with code 1`, `killed by
+/// SIGKILL`, `could not start: REASON`, and for the reasons that are not
+/// told by the exit itself, the reason first: `oom-killed (killed by
+/// SIGKILL)`, `watchdog (killed by SIGTERM)`, `stopped (exited with code
+/// 0)`; as the log and error messages say it. The alternate form (`{:#}`)
+/// is the short one of the status table's LAST EXIT column: `exit 1`,
+/// `SIGKILL`, `spawn-failed` (the error, which may be long, is in `lrpmctl
+/// status --json`), or the reason's name (`oom-killed`, `watchdog`,
+/// `unhealthy`, `stopped`).
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let short = f.alternate();
+        match self.reason {
+            ExitReason::Exit | ExitReason::Signal | ExitReason::SpawnFailed => {
+                self.fmt_how(f, short)
+            }
+            reason if short => f.write_str(reason.as_str()),
+            reason => {
+                write!(f, "{reason} (")?;
+                self.fmt_how(f, false)?;
+                f.write_str(")")
+            }
         }
     }
 }
@@ -372,22 +474,79 @@ mod tests {
             (
                 ExitStatus::spawn_failed("cwd /nowhere: No such file or directory"),
                 "could not start: cwd /nowhere: No such file or directory",
-                "could not start",
+                "spawn-failed",
             ),
             (
                 ExitStatus {
                     code: None,
                     signal: None,
                     error: None,
+                    reason: ExitReason::Exit,
                 },
                 "ended",
                 "ended",
+            ),
+            (
+                ExitStatus::signal(9).because(ExitReason::OomKilled),
+                "oom-killed (killed by SIGKILL)",
+                "oom-killed",
+            ),
+            (
+                ExitStatus::code(137).because(ExitReason::OomKilled),
+                "oom-killed (exited with code 137)",
+                "oom-killed",
+            ),
+            (
+                ExitStatus::signal(15).because(ExitReason::Watchdog),
+                "watchdog (killed by SIGTERM)",
+                "watchdog",
+            ),
+            (
+                ExitStatus::code(0).because(ExitReason::Unhealthy),
+                "unhealthy (exited with code 0)",
+                "unhealthy",
+            ),
+            (
+                ExitStatus::signal(15).because(ExitReason::Stopped),
+                "stopped (killed by SIGTERM)",
+                "stopped",
             ),
         ];
         for (status, long, short) in cases {
             assert_eq!(status.to_string(), long);
             assert_eq!(format!("{status:#}"), short);
         }
+    }
+
+    #[test]
+    fn reasons_are_kebab_case_on_the_wire_and_read_back() {
+        for reason in [
+            ExitReason::Exit,
+            ExitReason::Signal,
+            ExitReason::OomKilled,
+            ExitReason::Watchdog,
+            ExitReason::Unhealthy,
+            ExitReason::SpawnFailed,
+            ExitReason::Stopped,
+        ] {
+            let json = serde_json::to_string(&reason).expect("serializes");
+            assert_eq!(json, format!("\"{}\"", reason.as_str()));
+            assert_eq!(serde_json::from_str::<ExitReason>(&json).ok(), Some(reason));
+            assert_eq!(reason.is_crash(), reason != ExitReason::Stopped);
+        }
+        let info = ExitInfo {
+            status: ExitStatus::spawn_failed("no such file"),
+            at: 1.0,
+        };
+        assert_eq!(
+            serde_json::to_value(&info).expect("serializes"),
+            serde_json::json!({"code": null, "signal": null, "error": "no such file",
+                               "reason": "spawn-failed", "at": 1.0})
+        );
+        // A status from an lrpm without reasons still reads.
+        let old: ExitInfo =
+            serde_json::from_str(r#"{"code":1,"signal":null,"at":2.0}"#).expect("reads");
+        assert_eq!(old.status.reason, ExitReason::Exit);
     }
 }
 

@@ -66,7 +66,9 @@ use crate::decl::Declaration;
 use crate::job::{JobId, JobSpec, Signal};
 use crate::liveness::{Due, Liveness, Probed};
 use crate::notify::Notification;
-use crate::status::{ExitInfo, ExitStatus, Health, HeldConfig, JobState, JobStatus, SourceStatus};
+use crate::status::{
+    ExitInfo, ExitReason, ExitStatus, Health, HeldConfig, JobState, JobStatus, SourceStatus,
+};
 
 /// Settings of the supervisor that are not per job.
 #[derive(Debug, Clone)]
@@ -220,17 +222,21 @@ pub enum ProbeOutcome {
     Ignored,
 }
 
-/// What the core made of a process's end; for the shell's log.
+/// What the core made of a process's end, with the reason its exit shows
+/// (`last_exit.reason`); for the shell's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterExit {
     /// It was asked to stop, for this reason (removed, updated,
-    /// restarted, shutdown…).
-    Stopped(Reason),
-    /// It crashed after a long run and was restarted at once.
-    Restarted,
-    /// It crashed after a short run (or never started); it starts again
-    /// after this delay.
-    Backoff(Duration),
+    /// restarted, shutdown…); its exit shows [`ExitReason::Stopped`], or
+    /// the failure it was stopped for (a watchdog, a health check) when
+    /// an update, an operator or a pause came before it ended.
+    Stopped(Reason, ExitReason),
+    /// It crashed (or was stopped as failed) after a long run and was
+    /// restarted at once.
+    Restarted(ExitReason),
+    /// It crashed (or was stopped as failed) after a short run, or never
+    /// started; it starts again after this delay.
+    Backoff(ExitReason, Duration),
     /// The process was not one the core knows of (already handled).
     Unknown,
 }
@@ -313,10 +319,15 @@ struct Proc {
 /// What happens when a stopping job's process has ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Then {
-    /// Start it again (with the pending declaration, if there is one).
+    /// Start it again at once (with the pending declaration, if there is
+    /// one), its backoff reset.
     Start,
     /// Forget the job (removed from the source, or shutdown).
     Forget,
+    /// It was stopped as failed (watchdog, health check): start it again as
+    /// after a crash, at once after a long run and after its backoff after
+    /// a short one; at once if a new declaration came meanwhile.
+    Recover,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,6 +338,9 @@ enum State {
         /// When SIGKILL follows; `None` once it has been sent.
         kill_at: Option<Instant>,
         then: Then,
+        /// What its exit will show: [`ExitReason::Stopped`], or the
+        /// failure it was stopped for (fixed when the stop began).
+        why: ExitReason,
     },
     Backoff {
         until: Instant,
@@ -369,6 +383,10 @@ struct Job {
     state: State,
     backoff: Backoff,
     restarts: u32,
+    /// How many of its processes crashed (see [`ExitReason::is_crash`]).
+    crashes: u32,
+    /// How many of its processes the OOM killer ended.
+    oom_kills: u32,
     last_exit: Option<(ExitStatus, Instant)>,
     /// The last `STATUS=` of its current process.
     status_text: Option<Box<str>>,
@@ -473,6 +491,8 @@ struct JobView<'a> {
     pid: Option<u32>,
     started_at: Option<f64>,
     restarts: u32,
+    crashes: u32,
+    oom_kills: u32,
     last_exit: Option<ExitView<'a>>,
     backoff_seconds: f64,
     restart_at: Option<f64>,
@@ -520,6 +540,8 @@ impl<'a> JobView<'a> {
             pid: proc.and_then(|p| p.pid),
             started_at: proc.map(|p| clock.wall(p.since)),
             restarts: job.restarts,
+            crashes: job.crashes,
+            oom_kills: job.oom_kills,
             last_exit: job.last_exit.as_ref().map(|(status, at)| ExitView {
                 status,
                 at: clock.wall(*at),
@@ -800,7 +822,7 @@ impl Supervisor {
         let hung = proc.live.notified(now, n, &job.spec);
         self.set_state(&id, State::Running(proc));
         if hung {
-            self.hung(now, &id);
+            self.fail(now, &id, Reason::Hung);
             Notified::Hung(id)
         } else if n.stopping {
             Notified::Stopping(id)
@@ -832,7 +854,7 @@ impl Supervisor {
             Probed::Fine => ProbeOutcome::Noted,
             Probed::Ignored => ProbeOutcome::Ignored,
             Probed::Unhealthy => {
-                self.unhealthy(now, &id);
+                self.fail(now, &id, Reason::Unhealthy);
                 ProbeOutcome::Unhealthy(id)
             }
         }
@@ -844,15 +866,15 @@ impl Supervisor {
         self.jobs.get(id).is_some_and(Job::is_up)
     }
 
-    /// Stops job `id`'s hung process (its watchdog passed) and restarts it
-    /// as a crash.
-    fn hung(&mut self, now: Instant, id: &JobId) {
-        self.stop(now, id, Then::Start, Reason::Hung);
-    }
-
-    /// Stops job `id`'s unhealthy process and restarts it as a crash.
-    fn unhealthy(&mut self, now: Instant, id: &JobId) {
-        self.stop(now, id, Then::Start, Reason::Unhealthy);
+    /// Stops job `id`'s running process as failed, for `cause` (its
+    /// watchdog passed: [`Reason::Hung`]; its health check failed:
+    /// [`Reason::Unhealthy`]): its exit shows that reason
+    /// ([`ExitReason::Watchdog`], [`ExitReason::Unhealthy`]) and counts as
+    /// a crash, and the job is started again as after a crash. The one
+    /// path of a failure that lrpm finds itself.
+    fn fail(&mut self, now: Instant, id: &JobId, cause: Reason) {
+        debug_assert!(exit_reason(cause).is_crash(), "a failure is a crash");
+        self.stop(now, id, Then::Recover, cause);
     }
 
     /// Handles the end of process `run` (or its failure to start). `now` is
@@ -873,23 +895,37 @@ impl Supervisor {
             return AfterExit::Unknown;
         }
         let failed_to_start = status.error.is_some();
-        job.last_exit = Some((status, now));
-        match job.state {
-            State::Running(proc) => {
-                if self.shutting_down {
-                    self.forget(&id);
-                    AfterExit::Stopped(Reason::Shutdown)
-                } else if failed_to_start || now.duration_since(proc.since) < job.spec.short_run {
-                    let delay = job.backoff.fail();
-                    self.set_state(&id, State::Backoff { until: now + delay });
-                    AfterExit::Backoff(delay)
-                } else {
-                    job.backoff.reset();
-                    self.start(now, &id, Reason::Crashed);
-                    AfterExit::Restarted
-                }
+        if status.reason == ExitReason::OomKilled {
+            job.oom_kills += 1;
+        }
+        // Why it ended: as the shell saw it, unless lrpm had asked it to
+        // stop.
+        let (proc, ended, then) = match job.state {
+            State::Running(proc) => (proc, status.reason, None),
+            State::Stopping {
+                proc, why, then, ..
+            } => (proc, why, Some(then)),
+            State::Backoff { .. } | State::Paused => {
+                unreachable!("invariant: a job in backoff or paused has no process")
             }
-            State::Stopping { then, .. } => {
+        };
+        if ended.is_crash() {
+            job.crashes += 1;
+        }
+        job.last_exit = Some((status.because(ended), now));
+        match then {
+            None if self.shutting_down => {
+                self.forget(&id);
+                AfterExit::Stopped(Reason::Shutdown, ended)
+            }
+            None => self.recover(now, &id, proc, failed_to_start, ended, Reason::Crashed),
+            // Stopped as failed, and nothing came meanwhile (an update, an
+            // operator's restart or pause): as after a crash.
+            Some(Then::Recover) if !self.shutting_down && job.pending.is_none() && !job.paused => {
+                let why = job.why;
+                self.recover(now, &id, proc, false, ended, why)
+            }
+            Some(then) => {
                 let why = if self.shutting_down {
                     Reason::Shutdown
                 } else {
@@ -914,11 +950,34 @@ impl Supervisor {
                     job.backoff.reset();
                     self.start(now, &id, next);
                 }
-                AfterExit::Stopped(why)
+                AfterExit::Stopped(why, ended)
             }
-            State::Backoff { .. } | State::Paused => {
-                unreachable!("invariant: a job in backoff or paused has no process")
-            }
+        }
+    }
+
+    /// Starts job `id` again after its process `proc` failed (it ended
+    /// with `ended`, or lrpm stopped it as failed): at once, for reason
+    /// `why`, after a run of at least `shortRunTimeSeconds`, its backoff
+    /// reset; after its backoff delay after a shorter run or a failed
+    /// start.
+    fn recover(
+        &mut self,
+        now: Instant,
+        id: &JobId,
+        proc: Proc,
+        failed_to_start: bool,
+        ended: ExitReason,
+        why: Reason,
+    ) -> AfterExit {
+        let job = self.jobs.get_mut(id).expect("invariant: a known job");
+        if failed_to_start || now.duration_since(proc.since) < job.spec.short_run {
+            let delay = job.backoff.fail();
+            self.set_state(id, State::Backoff { until: now + delay });
+            AfterExit::Backoff(ended, delay)
+        } else {
+            job.backoff.reset();
+            self.start(now, id, why);
+            AfterExit::Restarted(ended)
         }
     }
 
@@ -947,11 +1006,12 @@ impl Supervisor {
         let Some(id) = self.runs.remove(&run) else {
             return AfterExit::Unknown;
         };
+        let reason = status.reason;
         if let Some(job) = self.jobs.get_mut(&id) {
             job.last_exit = Some((status, now));
         }
         self.set_state(&id, State::Backoff { until: now + delay });
-        AfterExit::Backoff(delay)
+        AfterExit::Backoff(reason, delay)
     }
 
     /// Gives back the capacity of the core's maps beyond what its jobs
@@ -985,7 +1045,7 @@ impl Supervisor {
                     let due = proc.live.due(now);
                     self.set_state(&id, State::Running(proc));
                     match due {
-                        Due::Hung => self.hung(now, &id),
+                        Due::Hung => self.fail(now, &id, Reason::Hung),
                         Due::Probe => self.actions.push_back(Action::Probe {
                             run: proc.run,
                             job: id.clone(),
@@ -1061,6 +1121,24 @@ impl Supervisor {
         job.backoff.reset();
         match job.state {
             State::Running(_) => self.stop(now, id, Then::Start, Reason::Operator),
+            State::Stopping {
+                proc,
+                kill_at,
+                then: Then::Recover,
+                why,
+            } => {
+                // Stopped as failed: the operator wants it back at once.
+                job.why = Reason::Operator;
+                self.set_state(
+                    id,
+                    State::Stopping {
+                        proc,
+                        kill_at,
+                        then: Then::Start,
+                        why,
+                    },
+                );
+            }
             State::Stopping { .. } => {}
             State::Backoff { .. } => self.start(now, id, Reason::Operator),
             State::Paused => unreachable!("invariant: a paused job is not restarted"),
@@ -1293,6 +1371,8 @@ impl Supervisor {
                     pid: view.pid,
                     started_at: view.started_at,
                     restarts: view.restarts,
+                    crashes: view.crashes,
+                    oom_kills: view.oom_kills,
                     last_exit: view.last_exit.map(|exit| ExitInfo {
                         status: exit.status.clone(),
                         at: exit.at,
@@ -1376,6 +1456,8 @@ impl Supervisor {
                 state: State::Backoff { until: now },
                 backoff: Backoff::new(self.config.max_backoff),
                 restarts: 0,
+                crashes: 0,
+                oom_kills: 0,
                 last_exit: None,
                 status_text: None,
                 paused: false,
@@ -1391,13 +1473,17 @@ impl Supervisor {
             // once the old process is gone.
             job.declared = true;
             job.pending = Some(spec);
-            if let State::Stopping { proc, kill_at, .. } = job.state {
+            if let State::Stopping {
+                proc, kill_at, why, ..
+            } = job.state
+            {
                 self.set_state(
                     &id,
                     State::Stopping {
                         proc,
                         kill_at,
                         then: Then::Start,
+                        why,
                     },
                 );
             }
@@ -1458,12 +1544,15 @@ impl Supervisor {
         job.why = Reason::Removed;
         match job.state {
             State::Running(_) => self.stop(now, id, Then::Forget, Reason::Removed),
-            State::Stopping { proc, kill_at, .. } => self.set_state(
+            State::Stopping {
+                proc, kill_at, why, ..
+            } => self.set_state(
                 id,
                 State::Stopping {
                     proc,
                     kill_at,
                     then: Then::Forget,
+                    why,
                 },
             ),
             State::Backoff { .. } | State::Paused => self.forget(id),
@@ -1541,6 +1630,7 @@ impl Supervisor {
                 proc,
                 kill_at,
                 then,
+                why: exit_reason(why),
             },
         );
     }
@@ -1549,7 +1639,10 @@ impl Supervisor {
     /// stop deadline: the one path of "the stop deadline is reached" (on
     /// time, or at once by [`Supervisor::force_kill`]).
     fn escalate(&mut self, id: &JobId) {
-        if let State::Stopping { proc, then, .. } = self.jobs[id].state {
+        if let State::Stopping {
+            proc, then, why, ..
+        } = self.jobs[id].state
+        {
             self.actions.push_back(Action::Signal {
                 run: proc.run,
                 signal: Signal::Kill,
@@ -1561,6 +1654,7 @@ impl Supervisor {
                     proc,
                     kill_at: None,
                     then,
+                    why,
                 },
             );
         }
@@ -1591,6 +1685,16 @@ impl Supervisor {
             self.timers.insert((at, id.clone()));
         }
         job.state = state;
+    }
+}
+
+/// What the exit of a process that lrpm stops for `why` shows: the failure
+/// it was stopped for, or [`ExitReason::Stopped`] for a stop on purpose.
+fn exit_reason(why: Reason) -> ExitReason {
+    match why {
+        Reason::Hung => ExitReason::Watchdog,
+        Reason::Unhealthy => ExitReason::Unhealthy,
+        _ => ExitReason::Stopped,
     }
 }
 

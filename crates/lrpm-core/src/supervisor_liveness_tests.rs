@@ -14,7 +14,7 @@ use crate::decl::Declaration;
 use crate::health::{HealthCheck, Probe};
 use crate::job::{JobId, JobSpec, Program, Signal};
 use crate::notify::parse;
-use crate::status::{ExitStatus, Health, JobState, JobStatus};
+use crate::status::{ExitReason, ExitStatus, Health, JobState, JobStatus};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -207,6 +207,44 @@ fn a_silent_worker_is_stopped_as_hung_and_restarted() {
     sim.advance(SEC);
     assert_eq!(sim.stops, [("a".into(), Signal::Term)], "hung at 5 s");
     assert_eq!(sim.spawns.len(), 2, "and restarted");
+}
+
+#[test]
+fn a_hung_or_unhealthy_worker_is_a_crash_with_its_reason() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[
+        ("w", &spec(false, Some(5), None)),
+        ("h", &spec(false, None, Some((1, 1)))),
+    ]));
+    sim.advance(5 * SEC);
+    sim.answer_probes(false);
+    for (id, reason) in [("w", ExitReason::Watchdog), ("h", ExitReason::Unhealthy)] {
+        let j = sim.job(id);
+        let exit = j.last_exit.expect("an exit").status;
+        assert_eq!(exit.reason, reason, "{id}");
+        assert_eq!(exit.signal, Some(15), "{id}: stopped with SIGTERM");
+        assert_eq!(exit.to_string(), format!("{reason} (killed by SIGTERM)"));
+        assert_eq!((j.crashes, j.restarts), (1, 1), "{id}");
+    }
+}
+
+#[test]
+fn a_worker_hung_again_and_again_backs_off() {
+    let mut sim = Sim::new();
+    let mut s = spec(false, Some(5), None);
+    s.short_run = 10 * SEC;
+    sim.config(decl(&[("a", &s)]));
+    sim.notify("a", b"WATCHDOG=trigger");
+    assert_eq!(sim.job("a").state, JobState::Backoff, "a short run");
+    assert_eq!(sim.spawns.len(), 1);
+    sim.advance(SEC);
+    assert_eq!(sim.spawns.len(), 2, "after its backoff");
+    sim.notify("a", b"WATCHDOG=trigger");
+    sim.advance(SEC);
+    assert_eq!(sim.spawns.len(), 2, "the backoff doubled");
+    sim.advance(SEC);
+    assert_eq!(sim.spawns.len(), 3);
+    assert_eq!(sim.job("a").crashes, 2);
 }
 
 #[test]
@@ -411,11 +449,62 @@ proptest! {
             }
             for id in ids {
                 let j = sim.job(id);
+                prop_assert!(j.crashes <= j.restarts + 1, "job {id}: more crashes than runs");
                 if j.state == JobState::Starting {
                     let i = ids.iter().position(|x| *x == id).expect("known");
                     prop_assert!(specs[i].notify, "only notify jobs are starting");
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn an_operator_restart_or_an_update_during_a_failures_stop_starts_at_once() {
+    // 0: nothing comes between; 1: an operator's restart; 2: an update.
+    for case in 0..3 {
+        let t0 = Instant::now();
+        let mut sup = Supervisor::new(Config::default());
+        let mut s = spec(false, Some(5), None);
+        s.short_run = 60 * SEC;
+        sup.handle_config(t0, decl(&[("a", &s)]));
+        let Some(Action::Spawn { run, .. }) = sup.poll_action() else {
+            panic!("a spawn");
+        };
+        sup.handle_spawned(t0, run, 7);
+        sup.handle_timeout(t0 + 5 * SEC);
+        assert!(matches!(sup.poll_action(), Some(Action::Signal { .. })));
+        match case {
+            1 => sup.restart(t0 + 6 * SEC, &"a".into()).expect("restart"),
+            2 => {
+                s.name = "j2".into();
+                sup.handle_config(t0 + 6 * SEC, decl(&[("a", &s)]));
+            }
+            _ => {}
+        }
+        let after = sup.handle_exit(t0 + 6 * SEC, run, ExitStatus::signal(15));
+        let (_, jobs) = sup.status(t0 + 6 * SEC, 0.0);
+        assert_eq!(jobs[0].crashes, 1, "case {case}");
+        if case == 0 {
+            assert_eq!(after, AfterExit::Backoff(ExitReason::Watchdog, SEC));
+            assert_eq!(sup.poll_action(), None, "a short run backs off");
+        } else {
+            assert_eq!(
+                after,
+                AfterExit::Stopped(
+                    if case == 1 {
+                        Reason::Operator
+                    } else {
+                        Reason::Updated
+                    },
+                    ExitReason::Watchdog
+                ),
+                "case {case}"
+            );
+            let Some(Action::Spawn { spec, .. }) = sup.poll_action() else {
+                panic!("case {case}: started at once");
+            };
+            assert_eq!(spec.name, if case == 2 { "j2" } else { "j" });
         }
     }
 }

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::decl::Declaration;
 use crate::job::{JobId, JobSpec, Program, Signal};
-use crate::status::{ExitStatus, JobState, JobStatus};
+use crate::status::{ExitReason, ExitStatus, JobState, JobStatus};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -280,9 +280,36 @@ impl Sim {
             .map(|(r, _)| *r)
     }
 
+    /// Process `run` ends with `status`. Checks the crash accounting: the
+    /// exit counts as a crash exactly when lrpm had not asked the process
+    /// to stop (every signal of this simulation is a deliberate stop), and
+    /// a job never has more crashes than starts.
     fn exit_run(&mut self, run: RunId, status: ExitStatus) {
-        self.live.remove(&run);
+        let asked = self
+            .live
+            .remove(&run)
+            .is_some_and(|p| !p.signals.is_empty());
+        let id = self.sup.runs.get(&run).cloned();
+        let crashes = |sup: &Supervisor, id: &JobId| sup.jobs.get(id).map(|j| j.crashes);
+        let before = id.as_ref().and_then(|id| crashes(&self.sup, id));
         self.sup.handle_exit(self.now, run, status);
+        let (Some(id), Some(before)) = (id, before) else {
+            return;
+        };
+        let Some(job) = self.sup.jobs.get(&id) else {
+            return; // Forgotten: removed, or shutdown.
+        };
+        let (exit, _) = job.last_exit.as_ref().expect("an exit was recorded");
+        assert_eq!(job.crashes - before, u32::from(!asked), "job {id}: {exit}");
+        assert_eq!(
+            exit.reason == ExitReason::Stopped,
+            asked,
+            "job {id}: {exit}"
+        );
+        assert!(
+            job.crashes <= job.restarts + 1,
+            "job {id}: more crashes than runs"
+        );
     }
 
     /// The process of job `id` exits with `code`.
@@ -390,7 +417,7 @@ fn an_exit_after_a_stop_says_why_it_was_stopped() {
     sim.live.remove(&run);
     assert_eq!(
         sim.sup.handle_exit(sim.now, run, ExitStatus::code(0)),
-        AfterExit::Stopped(Reason::Removed)
+        AfterExit::Stopped(Reason::Removed, ExitReason::Stopped)
     );
     // Removed while stopping, then declared again: it starts as a new job.
     sim.config(decl(&[("b", spec("b"))]));
@@ -630,7 +657,7 @@ fn a_deferred_spawn_retries_after_its_delay_and_leaves_the_backoff_alone() {
             ExitStatus::spawn_failed("Too many open files"),
             2 * SEC,
         );
-        assert_eq!(after, AfterExit::Backoff(2 * SEC));
+        assert_eq!(after, AfterExit::Backoff(ExitReason::SpawnFailed, 2 * SEC));
         sim.run_actions();
         let a = sim.job("a");
         assert_eq!(a.state, JobState::Backoff);
@@ -1073,7 +1100,7 @@ fn a_run_is_timed_from_its_spawn_to_its_exit_not_to_their_handling() {
     // after it started: a short run, although 4 s passed since the config.
     sup.handle_spawned(t0 + 3 * SEC, run, 42);
     let after = sup.handle_exit(t0 + 4 * SEC, run, ExitStatus::code(1));
-    assert_eq!(after, AfterExit::Backoff(SEC));
+    assert_eq!(after, AfterExit::Backoff(ExitReason::Exit, SEC));
     // The exit is handled 3 s late too: the delay counts from the exit, so
     // the restart is due at once.
     let late = t0 + 7 * SEC;
@@ -1319,6 +1346,116 @@ proptest! {
         prop_assert_eq!(sim.spawn_count("a"), spawned);
         prop_assert!(!sim.has_job("a"));
     }
+}
+
+/// The last exit of job `id`: its reason, and the error text.
+fn last_exit(sim: &Sim, id: &str) -> (ExitReason, Option<String>) {
+    let exit = sim.job(id).last_exit.expect("an exit");
+    (exit.status.reason, exit.status.error)
+}
+
+#[test]
+fn an_exit_lrpm_did_not_ask_for_is_a_crash_with_its_reason() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    sim.advance(10 * SEC);
+    sim.exit("a", 3);
+    assert_eq!(last_exit(&sim, "a"), (ExitReason::Exit, None));
+    assert_eq!((sim.job("a").crashes, sim.job("a").restarts), (1, 1));
+    sim.advance(10 * SEC);
+    let run = sim.run_of("a").expect("restarted");
+    sim.exit_run(run, ExitStatus::signal(11));
+    sim.run_actions();
+    assert_eq!(last_exit(&sim, "a"), (ExitReason::Signal, None));
+    assert_eq!(
+        format!("{:#}", sim.job("a").last_exit.expect("exit").status),
+        "SIGSEGV"
+    );
+    assert_eq!((sim.job("a").crashes, sim.job("a").oom_kills), (2, 0));
+}
+
+#[test]
+fn a_spawn_failure_is_a_crash_with_the_error_text() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    let run = sim.run_of("a").expect("run");
+    sim.exit_run(
+        run,
+        ExitStatus::spawn_failed("/nowhere: No such file or directory"),
+    );
+    sim.run_actions();
+    assert_eq!(
+        last_exit(&sim, "a"),
+        (
+            ExitReason::SpawnFailed,
+            Some("/nowhere: No such file or directory".into())
+        )
+    );
+    assert_eq!(sim.job("a").crashes, 1);
+    assert_eq!(sim.job("a").state, JobState::Backoff);
+}
+
+#[test]
+fn deliberate_restarts_are_stops_not_crashes() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    sim.advance(10 * SEC);
+    // Updated: the stop signal, and an exit by SIGTERM.
+    sim.config(decl(&[("a", spec("a2"))]));
+    let run = sim.run_of("a").expect("stopping");
+    sim.exit_run(run, ExitStatus::signal(15));
+    sim.run_actions();
+    assert_eq!(last_exit(&sim, "a"), (ExitReason::Stopped, None));
+    let shown = sim.job("a").last_exit.expect("exit").status;
+    assert_eq!(format!("{shown:#}"), "stopped");
+    assert_eq!(shown.to_string(), "stopped (killed by SIGTERM)");
+    // An operator's restart, which the process answers with an exit code.
+    sim.sup.restart(sim.now, &"a".into()).expect("restart");
+    sim.run_actions();
+    sim.exit("a", 143);
+    // Stubborn: killed after its stop timeout.
+    sim.sup.restart(sim.now, &"a".into()).expect("restart");
+    sim.run_actions();
+    sim.advance(30 * SEC);
+    assert_eq!(last_exit(&sim, "a"), (ExitReason::Stopped, None));
+    let a = sim.job("a");
+    assert_eq!((a.restarts, a.crashes), (3, 0));
+}
+
+#[test]
+fn an_oom_kill_is_counted_and_shown_even_during_a_stop() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    sim.advance(10 * SEC);
+    let oom = || ExitStatus::signal(9).because(ExitReason::OomKilled);
+    let run = sim.run_of("a").expect("run");
+    sim.exit_run(run, oom());
+    sim.run_actions();
+    assert_eq!(last_exit(&sim, "a"), (ExitReason::OomKilled, None));
+    let a = sim.job("a");
+    assert_eq!((a.crashes, a.oom_kills, a.restarts), (1, 1, 1));
+    assert_eq!(a.state, JobState::Running, "a long run: restarted at once");
+    // Killed while lrpm stops it for an update: a stop, but still an OOM kill.
+    sim.config(decl(&[("a", spec("a2"))]));
+    let run = sim.run_of("a").expect("stopping");
+    sim.exit_run(run, oom());
+    sim.run_actions();
+    assert_eq!(last_exit(&sim, "a"), (ExitReason::Stopped, None));
+    let a = sim.job("a");
+    assert_eq!((a.crashes, a.oom_kills), (1, 2));
+}
+
+#[test]
+fn the_status_document_carries_reasons_and_counters() {
+    let mut sim = Sim::new();
+    sim.config(decl(&[("a", spec("a"))]));
+    sim.advance(10 * SEC);
+    sim.exit("a", 2);
+    let json = serde_json::to_value(sim.sup.status_jobs(sim.now, 0.0)).expect("serializes");
+    assert_eq!(json[0]["crashes"], 1);
+    assert_eq!(json[0]["oom_kills"], 0);
+    assert_eq!(json[0]["last_exit"]["reason"], "exit");
+    assert_eq!(json[0]["last_exit"]["code"], 2);
 }
 
 #[test]

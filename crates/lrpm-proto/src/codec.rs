@@ -1297,6 +1297,8 @@ mod tests {
                 pid: Some(1234),
                 started_at: Some(1_700_000_000.5),
                 restarts: 0,
+                crashes: 0,
+                oom_kills: 0,
                 last_exit: None,
                 backoff_seconds: 1.0,
                 restart_at: None,

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lrpm_core::human;
 use lrpm_core::job::{JobId, Signal};
-use lrpm_core::status::{ExitStatus, SupervisorStatus};
+use lrpm_core::status::{ExitReason, ExitStatus, SupervisorStatus};
 use lrpm_core::supervisor::{
     Action, AfterExit, CommandError, ConfigOutcome, Interrupted, Notified, ProbeOutcome, Reason,
     RunId, Signalled, Supervisor,
@@ -308,20 +308,27 @@ impl Shell {
         let Some((job, status)) = self.procs.reap(exit.run) else {
             return;
         };
-        let how = status.to_string();
+        // How it ended, with the reason the core gives it (a stop lrpm
+        // asked for, a watchdog…): `stopped (killed by SIGTERM)`.
+        let how = |ended| status.clone().because(ended);
         // The time of the exit, not of its handling: under a storm the two
         // are seconds apart, and a short run must not count as a long one.
-        match self.core.handle_exit(exit.at, exit.run, status) {
-            AfterExit::Stopped(reason) => {
-                tracing::info!(job = %job, %reason, "stopped ({how})");
+        match self.core.handle_exit(exit.at, exit.run, status.clone()) {
+            AfterExit::Stopped(reason, ended) if !ended.is_crash() => {
+                tracing::info!(job = %job, %reason, "{}", how(ended));
             }
-            AfterExit::Restarted => {
-                tracing::warn!(job = %job, reason = %Reason::Crashed, "{how}; restarting");
+            AfterExit::Stopped(reason, ended) => {
+                tracing::warn!(job = %job, %reason, "{}", how(ended));
             }
-            AfterExit::Backoff(delay) => tracing::warn!(
+            AfterExit::Restarted(ended) => {
+                let reason = crash_reason(ended);
+                tracing::warn!(job = %job, %reason, "{}; restarting", how(ended));
+            }
+            AfterExit::Backoff(ended, delay) => tracing::warn!(
                 job = %job,
-                reason = %Reason::Crashed,
-                "{how} too soon; restarting in {}",
+                reason = %crash_reason(ended),
+                "{} too soon; restarting in {}",
+                how(ended),
                 human::duration(delay)
             ),
             AfterExit::Unknown => {}
@@ -704,7 +711,7 @@ impl Shell {
                     ExitStatus::spawn_failed(e.to_string()),
                 );
                 let retry = match after {
-                    AfterExit::Backoff(d) => format!("; retrying in {}", human::duration(d)),
+                    AfterExit::Backoff(_, d) => format!("; retrying in {}", human::duration(d)),
                     _ => String::new(),
                 };
                 tracing::error!(job = %job, %reason, "cannot start: {e}{retry}");
@@ -991,3 +998,14 @@ async fn recv_opt(stream: &mut Option<tokio::signal::unix::Signal>) -> Option<()
 /// How long a graceful shutdown may take at most before lrpm gives up on
 /// waiting for a runtime to wind down.
 pub(crate) const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
+
+/// The log's reason for the restart after an exit that `ended` as a crash:
+/// `hung` or `unhealthy` when lrpm stopped it as failed, `crashed`
+/// otherwise.
+fn crash_reason(ended: ExitReason) -> Reason {
+    match ended {
+        ExitReason::Watchdog => Reason::Hung,
+        ExitReason::Unhealthy => Reason::Unhealthy,
+        _ => Reason::Crashed,
+    }
+}

@@ -375,6 +375,8 @@ mod tests {
             pid: (state != JobState::Backoff).then_some(u32::MAX),
             started_at: Some(1000.0),
             restarts: 2,
+            crashes: 2,
+            oom_kills: 0,
             last_exit: Some(ExitInfo {
                 status: ExitStatus::signal(9),
                 at: 990.0,
@@ -573,7 +575,7 @@ invalid jobs (left out or kept on their last valid declaration):
             cells,
             [
                 "exit 1, 1.5s ago",
-                "could not start, 3m07s ago",
+                "spawn-failed, 3m07s ago",
                 "SIGCONT, 2h05m ago"
             ]
         );

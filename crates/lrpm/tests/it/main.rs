@@ -15,6 +15,7 @@ mod cluster_static;
 mod control;
 mod control_abuse;
 mod descriptors;
+mod exit_reasons;
 mod guardian;
 mod health;
 mod hostile;
