@@ -461,8 +461,9 @@ proptest! {
 
 #[test]
 fn an_operator_restart_or_an_update_during_a_failures_stop_starts_at_once() {
-    // 0: nothing comes between; 1: an operator's restart; 2: an update.
-    for case in 0..3 {
+    // 0: nothing comes between; 1: an operator's restart; 2: an update;
+    // 3: a pause, which holds it.
+    for case in 0..4 {
         let t0 = Instant::now();
         let mut sup = Supervisor::new(Config::default());
         let mut s = spec(false, Some(5), None);
@@ -480,6 +481,9 @@ fn an_operator_restart_or_an_update_during_a_failures_stop_starts_at_once() {
                 s.name = "j2".into();
                 sup.handle_config(t0 + 6 * SEC, decl(&[("a", &s)]));
             }
+            3 => {
+                sup.pause(t0 + 6 * SEC, &["a".into()]).expect("pause");
+            }
             _ => {}
         }
         let after = sup.handle_exit(t0 + 6 * SEC, run, ExitStatus::signal(15));
@@ -488,6 +492,11 @@ fn an_operator_restart_or_an_update_during_a_failures_stop_starts_at_once() {
         if case == 0 {
             assert_eq!(after, AfterExit::Backoff(ExitReason::Watchdog, SEC));
             assert_eq!(sup.poll_action(), None, "a short run backs off");
+        } else if case == 3 {
+            assert!(matches!(after, AfterExit::Stopped(_, ExitReason::Watchdog)));
+            assert_eq!(jobs[0].state, JobState::Paused);
+            assert_eq!(sup.poll_action(), None, "held");
+            assert_eq!(sup.poll_timeout(), None, "no backoff to wait out");
         } else {
             assert_eq!(
                 after,
