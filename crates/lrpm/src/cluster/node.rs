@@ -37,6 +37,11 @@ use super::lease::{self, LeaseEvent};
 /// the others.
 const LOGGED_MOVES: usize = 20;
 
+/// The worker's environment variable naming the node that runs it (etcd
+/// clusters).
+#[cfg(feature = "etcd")]
+const NODE_ID_ENV: &str = "LRPM_NODE_ID";
+
 /// How long before the lease could expire every worker is dead at the
 /// latest.
 #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
@@ -396,7 +401,20 @@ impl Cluster {
         };
         log_moves(&self.assignment, &assignment, &self.node(), why);
         self.assignment = assignment;
-        share(decl, &self.assignment, &me)
+        let mut mine = share(decl, &self.assignment, &me);
+        #[cfg(feature = "etcd")]
+        if let Mode::Etcd(member) = &self.mode {
+            // Every worker learns which node runs it. The core compares a
+            // new `Arc` by content, so an unchanged job is not restarted.
+            for spec in mine.jobs.values_mut() {
+                let mut named = (**spec).clone();
+                named
+                    .env
+                    .insert(NODE_ID_ENV.to_owned(), member.node.clone());
+                *spec = std::sync::Arc::new(named);
+            }
+        }
+        mine
     }
 
     /// This node's name.

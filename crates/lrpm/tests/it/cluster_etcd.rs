@@ -1,7 +1,9 @@
 //! Dynamic membership on a real etcd (started on loopback by the test):
-//! three lrpm nodes, each with its own socket, share one job map; every
-//! job runs on exactly one node, and a node killed with SIGKILL has its
-//! jobs running elsewhere within the lease's TTL plus 2 s.
+//! three or four lrpm nodes, each with its own socket, share one job map;
+//! every job runs on exactly one node (and its worker gets LRPM_NODE_ID); a
+//! node killed with SIGKILL has its jobs running elsewhere within the
+//! lease's TTL plus 2 s; with etcd gone every node stops its workers before
+//! its lease could expire; a fourth node takes only its share.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -36,8 +38,10 @@ fn node(etcd: &EtcdServer, name: &str, jobs: &std::path::Path) -> Lrpm {
     let uri = format!("etcd://{}/lrpm-test", etcd.endpoint());
     let jobs = jobs.to_path_buf();
     Lrpm::start_in(dir, jobs.clone(), |c| {
-        c.env("LRPM_NODE_ID", name)
-            .args(["--cluster", &uri, "--lease-ttl", &TTL.to_string()])
+        // The node id by flag: a worker knows it only if lrpm tells it.
+        c.env_remove("LRPM_NODE_ID")
+            .args(["--cluster", &uri, "--node-id", name])
+            .args(["--lease-ttl", &TTL.to_string()])
             .arg(&jobs);
     })
 }
@@ -210,4 +214,55 @@ fn with_etcd_gone_every_node_stops_its_workers_before_its_lease_could_expire_the
     wait_for_value("12 jobs again, each on one node", WAIT, || {
         settled(&refs, 12)
     });
+}
+
+#[test]
+fn a_fourth_node_takes_only_its_share_and_the_others_are_not_restarted() {
+    if !etcd_server::available() {
+        return;
+    }
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let ledger = dir.path().join("ledger");
+    let jobs = dir.path().join("jobs.json");
+    std::fs::write(&jobs, job_map(40, &ledger)).expect("write the jobs");
+    let mut nodes = vec![
+        node(&etcd, "w0", &jobs),
+        node(&etcd, "w1", &jobs),
+        node(&etcd, "w2", &jobs),
+    ];
+    let before = wait_for_value("40 jobs on 3 nodes", WAIT, || {
+        settled(&nodes.iter().collect::<Vec<_>>(), 40)
+    });
+    nodes.push(node(&etcd, "w3", &jobs));
+    let after = wait_for_value("40 jobs on 4 nodes", WAIT, || {
+        settled(&nodes.iter().collect::<Vec<_>>(), 40)
+    });
+    // Rendezvous over the four: what the new node must run.
+    let names = ["w0", "w1", "w2", "w3"];
+    let members: Vec<lrpm::lrpm_core::shard::Node<'_>> = names
+        .iter()
+        .map(|name| lrpm::lrpm_core::shard::Node { name, weight: 1.0 })
+        .collect();
+    let mut moved = 0;
+    for (id, (node, job)) in &after {
+        let expected = lrpm::lrpm_core::shard::rendezvous(&members, id).expect("a node");
+        assert_eq!(
+            *node, expected,
+            "{id} runs on {} instead of {}",
+            names[*node], names[expected]
+        );
+        let (old_node, old_job) = &before[id];
+        if *node == 3 {
+            moved += 1;
+        } else {
+            assert_eq!(node, old_node, "{id} moved between old nodes");
+            assert_eq!(job["pid"], old_job["pid"], "{id} was restarted");
+        }
+    }
+    eprintln!(
+        "a fourth node took {moved} of 40 jobs; the other {} kept their workers",
+        40 - moved
+    );
+    assert!(moved > 0 && moved < 20, "{moved} jobs moved");
 }
