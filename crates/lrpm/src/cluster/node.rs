@@ -401,6 +401,7 @@ impl Cluster {
         };
         log_moves(&self.assignment, &assignment, &self.node(), why);
         self.assignment = assignment;
+        #[cfg_attr(not(feature = "etcd"), allow(unused_mut))]
         let mut mine = share(decl, &self.assignment, &me);
         #[cfg(feature = "etcd")]
         if let Mode::Etcd(member) = &self.mode {

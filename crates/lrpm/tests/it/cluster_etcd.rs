@@ -79,24 +79,52 @@ fn settled(nodes: &[&Lrpm], n: usize) -> Option<BTreeMap<String, (usize, Value)>
     }
 }
 
+/// A test's cluster: its etcd, the temp dir of the job map and the
+/// ledger, and the nodes.
+struct Cluster {
+    etcd: EtcdServer,
+    dir: tempfile::TempDir,
+    nodes: Vec<Lrpm>,
+}
+
+impl Cluster {
+    /// An etcd and one node per name, on a map of `jobs` jobs.
+    fn start(jobs: usize, names: &[&str]) -> Cluster {
+        let etcd = EtcdServer::start();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let map = job_map(jobs, &dir.path().join("ledger"));
+        std::fs::write(dir.path().join("jobs.json"), map).expect("write the jobs");
+        let mut cluster = Cluster {
+            etcd,
+            dir,
+            nodes: Vec::new(),
+        };
+        for name in names {
+            cluster.add(name);
+        }
+        cluster
+    }
+
+    /// Starts one more node.
+    fn add(&mut self, name: &str) {
+        let node = node(&self.etcd, name, &self.dir.path().join("jobs.json"));
+        self.nodes.push(node);
+    }
+
+    fn ledger(&self) -> std::path::PathBuf {
+        self.dir.path().join("ledger")
+    }
+}
+
 #[test]
 fn three_nodes_run_every_job_once_and_a_killed_nodes_jobs_move_within_ttl_plus_2s() {
     if !etcd_server::available() {
         return;
     }
-    let etcd = EtcdServer::start();
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let ledger = dir.path().join("ledger");
-    let jobs = dir.path().join("jobs.json");
-    std::fs::write(&jobs, job_map(30, &ledger)).expect("write the jobs");
-    let mut nodes = vec![
-        node(&etcd, "n0", &jobs),
-        node(&etcd, "n1", &jobs),
-        node(&etcd, "n2", &jobs),
-    ];
+    let mut cluster = Cluster::start(30, &["n0", "n1", "n2"]);
     // Once all three are members, each job runs on exactly one of them.
     let placed = wait_for_value("30 jobs, each on one node, 3 members", WAIT, || {
-        settled(&nodes.iter().collect::<Vec<_>>(), 30)
+        settled(&cluster.nodes.iter().collect::<Vec<_>>(), 30)
     });
     let on_first: Vec<String> = placed
         .iter()
@@ -104,24 +132,24 @@ fn three_nodes_run_every_job_once_and_a_killed_nodes_jobs_move_within_ttl_plus_2
         .map(|(id, _)| id.clone())
         .collect();
     assert!(!on_first.is_empty(), "node n0 runs some jobs: {placed:?}");
-    let status = nodes[0].status();
-    let cluster = &status["supervisor"]["cluster"];
-    assert_eq!(cluster["mode"], "etcd");
-    assert_eq!(cluster["node"], "n0");
-    assert_eq!(cluster["connection"]["state"], "connected");
+    let status = cluster.nodes[0].status();
+    let view = &status["supervisor"]["cluster"];
+    assert_eq!(view["mode"], "etcd");
+    assert_eq!(view["node"], "n0");
+    assert_eq!(view["connection"]["state"], "connected");
     assert!(
-        cluster["lease_left"]
+        view["lease_left"]
             .as_f64()
             .is_some_and(|left| left > 0.0 && left <= TTL as f64)
     );
 
     // SIGKILL n0: its jobs run on n1 and n2 within TTL + 2 s.
     let killed_at = wall_now();
-    signal(nodes[0].pid(), rustix::process::Signal::KILL);
-    let mut first = nodes.remove(0);
+    signal(cluster.nodes[0].pid(), rustix::process::Signal::KILL);
+    let mut first = cluster.nodes.remove(0);
     first.wait_timeout(WAIT).expect("n0 exits");
     let placed = wait_for_value("the 30 jobs on the 2 nodes left", WAIT, || {
-        let refs: Vec<&Lrpm> = nodes.iter().collect();
+        let refs: Vec<&Lrpm> = cluster.nodes.iter().collect();
         placement(&refs, 30)
     });
     let mut slowest: f64 = 0.0;
@@ -143,7 +171,7 @@ fn three_nodes_run_every_job_once_and_a_killed_nodes_jobs_move_within_ttl_plus_2
             .collect()
     };
     let text = wait_for_value("the moved workers' lines in the ledger", WAIT, || {
-        let text = std::fs::read_to_string(&ledger).unwrap_or_default();
+        let text = std::fs::read_to_string(cluster.ledger()).unwrap_or_default();
         on_first
             .iter()
             .all(|id| starts(&text, id).len() >= 2)
@@ -165,17 +193,8 @@ fn with_etcd_gone_every_node_stops_its_workers_before_its_lease_could_expire_the
     if !etcd_server::available() {
         return;
     }
-    let mut etcd = EtcdServer::start();
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let ledger = dir.path().join("ledger");
-    let jobs = dir.path().join("jobs.json");
-    std::fs::write(&jobs, job_map(12, &ledger)).expect("write the jobs");
-    let nodes = [
-        node(&etcd, "a", &jobs),
-        node(&etcd, "b", &jobs),
-        node(&etcd, "c", &jobs),
-    ];
-    let refs: Vec<&Lrpm> = nodes.iter().collect();
+    let mut cluster = Cluster::start(12, &["a", "b", "c"]);
+    let refs: Vec<&Lrpm> = cluster.nodes.iter().collect();
     let placed = wait_for_value("12 jobs, each on one node, 3 members", WAIT, || {
         settled(&refs, 12)
     });
@@ -187,7 +206,7 @@ fn with_etcd_gone_every_node_stops_its_workers_before_its_lease_could_expire_the
     // its lease cannot expire before now + TTL: every worker must be dead
     // a second before that.
     let stopped = std::time::Instant::now();
-    etcd.stop();
+    cluster.etcd.stop();
     let dead = |pid: &u32| crate::support::state_of(*pid).is_none_or(|s| s == 'Z');
     wait_for_value("every worker dead", WAIT, || {
         pids.iter().all(dead).then_some(())
@@ -201,7 +220,7 @@ fn with_etcd_gone_every_node_stops_its_workers_before_its_lease_could_expire_the
         took <= Duration::from_secs(TTL) - Duration::from_secs(1),
         "workers outlived the fence: {took:?}"
     );
-    for node in &nodes {
+    for node in &cluster.nodes {
         let status = node.status();
         assert_eq!(jobs_in(&status).len(), 0, "{status}");
         assert_ne!(
@@ -210,7 +229,7 @@ fn with_etcd_gone_every_node_stops_its_workers_before_its_lease_could_expire_the
         );
     }
     // etcd is back: every job runs again, each on exactly one node.
-    etcd.resume();
+    cluster.etcd.resume();
     wait_for_value("12 jobs again, each on one node", WAIT, || {
         settled(&refs, 12)
     });
@@ -221,22 +240,13 @@ fn a_fourth_node_takes_only_its_share_and_the_others_are_not_restarted() {
     if !etcd_server::available() {
         return;
     }
-    let etcd = EtcdServer::start();
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let ledger = dir.path().join("ledger");
-    let jobs = dir.path().join("jobs.json");
-    std::fs::write(&jobs, job_map(40, &ledger)).expect("write the jobs");
-    let mut nodes = vec![
-        node(&etcd, "w0", &jobs),
-        node(&etcd, "w1", &jobs),
-        node(&etcd, "w2", &jobs),
-    ];
+    let mut cluster = Cluster::start(40, &["w0", "w1", "w2"]);
     let before = wait_for_value("40 jobs on 3 nodes", WAIT, || {
-        settled(&nodes.iter().collect::<Vec<_>>(), 40)
+        settled(&cluster.nodes.iter().collect::<Vec<_>>(), 40)
     });
-    nodes.push(node(&etcd, "w3", &jobs));
+    cluster.add("w3");
     let after = wait_for_value("40 jobs on 4 nodes", WAIT, || {
-        settled(&nodes.iter().collect::<Vec<_>>(), 40)
+        settled(&cluster.nodes.iter().collect::<Vec<_>>(), 40)
     });
     // Rendezvous over the four: what the new node must run.
     let names = ["w0", "w1", "w2", "w3"];
