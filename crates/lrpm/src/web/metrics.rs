@@ -146,34 +146,32 @@ pub(crate) fn encode(snapshot: Snapshot, openmetrics: bool) -> String {
 /// prometheus-client wrote: counters' `# HELP` and `# TYPE` lines name
 /// their `_total` samples, and the `# EOF` line goes.
 fn to_prometheus_text(openmetrics: &str) -> String {
+    // Only the `# HELP`/`# TYPE` pair of a counter changes: the samples,
+    // most of the text, are copied as they are.
+    let counter = |line: &str| line.starts_with("# TYPE ") && line.ends_with(" counter");
     let mut out = String::with_capacity(openmetrics.len());
-    let lines: Vec<&str> = openmetrics.lines().collect();
-    for (i, line) in lines.iter().enumerate() {
-        if *line == "# EOF" {
+    let mut lines = openmetrics.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line == "# EOF" {
             continue;
         }
-        let counter = |type_line: &str| {
-            type_line
-                .strip_prefix("# TYPE ")
-                .is_some_and(|rest| rest.ends_with(" counter"))
-        };
-        let renamed = if let Some(rest) = line.strip_prefix("# HELP ") {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
             // HELP comes right before its family's TYPE.
-            let is_counter = lines.get(i + 1).is_some_and(|next| counter(next));
-            is_counter.then(|| {
+            if lines.peek().is_some_and(|next| counter(next)) {
                 let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-                format!("# HELP {name}_total {help}")
-            })
+                for part in ["# HELP ", name, "_total ", help, "\n"] {
+                    out.push_str(part);
+                }
+                continue;
+            }
         } else if counter(line) {
             let name = &line["# TYPE ".len()..line.len() - " counter".len()];
-            Some(format!("# TYPE {name}_total counter"))
-        } else {
-            None
-        };
-        match renamed {
-            Some(line) => out.push_str(&line),
-            None => out.push_str(line),
+            for part in ["# TYPE ", name, "_total counter\n"] {
+                out.push_str(part);
+            }
+            continue;
         }
+        out.push_str(line);
         out.push('\n');
     }
     out
