@@ -59,6 +59,10 @@ pub struct OutputStatus {
     pub stdout: StreamStatus,
     /// Workers' stderr lines, on lrpm's stderr.
     pub stderr: StreamStatus,
+    /// Workers' lines in the per-job log files (`--log-dir`), when lrpm
+    /// writes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_logs: Option<StreamStatus>,
 }
 
 /// What one output stream lost.
@@ -77,7 +81,8 @@ impl OutputStatus {
     /// Whether any stream lost a line.
     pub fn lost(&self) -> bool {
         [&self.log, &self.stdout, &self.stderr]
-            .iter()
+            .into_iter()
+            .chain(&self.job_logs)
             .any(|s| s.lines_dropped > 0 || s.write_errors > 0)
     }
 }

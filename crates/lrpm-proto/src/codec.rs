@@ -32,7 +32,7 @@ pub const MAX_REQUEST_LEN: usize = 64 * 1024;
 pub const MAX_RESPONSE_LEN: usize = 256 * 1024 * 1024;
 
 /// The commands of the protocol, in the order `help` lists them.
-pub const COMMANDS: [CommandInfo; 9] = [
+pub const COMMANDS: [CommandInfo; 10] = [
     CommandInfo {
         cmd: "status",
         request: r#"{"cmd":"status","ids":["ID"]}"#,
@@ -64,6 +64,11 @@ pub const COMMANDS: [CommandInfo; 9] = [
         cmd: "reload",
         request: r#"{"cmd":"reload","force":false}"#,
         help: "read the configuration source again now",
+    },
+    CommandInfo {
+        cmd: "reopen-logs",
+        request: r#"{"cmd":"reopen-logs"}"#,
+        help: "close and reopen the per-job log files of --log-dir (after logrotate renamed them)",
     },
     CommandInfo {
         cmd: "stop",
@@ -220,6 +225,9 @@ pub enum Request {
         /// Apply it even past the removal guard.
         force: bool,
     },
+    /// Reopen the per-job log files (`--log-dir`), after an external
+    /// logrotate renamed them.
+    ReopenLogs,
     /// Shut lrpm down gracefully.
     Stop,
     /// The cluster, with the node of every job.
@@ -372,6 +380,7 @@ impl Request {
                     got: kind(other),
                 }),
             },
+            "reopen-logs" => Ok(Request::ReopenLogs),
             "stop" => Ok(Request::Stop),
             "cluster" => Ok(Request::Cluster),
             "help" => Ok(Request::Help),
@@ -385,6 +394,7 @@ impl Request {
             Request::Status
             | Request::RestartAll
             | Request::Reload { .. }
+            | Request::ReopenLogs
             | Request::Stop
             | Request::Cluster
             | Request::Help => serde_json::json!({}),
@@ -427,6 +437,7 @@ impl Request {
             Request::Resume { .. } => "resume",
             Request::Signal { .. } => "signal",
             Request::Reload { .. } => "reload",
+            Request::ReopenLogs => "reopen-logs",
             Request::Stop => "stop",
             Request::Cluster => "cluster",
             Request::Help => "help",
@@ -852,6 +863,7 @@ impl Response {
             | Request::Resume { .. }
             | Request::Signal { .. }
             | Request::Reload { .. }
+            | Request::ReopenLogs
             | Request::Stop => match envelope.message {
                 Some(Value::String(message)) => Ok(Response::Done(message)),
                 None => Ok(Response::Done(String::new())),
@@ -1055,7 +1067,8 @@ mod tests {
         );
         assert_eq!(
             err("{}"),
-            "missing \"cmd\": expected one of status, restart, pause, resume, signal, reload, stop, cluster, help"
+            "missing \"cmd\": expected one of status, restart, pause, resume, signal, reload, \
+             reopen-logs, stop, cluster, help"
         );
         assert_eq!(
             err(r#"{"cmd":1}"#),
@@ -1063,7 +1076,8 @@ mod tests {
         );
         assert_eq!(
             err(r#"{"cmd":"dance"}"#),
-            "unknown command \"dance\": expected one of status, restart, pause, resume, signal, reload, stop, cluster, help"
+            "unknown command \"dance\": expected one of status, restart, pause, resume, signal, \
+             reload, reopen-logs, stop, cluster, help"
         );
         assert_eq!(
             err(r#"{"cmd":"restart"}"#),
@@ -1121,6 +1135,7 @@ mod tests {
             },
             Request::Reload { force: true },
             Request::Reload { force: false },
+            Request::ReopenLogs,
             Request::Stop,
             Request::Cluster,
             Request::Help,

@@ -156,6 +156,20 @@ pub(crate) struct Args {
     #[arg(long, value_enum, default_value = "text")]
     pub(crate) log_format: LogFormat,
 
+    /// Also append each job's stdout and stderr lines, each with an RFC
+    /// 3339 timestamp, to DIR/ID.log (created if needed). SIGUSR1 or
+    /// `lrpmctl reopen-logs` reopens the files (after logrotate).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) log_dir: Option<PathBuf>,
+
+    /// Rotate a job's log file before it grows past this many bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub(crate) log_max_bytes: u64,
+
+    /// How many rotated files of a job's log are kept (ID.log.1 newest).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub(crate) log_keep: u32,
+
     /// When the text log is coloured: `auto` (stderr is a terminal and
     /// NO_COLOR is not set), `always` or `never`.
     #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
@@ -244,6 +258,8 @@ pub(crate) struct Options {
     pub(crate) log_format: LogFormat,
     /// Whether the text log is coloured.
     pub(crate) color: ColorChoice,
+    /// The per-job log files, if `--log-dir` asks for them.
+    pub(crate) log_dir: Option<crate::joblog::JobLogConfig>,
     /// Log level.
     pub(crate) log_level: tracing::Level,
     /// Where `--metrics` serves, if it does.
@@ -330,6 +346,14 @@ impl Args {
         let cluster = self
             .cluster
             .validate(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))?;
+        if self.log_max_bytes == 0 {
+            return Err("--log-max-bytes: must be more than 0".into());
+        }
+        let log_dir = self.log_dir.map(|dir| crate::joblog::JobLogConfig {
+            dir,
+            max_bytes: self.log_max_bytes,
+            keep: self.log_keep,
+        });
         Ok(Options {
             source: self.source,
             socket: self.socket,
@@ -343,6 +367,7 @@ impl Args {
             worker_oom_score_adj,
             log_format: self.log_format,
             color: self.color,
+            log_dir,
             log_level,
             metrics,
             cluster,

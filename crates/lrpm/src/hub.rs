@@ -542,7 +542,7 @@ pub(crate) fn run(fd: RawFd, format: LineFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (output, thread) = match Output::start(format) {
+    let (output, thread) = match Output::start(format, None) {
         Ok(started) => started,
         Err(e) => {
             eprintln!("lrpm output hub: {e}");
@@ -707,6 +707,17 @@ pub(crate) struct Forwarding {
 }
 
 impl Forwarding {
+    /// Reopens the per-job log files, if lrpm writes them (SIGUSR1,
+    /// `lrpmctl reopen-logs`); returns whether it does.
+    pub(crate) fn reopen_logs(&self) -> bool {
+        self.output.reopen_logs()
+    }
+
+    /// What the per-job logs lost, if lrpm writes them.
+    pub(crate) fn job_logs_status(&self) -> Option<lrpm_core::status::StreamStatus> {
+        self.output.job_logs_status()
+    }
+
     /// Forwards through `output`, and through `hubs` when there are any.
     pub(crate) fn new(output: Output, hubs: Option<Hubs>) -> Self {
         Self { output, hubs }

@@ -26,6 +26,7 @@ mod etcd;
 mod guardian;
 mod host;
 mod hub;
+mod joblog;
 pub mod library;
 mod lines;
 mod logfmt;
@@ -320,7 +321,14 @@ fn supervise(
         .enable_all()
         .build()?;
     let format = LineFormat::json_if(options.log_format == LogFormat::Json);
-    let (output, output_thread) = Output::start(format)?;
+    let job_logs = match &options.log_dir {
+        Some(config) => Some(
+            joblog::JobLogs::start(config.clone())
+                .map_err(|e| anyhow::anyhow!("--log-dir {}: {e}", config.dir.display()))?,
+        ),
+        None => None,
+    };
+    let (output, output_thread) = Output::start(format, job_logs)?;
     let spawn_ctx = SpawnContext::current(child_nofile, HIDDEN_ENV);
     let hubs = hub::Hubs::new(spawn_ctx.clone(), format);
     let forwarding = Forwarding::new(output, hubs.clone());

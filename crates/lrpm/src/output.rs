@@ -43,6 +43,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lrpm_core::human;
 use lrpm_core::job::JobId;
 
+use crate::joblog::JobLogs;
 use crate::lines::{Line as PipeLine, LineReader, Overlong};
 use crate::stdio::{self, Recovery, Stream};
 use tokio::net::unix::pipe;
@@ -145,6 +146,8 @@ pub(crate) struct Output {
     budget: Arc<Semaphore>,
     /// How lines are written.
     format: LineFormat,
+    /// The per-job log files (`--log-dir`), if lrpm writes them.
+    job_logs: Option<JobLogs>,
 }
 
 /// Reports, when dropped, that the output of one worker has ended: an output
@@ -195,9 +198,14 @@ impl OutputThread {
 }
 
 impl Output {
-    /// Starts the writer thread, which writes lines in `format`.
-    pub(crate) fn start(format: LineFormat) -> io::Result<(Output, OutputThread)> {
-        let (output, rx) = Output::queue(format);
+    /// Starts the writer thread, which writes lines in `format`; every
+    /// line goes to `job_logs` too, if given.
+    pub(crate) fn start(
+        format: LineFormat,
+        job_logs: Option<JobLogs>,
+    ) -> io::Result<(Output, OutputThread)> {
+        let (mut output, rx) = Output::queue(format);
+        output.job_logs = job_logs;
         let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("lrpm-output".into())
@@ -212,7 +220,28 @@ impl Output {
     fn queue(format: LineFormat) -> (Output, mpsc::UnboundedReceiver<Line>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
-        (Output { tx, budget, format }, rx)
+        (
+            Output {
+                tx,
+                budget,
+                format,
+                job_logs: None,
+            },
+            rx,
+        )
+    }
+
+    /// Reopens the per-job log files; returns whether there are any.
+    pub(crate) fn reopen_logs(&self) -> bool {
+        self.job_logs
+            .as_ref()
+            .inspect(|logs| logs.reopen())
+            .is_some()
+    }
+
+    /// What the per-job logs lost, if lrpm writes them.
+    pub(crate) fn job_logs_status(&self) -> Option<lrpm_core::status::StreamStatus> {
+        self.job_logs.as_ref().map(JobLogs::status)
     }
 
     /// Forwards a worker's stdout and stderr until they are closed.
@@ -241,13 +270,24 @@ impl Output {
     ) {
         // One allocation for both streams' prefix, where they share it.
         let mut prefix = self.format.prefix(job, Stream::Stdout);
+        let job_log = self
+            .job_logs
+            .as_ref()
+            .map(|logs| (logs.clone(), Arc::<str>::from(job.as_str())));
         for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
             if stream == Stream::Stderr && self.format == LineFormat::Json {
                 prefix = self.format.prefix(job, stream);
             }
             match pipe::Receiver::from_owned_fd(fd) {
                 Ok(rx) => {
-                    let task = forward_pipe(rx, prefix.clone(), stream, self.clone(), done.clone());
+                    let task = forward_pipe(
+                        rx,
+                        prefix.clone(),
+                        stream,
+                        self.clone(),
+                        job_log.clone(),
+                        done.clone(),
+                    );
                     tokio::spawn(task);
                 }
                 Err(e) => tracing::warn!(%job, "cannot read the output of the worker: {e}"),
@@ -263,11 +303,15 @@ async fn forward_pipe(
     prefix: Arc<[u8]>,
     stream: Stream,
     output: Output,
+    job_log: Option<(JobLogs, Arc<str>)>,
     _done: Option<Arc<WorkerDone>>,
 ) {
     let mut reader = LineReader::new(rx, MAX_LINE, Overlong::Split);
     // A read error ends the stream like its end does: the worker is gone.
     while let Ok(Some(PipeLine::Full(line))) = reader.next().await {
+        if let Some((logs, job)) = &job_log {
+            logs.line(job, &line, SystemTime::now());
+        }
         let send = output.send(&prefix, &line, stream);
         tokio::pin!(send);
         loop {
@@ -416,7 +460,7 @@ mod tests {
         let (output, mut rx) = Output::queue(LineFormat::Prefixed);
         let rx_pipe = pipe::Receiver::from_owned_fd(r).expect("receiver");
         let prefix: Arc<[u8]> = b"[j] ".to_vec().into();
-        forward_pipe(rx_pipe, prefix, Stream::Stdout, output, None).await;
+        forward_pipe(rx_pipe, prefix, Stream::Stdout, output, None, None).await;
         let mut lines = vec![];
         while let Ok(l) = rx.try_recv() {
             lines.push(l.bytes);

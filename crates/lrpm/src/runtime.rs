@@ -135,6 +135,8 @@ impl Shell {
         let mut sigint =
             signal(SignalKind::interrupt()).expect("invariant: signal handlers install");
         let mut sighup = signal(SignalKind::hangup()).expect("invariant: signal handlers install");
+        let mut sigusr1 =
+            signal(SignalKind::user_defined1()).expect("invariant: signal handlers install");
         // Only a subreaper or PID 1 has children it did not spawn to reap.
         let mut sigchld = if self.procs.adopts_orphans() {
             Some(signal(SignalKind::child()).expect("invariant: signal handlers install"))
@@ -237,6 +239,11 @@ impl Shell {
                         tracing::warn!("SIGINT during the shutdown: killing every worker now");
                     }
                 },
+                Some(()) = sigusr1.recv() => {
+                    if self.output.reopen_logs() {
+                        tracing::info!("SIGUSR1: reopening the per-job log files");
+                    }
+                }
                 Some(()) = sighup.recv() => {
                     tracing::info!("SIGHUP: reloading the configuration");
                     self.source.reload();
@@ -516,6 +523,14 @@ impl Shell {
                 }
                 Err(e) => Reply::Refused(e.to_string()),
             },
+            Request::ReopenLogs => {
+                if self.output.reopen_logs() {
+                    tracing::info!("reopening the per-job log files, as requested");
+                    Reply::Done("reopening the per-job log files".into())
+                } else {
+                    Reply::Refused("lrpm writes no per-job log files (no --log-dir)".into())
+                }
+            }
             Request::Reload { force } if !force || !self.core.has_removal_guard() => {
                 tracing::info!("reload requested");
                 self.source.reload();
@@ -619,7 +634,10 @@ impl Shell {
             started_at: self.started_at,
             shutting_down: self.core.is_shutting_down(),
             source,
-            output: crate::stdio::output_status(),
+            output: lrpm_core::status::OutputStatus {
+                job_logs: self.output.job_logs_status(),
+                ..crate::stdio::output_status()
+            },
             held_back: self.held_back_reason(),
             cluster: self.cluster.as_ref().map(|cluster| cluster.status(false)),
         };

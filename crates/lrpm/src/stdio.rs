@@ -285,6 +285,7 @@ pub(crate) fn output_status() -> OutputStatus {
         log: stream(Stream::Log),
         stdout: stream(Stream::Stdout),
         stderr: stream(Stream::Stderr),
+        job_logs: None,
     }
 }
 

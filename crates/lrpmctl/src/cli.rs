@@ -139,6 +139,10 @@ pub enum Command {
         force: bool,
     },
 
+    /// Close and reopen the per-job log files of `lrpm --log-dir`, after
+    /// an external logrotate renamed them (as SIGUSR1 to lrpm does).
+    ReopenLogs,
+
     /// Shut lrpm down gracefully, and wait until it has exited.
     ///
     /// lrpm stops every worker (its stop signal, then SIGKILL after its

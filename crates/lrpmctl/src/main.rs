@@ -68,6 +68,7 @@ where
         Command::Resume { ids } => jobs::resume(&ctx, ids),
         Command::Signal { signal, ids } => jobs::signal(&ctx, &signal, ids),
         Command::Reload { force } => reload::run(&ctx, force),
+        Command::ReopenLogs => reload::reopen_logs(&ctx),
         Command::Stop { timeout, no_wait } => stop::run(&ctx, timeout, !no_wait),
         Command::Cluster => cluster::run(&ctx),
         Command::Help { command } => help::run(&ctx, command.as_deref()),

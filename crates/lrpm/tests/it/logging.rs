@@ -252,3 +252,121 @@ fn messages_say_what_happened() {
     assert!(log.contains("shutting down 1 job"), "{log}");
     assert!(!log.contains("1 jobs"), "{log}");
 }
+
+/// The lines of job `id`'s log files in `dir`, oldest first (`ID.log.N` …
+/// `ID.log.1`, then `ID.log`, and `extra` files before them), each without
+/// its timestamp, which is checked.
+fn job_log_lines(dir: &std::path::Path, id: &str, extra: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+    let mut rotated: Vec<u32> = std::fs::read_dir(dir)
+        .expect("the log dir")
+        .filter_map(|e| {
+            let name = e
+                .expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            name.strip_prefix(&format!("{id}.log."))?.parse().ok()
+        })
+        .collect();
+    rotated.sort_unstable();
+    names.extend(rotated.iter().rev().map(|n| format!("{id}.log.{n}")));
+    names.push(format!("{id}.log"));
+    let mut lines = Vec::new();
+    for name in names {
+        let text = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
+        for line in text.lines() {
+            let (ts, rest) = line
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("{name}: {line:?}"));
+            assert!(is_rfc3339(ts), "{name}: {line:?}");
+            lines.push(rest.to_owned());
+        }
+    }
+    lines
+}
+
+/// `0` … `n - 1`, then `end`.
+fn numbered(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| i.to_string())
+        .chain(std::iter::once("end".to_owned()))
+        .collect()
+}
+
+#[test]
+fn size_rotation_under_a_fast_writer_loses_no_line() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let n = 30_000;
+    let jobs = format!(
+        r#"{{"w": {{"name": "w", "command": "seq 0 {}; echo end; exec sleep 300"}}}}"#,
+        n - 1
+    );
+    let dir = logs.path().to_str().expect("UTF-8");
+    let lrpm = Lrpm::start(
+        "jobs.json",
+        &jobs,
+        &[
+            "--log-dir",
+            dir,
+            "--log-max-bytes",
+            "65536",
+            "--log-keep",
+            "1000",
+        ],
+    );
+    lrpm.running_pid("w");
+    let lines = wait_for_value("every line in the files", LONG, || {
+        let lines = job_log_lines(logs.path(), "w", &[]);
+        (lines.last().map(String::as_str) == Some("end")).then_some(lines)
+    });
+    assert_eq!(lines, numbered(n));
+    let rotated = std::fs::read_dir(logs.path()).expect("dir").count() - 1;
+    assert!(rotated >= 10, "{rotated} rotated files");
+    for entry in std::fs::read_dir(logs.path()).expect("dir") {
+        let size = entry.expect("entry").metadata().expect("metadata").len();
+        assert!(size <= 65536, "{size}");
+    }
+    let status = lrpm.status();
+    assert_eq!(
+        status["supervisor"]["output"]["job_logs"]["lines_dropped"], 0,
+        "{status}"
+    );
+}
+
+#[test]
+fn a_logrotate_rename_and_sigusr1_lose_no_line() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let stop = logs.path().join("stop-writing");
+    let jobs = format!(
+        r#"{{"w": {{"name": "w", "command": "i=0; while [ ! -e {} ]; do echo $i; i=$((i+1)); done; echo end; exec sleep 300"}}}}"#,
+        stop.display()
+    );
+    let dir = logs.path().to_str().expect("UTF-8");
+    let lrpm = Lrpm::start("jobs.json", &jobs, &["--log-dir", dir]);
+    lrpm.running_pid("w");
+    let count = |name: &str| {
+        std::fs::read_to_string(logs.path().join(name)).map_or(0, |t| t.lines().count())
+    };
+    wait_until("lines in w.log", LONG, || count("w.log") > 1000);
+    // logrotate's default: rename, then tell the writer to reopen.
+    std::fs::rename(logs.path().join("w.log"), logs.path().join("w.log-rotated")).expect("rename");
+    crate::support::signal(lrpm.pid(), rustix::process::Signal::USR1);
+    wait_until("lines in the new w.log", LONG, || count("w.log") > 1000);
+    // The same through lrpmctl.
+    std::fs::rename(
+        logs.path().join("w.log"),
+        logs.path().join("w.log-rotated2"),
+    )
+    .expect("rename");
+    let out = lrpm.ctl(&["reopen-logs"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_until("lines in the third w.log", LONG, || count("w.log") > 1000);
+    std::fs::write(&stop, "").expect("stop file");
+    let lines = wait_for_value("the last line", LONG, || {
+        let lines = job_log_lines(logs.path(), "w", &["w.log-rotated", "w.log-rotated2"]);
+        (lines.last().map(String::as_str) == Some("end")).then_some(lines)
+    });
+    assert_eq!(lines, numbered(lines.len() - 1));
+    assert!(count("w.log-rotated") > 1000 && count("w.log-rotated2") > 1000);
+}
