@@ -542,7 +542,16 @@ fn help_lists_every_command() {
     assert_eq!(
         names,
         [
-            "status", "restart", "pause", "resume", "signal", "reload", "stop", "cluster", "help"
+            "status",
+            "restart",
+            "pause",
+            "resume",
+            "signal",
+            "reload",
+            "reopen-logs",
+            "stop",
+            "cluster",
+            "help"
         ]
     );
 
