@@ -185,7 +185,7 @@ impl Handle {
     /// Arms the dead-man's switch: the farm is killed at `deadline` unless
     /// another `heartbeat` (a later deadline) or [`Handle::disarm`] comes
     /// before. Sent at once; a guardian started again later gets it too.
-    #[allow(dead_code)] // For the cluster mode (issue 15).
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))] // The etcd cluster mode's.
     pub(crate) fn heartbeat(&self, deadline: Instant) {
         self.order(Order::Arm(on_monotonic_clock(deadline)));
     }

@@ -450,6 +450,7 @@ fn supervise(
             load_counts: Default::default(),
             cluster,
             guardian: guardian_handle,
+            guarded_until: None,
             hosts: host::Hosts::new(spawn_ctx),
         }
         .run()

@@ -110,8 +110,9 @@ pub(crate) struct Shell {
     /// The cluster this node belongs to: `None` runs every job here.
     pub(crate) cluster: Option<Cluster>,
     /// The guardian's heartbeat (the cluster mode's dead-man's switch).
-    #[allow(dead_code)] // For the cluster mode (issue 15).
     pub(crate) guardian: crate::guardian::Handle,
+    /// The deadline of the last heartbeat sent to the guardian.
+    pub(crate) guarded_until: Option<Instant>,
     /// The worker hosts, and the runs they have not forked yet.
     pub(crate) hosts: Hosts,
 }
@@ -427,6 +428,15 @@ impl Shell {
                 ConfigOutcome::Applied | ConfigOutcome::Ignored => {}
             },
             Outcome::Kill => self.core.kill_stopping(),
+        }
+        // The dead-man's switch: a supervisor frozen from now on cannot
+        // fence itself, so the guardian kills the farm when the workers
+        // must be dead, a second before the lease could expire.
+        if let Some(deadline) = cluster.guard_until() {
+            if self.guarded_until != Some(deadline) {
+                self.guarded_until = Some(deadline);
+                self.guardian.heartbeat(deadline);
+            }
         }
     }
 

@@ -418,6 +418,16 @@ impl Cluster {
         mine
     }
 
+    /// When the workers must all be dead if no keep-alive is answered
+    /// from now on: the guardian's heartbeat deadline (etcd clusters).
+    pub(crate) fn guard_until(&self) -> Option<std::time::Instant> {
+        match &self.mode {
+            Mode::Static { .. } => None,
+            #[cfg(feature = "etcd")]
+            Mode::Etcd(member) => member.deadline.map(|d| d - FENCE_MARGIN),
+        }
+    }
+
     /// This node's name.
     fn node(&self) -> String {
         match &self.mode {

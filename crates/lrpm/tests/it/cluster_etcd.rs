@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::etcd_server::{self, EtcdServer};
-use crate::support::{Lrpm, jobs_in, signal, wait_for_value, wall_now};
+use crate::support::{Lrpm, jobs_in, signal, wait_for_value, wait_until, wall_now};
 
 const TTL: u64 = 3;
 const WAIT: Duration = Duration::from_secs(30);
@@ -275,4 +275,60 @@ fn a_fourth_node_takes_only_its_share_and_the_others_are_not_restarted() {
         40 - moved
     );
     assert!(moved > 0 && moved < 20, "{moved} jobs moved");
+}
+
+#[test]
+fn a_frozen_supervisors_workers_are_killed_by_its_guardian_before_another_node_starts_them() {
+    if !etcd_server::available() {
+        return;
+    }
+    let cluster = Cluster::start(20, &["f0", "f1", "f2"]);
+    let placed = wait_for_value("20 jobs on 3 nodes", WAIT, || {
+        settled(&cluster.nodes.iter().collect::<Vec<_>>(), 20)
+    });
+    let frozen: Vec<(String, u32)> = placed
+        .iter()
+        .filter(|(_, (node, _))| *node == 0)
+        .map(|(id, (_, job))| {
+            let pid = u32::try_from(job["pid"].as_u64().expect("pid")).expect("a pid");
+            (id.clone(), pid)
+        })
+        .collect();
+    assert!(!frozen.is_empty(), "f0 runs some jobs");
+    // f0's supervisor stops dead: it cannot fence itself, its guardian must.
+    let stopped = std::time::Instant::now();
+    signal(cluster.nodes[0].pid(), rustix::process::Signal::STOP);
+    let dead = |pid: u32| crate::support::state_of(pid).is_none_or(|s| s == 'Z');
+    let mut death: BTreeMap<String, f64> = BTreeMap::new();
+    wait_until("every worker of f0 dead", WAIT, || {
+        for (id, pid) in &frozen {
+            if !death.contains_key(id) && dead(*pid) {
+                death.insert(id.clone(), wall_now());
+            }
+        }
+        death.len() == frozen.len()
+    });
+    let took = stopped.elapsed();
+    eprintln!(
+        "the guardian killed f0's {} workers {:.2} s after SIGSTOP (TTL {TTL} s)",
+        frozen.len(),
+        took.as_secs_f64()
+    );
+    assert!(
+        took <= Duration::from_secs(TTL) - Duration::from_secs(1),
+        "took {took:?}"
+    );
+    // f1 and f2 start them once f0's lease expired, never before the old
+    // worker was dead.
+    let others: Vec<&Lrpm> = cluster.nodes[1..].iter().collect();
+    let moved = wait_for_value("f0's jobs on f1 and f2", WAIT, || placement(&others, 20));
+    for (id, _) in &frozen {
+        let started = moved[id].1["started_at"].as_f64().expect("started_at");
+        assert!(
+            started > death[id],
+            "{id} started at {started}, its old worker died at {}",
+            death[id]
+        );
+    }
+    signal(cluster.nodes[0].pid(), rustix::process::Signal::KILL);
 }
