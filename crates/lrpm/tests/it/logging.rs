@@ -348,7 +348,14 @@ fn a_logrotate_rename_and_sigusr1_lose_no_line() {
         stop.display()
     );
     let dir = logs.path().to_str().expect("UTF-8");
-    let lrpm = Lrpm::start("jobs.json", &jobs, &["--log-dir", dir]);
+    // No size rotation here: the loop may write more than the default
+    // 10 MiB before the test is done, and a rotation would put lines in
+    // w.log.1 that belong before w.log-rotated.
+    let lrpm = Lrpm::start(
+        "jobs.json",
+        &jobs,
+        &["--log-dir", dir, "--log-max-bytes", "100000000000"],
+    );
     lrpm.running_pid("w");
     let count = |name: &str| {
         std::fs::read_to_string(logs.path().join(name)).map_or(0, |t| t.lines().count())
