@@ -611,6 +611,7 @@ impl Shell {
                     source,
                     loads: self.load_counts,
                     started_at: self.started_at,
+                    cluster: self.cluster.as_ref().map(|cluster| cluster.status(false)),
                 });
             }
             WebRequest::Status(reply) => {

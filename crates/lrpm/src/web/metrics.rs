@@ -279,6 +279,20 @@ impl Collector for Scrape {
             jobs.iter()
                 .map(|j| (j.id.clone(), Some(u64::from(j.restarts)))),
         )?;
+        per_job_counter(
+            e,
+            "lrpm_job_crashes",
+            "How many of the job's processes crashed (ended in a way lrpm did not ask for, or were stopped as failed by a watchdog or health check).",
+            jobs.iter()
+                .map(|j| (j.id.clone(), Some(u64::from(j.crashes)))),
+        )?;
+        per_job_counter(
+            e,
+            "lrpm_job_oom_kills",
+            "How many of the job's processes the kernel's OOM killer ended.",
+            jobs.iter()
+                .map(|j| (j.id.clone(), Some(u64::from(j.oom_kills)))),
+        )?;
         per_job(
             e,
             "lrpm_job_start_time_seconds",
@@ -349,6 +363,20 @@ impl Collector for Scrape {
             "When a configuration was last loaded from the source, in seconds since the Unix epoch.",
             self.snapshot.source.last_load_at,
         )?;
+        if let Some(cluster) = &self.snapshot.cluster {
+            single(
+                e,
+                "lrpm_cluster_members",
+                "How many nodes the cluster has, this one included.",
+                Some(cluster.members.len() as u64),
+            )?;
+            single(
+                e,
+                "lrpm_cluster_lease_remaining_seconds",
+                "How long this node's etcd lease has left at most.",
+                cluster.lease_left,
+            )?;
+        }
         let own = &self.own;
         if let Some(cpu) = own.cpu_seconds {
             e.encode_descriptor(

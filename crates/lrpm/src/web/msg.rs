@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use lrpm_core::status::{JobStatus, SourceStatus};
+use lrpm_core::status::{ClusterStatus, JobStatus, SourceStatus};
 use tokio::sync::oneshot;
 
 /// A request of the web server to the event loop.
@@ -47,4 +47,6 @@ pub(crate) struct Snapshot {
     pub(crate) loads: LoadCounts,
     /// When lrpm started (UTC seconds).
     pub(crate) started_at: f64,
+    /// The cluster this node is one of, if it is.
+    pub(crate) cluster: Option<ClusterStatus>,
 }

@@ -161,6 +161,13 @@ fn scrapes_parse_and_follow_a_crash() {
     );
     let before = parse(python, "prometheus", &text);
     for job in ["steady", "victim"] {
+        for counter in ["lrpm_job_crashes_total", "lrpm_job_oom_kills_total"] {
+            assert_eq!(
+                sample(&before, counter, &[("job", job)]),
+                Some(0.0),
+                "{counter}"
+            );
+        }
         assert_eq!(
             sample(&before, "lrpm_job_up", &[("job", job)]),
             Some(1.0),
@@ -227,6 +234,12 @@ fn scrapes_parse_and_follow_a_crash() {
         (backoff == Some(1.0) && restarts.is_some_and(|n| n >= 1.0)).then_some(samples)
     });
     let victim = [("job", "victim")];
+    // The SIGKILL and at least one failed run since.
+    assert!(sample(&after, "lrpm_job_crashes_total", &victim).is_some_and(|n| n >= 2.0));
+    assert_eq!(
+        sample(&after, "lrpm_job_crashes_total", &[("job", "steady")]),
+        Some(0.0)
+    );
     assert_eq!(sample(&after, "lrpm_job_up", &victim), Some(0.0));
     assert_eq!(
         sample(
@@ -254,6 +267,43 @@ fn scrapes_parse_and_follow_a_crash() {
     assert_eq!((code, body.as_str()), (200, "ok\n"));
     let (code, _, _) = get(&addr, "/nothing", "*/*");
     assert_eq!(code, 404);
+}
+
+#[test]
+fn a_static_cluster_reports_its_members() {
+    let Some(python) = python() else {
+        prerequisite(
+            "python3 with prometheus_client (python3-prometheus-client)",
+            false,
+        );
+        return;
+    };
+    let lrpm = Lrpm::start(
+        "jobs.json",
+        &crate::support::jobs(&["a", "b", "c"]),
+        &[
+            "--metrics",
+            "127.0.0.1:0",
+            "--cluster-size",
+            "3",
+            "--cluster-index",
+            "1",
+        ],
+    );
+    let addr = address(&lrpm);
+    let (code, _, text) = get(&addr, "/metrics", "*/*");
+    assert_eq!(code, 200);
+    let samples = parse(python, "prometheus", &text);
+    assert_eq!(
+        sample(&samples, "lrpm_cluster_members", &[]),
+        Some(3.0),
+        "{text}"
+    );
+    // A static cluster has no lease.
+    assert_eq!(
+        sample(&samples, "lrpm_cluster_lease_remaining_seconds", &[]),
+        None
+    );
 }
 
 #[test]
