@@ -37,7 +37,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lrpm_core::human;
 use lrpm_core::status::StreamStatus;
@@ -50,6 +50,8 @@ const LINE_OVERHEAD: usize = 64;
 const MAX_OPEN: usize = 128;
 /// The length of a line's timestamp (`2026-12-06T20:01:02.123456Z`).
 const TIMESTAMP_LEN: usize = 27;
+/// How often at most the writer logs what it lost.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// The buffer of one open file.
 const FILE_BUFFER: usize = 8 * 1024;
 
@@ -106,6 +108,7 @@ impl JobLogs {
             queued: logs.queued.clone(),
             health: logs.health.clone(),
             reported: (0, 0),
+            reported_at: None,
         };
         std::thread::Builder::new()
             .name("lrpm-joblogs".into())
@@ -191,6 +194,8 @@ struct Writer {
     health: Arc<Health>,
     /// Dropped lines and errors as of the last report in lrpm's log.
     reported: (u64, u64),
+    /// When the last report was logged.
+    reported_at: Option<Instant>,
 }
 
 impl Writer {
@@ -344,13 +349,19 @@ impl Writer {
     }
 
     /// Logs what was lost since the last report: at the first failure,
-    /// and then at most once per drain of the queue.
+    /// and then at most once every [`REPORT_EVERY`] (a full disk fails
+    /// every write).
     fn report(&mut self) {
         let dropped = self.health.dropped.load(Ordering::Relaxed);
         let errors = self.health.errors.load(Ordering::Relaxed);
-        if (dropped, errors) == self.reported {
+        if (dropped, errors) == self.reported
+            || self
+                .reported_at
+                .is_some_and(|at| at.elapsed() < REPORT_EVERY)
+        {
             return;
         }
+        self.reported_at = Some(Instant::now());
         let (lines, failed) = (dropped - self.reported.0, errors - self.reported.1);
         self.reported = (dropped, errors);
         let last = self
@@ -408,7 +419,6 @@ fn rename_if_there(from: &Path, to: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
     fn wait_for(what: &str, cond: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);

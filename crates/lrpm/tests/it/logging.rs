@@ -386,3 +386,34 @@ fn a_logrotate_rename_and_sigusr1_lose_no_line() {
     assert_eq!(lines, numbered(lines.len() - 1));
     assert!(count("w.log-rotated") > 1000 && count("w.log-rotated2") > 1000);
 }
+
+#[test]
+fn a_full_disk_under_the_job_logs_is_reported_and_the_farm_runs_on() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    // Every write to w.log fails with ENOSPC.
+    std::os::unix::fs::symlink("/dev/full", logs.path().join("w.log")).expect("symlink");
+    let jobs = r#"{"w": {"name": "w", "command": "i=0; while :; do echo line $i; i=$((i+1)); sleep 0.01; done"}}"#;
+    let dir = logs.path().to_str().expect("UTF-8");
+    let lrpm = Lrpm::start("jobs.json", jobs, &["--log-dir", dir]);
+    let pid = lrpm.running_pid("w");
+    let status = lrpm.wait_for("the failed writes in status", LONG, |s| {
+        s["supervisor"]["output"]["job_logs"]["write_errors"].as_u64() > Some(0)
+    });
+    let job_logs = &status["supervisor"]["output"]["job_logs"];
+    assert!(job_logs["lines_dropped"].as_u64() > Some(0), "{status}");
+    assert!(
+        job_logs["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("No space left on device")),
+        "{status}"
+    );
+    wait_until("the failure logged", LONG, || {
+        lrpm.stderr().contains("per-job logs: ")
+    });
+    // The worker runs on, and its lines still reach lrpm's stdout.
+    let seen = lrpm.stdout().lines().count();
+    wait_until("more lines on stdout", LONG, || {
+        lrpm.stdout().lines().count() > seen + 10
+    });
+    assert_eq!(lrpm.running_pid("w"), pid);
+}
