@@ -288,7 +288,12 @@ fn worker(mode: &str, port: Option<u16>) -> anyhow::Result<()> {
             };
             let socket = UnixDatagram::unbound()?;
             loop {
-                socket.send_to_addr(b"WATCHDOG=1", &addr)?;
+                // A send that fails (lrpm's queue full) is tried again the
+                // next second, as a real worker's would be: the watchdog
+                // allows five seconds.
+                if let Err(e) = socket.send_to_addr(b"WATCHDOG=1", &addr) {
+                    eprintln!("WATCHDOG=1 not sent: {e}");
+                }
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
