@@ -398,3 +398,43 @@ fn php_hosted_workers_run_restart_and_share_their_memory() {
     assert!(took < 1.0, "restarted {took} s after its crash");
     assert_eq!(hosts_of(&lrpm).len(), 1);
 }
+
+#[test]
+fn a_host_that_hangs_or_answers_garbage_is_started_again() {
+    if !python3() {
+        return;
+    }
+    // Two broken hosts: one says ready and never answers a fork, one
+    // answers garbage.
+    let host = |after_ready: &str| {
+        format!(
+            "import os, socket, time\n\
+             s = socket.socket(fileno=int(os.environ['LRPM_HOST_FD']))\n\
+             s.send(b'{{\"type\":\"ready\",\"protocol\":1}}')\n\
+             s.recv(65536)\n\
+             {after_ready}\n\
+             time.sleep(1000)\n"
+        )
+    };
+    let job = |code: String| {
+        json!({"name": "broken", "workerClass": "W", "host": ["python3", "-c", code],
+               "shortRunTimeSeconds": 0})
+    };
+    let lrpm = start(|_| {
+        json!({
+            "hangs": job(host("pass")),
+            "garbage": job(host("s.send(b'garbage')")),
+        })
+    });
+    wait_until("both hosts started again", LONG, || {
+        let log = lrpm.stderr();
+        log.contains("no answer to a fork within 10s: it hangs")
+            && log.contains("not a message of protocol 1")
+            && log.matches("worker host started").count() >= 4
+    });
+    // Their jobs wait for a host that works, and stop when removed.
+    lrpm.write_config("{}");
+    lrpm.wait_for("no jobs", LONG, |s| {
+        s["jobs"].as_array().is_some_and(|jobs| jobs.is_empty())
+    });
+}
