@@ -82,11 +82,16 @@ pub struct Config {
     /// than applied. `None` (the default, php-lrpm's behaviour) applies every
     /// configuration.
     pub max_removal_ratio: Option<f64>,
+    /// `--max-restarting K`: at most this many jobs stop or start at once
+    /// for a configuration change or `restart --all`; the others wait
+    /// their turn (see [`Supervisor`]'s waves). `None`: no limit.
+    pub max_restarting: Option<usize>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
+            max_restarting: None,
             max_backoff: DEFAULT_MAX_DELAY,
             source_uri: String::new(),
             max_removal_ratio: None,
@@ -597,6 +602,15 @@ pub struct Supervisor {
     guard_lifted_until: Option<Instant>,
     shutting_down: bool,
     actions: VecDeque<Action>,
+    /// The jobs of the restart waves (`--max-restarting`) stopping or
+    /// starting now: from their stop until they are up again.
+    restarting: BTreeSet<JobId>,
+    /// The deliberate restarts waiting for a place in the wave, in order,
+    /// with their reason.
+    wave: VecDeque<(JobId, Reason)>,
+    /// The time of the latest input: when a wave's next stop, which an
+    /// input made possible, is sent.
+    last_input: Option<Instant>,
     /// The jobs whose change was ignored for its `mtime`, not yet taken
     /// by [`Supervisor::take_ignored`].
     ignored: Vec<JobId>,
@@ -621,18 +635,101 @@ impl Supervisor {
             guard_lifted_until: None,
             shutting_down: false,
             actions: VecDeque::new(),
+            restarting: BTreeSet::new(),
+            wave: VecDeque::new(),
+            last_input: None,
             ignored: Vec::new(),
         }
     }
 
     /// The next action for the shell to perform.
     pub fn poll_action(&mut self) -> Option<Action> {
+        if self.actions.is_empty() {
+            self.advance_wave(None);
+        }
         self.actions.pop_front()
+    }
+
+    /// Begins the deliberate restart of running job `id` for `why`
+    /// (an update, an operator's `restart --all`): at once, or, with
+    /// `--max-restarting K` and K jobs of the wave stopping or starting, when
+    /// one of them is up (see [`Supervisor::poll_action`]).
+    fn restart_in_wave(&mut self, now: Instant, id: &JobId, why: Reason) {
+        match self.config.max_restarting {
+            Some(k) if self.restarting.len() >= k || !self.wave.is_empty() => {
+                if !self.wave.iter().any(|(queued, _)| queued == id) {
+                    self.wave.push_back((id.clone(), why));
+                }
+            }
+            Some(_) => {
+                self.restarting.insert(id.clone());
+                self.stop(now, id, Then::Start, why);
+            }
+            None => self.stop(now, id, Then::Start, why),
+        }
+    }
+
+    /// Lets the wave go on: the jobs that are up again (or no longer
+    /// restarting: crashed into backoff, paused, removed) leave it, and
+    /// waiting restarts take their places. `now` is the time of the stops;
+    /// the last input's time when called from [`Supervisor::poll_action`].
+    fn advance_wave(&mut self, now: Option<Instant>) {
+        let Some(k) = self.config.max_restarting else {
+            return;
+        };
+        let jobs = &self.jobs;
+        self.restarting.retain(|id| {
+            jobs.get(id).is_some_and(|job| match job.state {
+                State::Stopping { then, .. } => then == Then::Start,
+                State::Running(_) => !job.is_up(),
+                State::Backoff { .. } | State::Paused => false,
+            })
+        });
+        while self.restarting.len() < k {
+            let Some((id, why)) = self.wave.pop_front() else {
+                break;
+            };
+            let ready = self.jobs.get(&id).is_some_and(|job| {
+                job.declared && !job.paused && matches!(job.state, State::Running(_))
+            });
+            let now = now.or(self.last_input);
+            if let (true, false, Some(now)) = (ready, self.shutting_down, now) {
+                self.restarting.insert(id.clone());
+                self.stop(now, &id, Then::Start, why);
+            }
+        }
+    }
+
+    /// Whether [`Supervisor::advance_wave`] may have something to do:
+    /// restarts wait, and a job of the wave may have left it.
+    fn wave_may_advance(&self) -> bool {
+        !self.wave.is_empty()
+            && self.config.max_restarting.is_some_and(|k| {
+                self.restarting.len() < k
+                    || self.restarting.iter().any(|id| {
+                        self.jobs.get(id).is_none_or(|job| match job.state {
+                            State::Stopping { then, .. } => then != Then::Start,
+                            State::Running(_) => job.is_up(),
+                            State::Backoff { .. } | State::Paused => true,
+                        })
+                    })
+            })
+    }
+
+    /// Records the time of an input (see [`Supervisor::advance_wave`]).
+    fn input_at(&mut self, now: Instant) {
+        self.last_input = Some(self.last_input.map_or(now, |t| t.max(now)));
+    }
+
+    /// How many jobs of the restart waves are stopping or starting now
+    /// (`--max-restarting`), and how many wait their turn.
+    pub fn wave_counts(&self) -> (usize, usize) {
+        (self.restarting.len(), self.wave.len())
     }
 
     /// Whether actions are waiting for [`Supervisor::poll_action`].
     pub fn has_pending_actions(&self) -> bool {
-        !self.actions.is_empty()
+        !self.actions.is_empty() || self.wave_may_advance()
     }
 
     /// When [`Supervisor::handle_timeout`] must be called next.
@@ -663,6 +760,7 @@ impl Supervisor {
     /// valid nor as an invalid job (an invalid declaration keeps the job
     /// running on its last valid one).
     pub fn handle_config(&mut self, now: Instant, mut decl: Declaration) -> ConfigOutcome {
+        self.input_at(now);
         if self.shutting_down {
             return ConfigOutcome::Ignored;
         }
@@ -775,6 +873,7 @@ impl Supervisor {
     /// the run's length is counted from then, not from when the spawn was
     /// asked for (the shell may have had a queue of spawns to work through).
     pub fn handle_spawned(&mut self, now: Instant, run: RunId, pid: u32) {
+        self.input_at(now);
         let Some(id) = self.runs.get(&run).cloned() else {
             return;
         };
@@ -803,6 +902,7 @@ impl Supervisor {
     /// process that is not running (ended, stopping) changes nothing but
     /// its job's status text.
     pub fn handle_notify(&mut self, now: Instant, run: RunId, n: &Notification) -> Notified {
+        self.input_at(now);
         let Some(id) = self.runs.get(&run).cloned() else {
             return Notified::Noted;
         };
@@ -836,6 +936,7 @@ impl Supervisor {
     /// Handles the result of a probe of process `run` (see
     /// [`Action::Probe`]), at `now`: `healthy` or not.
     pub fn handle_probe(&mut self, now: Instant, run: RunId, healthy: bool) -> ProbeOutcome {
+        self.input_at(now);
         let Some(id) = self.runs.get(&run).cloned() else {
             return ProbeOutcome::Ignored;
         };
@@ -885,6 +986,7 @@ impl Supervisor {
     /// An exit of a process the core does not know (already handled) is
     /// ignored.
     pub fn handle_exit(&mut self, now: Instant, run: RunId, status: ExitStatus) -> AfterExit {
+        self.input_at(now);
         let Some(id) = self.runs.remove(&run) else {
             return AfterExit::Unknown;
         };
@@ -970,6 +1072,13 @@ impl Supervisor {
         why: Reason,
     ) -> AfterExit {
         let job = self.jobs.get_mut(id).expect("invariant: a known job");
+        // A declaration waiting for its turn in a restart wave: the crash
+        // restart takes it (crashes are never held back).
+        if let Some(spec) = job.pending.take() {
+            job.spec = spec;
+            self.wave.retain(|(queued, _)| queued != id);
+        }
+        let job = self.jobs.get_mut(id).expect("invariant: a known job");
         if failed_to_start || now.duration_since(proc.since) < job.spec.short_run {
             let delay = job.backoff.fail();
             self.set_state(id, State::Backoff { until: now + delay });
@@ -1029,6 +1138,7 @@ impl Supervisor {
 
     /// Handles every deadline that has passed at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.input_at(now);
         while let Some((at, id)) = self.timers.first().cloned() {
             if at > now {
                 break;
@@ -1103,6 +1213,7 @@ impl Supervisor {
         if self.shutting_down {
             return Err(CommandError::ShuttingDown);
         }
+        self.input_at(now);
         let jobs: Vec<JobId> = self
             .jobs
             .iter()
@@ -1110,7 +1221,12 @@ impl Supervisor {
             .map(|(id, _)| id.clone())
             .collect();
         for id in &jobs {
-            self.restart_one(now, id);
+            if matches!(self.jobs[id].state, State::Running(_)) {
+                self.jobs.get_mut(id).expect("listed").backoff.reset();
+                self.restart_in_wave(now, id, Reason::Operator);
+            } else {
+                self.restart_one(now, id);
+            }
         }
         Ok(jobs)
     }
@@ -1512,7 +1628,7 @@ impl Supervisor {
         match job.state {
             State::Running(_) => {
                 job.pending = Some(spec);
-                self.stop(now, &id, Then::Start, Reason::Updated);
+                self.restart_in_wave(now, &id, Reason::Updated);
             }
             State::Stopping { .. } => {
                 job.pending = Some(spec);

@@ -71,6 +71,7 @@ impl Sim {
             max_backoff,
             source_uri: "test".into(),
             max_removal_ratio: None,
+            ..Config::default()
         })
     }
 
@@ -1233,6 +1234,7 @@ proptest! {
             max_backoff: Duration::from_secs(max_backoff_s),
             source_uri: "test".into(),
             max_removal_ratio: ratio,
+            ..Config::default()
         });
         let mut valid_ever: BTreeSet<JobId> = BTreeSet::new();
         for op in ops {
@@ -1533,5 +1535,127 @@ fn the_borrowed_status_serializes_as_the_owned_one_in_every_state() {
             serde_json::to_string(&status_jobs).expect("serializes"),
             serde_json::to_string(&jobs).expect("serializes")
         );
+    }
+}
+
+/// A farm of `n` jobs, all of version `v`.
+fn versioned_farm(n: usize, v: u32) -> Declaration {
+    let jobs: Vec<(String, JobSpec)> = (0..n)
+        .map(|i| (format!("j{i:02}"), spec(&format!("v{v}"))))
+        .collect();
+    decl_of(&jobs)
+}
+
+/// How many jobs are stopping.
+fn stopping(sim: &Sim) -> usize {
+    let (_, jobs) = sim.sup.status(sim.now, 0.0);
+    jobs.iter()
+        .filter(|j| j.state == JobState::Stopping)
+        .count()
+}
+
+/// A farm of `n` jobs of version 1 under `--max-restarting k`.
+fn wave_sim(n: usize, k: usize) -> Sim {
+    let mut sim = Sim::with_config(Config {
+        max_restarting: Some(k),
+        ..Config::default()
+    });
+    sim.config(versioned_farm(n, 1));
+    sim
+}
+
+#[test]
+fn an_update_of_many_jobs_restarts_them_in_waves() {
+    let mut sim = wave_sim(12, 3);
+    sim.advance(10 * SEC);
+    sim.config(versioned_farm(12, 2));
+    assert_eq!(sim.signals.len(), 3, "a wave of three");
+    assert_eq!(sim.sup.wave_counts(), (3, 9));
+    // One of the wave ends and its new process is up: the next one stops.
+    let (_, first, _) = sim.signals[0].clone();
+    sim.exit(first.as_str(), 0);
+    assert_eq!(sim.signals.len(), 4);
+    assert_eq!(stopping(&sim), 3);
+    // A crash meanwhile is restarted at once, not queued.
+    let crashing = "j11";
+    sim.exit(crashing, 1);
+    assert_eq!(sim.job(crashing).crashes, 1);
+    assert_eq!(sim.job(crashing).state, JobState::Running);
+    assert_eq!(sim.job(crashing).restarts, 1);
+    assert_eq!(sim.job(crashing).command, "v2", "the crash took its turn");
+    // Every job ends on the new declaration, three at a time at most.
+    while let Some((_, id, _)) = sim
+        .signals
+        .iter()
+        .find(|(_, id, _)| sim.job(id.as_str()).state == JobState::Stopping)
+        .cloned()
+    {
+        sim.exit(id.as_str(), 0);
+        assert!(stopping(&sim) <= 3);
+    }
+    assert_eq!(sim.sup.wave_counts(), (0, 0));
+    assert_eq!(stopping(&sim), 0);
+    assert_eq!(
+        sim.signals.len(),
+        11,
+        "each job once, but the crashed one: its restart took the new declaration"
+    );
+    for i in 0..12 {
+        assert_eq!(sim.job(&format!("j{i:02}")).command, "v2");
+    }
+}
+
+#[test]
+fn restart_all_goes_in_waves_too() {
+    let mut sim = wave_sim(5, 2);
+    sim.sup.restart_all(sim.now).expect("restart --all");
+    sim.run_actions();
+    assert_eq!(sim.signals.len(), 2);
+    assert_eq!(sim.sup.wave_counts(), (2, 3));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever exits, crashes and time come, a wave never has more than K
+    /// jobs stopping, and every job ends up on the new declaration.
+    #[test]
+    fn waves_never_restart_more_than_k_at_once(
+        n in 1usize..16,
+        k in 1usize..5,
+        ops in proptest::collection::vec((0usize..16, 0u8..4, 0u64..3000), 0..60),
+    ) {
+        let mut sim = wave_sim(n, k);
+        sim.advance(10 * SEC);
+        sim.config(versioned_farm(n, 2));
+        prop_assert!(stopping(&sim) <= k);
+        for (pick, what, ms) in ops {
+            let id = format!("j{:02}", pick % n);
+            match what {
+                // The stop is answered (or a crash, if it was running).
+                0 | 1 => {
+                    if sim.run_of(&id).is_some() {
+                        sim.exit(&id, i32::from(what));
+                    }
+                }
+                _ => sim.advance(Duration::from_millis(ms)),
+            }
+            prop_assert!(stopping(&sim) <= k, "{} stopping", stopping(&sim));
+        }
+        // The stops are answered until no job is stopping.
+        for _ in 0..=n {
+            for i in 0..n {
+                let id = format!("j{i:02}");
+                if sim.job(&id).state == JobState::Stopping {
+                    sim.exit(&id, 0);
+                    prop_assert!(stopping(&sim) <= k);
+                }
+            }
+            sim.advance(60 * SEC);
+        }
+        prop_assert_eq!(sim.sup.wave_counts(), (0, 0));
+        for i in 0..n {
+            prop_assert_eq!(sim.job(&format!("j{i:02}")).command, "v2");
+        }
     }
 }

@@ -115,6 +115,13 @@ pub(crate) struct Args {
     #[arg(long, value_name = "R")]
     pub(crate) max_removal_ratio: Option<f64>,
 
+    /// Restart the jobs that a configuration change (or `lrpmctl restart
+    /// --all`) restarts in waves: at most K stopping or starting at once,
+    /// the next one beginning when one of them runs again (is ready, for a
+    /// `notify` job). Crashes are never held back. No limit by default.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_restarting: Option<u32>,
+
     /// Where each job's cgroup goes: `auto` (under lrpm's own cgroup v2,
     /// falling back to a subreaper when it is not writable), `off` (a
     /// subreaper only), or the path of a cgroup v2 directory lrpm may
@@ -246,6 +253,8 @@ pub(crate) struct Options {
     pub(crate) max_backoff: Duration,
     /// The removal guard's ratio, if it is on.
     pub(crate) max_removal_ratio: Option<f64>,
+    /// The restart waves' width (`--max-restarting`), if limited.
+    pub(crate) max_restarting: Option<usize>,
     /// Where job cgroups go.
     pub(crate) cgroup: lrpm_process::containment::CgroupChoice,
     /// Whether lrpm keeps a guardian (`--guardian`).
@@ -361,6 +370,7 @@ impl Args {
             source_timeout,
             max_backoff,
             max_removal_ratio: self.max_removal_ratio,
+            max_restarting: self.max_restarting.map(|k| k as usize),
             cgroup: self.cgroup,
             guardian: self.guardian == OnOff::On,
             oom_score_adj,

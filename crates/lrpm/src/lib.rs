@@ -427,6 +427,7 @@ fn supervise(
             max_backoff: options.max_backoff,
             source_uri,
             max_removal_ratio: options.max_removal_ratio,
+            max_restarting: options.max_restarting,
         };
         Shell {
             core: lrpm_core::supervisor::Supervisor::new(config),

@@ -44,3 +44,4 @@ mod sources_pg;
 mod spawning;
 mod supervision;
 mod systemd;
+mod waves;
