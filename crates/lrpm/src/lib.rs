@@ -123,7 +123,7 @@ fn run_as(args: Vec<OsString>, library: Option<library::Lrpm>) -> ExitCode {
 /// The supervisor's role: parses and validates its command line, then
 /// supervises.
 fn supervise_args(args: Vec<OsString>, library: Option<library::Lrpm>) -> ExitCode {
-    let args = match Args::try_parse_from(args) {
+    let args = match parse_args(args) {
         Ok(args) => args,
         Err(e) => {
             let _ = e.print();
@@ -172,6 +172,28 @@ fn supervise_args(args: Vec<OsString>, library: Option<library::Lrpm>) -> ExitCo
     // The last lines, if stderr takes them; lrpm exits either way.
     stdio::flush_log(LOG_GRACE);
     code
+}
+
+/// Parses lrpm's command line on a thread with a stack of its own: clap's
+/// derived parser takes hundreds of KiB of stack in a debug build (a large
+/// frame per flattened group of flags), more than the main thread has
+/// under a small `ulimit -s` (256 KiB), which lrpm must start under.
+fn parse_args(args: Vec<OsString>) -> Result<Args, clap::Error> {
+    /// The parser's stack: far more than it needs, and only mapped.
+    const PARSE_STACK: usize = 8 * 1024 * 1024;
+    let parser = std::thread::Builder::new()
+        .name("lrpm-args".into())
+        .stack_size(PARSE_STACK)
+        .spawn(move || Args::try_parse_from(args));
+    match parser {
+        Ok(parser) => parser
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        Err(e) => Err(clap::Error::raw(
+            clap::error::ErrorKind::Io,
+            format!("cannot start the thread that parses the command line: {e}\n"),
+        )),
+    }
 }
 
 /// How long lrpm waits at exit for its log to be written.
