@@ -83,16 +83,18 @@ fn a_silent_worker_is_restarted_by_the_watchdog_and_a_chatty_one_is_not() {
     if !python3() {
         return;
     }
-    let silent = py_job("time.sleep(1000)", json!({"watchdogSeconds": 1}));
+    // 3 s, not 1: on a loaded machine python3 alone can take a second to
+    // start, and the chatty worker's first WATCHDOG=1 must come in time.
+    let silent = py_job("time.sleep(1000)", json!({"watchdogSeconds": 3}));
     let chatty = py_job(
         r#"
-if os.environ.get("WATCHDOG_USEC") != "1000000":
+if os.environ.get("WATCHDOG_USEC") != "3000000":
     sys.exit(3)
 while True:
     send("WATCHDOG=1")
     time.sleep(0.2)
 "#,
-        json!({"watchdogSeconds": 1}),
+        json!({"watchdogSeconds": 3}),
     );
     let config = json!({ "silent": silent, "chatty": chatty });
     let lrpm = Lrpm::start("jobs.json", &config.to_string(), &[]);
