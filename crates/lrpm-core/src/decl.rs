@@ -128,6 +128,30 @@ impl Declaration {
             self.invalid.insert(id, reason);
         }
     }
+
+    /// Moves the jobs with a `memoryMax` to the invalid ones when this lrpm
+    /// cannot enforce it; `unavailable` says why (`None`: it can). The
+    /// shell decides that at start, from the cgroups it found.
+    ///
+    /// A job left out this way is treated as any invalid job: if it was
+    /// running on an earlier declaration, it keeps running on it.
+    pub fn leave_out_memory_limits(&mut self, unavailable: Option<&str>) {
+        let Some(why) = unavailable else {
+            return;
+        };
+        let mut capped = Vec::new();
+        self.jobs.retain(|id, spec| {
+            let keep = spec.memory_max.is_none();
+            if !keep {
+                capped.push(id.clone());
+            }
+            keep
+        });
+        for id in capped {
+            self.invalid
+                .insert(id, format!("memoryMax: cannot be enforced: {why}"));
+        }
+    }
 }
 
 /// Why a whole source could not be read; the supervisor keeps its last good
@@ -266,6 +290,7 @@ pub fn validate_job(id: &JobId, value: &Value) -> Result<(JobSpec, Vec<String>),
     let notify = job.optional("notify", boolean);
     let watchdog = job.optional("watchdogSeconds", positive_seconds);
     let instances = job.optional("instances", crate::instances::count);
+    let memory_max = job.optional("memoryMax", memory_size);
     let health_check = match job.lookup("healthCheck") {
         Some((label, v)) => match crate::health::validate(label, v) {
             Ok(check) => Some(check),
@@ -315,6 +340,7 @@ pub fn validate_job(id: &JobId, value: &Value) -> Result<(JobSpec, Vec<String>),
                 health_check,
                 instances,
                 host,
+                memory_max,
                 ..defaults
             };
             let over = over_kernel_limits(&spec);
@@ -427,7 +453,7 @@ fn over_kernel_limits(spec: &JobSpec) -> Vec<String> {
 }
 
 /// The keys that php-lrpm spells in camelCase, with their snake_case spelling.
-const SNAKE_CASE: [(&str, &str); 7] = [
+const SNAKE_CASE: [(&str, &str); 8] = [
     ("workerClass", "worker_class"),
     ("workerConfig", "worker_config"),
     ("shortRunTimeSeconds", "short_run_time_seconds"),
@@ -435,6 +461,7 @@ const SNAKE_CASE: [(&str, &str); 7] = [
     ("stopSignal", "stop_signal"),
     ("watchdogSeconds", "watchdog_seconds"),
     ("healthCheck", "health_check"),
+    ("memoryMax", "memory_max"),
 ];
 
 /// The keys that have one spelling only.
@@ -643,6 +670,53 @@ fn positive_seconds(value: &Value) -> Result<Duration, String> {
     match value.as_f64() {
         Some(s) if s > 0.0 && s <= MAX_SECONDS => Ok(Duration::from_secs_f64(s)),
         _ => Err(format!("must be a number > 0 (at most {MAX_SECONDS})")),
+    }
+}
+
+/// The smallest `memoryMax`: 1 MiB. Under it not even the dynamic loader
+/// of a program fits, so every start would end in an OOM kill.
+pub const MIN_MEMORY_MAX: u64 = 1024 * 1024;
+
+/// `memoryMax`: a number of bytes, or a string of digits with an optional
+/// `K`, `M` or `G` (powers of 1024, either case), at least
+/// [`MIN_MEMORY_MAX`].
+fn memory_size(value: &Value) -> Result<u64, String> {
+    const FORM: &str = "must be a number of bytes or a string like \"512M\" (K, M or G)";
+    let bytes = match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(text) => {
+            let (digits, unit) = match text.char_indices().last() {
+                Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], Some(c)),
+                _ => (text.as_str(), None),
+            };
+            let shift = match unit.map(|c| c.to_ascii_uppercase()) {
+                None => Some(0),
+                Some('K') => Some(10),
+                Some('M') => Some(20),
+                Some('G') => Some(30),
+                Some(_) => None,
+            };
+            let number = (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| digits.parse::<u64>().ok())
+                .flatten();
+            match (number, shift) {
+                (Some(n), Some(shift)) => Some(
+                    n.checked_mul(1 << shift)
+                        .ok_or_else(|| format!("{text:?} is too large"))?,
+                ),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    match bytes {
+        Some(n) if n > i64::MAX as u64 => Err(format!("{n} bytes is too large")),
+        Some(n) if n >= MIN_MEMORY_MAX => Ok(n),
+        Some(n) => Err(format!(
+            "{n} bytes is under the smallest cap, {MIN_MEMORY_MAX} bytes (1M): \
+             no program starts in less"
+        )),
+        None => Err(FORM.to_owned()),
     }
 }
 
@@ -1048,6 +1122,70 @@ mod tests {
         d.leave_out_unknown_workers(None);
         assert_eq!(d.jobs.len(), 1);
         assert!(d.invalid.is_empty());
+    }
+
+    #[test]
+    fn memory_max_takes_bytes_and_k_m_g() {
+        let max = |v: Value| valid(job(json!({"memoryMax": v}))).memory_max;
+        assert_eq!(max(json!(2_000_000)), Some(2_000_000));
+        assert_eq!(max(json!("2000000")), Some(2_000_000));
+        assert_eq!(max(json!("1024K")), Some(1024 * 1024));
+        assert_eq!(max(json!("512M")), Some(512 << 20));
+        assert_eq!(max(json!("512m")), Some(512 << 20));
+        assert_eq!(max(json!("1G")), Some(1 << 30));
+        let snake = valid(job(json!({"memory_max": "50M"})));
+        assert_eq!(snake.memory_max, Some(50 << 20));
+        assert_eq!(valid(job(json!({}))).memory_max, None);
+        let form = "memoryMax: must be a number of bytes or a string like \"512M\" (K, M or G)";
+        for bad in [
+            json!("1T"),
+            json!("M"),
+            json!(""),
+            json!("1.5G"),
+            json!(" 1G"),
+            json!("-1M"),
+            json!(-1),
+            json!(1.5),
+            json!(true),
+            json!(["1G"]),
+        ] {
+            assert_eq!(invalid(job(json!({"memoryMax": bad}))), form, "{bad}");
+        }
+        assert_eq!(
+            invalid(job(json!({"memoryMax": "1000K"}))),
+            "memoryMax: 1024000 bytes is under the smallest cap, 1048576 bytes (1M): \
+             no program starts in less"
+        );
+        assert_eq!(
+            invalid(job(json!({"memoryMax": "99999999999G"}))),
+            r#"memoryMax: "99999999999G" is too large"#
+        );
+        assert_eq!(
+            invalid(job(json!({"memoryMax": u64::MAX}))),
+            format!("memoryMax: {} bytes is too large", u64::MAX)
+        );
+    }
+
+    #[test]
+    fn memory_limits_are_left_out_where_they_cannot_be_enforced() {
+        let mut d = Declaration::default();
+        let capped = JobId::from("capped");
+        let plain = JobId::from("plain");
+        d.jobs.insert(
+            capped.clone(),
+            Arc::new(valid(job(json!({"memoryMax": "50M"})))),
+        );
+        d.jobs
+            .insert(plain.clone(), Arc::new(valid(job(json!({})))));
+        let kept = d.clone();
+        d.leave_out_memory_limits(None);
+        assert_eq!(d, kept);
+        d.leave_out_memory_limits(Some("no cgroup tree (--cgroup off)"));
+        assert_eq!(ids(&d.jobs), ["plain"]);
+        assert_eq!(
+            d.invalid[&capped],
+            "memoryMax: cannot be enforced: no cgroup tree (--cgroup off)"
+        );
     }
 
     #[test]
@@ -1954,6 +2092,7 @@ workerConfig = {a = 1}
                         instances: None,
                         instance: None,
                         host: None,
+                        memory_max: None,
                     }
                 },
             )

@@ -219,6 +219,9 @@ pub struct JobSpec {
     /// (a [`Program::WorkerClass`] job only); jobs naming the same argv
     /// share one host process. `None`: the worker is executed afresh.
     pub host: Option<Vec<String>>,
+    /// `memoryMax`: the cap of the job's memory in bytes (its cgroup's
+    /// limit); `None`: no cap of its own.
+    pub memory_max: Option<u64>,
 }
 
 impl JobSpec {
@@ -242,6 +245,7 @@ impl JobSpec {
             instances: None,
             instance: None,
             host: None,
+            memory_max: None,
         }
     }
 

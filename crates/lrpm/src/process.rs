@@ -465,6 +465,12 @@ impl ProcessTable {
         })
     }
 
+    /// Why jobs with a `memoryMax` cannot run here (they are invalid with
+    /// that reason), or `None` when their cap is enforced.
+    pub(crate) fn memory_limits_unavailable(&self) -> Option<&'static str> {
+        Some("this lrpm does not set cgroup memory limits yet")
+    }
+
     /// Makes lrpm a subreaper that reaps what it adopts, for worker hosts
     /// (their workers are re-parented to lrpm).
     pub(crate) fn adopt_orphans(&mut self) -> io::Result<()> {

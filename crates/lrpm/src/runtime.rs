@@ -356,6 +356,7 @@ impl Shell {
             Ok(Loaded::Config(mut decl)) => {
                 self.load_counts.loaded += 1;
                 decl.leave_out_unknown_workers(self.worker_classes.as_ref());
+                decl.leave_out_memory_limits(self.procs.memory_limits_unavailable());
                 // Only this node's share, when it is one of a cluster.
                 if let Some(cluster) = &mut self.cluster {
                     decl = cluster.filter(decl);
