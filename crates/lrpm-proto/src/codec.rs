@@ -32,7 +32,7 @@ pub const MAX_REQUEST_LEN: usize = 64 * 1024;
 pub const MAX_RESPONSE_LEN: usize = 256 * 1024 * 1024;
 
 /// The commands of the protocol, in the order `help` lists them.
-pub const COMMANDS: [CommandInfo; 10] = [
+pub const COMMANDS: [CommandInfo; 11] = [
     CommandInfo {
         cmd: "status",
         request: r#"{"cmd":"status","ids":["ID"]}"#,
@@ -69,6 +69,11 @@ pub const COMMANDS: [CommandInfo; 10] = [
         cmd: "reopen-logs",
         request: r#"{"cmd":"reopen-logs"}"#,
         help: "close and reopen the per-job log files of --log-dir (after logrotate renamed them)",
+    },
+    CommandInfo {
+        cmd: "logs",
+        request: r#"{"cmd":"logs","id":"ID","n":10}"#,
+        help: "the last n lines (all kept when n is absent) of a job's output, from lrpm's in-memory ring (--log-buffer)",
     },
     CommandInfo {
         cmd: "stop",
@@ -228,6 +233,14 @@ pub enum Request {
     /// Reopen the per-job log files (`--log-dir`), after an external
     /// logrotate renamed them.
     ReopenLogs,
+    /// The last lines of a job's output, from lrpm's in-memory ring:
+    /// `{"cmd":"logs","id":"42","n":10}` (`n` absent: every line kept).
+    Logs {
+        /// The job id.
+        id: String,
+        /// How many lines at most, the newest.
+        n: Option<u64>,
+    },
     /// Shut lrpm down gracefully.
     Stop,
     /// The cluster, with the node of every job.
@@ -381,6 +394,21 @@ impl Request {
                 }),
             },
             "reopen-logs" => Ok(Request::ReopenLogs),
+            "logs" => Ok(Request::Logs {
+                id: job_id("logs", &mut fields)?,
+                n: match fields.remove("n") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+                    Some(other) => {
+                        return Err(RequestError::WrongType {
+                            cmd: "logs",
+                            arg: "n",
+                            expected: "a non-negative integer",
+                            got: kind(&other),
+                        });
+                    }
+                },
+            }),
             "stop" => Ok(Request::Stop),
             "cluster" => Ok(Request::Cluster),
             "help" => Ok(Request::Help),
@@ -399,6 +427,8 @@ impl Request {
             | Request::Cluster
             | Request::Help => serde_json::json!({}),
             Request::Restart { id } => serde_json::json!({ "id": id }),
+            Request::Logs { id, n: None } => serde_json::json!({ "id": id }),
+            Request::Logs { id, n: Some(n) } => serde_json::json!({ "id": id, "n": n }),
             Request::StatusOf { ids }
             | Request::RestartJobs { ids }
             | Request::Pause { ids }
@@ -438,6 +468,7 @@ impl Request {
             Request::Signal { .. } => "signal",
             Request::Reload { .. } => "reload",
             Request::ReopenLogs => "reopen-logs",
+            Request::Logs { .. } => "logs",
             Request::Stop => "stop",
             Request::Cluster => "cluster",
             Request::Help => "help",
@@ -538,16 +569,16 @@ fn id_text(value: Value) -> Result<String, Value> {
     }
 }
 
-fn job_id(fields: &mut Map<String, Value>) -> Result<String, RequestError> {
+fn job_id(cmd: &'static str, fields: &mut Map<String, Value>) -> Result<String, RequestError> {
     const EXPECTED: &str = "a job id: a string or an integer";
     match fields.remove("id") {
         None | Some(Value::Null) => Err(RequestError::MissingArgument {
-            cmd: "restart",
+            cmd,
             arg: "id",
             expected: EXPECTED,
         }),
         Some(value) => id_text(value).map_err(|other| RequestError::WrongType {
-            cmd: "restart",
+            cmd,
             arg: "id",
             expected: EXPECTED,
             got: kind(&other),
@@ -638,7 +669,7 @@ fn restart(fields: &mut Map<String, Value>) -> Result<Request, RequestError> {
             ids: job_ids("restart", fields, true)?,
         }),
         (false, false) => Ok(Request::Restart {
-            id: job_id(fields)?,
+            id: job_id("restart", fields)?,
         }),
     }
 }
@@ -690,6 +721,9 @@ pub enum Response {
     /// `{"ok":true,"cluster":{…}|null}`: the answer to `cluster`; `None`
     /// when lrpm runs alone.
     Cluster(Option<Box<ClusterStatus>>),
+    /// `{"ok":true,"lines":["…"]}`: the answer to `logs`, oldest line
+    /// first, each without its newline.
+    Lines(Vec<String>),
     /// `{"ok":false,"error":"…"}`: the request was refused or invalid.
     Error(String),
 }
@@ -738,6 +772,11 @@ impl Response {
             error: &'a str,
         }
         #[derive(Serialize)]
+        struct Lines<'a> {
+            ok: bool,
+            lines: &'a [String],
+        }
+        #[derive(Serialize)]
         struct Cluster<'a> {
             ok: bool,
             cluster: Option<&'a ClusterStatus>,
@@ -750,6 +789,7 @@ impl Response {
             Response::Done(message) => serde_json::to_vec(&Done { ok: true, message }),
             Response::Help(commands) => serde_json::to_vec(&Help { ok: true, commands }),
             Response::Error(error) => serde_json::to_vec(&Refusal { ok: false, error }),
+            Response::Lines(lines) => serde_json::to_vec(&Lines { ok: true, lines }),
             Response::Cluster(cluster) => serde_json::to_vec(&Cluster {
                 ok: true,
                 cluster: cluster.as_deref(),
@@ -813,6 +853,7 @@ impl Response {
             message: Option<Value>,
             commands: Option<Value>,
             cluster: Option<Value>,
+            lines: Option<Value>,
         }
         let envelope: Envelope = serde_json::from_slice(line).map_err(|e| {
             if e.is_data() {
@@ -855,6 +896,14 @@ impl Response {
                 Some(cluster) => serde_json::from_value(cluster)
                     .map(|c| Response::Cluster(Some(Box::new(c))))
                     .map_err(|e| ResponseError::Shape(format!("bad \"cluster\": {e}"))),
+            },
+            Request::Logs { .. } => match envelope.lines {
+                Some(lines) => serde_json::from_value(lines)
+                    .map(Response::Lines)
+                    .map_err(|e| ResponseError::Shape(format!("bad \"lines\": {e}"))),
+                None => Err(ResponseError::Shape(
+                    "no \"lines\" in the answer to logs".into(),
+                )),
             },
             Request::Restart { .. }
             | Request::RestartJobs { .. }
@@ -1057,6 +1106,14 @@ mod tests {
 
     #[test]
     fn every_error_is_precise() {
+        assert_eq!(
+            err(r#"{"cmd":"logs"}"#),
+            "logs needs \"id\" (a job id: a string or an integer)"
+        );
+        assert_eq!(
+            err(r#"{"cmd":"logs","id":"a","n":-1}"#),
+            "logs: \"n\" must be a non-negative integer, got an integer"
+        );
         assert!(err("{").starts_with("malformed JSON: "));
         assert!(err("").starts_with("malformed JSON: "));
         assert!(err(r#"{"cmd":"status"} {}"#).starts_with("malformed JSON: "));
@@ -1068,7 +1125,7 @@ mod tests {
         assert_eq!(
             err("{}"),
             "missing \"cmd\": expected one of status, restart, pause, resume, signal, reload, \
-             reopen-logs, stop, cluster, help"
+             reopen-logs, logs, stop, cluster, help"
         );
         assert_eq!(
             err(r#"{"cmd":1}"#),
@@ -1077,7 +1134,7 @@ mod tests {
         assert_eq!(
             err(r#"{"cmd":"dance"}"#),
             "unknown command \"dance\": expected one of status, restart, pause, resume, signal, \
-             reload, reopen-logs, stop, cluster, help"
+             reload, reopen-logs, logs, stop, cluster, help"
         );
         assert_eq!(
             err(r#"{"cmd":"restart"}"#),
@@ -1136,6 +1193,14 @@ mod tests {
             Request::Reload { force: true },
             Request::Reload { force: false },
             Request::ReopenLogs,
+            Request::Logs {
+                id: "w#1".into(),
+                n: Some(10),
+            },
+            Request::Logs {
+                id: "w".into(),
+                n: None,
+            },
             Request::Stop,
             Request::Cluster,
             Request::Help,
@@ -1338,6 +1403,17 @@ mod tests {
         assert_eq!(
             Response::decode(body, &Request::Status).expect("valid"),
             status
+        );
+
+        let lines = Response::Lines(vec!["one".into(), "two \u{1b}[1m".into()]);
+        let line = lines.encode();
+        let logs = Request::Logs {
+            id: "42".into(),
+            n: None,
+        };
+        assert_eq!(
+            Response::decode(&line[..line.len() - 1], &logs).expect("valid"),
+            lines
         );
 
         let done = Response::Done("job 42 is restarting".into());

@@ -177,6 +177,12 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub(crate) log_keep: u32,
 
+    /// Keep each job's most recent output lines, up to this many bytes,
+    /// in memory for `lrpmctl logs` (with or without --log-dir); 0 keeps
+    /// none.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::logring::DEFAULT_CAPACITY)]
+    pub(crate) log_buffer: usize,
+
     /// When the text log is coloured: `auto` (stderr is a terminal and
     /// NO_COLOR is not set), `always` or `never`.
     #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
@@ -269,6 +275,8 @@ pub(crate) struct Options {
     pub(crate) color: ColorChoice,
     /// The per-job log files, if `--log-dir` asks for them.
     pub(crate) log_dir: Option<crate::joblog::JobLogConfig>,
+    /// The size of each job's ring of recent lines (`--log-buffer`).
+    pub(crate) log_buffer: usize,
     /// Log level.
     pub(crate) log_level: tracing::Level,
     /// Where `--metrics` serves, if it does.
@@ -378,6 +386,7 @@ impl Args {
             log_format: self.log_format,
             color: self.color,
             log_dir,
+            log_buffer: self.log_buffer,
             log_level,
             metrics,
             cluster,

@@ -542,7 +542,7 @@ pub(crate) fn run(fd: RawFd, format: LineFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (output, thread) = match Output::start(format, None) {
+    let (output, thread) = match Output::start(format, None, None) {
         Ok(started) => started,
         Err(e) => {
             eprintln!("lrpm output hub: {e}");
@@ -711,6 +711,12 @@ impl Forwarding {
     /// `lrpmctl reopen-logs`); returns whether it does.
     pub(crate) fn reopen_logs(&self) -> bool {
         self.output.reopen_logs()
+    }
+
+    /// `job`'s newest `n` lines from the ring of recent lines
+    /// ([`LogRings::last`](crate::logring::LogRings::last)).
+    pub(crate) fn last_lines(&self, job: &str, n: Option<u64>) -> Option<Vec<String>> {
+        self.output.rings()?.last(job, n)
     }
 
     /// What the per-job logs lost, if lrpm writes them.

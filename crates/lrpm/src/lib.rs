@@ -30,6 +30,7 @@ mod joblog;
 pub mod library;
 mod lines;
 mod logfmt;
+mod logring;
 mod output;
 mod probe;
 mod process;
@@ -350,7 +351,8 @@ fn supervise(
         ),
         None => None,
     };
-    let (output, output_thread) = Output::start(format, job_logs)?;
+    let rings = logring::LogRings::new(options.log_buffer);
+    let (output, output_thread) = Output::start(format, job_logs, Some(rings))?;
     let spawn_ctx = SpawnContext::current(child_nofile, HIDDEN_ENV);
     let hubs = hub::Hubs::new(spawn_ctx.clone(), format);
     let forwarding = Forwarding::new(output, hubs.clone());

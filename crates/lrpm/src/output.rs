@@ -45,6 +45,7 @@ use lrpm_core::job::JobId;
 
 use crate::joblog::JobLogs;
 use crate::lines::{Line as PipeLine, LineReader, Overlong};
+use crate::logring::LogRings;
 use crate::stdio::{self, Recovery, Stream};
 use tokio::net::unix::pipe;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -148,6 +149,9 @@ pub(crate) struct Output {
     format: LineFormat,
     /// The per-job log files (`--log-dir`), if lrpm writes them.
     job_logs: Option<JobLogs>,
+    /// The per-job rings of recent lines (`lrpmctl logs`); `None` in an
+    /// output hub, whose lines never reach lrpm.
+    rings: Option<LogRings>,
 }
 
 /// Reports, when dropped, that the output of one worker has ended: an output
@@ -199,13 +203,15 @@ impl OutputThread {
 
 impl Output {
     /// Starts the writer thread, which writes lines in `format`; every
-    /// line goes to `job_logs` too, if given.
+    /// line goes to `job_logs` and `rings` too, if given.
     pub(crate) fn start(
         format: LineFormat,
         job_logs: Option<JobLogs>,
+        rings: Option<LogRings>,
     ) -> io::Result<(Output, OutputThread)> {
         let (mut output, rx) = Output::queue(format);
         output.job_logs = job_logs;
+        output.rings = rings;
         let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("lrpm-output".into())
@@ -226,6 +232,7 @@ impl Output {
                 budget,
                 format,
                 job_logs: None,
+                rings: None,
             },
             rx,
         )
@@ -237,6 +244,11 @@ impl Output {
             .as_ref()
             .inspect(|logs| logs.reopen())
             .is_some()
+    }
+
+    /// The rings of recent lines, if this process keeps them.
+    pub(crate) fn rings(&self) -> Option<&LogRings> {
+        self.rings.as_ref()
     }
 
     /// What the per-job logs lost, if lrpm writes them.
@@ -270,10 +282,12 @@ impl Output {
     ) {
         // One allocation for both streams' prefix, where they share it.
         let mut prefix = self.format.prefix(job, Stream::Stdout);
-        let job_log = self
-            .job_logs
-            .as_ref()
-            .map(|logs| (logs.clone(), Arc::<str>::from(job.as_str())));
+        let job_id = Arc::<str>::from(job.as_str());
+        let copies = Copies {
+            job_logs: self.job_logs.clone(),
+            rings: self.rings.clone(),
+            job: job_id,
+        };
         for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
             if stream == Stream::Stderr && self.format == LineFormat::Json {
                 prefix = self.format.prefix(job, stream);
@@ -285,7 +299,7 @@ impl Output {
                         prefix.clone(),
                         stream,
                         self.clone(),
-                        job_log.clone(),
+                        copies.clone(),
                         done.clone(),
                     );
                     tokio::spawn(task);
@@ -296,6 +310,17 @@ impl Output {
     }
 }
 
+/// Where a job's lines go besides lrpm's stdout and stderr.
+#[derive(Debug, Clone)]
+struct Copies {
+    /// The per-job log files, if lrpm writes them.
+    job_logs: Option<JobLogs>,
+    /// The rings of recent lines, if kept in this process.
+    rings: Option<LogRings>,
+    /// The job's id.
+    job: Arc<str>,
+}
+
 /// Reads one pipe to its end, queueing prefixed lines; drops `_done` at the
 /// end.
 async fn forward_pipe(
@@ -303,14 +328,17 @@ async fn forward_pipe(
     prefix: Arc<[u8]>,
     stream: Stream,
     output: Output,
-    job_log: Option<(JobLogs, Arc<str>)>,
+    copies: Copies,
     _done: Option<Arc<WorkerDone>>,
 ) {
     let mut reader = LineReader::new(rx, MAX_LINE, Overlong::Split);
     // A read error ends the stream like its end does: the worker is gone.
     while let Ok(Some(PipeLine::Full(line))) = reader.next().await {
-        if let Some((logs, job)) = &job_log {
-            logs.line(job, &line, SystemTime::now());
+        if let Some(logs) = &copies.job_logs {
+            logs.line(&copies.job, &line, SystemTime::now());
+        }
+        if let Some(rings) = &copies.rings {
+            rings.push(&copies.job, &line);
         }
         let send = output.send(&prefix, &line, stream);
         tokio::pin!(send);
@@ -460,7 +488,12 @@ mod tests {
         let (output, mut rx) = Output::queue(LineFormat::Prefixed);
         let rx_pipe = pipe::Receiver::from_owned_fd(r).expect("receiver");
         let prefix: Arc<[u8]> = b"[j] ".to_vec().into();
-        forward_pipe(rx_pipe, prefix, Stream::Stdout, output, None, None).await;
+        let copies = Copies {
+            job_logs: None,
+            rings: None,
+            job: "j".into(),
+        };
+        forward_pipe(rx_pipe, prefix, Stream::Stdout, output, copies, None).await;
         let mut lines = vec![];
         while let Ok(l) = rx.try_recv() {
             lines.push(l.bytes);

@@ -542,6 +542,13 @@ impl Shell {
                     Reply::Refused("lrpm writes no per-job log files (no --log-dir)".into())
                 }
             }
+            Request::Logs { id, n } => match self.output.last_lines(&id, n) {
+                Some(lines) => Reply::Lines(lines),
+                None if self.core.is_declared(&JobId::from(id.as_str())) => {
+                    Reply::Lines(Vec::new())
+                }
+                None => Reply::Refused(format!("unknown job {id:?}")),
+            },
             Request::Reload { force } if !force || !self.core.has_removal_guard() => {
                 tracing::info!("reload requested");
                 self.source.reload();

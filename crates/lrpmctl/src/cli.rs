@@ -143,6 +143,23 @@ pub enum Command {
     /// an external logrotate renamed them (as SIGUSR1 to lrpm does).
     ReopenLogs,
 
+    /// Print the newest lines of a job's output (stdout and stderr), from
+    /// the ring of recent lines lrpm keeps in memory for each job (its
+    /// --log-buffer, 64 KiB by default), with or without --log-dir.
+    ///
+    /// An unknown job id: exit status 1. Lines of workers whose output goes
+    /// through an output hub (a farm past half of lrpm's descriptors) are
+    /// not kept.
+    Logs {
+        /// Print at most the N newest lines (all the ring holds when
+        /// absent).
+        #[arg(short = 'n', long = "lines", value_name = "N")]
+        lines: Option<u64>,
+        /// The job's id (the id of one copy, for a job with instances).
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+
     /// Shut lrpm down gracefully, and wait until it has exited.
     ///
     /// lrpm stops every worker (its stop signal, then SIGKILL after its

@@ -21,6 +21,7 @@ mod error;
 mod generate;
 mod help;
 mod jobs;
+mod logs;
 mod procfs;
 mod reload;
 mod restart;
@@ -69,6 +70,7 @@ where
         Command::Signal { signal, ids } => jobs::signal(&ctx, &signal, ids),
         Command::Reload { force } => reload::run(&ctx, force),
         Command::ReopenLogs => reload::reopen_logs(&ctx),
+        Command::Logs { lines, id } => logs::run(&ctx, id, lines),
         Command::Stop { timeout, no_wait } => stop::run(&ctx, timeout, !no_wait),
         Command::Cluster => cluster::run(&ctx),
         Command::Help { command } => help::run(&ctx, command.as_deref()),

@@ -141,6 +141,7 @@ async fn ask(shared: &Shared, request: Request) -> Vec<u8> {
     match answer.await {
         Ok(Reply::StatusLine(line)) => line,
         Ok(Reply::Done(message)) => Response::Done(message).encode(),
+        Ok(Reply::Lines(lines)) => Response::Lines(lines).encode(),
         Ok(Reply::Refused(error)) => Response::Error(error).encode(),
         Err(_) => gone(),
     }

@@ -27,6 +27,8 @@ pub(crate) enum Reply {
     /// the core's state, which is cheaper than copying every job's status
     /// for the connection task to encode (see `Shell::status_line`).
     StatusLine(Vec<u8>),
+    /// The newest lines of a job's output, for `logs`.
+    Lines(Vec<String>),
     /// The request was carried out; a message for the operator.
     Done(String),
     /// The request was refused.

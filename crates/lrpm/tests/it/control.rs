@@ -549,6 +549,7 @@ fn help_lists_every_command() {
             "signal",
             "reload",
             "reopen-logs",
+            "logs",
             "stop",
             "cluster",
             "help"

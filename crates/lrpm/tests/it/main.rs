@@ -23,6 +23,7 @@ mod hosts;
 mod instances;
 mod library;
 mod logging;
+mod lrpmctl_logs;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod notify;

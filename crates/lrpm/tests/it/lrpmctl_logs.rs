@@ -1,0 +1,79 @@
+//! `lrpmctl logs [-n N] ID`: the newest lines of a job's output, from the
+//! ring lrpm keeps in memory for each job (`--log-buffer`).
+
+use std::time::Duration;
+
+use crate::support::{Lrpm, wait_for_value};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// `lrpmctl logs args…`'s standard output, once it succeeded.
+fn logs(lrpm: &Lrpm, args: &[&str]) -> String {
+    let mut all = vec!["logs"];
+    all.extend_from_slice(args);
+    let out = lrpm.ctl(&all);
+    assert!(out.status.success(), "lrpmctl {all:?}: {out:?}");
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+#[test]
+fn n_prints_the_last_n_lines_of_a_job() {
+    let jobs = r#"{"w": {"name": "w", "command": "seq 1 100; echo err >&2; exec sleep 300"},
+                  "quiet": {"name": "quiet", "command": ["sleep", "300"]}}"#;
+    let lrpm = Lrpm::start("jobs.json", jobs, &[]);
+    let all = wait_for_value("w's 101 lines in the ring", LONG, || {
+        let all = logs(&lrpm, &["w"]);
+        (all.lines().count() == 101).then_some(all)
+    });
+    // stdout and stderr are two pipes: their order between them is not
+    // kept, each stream's is.
+    let numbers: Vec<&str> = all.lines().filter(|l| *l != "err").collect();
+    let expected: Vec<String> = (1..=100).map(|i| i.to_string()).collect();
+    assert_eq!(numbers, expected);
+    assert!(all.lines().any(|l| l == "err"), "{all}");
+    let three = logs(&lrpm, &["-n", "3", "w"]);
+    let tail: Vec<&str> = all.lines().skip(98).collect();
+    assert_eq!(three.lines().collect::<Vec<_>>(), tail);
+    assert_eq!(logs(&lrpm, &["-n", "0", "w"]), "");
+    // --json: lrpm's answer as it is.
+    let json: serde_json::Value =
+        serde_json::from_str(&logs(&lrpm, &["--json", "-n", "2", "w"])).expect("JSON");
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["lines"].as_array().map(Vec::len), Some(2));
+    // A declared job that has printed nothing: no line, no error.
+    lrpm.running_pid("quiet");
+    assert_eq!(logs(&lrpm, &["quiet"]), "");
+}
+
+#[test]
+fn an_unknown_id_exits_1() {
+    let lrpm = Lrpm::start("jobs.json", &crate::support::jobs(&["a"]), &[]);
+    let out = lrpm.ctl(&["logs", "nope"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown job") && stderr.contains("nope"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{out:?}");
+}
+
+#[test]
+fn the_ring_stays_bounded_for_a_worker_printing_much_more() {
+    // About 2 MB of output into a 4 KiB ring.
+    let jobs = r#"{"w": {"name": "w", "command": "seq 100000 199999; echo end; exec sleep 300"}}"#;
+    let lrpm = Lrpm::start("jobs.json", jobs, &["--log-buffer", "4096"]);
+    let kept = wait_for_value("w's last line in the ring", LONG, || {
+        let all = logs(&lrpm, &["w"]);
+        all.ends_with("199999\nend\n").then_some(all)
+    });
+    let lines: Vec<&str> = kept.lines().collect();
+    // Each line costs its bytes and 32 of overhead: 7 + 32 for a number.
+    let cost: usize = lines.iter().map(|l| l.len() + 32).sum();
+    assert!(cost <= 4096, "{cost} bytes kept: {kept}");
+    assert!(lines.len() > 50, "only {} lines kept", lines.len());
+    // The newest lines, in order, none missing.
+    let first: u32 = lines[0].parse().expect("a number");
+    let expected: Vec<String> = (first..=199_999).map(|i| i.to_string()).collect();
+    assert_eq!(lines[..lines.len() - 1], expected[..]);
+}
