@@ -82,26 +82,41 @@ impl NotifySocket {
                 // The runtime is shutting down.
                 return std::future::pending().await;
             };
-            let mut batch = Vec::new();
-            while batch.len() < max {
-                match recv_one(guard.get_inner().as_raw_fd(), &mut self.buf) {
-                    Ok(datagram) => batch.push(datagram),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        guard.clear_ready();
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        tracing::debug!("notification socket: {e}");
-                        break;
-                    }
-                }
+            let (batch, drained) = take_queued(guard.get_inner().as_raw_fd(), &mut self.buf, max);
+            if drained {
+                guard.clear_ready();
             }
             if !batch.is_empty() {
                 return batch;
             }
         }
     }
+
+    /// Returns the datagrams queued now, `max` at most, without waiting.
+    /// The event loop calls it before it acts on a deadline, so that a
+    /// `WATCHDOG=1` already sent is counted before its deadline is judged,
+    /// whatever order the loop's ready events came in.
+    pub fn try_recv_batch(&mut self, max: usize) -> Vec<Datagram> {
+        take_queued(self.fd.get_ref().as_raw_fd(), &mut self.buf, max).0
+    }
+}
+
+/// Takes the datagrams queued on `fd`, `max` at most, and says whether the
+/// queue was found empty (so that its readiness can be cleared).
+fn take_queued(fd: i32, buf: &mut [u8], max: usize) -> (Vec<Datagram>, bool) {
+    let mut batch = Vec::new();
+    while batch.len() < max {
+        match recv_one(fd, buf) {
+            Ok(datagram) => batch.push(datagram),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (batch, true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::debug!("notification socket: {e}");
+                break;
+            }
+        }
+    }
+    (batch, false)
 }
 
 /// Receives one datagram without waiting.

@@ -250,7 +250,15 @@ impl Shell {
                     self.source.reload();
                 }
                 Some(()) = recv_opt(&mut sigchld) => self.procs.reap_orphans(),
-                () = sleep => self.core.handle_timeout(Instant::now()),
+                () = sleep => {
+                    // Notifications already sent first: a deadline is
+                    // judged on every WATCHDOG=1 that reached the socket
+                    // before it, even when the loop is behind (a mass
+                    // start on a loaded machine) and picked the timer
+                    // first among its ready events.
+                    self.take_queued_notifications();
+                    self.core.handle_timeout(Instant::now());
+                }
                 () = watchdog => self.systemd.watchdog(),
                 () = trim => {
                     self.procs.shrink();
@@ -438,6 +446,21 @@ impl Shell {
                 self.guarded_until = Some(deadline);
                 self.guardian.heartbeat(deadline);
             }
+        }
+    }
+
+    /// Hands every notification queued now to the core, a bounded number
+    /// of batches at most (a flooding worker cannot hold the loop here).
+    fn take_queued_notifications(&mut self) {
+        for _ in 0..NOTIFICATION_BATCHES_BEFORE_A_DEADLINE {
+            let Some(socket) = self.notify.as_mut() else {
+                return;
+            };
+            let batch = socket.try_recv_batch(NOTIFICATIONS_PER_TURN);
+            if batch.is_empty() {
+                return;
+            }
+            self.notified(batch);
         }
     }
 
@@ -900,6 +923,10 @@ impl Shell {
 /// flooding worker costs a bounded share of each turn, and the rest wait in
 /// the socket's queue (which the kernel bounds).
 const NOTIFICATIONS_PER_TURN: usize = 64;
+
+/// How many batches of notifications are taken before a deadline is
+/// judged: 1,024 datagrams, every worker's of a large farm.
+const NOTIFICATION_BATCHES_BEFORE_A_DEADLINE: usize = 16;
 
 /// The next batch of notifications, if lrpm has a notification socket;
 /// never returns if it has none.
