@@ -309,6 +309,12 @@ pub fn validate_job(id: &JobId, value: &Value) -> Result<(JobSpec, Vec<String>),
                 "needs workerClass (a host forks worker classes, not commands)",
             );
         }
+        if memory_max.is_some() {
+            job.error(
+                "host",
+                "cannot be combined with memoryMax (a hosted worker is in its host's memory)",
+            );
+        }
         for field in ["user", "group"] {
             if map.contains_key(field) {
                 job.error(
@@ -1163,6 +1169,14 @@ mod tests {
         assert_eq!(
             invalid(job(json!({"memoryMax": u64::MAX}))),
             format!("memoryMax: {} bytes is too large", u64::MAX)
+        );
+    }
+
+    #[test]
+    fn memory_max_is_not_for_hosted_workers() {
+        assert_eq!(
+            invalid(json!({"name": "n", "workerClass": "W", "host": ["h"], "memoryMax": "1G"})),
+            "host: cannot be combined with memoryMax (a hosted worker is in its host's memory)"
         );
     }
 

@@ -135,6 +135,7 @@ pub struct SpawnRequest {
     cwd: Option<PathBuf>,
     identity: Option<Switch>,
     cgroup: Option<OwnedFd>,
+    memory_procs: Option<OwnedFd>,
     inherit_output: bool,
     handed: Option<OwnedFd>,
     fallbacks: Fallbacks,
@@ -192,6 +193,14 @@ impl SpawnRequest {
     /// it, or joining it before anything else where it cannot be).
     pub fn cgroup(mut self, dir: Option<OwnedFd>) -> Self {
         self.cgroup = dir;
+        self
+    }
+
+    /// Makes the child join, before it executes its program, the cgroup v1
+    /// memory cgroup whose `cgroup.procs` is `procs` (open for writing; see
+    /// [`crate::containment::MemoryTree`]).
+    pub fn memory_cgroup(mut self, procs: Option<OwnedFd>) -> Self {
+        self.memory_procs = procs;
         self
     }
 
@@ -346,6 +355,7 @@ pub fn spawn_command(cmd: SpawnRequest, ctx: &SpawnContext) -> Result<Spawned, S
         parent: ctx.parent,
         nofile: ctx.child_nofile,
         cgroup: cmd.cgroup.as_ref().map(AsFd::as_fd),
+        memory_procs: cmd.memory_procs.as_ref().map(AsFd::as_fd),
         stdout,
         stderr,
         handed: cmd.handed.as_ref().map(AsFd::as_fd),
@@ -383,6 +393,7 @@ fn child_error(cmd: &SpawnRequest, failure: spawn::Failure) -> SpawnError {
         ),
         Some(Step::Signals) => "cannot reset its signals".to_owned(),
         Some(Step::OomScoreAdj) => "cannot set its oom_score_adj".to_owned(),
+        Some(Step::MemoryCgroup) => "cannot join its memory cgroup (memoryMax)".to_owned(),
         Some(Step::Exec) if failure.error.raw_os_error() == Some(libc::E2BIG) => format!(
             "cannot run {}: its arguments and environment (LRPM_WORKER_CONFIG, env, and \
              lrpm's own environment) are over the kernel's limits",

@@ -107,6 +107,9 @@ impl std::str::FromStr for CgroupChoice {
 pub struct Containment {
     /// The cgroup tree, when cgroups are used.
     pub cgroups: Option<CgroupTree>,
+    /// Where the memory cgroups of runs with a `memoryMax` go; or why there
+    /// are none (such jobs are then invalid, with that reason).
+    pub memory: Result<MemoryTree, String>,
     /// The orphan reaper, when lrpm is a subreaper or PID 1.
     pub orphans: Option<Orphans>,
 }
@@ -158,7 +161,22 @@ impl Containment {
             }
         }
         let orphans = (subreaper || pid_one).then(|| Orphans::new(subreaper));
-        Ok(Containment { cgroups, orphans })
+        let memory = match &cgroups {
+            None => Err("lrpm runs without its cgroup tree (see its start-up log)".to_owned()),
+            Some(_) => MemoryTree::create(),
+        };
+        match &memory {
+            Ok(tree) => tracing::info!(
+                "jobs with memoryMax run in a cgroup v1 memory cgroup under {}",
+                tree.runs.base().display()
+            ),
+            Err(why) => tracing::info!("jobs with memoryMax are invalid: {why}"),
+        }
+        Ok(Containment {
+            cgroups,
+            memory,
+            orphans,
+        })
     }
 }
 
@@ -233,9 +251,24 @@ fn parse_own_cgroup(text: &str) -> Option<String> {
 /// `/proc/self/mountinfo`: under the first cgroup2 mount whose root
 /// contains it.
 fn cgroup2_dir(mountinfo: &str, own: &str) -> Option<PathBuf> {
+    cgroup_dir(mountinfo, own, |fs_type, _| fs_type == "cgroup2")
+}
+
+/// Where cgroup `own` is in the file system, given the text of
+/// `/proc/self/mountinfo`: under the first mount for which `is_hierarchy`,
+/// given its file system type and super options, holds, and whose root
+/// contains it.
+fn cgroup_dir(
+    mountinfo: &str,
+    own: &str,
+    is_hierarchy: impl Fn(&str, &str) -> bool,
+) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
+        let mut right = right.split_whitespace();
+        let fs_type = right.next()?;
+        let options = right.nth(1).unwrap_or("");
+        if !is_hierarchy(fs_type, options) {
             return None;
         }
         let fields: Vec<&str> = left.split_whitespace().collect();
@@ -352,7 +385,10 @@ impl CgroupTree {
                 return Err(CgroupError::NoKill { path: base });
             }
             return Ok(CgroupTree {
-                runs: RunCgroups { base: base.into() },
+                runs: RunCgroups {
+                    base: base.into(),
+                    killable: true,
+                },
                 _lock: lock,
                 closed: false,
             });
@@ -391,6 +427,10 @@ impl CgroupTree {
 #[derive(Debug, Clone)]
 pub struct RunCgroups {
     base: Arc<Path>,
+    /// Whether its cgroups have a `cgroup.kill` (cgroup v2): the memory
+    /// cgroups of cgroup v1 ([`MemoryTree`]) have none, their processes
+    /// are killed through their v2 cgroup.
+    killable: bool,
 }
 
 impl RunCgroups {
@@ -405,6 +445,7 @@ impl RunCgroups {
     pub fn run(&self, job: &JobId, run: RunId) -> JobCgroup {
         JobCgroup {
             dir: self.base.join(run_dir_name(job, run)),
+            killable: self.killable,
         }
     }
 
@@ -422,7 +463,13 @@ impl RunCgroups {
             rustix::fs::Mode::empty(),
         );
         match opened {
-            Ok(fd) => Ok((JobCgroup { dir }, fd)),
+            Ok(fd) => Ok((
+                JobCgroup {
+                    dir,
+                    killable: self.killable,
+                },
+                fd,
+            )),
             Err(e) => {
                 let _ = std::fs::remove_dir(&dir);
                 Err(e.into())
@@ -431,9 +478,174 @@ impl RunCgroups {
     }
 }
 
+/// lrpm's tree in cgroup v1's memory hierarchy, `MEMCG/lrpm-PID/` under
+/// lrpm's own memory cgroup: where the memory controller is on cgroup v1
+/// (a hybrid layout), a run with a `memoryMax` gets a memory cgroup of its
+/// own there (`job-ID-RUN`, as in the v2 tree), with its limit, which its
+/// worker joins before it executes its program. The v2 tree still contains
+/// and kills the run's processes; this one only caps their memory.
+#[derive(Debug)]
+pub struct MemoryTree {
+    /// `MEMCG/lrpm-PID`.
+    runs: RunCgroups,
+    /// The tree's directory, `flock`ed for as long as lrpm lives: a tree
+    /// nobody holds is stale.
+    _lock: File,
+    /// Whether [`MemoryTree::close`] has run.
+    closed: bool,
+}
+
+impl MemoryTree {
+    /// Creates lrpm's tree under its own cgroup v1 memory cgroup, after
+    /// removing the trees of lrpm processes that are gone; or says why
+    /// there is none.
+    pub fn create() -> Result<MemoryTree, String> {
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
+        let Some(path) = parse_own_v1_memory(&own) else {
+            return Err(
+                "the memory controller is not on cgroup v1 here, and memoryMax on a \
+                        cgroup v2 memory controller is not supported yet"
+                    .to_owned(),
+            );
+        };
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+        let parent = cgroup_dir(&mountinfo, &path, |fs_type, options| {
+            fs_type == "cgroup" && options.split(',').any(|o| o == "memory")
+        })
+        .ok_or_else(|| format!("lrpm's memory cgroup {path} is not mounted here"))?;
+        remove_stale_memory_trees(&parent);
+        let base = parent.join(format!("{TREE_PREFIX}{}", std::process::id()));
+        match std::fs::create_dir(&base) {
+            Ok(()) => {}
+            // lrpm's pid was reused since a tree was left: it is empty or
+            // its processes are this pid's predecessor's.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot create {}: {e}", base.display())),
+        }
+        let lock = File::open(&base)
+            .and_then(|dir| {
+                rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive)?;
+                Ok(dir)
+            })
+            .map_err(|e| format!("cannot lock {}: {e}", base.display()))?;
+        Ok(MemoryTree {
+            runs: RunCgroups {
+                base: base.into(),
+                killable: false,
+            },
+            _lock: lock,
+            closed: false,
+        })
+    }
+
+    /// Where the runs' memory cgroups go: a handle that spawning threads
+    /// can keep.
+    pub fn runs(&self) -> &RunCgroups {
+        &self.runs
+    }
+
+    /// Removes the runs' memory cgroups left and the tree. Runs at
+    /// shutdown, once every worker has been reaped, and on drop.
+    pub fn close(&mut self) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        remove_memory_tree(self.runs.base());
+    }
+}
+
+impl Drop for MemoryTree {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// lrpm's cgroup in cgroup v1's memory hierarchy, from the text of
+/// `/proc/self/cgroup` (`4:memory:/process_api/ID`).
+fn parse_own_v1_memory(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let path = path.trim_end();
+        (controllers.split(',').any(|c| c == "memory") && path.starts_with('/'))
+            .then(|| path.to_owned())
+    })
+}
+
+/// Removes the memory trees (`lrpm-PID`) under `parent` whose lrpm is gone
+/// (their `flock` can be taken). Their processes were killed with their
+/// v2 tree, so their cgroups are empty, or soon.
+fn remove_stale_memory_trees(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(|n| n.starts_with(TREE_PREFIX)) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(dir) = File::open(&path) else { continue };
+        if rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue; // Its lrpm is alive.
+        }
+        remove_memory_tree(&path);
+    }
+}
+
+/// Removes the memory tree at `base`: its runs' cgroups, then itself.
+fn remove_memory_tree(base: &Path) {
+    if let Ok(entries) = std::fs::read_dir(base) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_blocking(&entry.path());
+            }
+        }
+    }
+    remove_blocking(base);
+}
+
 impl Drop for CgroupTree {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+impl RunCgroups {
+    /// Creates the cgroup v1 memory cgroup of run `run` of `job` with the
+    /// limit `max` bytes (`memory.limit_in_bytes`, and
+    /// `memory.memsw.limit_in_bytes` where swap is accounted, so that the
+    /// cap holds swap too); returns it and its `cgroup.procs`, open for the
+    /// child to join ([`crate::command::SpawnRequest::memory_cgroup`]).
+    pub fn create_memory_run(
+        &self,
+        job: &JobId,
+        run: RunId,
+        max: u64,
+    ) -> io::Result<(JobCgroup, OwnedFd)> {
+        let cgroup = self.run(job, run);
+        std::fs::create_dir(&cgroup.dir)?;
+        let set_up = || -> io::Result<OwnedFd> {
+            let limit = max.to_string();
+            std::fs::write(cgroup.dir.join("memory.limit_in_bytes"), &limit)?;
+            let memsw = cgroup.dir.join("memory.memsw.limit_in_bytes");
+            if memsw.exists() {
+                std::fs::write(memsw, &limit)?;
+            }
+            let procs = std::fs::OpenOptions::new()
+                .write(true)
+                .open(cgroup.dir.join("cgroup.procs"))?;
+            Ok(procs.into())
+        };
+        match set_up() {
+            Ok(procs) => Ok((cgroup, procs)),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&cgroup.dir);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -656,6 +868,8 @@ fn remove_blocking(dir: &Path) {
 #[derive(Debug)]
 pub struct JobCgroup {
     dir: PathBuf,
+    /// Whether it has a `cgroup.kill` ([`RunCgroups`]).
+    killable: bool,
 }
 
 impl JobCgroup {
@@ -664,8 +878,26 @@ impl JobCgroup {
         &self.dir
     }
 
+    /// How many processes of the cgroup the kernel's OOM killer killed:
+    /// `oom_kill` of its `memory.events` (cgroup v2) or
+    /// `memory.oom_control` (cgroup v1); 0 when neither can be read.
+    pub fn oom_kills(&self) -> u64 {
+        ["memory.events", "memory.oom_control"]
+            .iter()
+            .find_map(|file| std::fs::read_to_string(self.dir.join(file)).ok())
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix("oom_kill "))
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
     /// SIGKILLs every process in the cgroup, escaped daemons included.
     pub fn kill(&self) {
+        if !self.killable {
+            return;
+        }
         if let Err(e) = std::fs::write(self.dir.join("cgroup.kill"), "1") {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!("cannot kill the cgroup {}: {e}", self.dir.display());
@@ -1030,6 +1262,26 @@ mod tests {
 27 26 0:24 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,nsdelegate
 28 26 0:25 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
 ";
+
+    #[test]
+    fn the_v1_memory_cgroup_is_found_in_a_hybrid_layout() {
+        let own = "9:name=systemd:/\n5:devices:/\n4:memory:/process_api/x\n0::/\n";
+        assert_eq!(parse_own_v1_memory(own).as_deref(), Some("/process_api/x"));
+        let joint = "3:cpu,memory:/a b\n0::/\n";
+        assert_eq!(parse_own_v1_memory(joint).as_deref(), Some("/a b"));
+        assert_eq!(parse_own_v1_memory("0::/\n4:memory_x:/y\n"), None);
+        let memory = |fs_type: &str, options: &str| {
+            fs_type == "cgroup" && options.split(',').any(|o| o == "memory")
+        };
+        assert_eq!(
+            cgroup_dir(HYBRID, "/process_api/x", memory),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/process_api/x"))
+        );
+        assert_eq!(
+            cgroup_dir(&HYBRID[..HYBRID.find("28 ").unwrap_or(0)], "/", memory),
+            None
+        );
+    }
 
     #[test]
     fn the_cgroup2_mount_is_found_in_a_hybrid_layout() {

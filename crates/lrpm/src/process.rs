@@ -59,7 +59,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lrpm_core::job::{JobId, JobSpec, Program, Signal};
-use lrpm_core::status::ExitStatus;
+use lrpm_core::status::{ExitReason, ExitStatus};
 use lrpm_core::supervisor::{Reason, RunId};
 use lrpm_process::children::{
     reap_child_blocking, reap_pid_blocking, waitid_pid_status, waitid_status,
@@ -159,20 +159,23 @@ pub(crate) fn worker_env(
 }
 
 /// Spawns run `run` of a worker for `spec`; with `cgroup` (the directory of
-/// the run's cgroup) the child starts in that cgroup.
+/// the run's cgroup) the child starts in that cgroup, and with
+/// `memory_procs` (the `cgroup.procs` of its memory cgroup) it joins that
+/// one before it executes its program.
 fn spawn(
     run: RunId,
     job: &JobId,
     spec: &JobSpec,
     ctx: &SpawnContext,
     worker_binary: bool,
-    cgroup: Option<OwnedFd>,
+    (cgroup, memory_procs): (Option<OwnedFd>, Option<OwnedFd>),
     notify_socket: Option<&str>,
 ) -> Result<lrpm_process::command::Spawned, SpawnError> {
     let identity = resolve_identity(spec.user.as_deref(), spec.group.as_deref())?;
     let cmd = command(run, job, spec, worker_binary, notify_socket)?
         .identity(identity)
-        .cgroup(cgroup);
+        .cgroup(cgroup)
+        .memory_cgroup(memory_procs);
     spawn_command(cmd, ctx)
 }
 
@@ -188,6 +191,9 @@ struct Entry {
     /// Whether the run has a cgroup ([`containment::CgroupTree::run`] names
     /// it from the job and run ids).
     cgroup: bool,
+    /// Whether the run has a memory cgroup of its own, for its `memoryMax`
+    /// ([`containment::MemoryTree`], named as its cgroup).
+    memory: bool,
 }
 
 /// The live children, by the core's run id.
@@ -382,6 +388,9 @@ impl ProcessTable {
         if let Some(tree) = &mut self.containment.cgroups {
             tree.close();
         }
+        if let Ok(tree) = &mut self.containment.memory {
+            tree.close();
+        }
     }
 
     /// Spawns the process of each run of `batch`, on two threads at once
@@ -398,11 +407,18 @@ impl ProcessTable {
             .cgroups
             .as_ref()
             .map(|tree| tree.runs().clone());
+        let memory = self
+            .containment
+            .memory
+            .as_ref()
+            .ok()
+            .map(|t| t.runs().clone());
         let ctx = self.ctx.clone();
         let worker_binary = self.worker_binary;
         let notify = self.notify_socket.clone();
         let started = lrpm_process::lanes::map(batch.to_vec(), move |s: &Spawn| {
-            start(cgroups.as_ref(), &ctx, worker_binary, notify.as_deref(), s)
+            let trees = (cgroups.as_ref(), memory.as_ref());
+            start(trees, &ctx, worker_binary, notify.as_deref(), s)
         });
         batch
             .iter()
@@ -414,11 +430,15 @@ impl ProcessTable {
     /// Puts a started run in the table, its exit watched; returns its pid
     /// and pipes.
     fn admit(&mut self, run: RunId, job: &JobId, started: Starting) -> Result<Started, SpawnError> {
-        let Starting { spawned, cgroup } = started;
+        let Starting {
+            spawned,
+            cgroup,
+            memory,
+        } = started;
         let spawned = match spawned {
             Ok(spawned) => spawned,
             Err(e) => {
-                if let Some(cgroup) = cgroup {
+                for cgroup in [cgroup, memory].into_iter().flatten() {
                     cgroup.remove();
                 }
                 return Err(e);
@@ -447,9 +467,11 @@ impl ProcessTable {
             pid,
             pidfd,
             cgroup: cgroup.is_some(),
+            memory: memory.is_some(),
         };
         if let Err(e) = watched {
             // It cannot be watched: kill it, and bury it with the ended runs.
+            self.emptied.extend(memory);
             self.end(entry, cgroup);
             return Err(SpawnError::Io(e));
         }
@@ -467,8 +489,8 @@ impl ProcessTable {
 
     /// Why jobs with a `memoryMax` cannot run here (they are invalid with
     /// that reason), or `None` when their cap is enforced.
-    pub(crate) fn memory_limits_unavailable(&self) -> Option<&'static str> {
-        Some("this lrpm does not set cgroup memory limits yet")
+    pub(crate) fn memory_limits_unavailable(&self) -> Option<&str> {
+        self.containment.memory.as_ref().err().map(String::as_str)
     }
 
     /// Makes lrpm a subreaper that reaps what it adopts, for worker hosts
@@ -558,6 +580,8 @@ impl ProcessTable {
                     output: Some((stdout, stderr)),
                 }),
                 cgroup,
+                // A hosted job has no memoryMax (see the core's decl).
+                memory: None,
             },
         )?;
         let go = lrpm_proto::host::go(std::process::id());
@@ -632,6 +656,17 @@ impl ProcessTable {
         }
     }
 
+    /// The memory cgroup of run `run`, if it has one.
+    fn memory_cgroup(&self, run: RunId, entry: &Entry) -> Option<containment::JobCgroup> {
+        let tree = self
+            .containment
+            .memory
+            .as_ref()
+            .ok()
+            .filter(|_| entry.memory)?;
+        Some(tree.runs().run(&entry.job, run))
+    }
+
     /// The cgroup of run `run`, if it has one.
     fn cgroup(&self, run: RunId, entry: &Entry) -> Option<containment::JobCgroup> {
         let tree = self.containment.cgroups.as_ref().filter(|_| entry.cgroup)?;
@@ -670,6 +705,7 @@ impl ProcessTable {
             return None;
         };
         let cgroup = self.cgroup(run, entry);
+        let memory = self.memory_cgroup(run, entry);
         let entry = self.entries.remove(&run)?;
         self.by_pid
             .remove(&(entry.pid.as_raw_nonzero().get() as u32));
@@ -686,6 +722,20 @@ impl ProcessTable {
             self.emptied.push(cgroup);
         }
         reap_now(&entry);
+        // An OOM kill in its memory cgroup is the reason it ended (the
+        // kernel's counter: the exit status alone says only SIGKILL).
+        let status = match memory {
+            Some(memory) => {
+                let oom_killed = memory.oom_kills() > 0;
+                self.emptied.push(memory);
+                if oom_killed {
+                    status.because(ExitReason::OomKilled)
+                } else {
+                    status
+                }
+            }
+            None => status,
+        };
         // In the subreaper fallback the run's escaped processes were
         // adopted: kill them now that their run has ended.
         self.reap_orphans();
@@ -777,6 +827,9 @@ struct Starting {
     spawned: Result<lrpm_process::command::Spawned, SpawnError>,
     /// Its cgroup; removed by the table if the spawn failed.
     cgroup: Option<containment::JobCgroup>,
+    /// Its memory cgroup (`memoryMax`); removed by the table if the spawn
+    /// failed.
+    memory: Option<containment::JobCgroup>,
 }
 
 /// Creates run `run`'s cgroup (under `cgroups`, if given) and starts its
@@ -785,8 +838,16 @@ struct Starting {
 /// (`EMFILE`, `ENFILE`): then the run does not start, and its spawn fails
 /// with that error, to be retried (a job never loses its containment to
 /// lrpm's descriptor limit).
+///
+/// A job with a `memoryMax` also gets a memory cgroup under `memory` with
+/// its limit, which its child joins before it executes its program; when it
+/// cannot be created, the spawn fails with that error (a job never runs
+/// without its cap).
 fn start(
-    cgroups: Option<&containment::RunCgroups>,
+    (cgroups, memory): (
+        Option<&containment::RunCgroups>,
+        Option<&containment::RunCgroups>,
+    ),
     ctx: &SpawnContext,
     worker_binary: bool,
     notify_socket: Option<&str>,
@@ -802,6 +863,7 @@ fn start(
                 return Starting {
                     spawned: Err(SpawnError::Io(e)),
                     cgroup: None,
+                    memory: None,
                 };
             }
             Err(e) => {
@@ -814,9 +876,43 @@ fn start(
             }
         },
     };
+    let (memory, memory_procs) = match (spec.memory_max, memory) {
+        (None, _) => (None, None),
+        (Some(max), Some(runs)) => match runs.create_memory_run(job, run, max) {
+            Ok((memory, procs)) => (Some(memory), Some(procs)),
+            Err(e) => {
+                let e = io::Error::new(
+                    e.kind(),
+                    format!("cannot create its memory cgroup (memoryMax): {e}"),
+                );
+                return Starting {
+                    spawned: Err(SpawnError::Io(e)),
+                    cgroup,
+                    memory: None,
+                };
+            }
+        },
+        (Some(_), None) => {
+            let e = io::Error::other("memoryMax: no memory cgroups here");
+            return Starting {
+                spawned: Err(SpawnError::Io(e)),
+                cgroup,
+                memory: None,
+            };
+        }
+    };
     Starting {
-        spawned: spawn(run, job, spec, ctx, worker_binary, procs, notify_socket),
+        spawned: spawn(
+            run,
+            job,
+            spec,
+            ctx,
+            worker_binary,
+            (procs, memory_procs),
+            notify_socket,
+        ),
         cgroup,
+        memory,
     }
 }
 

@@ -10,13 +10,15 @@ use std::ptr;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 /// How many slots a spawner reserves: stdin, stdout, stderr, cgroup.procs,
-/// and a descriptor handed to the child.
-pub(super) const SLOTS: usize = 5;
+/// a descriptor handed to the child, and the `cgroup.procs` of its cgroup v1
+/// memory cgroup.
+pub(super) const SLOTS: usize = 6;
 pub(super) const STDIN: usize = 0;
 pub(super) const STDOUT: usize = 1;
 pub(super) const STDERR: usize = 2;
 pub(super) const CGROUP: usize = 3;
 pub(super) const HANDED: usize = 4;
+pub(super) const MEMORY: usize = 5;
 
 /// The number the handed descriptor gets in the child.
 pub const HANDED_FD: c_int = 3;
@@ -51,11 +53,13 @@ pub enum Step {
     Exec,
     /// Writing the workers' `oom_score_adj`.
     OomScoreAdj,
+    /// Joining the run's cgroup v1 memory cgroup (its `memoryMax`).
+    MemoryCgroup,
 }
 
 impl Step {
     pub(super) fn from_raw(raw: u32) -> Option<Self> {
-        const ALL: [Step; 13] = [
+        const ALL: [Step; 14] = [
             Step::Unshare,
             Step::Cgroup,
             Step::ProcessGroup,
@@ -69,6 +73,7 @@ impl Step {
             Step::Signals,
             Step::Exec,
             Step::OomScoreAdj,
+            Step::MemoryCgroup,
         ];
         ALL.into_iter().find(|s| *s as u32 == raw)
     }
@@ -101,6 +106,7 @@ pub(super) struct ChildArgs {
     pub(super) slots: [RawFd; SLOTS],
     pub(super) limit: RawFd,
     pub(super) has_cgroup: bool,
+    pub(super) has_memory_cgroup: bool,
     pub(super) force_unshare: bool,
     pub(super) has_handed: bool,
     pub(super) candidates: *const *const libc::c_char,
@@ -158,6 +164,7 @@ pub(super) extern "C" fn child_main(arg: *mut c_void) -> c_int {
     let run = || -> Result<(), Failed> {
         private_descriptor_table(a)?;
         join_cgroup(a)?;
+        join_memory_cgroup(a)?;
         // SAFETY: setpgid only changes this process's group.
         check(Step::ProcessGroup, unsafe { libc::setpgid(0, 0) })?;
         stdio(a)?;
@@ -214,13 +221,26 @@ fn private_descriptor_table(a: &ChildArgs) -> Result<(), Failed> {
 /// Writes the child into its run's cgroup through the `cgroup.procs` slot,
 /// where it was not cloned into it.
 fn join_cgroup(a: &ChildArgs) -> Result<(), Failed> {
-    if !a.has_cgroup {
+    join_through(a, a.has_cgroup, CGROUP, Step::Cgroup)
+}
+
+/// Writes the child into its cgroup v1 memory cgroup through the
+/// `cgroup.procs` slot [`MEMORY`], before it can allocate anything of its
+/// program's.
+fn join_memory_cgroup(a: &ChildArgs) -> Result<(), Failed> {
+    join_through(a, a.has_memory_cgroup, MEMORY, Step::MemoryCgroup)
+}
+
+/// Writes `0` (this process) to the `cgroup.procs` on slot `slot`, when
+/// `wanted`; a failure is step `step`'s.
+fn join_through(a: &ChildArgs, wanted: bool, slot: usize, step: Step) -> Result<(), Failed> {
+    if !wanted {
         return Ok(());
     }
     // SAFETY: a one-byte write from a static buffer to a slot descriptor.
-    let written = unsafe { libc::write(a.slots[CGROUP], b"0".as_ptr().cast(), 1) };
+    let written = unsafe { libc::write(a.slots[slot], b"0".as_ptr().cast(), 1) };
     if written != 1 {
-        return Err((Step::Cgroup, errno()));
+        return Err((step, errno()));
     }
     Ok(())
 }

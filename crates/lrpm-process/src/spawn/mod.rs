@@ -77,7 +77,9 @@ use std::ptr;
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use self::child::{CGROUP, ChildArgs, HANDED, Report, SLOTS, STDERR, STDIN, STDOUT, child_main};
+use self::child::{
+    CGROUP, ChildArgs, HANDED, MEMORY, Report, SLOTS, STDERR, STDIN, STDOUT, child_main,
+};
 pub use self::child::{Step, Switch};
 
 /// The child's stack. Its frames are a few small functions making system
@@ -134,6 +136,9 @@ pub struct Plan<'a> {
     /// straight into it (`CLONE_INTO_CGROUP`), or, where `clone3` cannot do
     /// that, writes itself into its `cgroup.procs` first thing.
     pub cgroup: Option<BorrowedFd<'a>>,
+    /// The `cgroup.procs` of the run's cgroup v1 memory cgroup (open for
+    /// writing), which the child joins before it executes its program.
+    pub memory_procs: Option<BorrowedFd<'a>>,
     /// The write end of the child's stdout.
     pub stdout: BorrowedFd<'a>,
     /// The write end of the child's stderr.
@@ -270,7 +275,7 @@ impl Spawner {
 
     /// Puts the slots other than stdin back on `/dev/null`.
     fn restore(&self) {
-        for i in [STDOUT, STDERR, CGROUP, HANDED] {
+        for i in [STDOUT, STDERR, CGROUP, HANDED, MEMORY] {
             // The stdin slot is always on /dev/null. A dup3 between two
             // valid descriptors only fails for lack of memory; the slot
             // would then keep a pipe open, which the next spawn replaces.
@@ -348,10 +353,12 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Child, Failure> {
             spawner.slots[STDERR].as_raw_fd(),
             spawner.slots[CGROUP].as_raw_fd(),
             spawner.slots[HANDED].as_raw_fd(),
+            spawner.slots[MEMORY].as_raw_fd(),
         ],
         limit: spawner.limit,
         // Set by `clone_once`, which knows how the child gets its cgroup.
         has_cgroup: false,
+        has_memory_cgroup: plan.memory_procs.is_some(),
         force_unshare: plan.fallbacks.unshare,
         has_handed: plan.handed.is_some(),
         candidates: candidates.as_ptr(),
@@ -435,6 +442,9 @@ fn clone_once(
         }
         if let Some(handed) = plan.handed {
             spawner.place(HANDED, handed)?;
+        }
+        if let Some(memory) = plan.memory_procs {
+            spawner.place(MEMORY, memory)?;
         }
         SignalsBlocked::new()
     })();

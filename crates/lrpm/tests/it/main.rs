@@ -24,6 +24,7 @@ mod instances;
 mod library;
 mod logging;
 mod lrpmctl_logs;
+mod memory_max;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod notify;
