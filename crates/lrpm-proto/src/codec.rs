@@ -73,7 +73,7 @@ pub const COMMANDS: [CommandInfo; 11] = [
     CommandInfo {
         cmd: "logs",
         request: r#"{"cmd":"logs","id":"ID","n":10}"#,
-        help: "the last n lines (all kept when n is absent) of a job's output, from lrpm's in-memory ring (--log-buffer)",
+        help: "the last n lines (all kept when n is absent) of a job's output, from lrpm's in-memory ring (--log-buffer); with \"follow\":true, then each new line until the client disconnects",
     },
     CommandInfo {
         cmd: "stop",
@@ -240,6 +240,9 @@ pub enum Request {
         id: String,
         /// How many lines at most, the newest.
         n: Option<u64>,
+        /// Then send each new line as it comes (`"follow":true`), until
+        /// the client disconnects.
+        follow: bool,
     },
     /// Shut lrpm down gracefully.
     Stop,
@@ -408,6 +411,18 @@ impl Request {
                         });
                     }
                 },
+                follow: match fields.remove("follow") {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(follow)) => follow,
+                    Some(other) => {
+                        return Err(RequestError::WrongType {
+                            cmd: "logs",
+                            arg: "follow",
+                            expected: "a boolean",
+                            got: kind(&other),
+                        });
+                    }
+                },
             }),
             "stop" => Ok(Request::Stop),
             "cluster" => Ok(Request::Cluster),
@@ -427,8 +442,8 @@ impl Request {
             | Request::Cluster
             | Request::Help => serde_json::json!({}),
             Request::Restart { id } => serde_json::json!({ "id": id }),
-            Request::Logs { id, n: None } => serde_json::json!({ "id": id }),
-            Request::Logs { id, n: Some(n) } => serde_json::json!({ "id": id, "n": n }),
+            Request::Logs { id, n: None, .. } => serde_json::json!({ "id": id }),
+            Request::Logs { id, n: Some(n), .. } => serde_json::json!({ "id": id, "n": n }),
             Request::StatusOf { ids }
             | Request::RestartJobs { ids }
             | Request::Pause { ids }
@@ -446,6 +461,9 @@ impl Request {
             }
             Request::Reload { force } => {
                 fields.insert("force".into(), Value::Bool(*force));
+            }
+            Request::Logs { follow: true, .. } => {
+                fields.insert("follow".into(), Value::Bool(true));
             }
             _ => {}
         }
@@ -724,6 +742,9 @@ pub enum Response {
     /// `{"ok":true,"lines":["…"]}`: the answer to `logs`, oldest line
     /// first, each without its newline.
     Lines(Vec<String>),
+    /// `{"ok":true,"skipped":N}`: in a followed `logs`, `N` lines were not
+    /// sent because the client did not read them fast enough.
+    Skipped(u64),
     /// `{"ok":false,"error":"…"}`: the request was refused or invalid.
     Error(String),
 }
@@ -777,6 +798,11 @@ impl Response {
             lines: &'a [String],
         }
         #[derive(Serialize)]
+        struct Skipped {
+            ok: bool,
+            skipped: u64,
+        }
+        #[derive(Serialize)]
         struct Cluster<'a> {
             ok: bool,
             cluster: Option<&'a ClusterStatus>,
@@ -790,6 +816,10 @@ impl Response {
             Response::Help(commands) => serde_json::to_vec(&Help { ok: true, commands }),
             Response::Error(error) => serde_json::to_vec(&Refusal { ok: false, error }),
             Response::Lines(lines) => serde_json::to_vec(&Lines { ok: true, lines }),
+            Response::Skipped(skipped) => serde_json::to_vec(&Skipped {
+                ok: true,
+                skipped: *skipped,
+            }),
             Response::Cluster(cluster) => serde_json::to_vec(&Cluster {
                 ok: true,
                 cluster: cluster.as_deref(),
@@ -854,6 +884,7 @@ impl Response {
             commands: Option<Value>,
             cluster: Option<Value>,
             lines: Option<Value>,
+            skipped: Option<Value>,
         }
         let envelope: Envelope = serde_json::from_slice(line).map_err(|e| {
             if e.is_data() {
@@ -897,11 +928,14 @@ impl Response {
                     .map(|c| Response::Cluster(Some(Box::new(c))))
                     .map_err(|e| ResponseError::Shape(format!("bad \"cluster\": {e}"))),
             },
-            Request::Logs { .. } => match envelope.lines {
-                Some(lines) => serde_json::from_value(lines)
+            Request::Logs { .. } => match (envelope.lines, envelope.skipped) {
+                (Some(lines), _) => serde_json::from_value(lines)
                     .map(Response::Lines)
                     .map_err(|e| ResponseError::Shape(format!("bad \"lines\": {e}"))),
-                None => Err(ResponseError::Shape(
+                (None, Some(Value::Number(n))) if n.as_u64().is_some() => {
+                    Ok(Response::Skipped(n.as_u64().unwrap_or_default()))
+                }
+                _ => Err(ResponseError::Shape(
                     "no \"lines\" in the answer to logs".into(),
                 )),
             },
@@ -1196,10 +1230,12 @@ mod tests {
             Request::Logs {
                 id: "w#1".into(),
                 n: Some(10),
+                follow: false,
             },
             Request::Logs {
                 id: "w".into(),
                 n: None,
+                follow: true,
             },
             Request::Stop,
             Request::Cluster,
@@ -1410,10 +1446,17 @@ mod tests {
         let logs = Request::Logs {
             id: "42".into(),
             n: None,
+            follow: true,
         };
         assert_eq!(
             Response::decode(&line[..line.len() - 1], &logs).expect("valid"),
             lines
+        );
+        let line = Response::Skipped(12).encode();
+        assert_eq!(line, b"{\"ok\":true,\"skipped\":12}\n");
+        assert_eq!(
+            Response::decode(&line[..line.len() - 1], &logs).expect("valid"),
+            Response::Skipped(12)
         );
 
         let done = Response::Done("job 42 is restarting".into());

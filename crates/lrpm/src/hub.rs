@@ -719,6 +719,16 @@ impl Forwarding {
         self.output.rings()?.last(job, n)
     }
 
+    /// `job`'s newest `n` lines and its new lines from now on
+    /// ([`LogRings::follow`](crate::logring::LogRings::follow)).
+    pub(crate) fn follow_lines(
+        &self,
+        job: &str,
+        n: Option<u64>,
+    ) -> Option<(Vec<String>, tokio::sync::broadcast::Receiver<Arc<str>>)> {
+        self.output.rings()?.follow(job, n)
+    }
+
     /// What the per-job logs lost, if lrpm writes them.
     pub(crate) fn job_logs_status(&self) -> Option<lrpm_core::status::StreamStatus> {
         self.output.job_logs_status()

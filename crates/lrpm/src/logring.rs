@@ -13,13 +13,28 @@
 //! job's newest lines ([`LogRings::last`]) under the same short lock; no
 //! lock is held across an await or a write. A job's ring is kept until
 //! lrpm exits, also after the job is removed.
+//!
+//! Following (`lrpmctl logs -f`): [`LogRings::follow`] takes the newest
+//! lines and subscribes to the job's new ones under one lock, so that no
+//! line is missed or sent twice. New lines go to the followers through a
+//! broadcast channel of [`FOLLOW_QUEUE`] lines, created at the first
+//! follower and dropped with the last: [`LogRings::push`] never waits for
+//! a follower; one that falls more than [`FOLLOW_QUEUE`] lines behind
+//! loses the oldest of them and is told how many
+//! (`broadcast::error::RecvError::Lagged`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::broadcast;
+
 /// What a kept line costs besides its bytes, so that a flood of empty
 /// lines is bounded too.
 pub(crate) const LINE_OVERHEAD: usize = 32;
+
+/// How many new lines may wait for the slowest follower of a job before it
+/// loses the oldest of them.
+pub(crate) const FOLLOW_QUEUE: usize = 256;
 
 /// The default size of a job's ring (`--log-buffer`).
 pub(crate) const DEFAULT_CAPACITY: usize = 64 * 1024;
@@ -30,6 +45,8 @@ struct Ring {
     lines: VecDeque<Box<[u8]>>,
     /// The lines' cost: their bytes plus [`LINE_OVERHEAD`] each.
     bytes: usize,
+    /// Where new lines go while someone follows the job.
+    followers: Option<broadcast::Sender<Arc<str>>>,
 }
 
 /// Every job's ring; clones share them.
@@ -69,8 +86,38 @@ impl LogRings {
                 None => break,
             }
         }
+        if let Some(followers) = &ring.followers {
+            if followers.receiver_count() == 0 {
+                ring.followers = None;
+            } else {
+                let _ = followers.send(String::from_utf8_lossy(line).into());
+            }
+        }
         ring.lines.push_back(line.into());
         ring.bytes += cost;
+    }
+
+    /// As [`LogRings::last`] (an empty list for a job that has no ring
+    /// yet), and the job's lines pushed from now on.
+    pub(crate) fn follow(
+        &self,
+        job: &str,
+        n: Option<u64>,
+    ) -> Option<(Vec<String>, broadcast::Receiver<Arc<str>>)> {
+        let mut rings = self.rings.lock().ok()?;
+        let ring = match rings.get_mut(job) {
+            Some(ring) => ring,
+            None => rings.entry(job.into()).or_default(),
+        };
+        let rx = match &ring.followers {
+            Some(followers) => followers.subscribe(),
+            None => {
+                let (tx, rx) = broadcast::channel(FOLLOW_QUEUE);
+                ring.followers = Some(tx);
+                rx
+            }
+        };
+        Some((newest(ring, n), rx))
     }
 
     /// `job`'s newest `n` lines (every line kept when `None`), oldest
@@ -78,19 +125,7 @@ impl LogRings {
     /// `job` has no ring (it never printed a line).
     pub(crate) fn last(&self, job: &str, n: Option<u64>) -> Option<Vec<String>> {
         let rings = self.rings.lock().ok()?;
-        let ring = rings.get(job)?;
-        let n = n.map_or(ring.lines.len(), |n| {
-            usize::try_from(n)
-                .unwrap_or(usize::MAX)
-                .min(ring.lines.len())
-        });
-        Some(
-            ring.lines
-                .iter()
-                .skip(ring.lines.len() - n)
-                .map(|line| String::from_utf8_lossy(line).into_owned())
-                .collect(),
-        )
+        Some(newest(rings.get(job)?, n))
     }
 
     /// The bytes `job`'s ring holds, overhead included.
@@ -102,6 +137,20 @@ impl LogRings {
             .get(job)
             .map_or(0, |ring| ring.bytes)
     }
+}
+
+/// `ring`'s newest `n` lines (all when `None`), oldest first.
+fn newest(ring: &Ring, n: Option<u64>) -> Vec<String> {
+    let n = n.map_or(ring.lines.len(), |n| {
+        usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(ring.lines.len())
+    });
+    ring.lines
+        .iter()
+        .skip(ring.lines.len() - n)
+        .map(|line| String::from_utf8_lossy(line).into_owned())
+        .collect()
 }
 
 #[cfg(test)]
@@ -123,6 +172,28 @@ mod tests {
         assert_eq!(rings.last("a", None).map(|l| l.len()), Some(5));
         assert_eq!(rings.last("a", Some(99)).map(|l| l.len()), Some(5));
         assert_eq!(rings.last("b", Some(2)), None);
+    }
+
+    #[test]
+    fn a_follower_gets_every_new_line_or_how_many_it_missed() {
+        let rings = LogRings::new(DEFAULT_CAPACITY);
+        let job: Arc<str> = "a".into();
+        rings.push(&job, b"old");
+        let (lines, mut rx) = rings.follow("a", Some(5)).expect("a ring");
+        assert_eq!(lines, vec!["old".to_owned()]);
+        rings.push(&job, b"new");
+        assert_eq!(rx.try_recv().as_deref().ok(), Some("new"));
+        for i in 0..FOLLOW_QUEUE + 3 {
+            rings.push(&job, format!("{i}").as_bytes());
+        }
+        assert_eq!(
+            rx.try_recv().err(),
+            Some(broadcast::error::TryRecvError::Lagged(3))
+        );
+        assert_eq!(rx.try_recv().as_deref().ok(), Some("3"));
+        drop(rx);
+        rings.push(&job, b"nobody follows");
+        assert!(rings.rings.lock().expect("lock")["a"].followers.is_none());
     }
 
     proptest! {

@@ -565,13 +565,17 @@ impl Shell {
                     Reply::Refused("lrpm writes no per-job log files (no --log-dir)".into())
                 }
             }
-            Request::Logs { id, n } => match self.output.last_lines(&id, n) {
-                Some(lines) => Reply::Lines(lines),
-                None if self.core.is_declared(&JobId::from(id.as_str())) => {
-                    Reply::Lines(Vec::new())
+            Request::Logs { id, n, follow } => {
+                let declared = self.core.is_declared(&JobId::from(id.as_str()));
+                match self.output.last_lines(&id, n) {
+                    None if !declared => Reply::Refused(format!("unknown job {id:?}")),
+                    lines if follow => match self.output.follow_lines(&id, n) {
+                        Some((lines, rx)) => Reply::Follow(lines, rx),
+                        None => Reply::Lines(lines.unwrap_or_default()),
+                    },
+                    lines => Reply::Lines(lines.unwrap_or_default()),
                 }
-                None => Reply::Refused(format!("unknown job {id:?}")),
-            },
+            }
             Request::Reload { force } if !force || !self.core.has_removal_guard() => {
                 tracing::info!("reload requested");
                 self.source.reload();

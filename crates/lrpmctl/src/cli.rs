@@ -155,6 +155,12 @@ pub enum Command {
         /// absent).
         #[arg(short = 'n', long = "lines", value_name = "N")]
         lines: Option<u64>,
+        /// Then print each new line as the job prints it, until
+        /// interrupted (or lrpm shuts down). When lrpmctl cannot keep up,
+        /// lrpm skips lines rather than wait, and lrpmctl says how many on
+        /// standard error.
+        #[arg(short = 'f', long)]
+        follow: bool,
         /// The job's id (the id of one copy, for a job with instances).
         #[arg(value_name = "ID")]
         id: String,

@@ -101,6 +101,28 @@ impl Client {
         })
     }
 
+    /// Reads the next of the answers that follow the first to `request`
+    /// (a followed `logs`), waiting as long as it takes; `None` when lrpm
+    /// closed the connection between two answers.
+    pub fn next(&mut self, request: &Request) -> Result<Option<Answer>, CtlError> {
+        self.stream.set_read_timeout(None).map_err(|e| self.io(e))?;
+        if self.buf.is_empty() {
+            let mut byte = [0_u8; 1];
+            match self.stream.read(&mut byte) {
+                Ok(0) => return Ok(None),
+                Ok(_) => self.buf.push(byte[0]),
+                Err(e) => return Err(self.io(e)),
+            }
+        }
+        let line = self.read_line()?;
+        let response = Response::decode(&line, request).map_err(|e| self.invalid(e.to_string()))?;
+        Ok(Some(Answer {
+            path: self.path.clone(),
+            line,
+            response,
+        }))
+    }
+
     /// Reads one response line.
     fn read_line(&mut self) -> Result<Vec<u8>, CtlError> {
         let mut scanned = 0;

@@ -70,7 +70,7 @@ where
         Command::Signal { signal, ids } => jobs::signal(&ctx, &signal, ids),
         Command::Reload { force } => reload::run(&ctx, force),
         Command::ReopenLogs => reload::reopen_logs(&ctx),
-        Command::Logs { lines, id } => logs::run(&ctx, id, lines),
+        Command::Logs { lines, follow, id } => logs::run(&ctx, id, lines, follow),
         Command::Stop { timeout, no_wait } => stop::run(&ctx, timeout, !no_wait),
         Command::Cluster => cluster::run(&ctx),
         Command::Help { command } => help::run(&ctx, command.as_deref()),

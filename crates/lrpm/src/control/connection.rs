@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, oneshot, watch};
 
 use super::msg::{ControlMsg, IDLE_TIMEOUT, REQUEST_TIMEOUT, Reply, Shared, WRITE_TIMEOUT};
 use super::slots::{Phase, SHARE, Slot};
@@ -107,9 +107,9 @@ pub(super) async fn serve(
             continue;
         }
         slot.set(Phase::Busy, Instant::now());
-        let response = match Request::decode(&line) {
-            Err(e) => Response::Error(e.to_string()).encode(),
-            Ok(Request::Help) => Response::help().encode(),
+        let (response, followed) = match Request::decode(&line) {
+            Err(e) => (Response::Error(e.to_string()).encode(), None),
+            Ok(Request::Help) => (Response::help().encode(), None),
             Ok(request) => ask(&shared, request).await,
         };
         // A client that does not read its answer may be evicted meanwhile,
@@ -123,11 +123,66 @@ pub(super) async fn serve(
             return;
         }
         slot.set(Phase::Idle, Instant::now());
+        if let Some(rx) = followed {
+            follow(&mut stream, rx, &slot, &mut shutdown).await;
+            return;
+        }
     }
 }
 
-/// Hands `request` to the event loop and waits for its answer, encoded.
-async fn ask(shared: &Shared, request: Request) -> Vec<u8> {
+/// How many new lines one answer of a followed `logs` carries at most.
+const FOLLOW_BATCH: usize = 64;
+
+/// Sends a followed job's new lines, as `{"ok":true,"lines":[…]}` answers,
+/// until the client disconnects (or sends anything), is evicted, or lrpm
+/// shuts down. A client that reads slower than the job prints misses
+/// lines, and gets `{"ok":true,"skipped":N}` in their place: the event
+/// loop and the job never wait for it (see the `logring` module).
+async fn follow(
+    stream: &mut UnixStream,
+    mut rx: broadcast::Receiver<Arc<str>>,
+    slot: &Slot,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let mut scratch = [0_u8; 64];
+    loop {
+        let next = tokio::select! {
+            next = rx.recv() => next,
+            _ = stream.read(&mut scratch) => return,
+            () = slot.evicted.notified() => return,
+            _ = shutdown.changed() => return,
+        };
+        let response = match next {
+            Ok(line) => {
+                let mut lines = vec![line.to_string()];
+                while lines.len() < FOLLOW_BATCH {
+                    match rx.try_recv() {
+                        Ok(line) => lines.push(line.to_string()),
+                        Err(_) => break,
+                    }
+                }
+                Response::Lines(lines)
+            }
+            Err(broadcast::error::RecvError::Lagged(skipped)) => Response::Skipped(skipped),
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let written = tokio::select! {
+            written = write(stream, &response) => written,
+            () = slot.evicted.notified() => false,
+            _ = shutdown.changed() => false,
+        };
+        if !written {
+            return;
+        }
+    }
+}
+
+/// The new lines of a followed job (`logs` with `follow`).
+type Followed = Option<broadcast::Receiver<Arc<str>>>;
+
+/// Hands `request` to the event loop and waits for its answer, encoded,
+/// and, for a followed `logs`, the job's new lines.
+async fn ask(shared: &Shared, request: Request) -> (Vec<u8>, Followed) {
     let (reply, answer) = oneshot::channel();
     let gone = || Response::Error("lrpm is shutting down".into()).encode();
     if shared
@@ -136,15 +191,17 @@ async fn ask(shared: &Shared, request: Request) -> Vec<u8> {
         .await
         .is_err()
     {
-        return gone();
+        return (gone(), None);
     }
-    match answer.await {
+    let line = match answer.await {
         Ok(Reply::StatusLine(line)) => line,
         Ok(Reply::Done(message)) => Response::Done(message).encode(),
         Ok(Reply::Lines(lines)) => Response::Lines(lines).encode(),
+        Ok(Reply::Follow(lines, rx)) => return (Response::Lines(lines).encode(), Some(rx)),
         Ok(Reply::Refused(error)) => Response::Error(error).encode(),
         Err(_) => gone(),
-    }
+    };
+    (line, None)
 }
 
 /// Reads the next request line into a fresh vector, leaving what follows it

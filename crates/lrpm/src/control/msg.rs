@@ -29,6 +29,9 @@ pub(crate) enum Reply {
     StatusLine(Vec<u8>),
     /// The newest lines of a job's output, for `logs`.
     Lines(Vec<String>),
+    /// The newest lines of a job's output and its new lines, for
+    /// `logs` with `follow`.
+    Follow(Vec<String>, tokio::sync::broadcast::Receiver<Arc<str>>),
     /// The request was carried out; a message for the operator.
     Done(String),
     /// The request was refused.

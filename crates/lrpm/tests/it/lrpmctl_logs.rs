@@ -77,3 +77,46 @@ fn the_ring_stays_bounded_for_a_worker_printing_much_more() {
     let expected: Vec<String> = (first..=199_999).map(|i| i.to_string()).collect();
     assert_eq!(lines[..lines.len() - 1], expected[..]);
 }
+
+#[test]
+fn follow_receives_a_line_printed_after_it_started_and_ends_when_killed() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = dir.path().join("go");
+    let jobs = format!(
+        r#"{{"w": {{"name": "w", "command": "echo early; while [ ! -e {} ]; do sleep 0.05; done; echo late; exec sleep 300"}}}}"#,
+        go.display()
+    );
+    let lrpm = Lrpm::start("jobs.json", &jobs, &[]);
+    wait_for_value("w's first line", LONG, || {
+        (logs(&lrpm, &["w"]) == "early\n").then_some(())
+    });
+    let mut ctl = crate::support::ctl_command();
+    ctl.arg("--socket")
+        .arg(&lrpm.socket)
+        .args(["logs", "-f", "w"])
+        .stdout(std::process::Stdio::piped());
+    let mut follower = ctl.spawn().expect("spawn lrpmctl logs -f");
+    let stdout = follower.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.expect("a line")).is_err() {
+                return;
+            }
+        }
+    });
+    assert_eq!(rx.recv_timeout(LONG).as_deref(), Ok("early"));
+    std::fs::write(&go, "").expect("the go file");
+    assert_eq!(rx.recv_timeout(LONG).as_deref(), Ok("late"));
+    // Still following: nothing else, and it has not exited.
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    assert!(follower.try_wait().expect("try_wait").is_none());
+    crate::support::signal(follower.id(), rustix::process::Signal::TERM);
+    let ended = wait_for_value("lrpmctl logs -f to end", LONG, || {
+        follower.try_wait().expect("try_wait")
+    });
+    assert!(!ended.success(), "{ended:?}");
+    // lrpm serves on, and forgets the follower.
+    assert_eq!(logs(&lrpm, &["-n", "1", "w"]), "late\n");
+}
