@@ -21,6 +21,8 @@ fn n_prints_the_last_n_lines_of_a_job() {
     let jobs = r#"{"w": {"name": "w", "command": "seq 1 100; echo err >&2; exec sleep 300"},
                   "quiet": {"name": "quiet", "command": ["sleep", "300"]}}"#;
     let lrpm = Lrpm::start("jobs.json", jobs, &[]);
+    // Declared once running: before, lrpm may not have read its source.
+    lrpm.running_pid("w");
     let all = wait_for_value("w's 101 lines in the ring", LONG, || {
         let all = logs(&lrpm, &["w"]);
         (all.lines().count() == 101).then_some(all)
@@ -48,6 +50,7 @@ fn n_prints_the_last_n_lines_of_a_job() {
 #[test]
 fn an_unknown_id_exits_1() {
     let lrpm = Lrpm::start("jobs.json", &crate::support::jobs(&["a"]), &[]);
+    lrpm.running_pid("a");
     let out = lrpm.ctl(&["logs", "nope"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -63,6 +66,7 @@ fn the_ring_stays_bounded_for_a_worker_printing_much_more() {
     // About 2 MB of output into a 4 KiB ring.
     let jobs = r#"{"w": {"name": "w", "command": "seq 100000 199999; echo end; exec sleep 300"}}"#;
     let lrpm = Lrpm::start("jobs.json", jobs, &["--log-buffer", "4096"]);
+    lrpm.running_pid("w");
     let kept = wait_for_value("w's last line in the ring", LONG, || {
         let all = logs(&lrpm, &["w"]);
         all.ends_with("199999\nend\n").then_some(all)
@@ -88,6 +92,7 @@ fn follow_receives_a_line_printed_after_it_started_and_ends_when_killed() {
         go.display()
     );
     let lrpm = Lrpm::start("jobs.json", &jobs, &[]);
+    lrpm.running_pid("w");
     wait_for_value("w's first line", LONG, || {
         (logs(&lrpm, &["w"]) == "early\n").then_some(())
     });
@@ -119,4 +124,62 @@ fn follow_receives_a_line_printed_after_it_started_and_ends_when_killed() {
     assert!(!ended.success(), "{ended:?}");
     // lrpm serves on, and forgets the follower.
     assert_eq!(logs(&lrpm, &["-n", "1", "w"]), "late\n");
+}
+
+#[test]
+fn a_follower_that_does_not_read_gets_a_skipped_count_and_stalls_nothing() {
+    use std::io::{BufRead, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = dir.path().join("go");
+    let jobs = format!(
+        r#"{{"w": {{"name": "w", "command": "while [ ! -e {} ]; do sleep 0.05; done; seq 100000 299999; echo end; exec sleep 300"}}}}"#,
+        go.display()
+    );
+    let lrpm = Lrpm::start("jobs.json", &jobs, &[]);
+    lrpm.running_pid("w");
+    let mut follower =
+        std::os::unix::net::UnixStream::connect(&lrpm.socket).expect("connect the follower");
+    follower
+        .write_all(b"{\"cmd\":\"logs\",\"id\":\"w\",\"follow\":true}\n")
+        .expect("send");
+    let mut answers = std::io::BufReader::new(follower.try_clone().expect("clone"));
+    let mut first = String::new();
+    answers.read_line(&mut first).expect("the first answer");
+    assert_eq!(first, "{\"ok\":true,\"lines\":[]}\n");
+    // About 1.4 MB that the follower does not read meanwhile.
+    std::fs::write(&go, "").expect("the go file");
+    wait_for_value("w's last line in the ring", LONG, || {
+        logs(&lrpm, &["-n", "1", "w"]).eq("end\n").then_some(())
+    });
+    assert!(lrpm.ctl(&["status"]).status.success());
+    // Now read: lines in order, and how many were skipped.
+    follower.set_read_timeout(Some(LONG)).expect("read timeout");
+    let (mut received, mut skipped, mut last) = (0_u64, 0_u64, 99_999_u64);
+    loop {
+        let mut line = String::new();
+        answers.read_line(&mut line).expect("an answer");
+        let answer: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(answer["ok"], true, "{line}");
+        if let Some(n) = answer["skipped"].as_u64() {
+            skipped += n;
+            continue;
+        }
+        let lines = answer["lines"].as_array().expect("lines");
+        let mut ended = false;
+        for l in lines.iter().map(|l| l.as_str().expect("a string")) {
+            received += 1;
+            if l == "end" {
+                ended = true;
+                break;
+            }
+            let n: u64 = l.parse().expect("a number");
+            assert!(n > last, "{n} after {last}");
+            last = n;
+        }
+        if ended {
+            break;
+        }
+    }
+    assert!(skipped > 0, "nothing skipped, {received} received");
+    assert_eq!(received + skipped, 200_001, "{received} + {skipped}");
 }
