@@ -402,6 +402,13 @@ impl Request {
                 n: match fields.remove("n") {
                     None | Some(Value::Null) => None,
                     Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+                    Some(Value::Number(n)) => {
+                        return Err(RequestError::BadValue {
+                            cmd: "logs",
+                            arg: "n",
+                            reason: format!("must be a count of lines, 0 or more, not {n}"),
+                        });
+                    }
                     Some(other) => {
                         return Err(RequestError::WrongType {
                             cmd: "logs",
@@ -1146,7 +1153,11 @@ mod tests {
         );
         assert_eq!(
             err(r#"{"cmd":"logs","id":"a","n":-1}"#),
-            "logs: \"n\" must be a non-negative integer, got an integer"
+            "logs: \"n\" must be a count of lines, 0 or more, not -1"
+        );
+        assert_eq!(
+            err(r#"{"cmd":"logs","id":"a","follow":"yes"}"#),
+            "logs: \"follow\" must be a boolean, got a string"
         );
         assert!(err("{").starts_with("malformed JSON: "));
         assert!(err("").starts_with("malformed JSON: "));
