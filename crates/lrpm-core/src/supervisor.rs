@@ -820,6 +820,12 @@ impl Supervisor {
         self.jobs.get(id).is_some_and(|job| job.declared)
     }
 
+    /// Whether the core knows job `id`: declared, or removed but not yet
+    /// stopped.
+    pub fn knows(&self, id: &JobId) -> bool {
+        self.jobs.contains_key(id)
+    }
+
     /// The job of live process `run`, if the core knows it.
     pub fn job_of(&self, run: RunId) -> Option<&JobId> {
         self.runs.get(&run)

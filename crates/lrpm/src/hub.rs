@@ -729,6 +729,14 @@ impl Forwarding {
         self.output.rings()?.follow(job, n)
     }
 
+    /// Forgets the rings of recent lines of the jobs `keep` says no to
+    /// ([`LogRings::retain`](crate::logring::LogRings::retain)).
+    pub(crate) fn retain_lines(&self, keep: impl Fn(&str) -> bool) {
+        if let Some(rings) = self.output.rings() {
+            rings.retain(keep);
+        }
+    }
+
     /// What the per-job logs lost, if lrpm writes them.
     pub(crate) fn job_logs_status(&self) -> Option<lrpm_core::status::StreamStatus> {
         self.output.job_logs_status()

@@ -128,6 +128,15 @@ impl LogRings {
         Some(newest(rings.get(job)?, n))
     }
 
+    /// Forgets the rings of the jobs `keep` says no to (jobs removed and
+    /// stopped): a farm whose job ids keep changing must not keep a ring
+    /// for every id it ever ran. Their followers' streams end.
+    pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) {
+        if let Ok(mut rings) = self.rings.lock() {
+            rings.retain(|job, _| keep(job));
+        }
+    }
+
     /// The bytes `job`'s ring holds, overhead included.
     #[cfg(test)]
     fn bytes(&self, job: &str) -> usize {
@@ -157,6 +166,17 @@ fn newest(ring: &Ring, n: Option<u64>) -> Vec<String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn retain_forgets_only_the_rings_it_is_told_to() {
+        let rings = LogRings::new(DEFAULT_CAPACITY);
+        for job in ["a", "b"] {
+            rings.push(&job.into(), b"line");
+        }
+        rings.retain(|job| job == "b");
+        assert_eq!(rings.last("a", None), None);
+        assert_eq!(rings.last("b", None), Some(vec!["line".to_owned()]));
+    }
 
     #[test]
     fn the_last_n_lines_come_oldest_first() {

@@ -263,6 +263,8 @@ impl Shell {
                 () = trim => {
                     self.procs.shrink();
                     self.core.shrink();
+                    let core = &self.core;
+                    self.output.retain_lines(|job| core.knows(&JobId::from(job)));
                     lrpm_process::mem::trim();
                     trim_at = None;
                 }

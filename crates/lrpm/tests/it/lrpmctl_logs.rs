@@ -183,3 +183,24 @@ fn a_follower_that_does_not_read_gets_a_skipped_count_and_stalls_nothing() {
     assert!(skipped > 0, "nothing skipped, {received} received");
     assert_eq!(received + skipped, 200_001, "{received} + {skipped}");
 }
+
+/// A removed job's ring is kept while it stops (its last lines can still
+/// be read), then forgotten at the next trim of lrpm's memory, a few
+/// seconds after the activity: a farm whose job ids keep changing does not
+/// keep a ring for every id it ever ran.
+#[test]
+fn a_removed_jobs_ring_is_forgotten_once_it_has_stopped() {
+    let jobs = r#"{"gone": {"name": "g", "command": "echo last words; exec sleep 300"},
+                  "kept": {"name": "k", "command": "echo still here; exec sleep 300"}}"#;
+    let lrpm = Lrpm::start("jobs.json", jobs, &[]);
+    lrpm.running_pid("gone");
+    wait_for_value("gone's line in the ring", LONG, || {
+        (logs(&lrpm, &["gone"]) == "last words\n").then_some(())
+    });
+    lrpm.write_config(r#"{"kept": {"name": "k", "command": "echo still here; exec sleep 300"}}"#);
+    wait_for_value("gone's ring forgotten", LONG, || {
+        let out = lrpm.ctl(&["logs", "gone"]);
+        (out.status.code() == Some(1)).then_some(())
+    });
+    assert_eq!(logs(&lrpm, &["kept"]), "still here\n");
+}
