@@ -23,19 +23,14 @@ fn job_map(n: usize, ledger: &std::path::Path) -> String {
         "echo \"$LRPM_JOB_ID $$ $LRPM_NODE_ID\" >> {}; exec sleep 300",
         ledger.display()
     );
-    let map: serde_json::Map<String, Value> = (0..n)
-        .map(|i| {
-            let job = serde_json::json!({"name": format!("job {i}"), "command": line});
-            (format!("job-{i}"), job)
-        })
-        .collect();
-    Value::Object(map).to_string()
+    crate::cluster_ledger::map_of(n, &line)
 }
 
-/// Starts node `name` of the cluster on `etcd`, reading `jobs` (a file).
-fn node(etcd: &EtcdServer, name: &str, jobs: &std::path::Path) -> Lrpm {
+/// Starts node `name` of a cluster on the etcd at `endpoint`
+/// (`HOST:PORT`), reading `jobs` (a file).
+pub(crate) fn node(endpoint: &str, name: &str, jobs: &std::path::Path) -> Lrpm {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let uri = format!("etcd://{}/lrpm-test", etcd.endpoint());
+    let uri = format!("etcd://{endpoint}/lrpm-test");
     let jobs = jobs.to_path_buf();
     Lrpm::start_in(dir, jobs.clone(), |c| {
         // The node id by flag: a worker knows it only if lrpm tells it.
@@ -48,7 +43,7 @@ fn node(etcd: &EtcdServer, name: &str, jobs: &std::path::Path) -> Lrpm {
 
 /// Every running job of `nodes`, with the node that runs it; `None` until
 /// `n` jobs run, each on exactly one node.
-fn placement(nodes: &[&Lrpm], n: usize) -> Option<BTreeMap<String, (usize, Value)>> {
+pub(crate) fn placement(nodes: &[&Lrpm], n: usize) -> Option<BTreeMap<String, (usize, Value)>> {
     let mut placed = BTreeMap::new();
     for (i, node) in nodes.iter().enumerate() {
         for job in jobs_in(&node.status()) {
@@ -64,8 +59,23 @@ fn placement(nodes: &[&Lrpm], n: usize) -> Option<BTreeMap<String, (usize, Value
     (placed.len() == n).then_some(placed)
 }
 
+/// The jobs that `placed` puts on node `node`, with their workers' pids.
+pub(crate) fn running_on(
+    placed: &BTreeMap<String, (usize, Value)>,
+    node: usize,
+) -> Vec<(String, u32)> {
+    placed
+        .iter()
+        .filter(|(_, (on, _))| *on == node)
+        .map(|(id, (_, job))| {
+            let pid = u32::try_from(job["pid"].as_u64().expect("pid")).expect("a pid");
+            (id.clone(), pid)
+        })
+        .collect()
+}
+
 /// [`placement`], once every node sees every node as a member.
-fn settled(nodes: &[&Lrpm], n: usize) -> Option<BTreeMap<String, (usize, Value)>> {
+pub(crate) fn settled(nodes: &[&Lrpm], n: usize) -> Option<BTreeMap<String, (usize, Value)>> {
     let all_members = nodes.iter().all(|node| {
         node.status()["supervisor"]["cluster"]["members"]
             .as_array()
@@ -107,7 +117,11 @@ impl Cluster {
 
     /// Starts one more node.
     fn add(&mut self, name: &str) {
-        let node = node(&self.etcd, name, &self.dir.path().join("jobs.json"));
+        let node = node(
+            &self.etcd.endpoint(),
+            name,
+            &self.dir.path().join("jobs.json"),
+        );
         self.nodes.push(node);
     }
 
@@ -286,14 +300,7 @@ fn a_frozen_supervisors_workers_are_killed_by_its_guardian_before_another_node_s
     let placed = wait_for_value("20 jobs on 3 nodes", WAIT, || {
         settled(&cluster.nodes.iter().collect::<Vec<_>>(), 20)
     });
-    let frozen: Vec<(String, u32)> = placed
-        .iter()
-        .filter(|(_, (node, _))| *node == 0)
-        .map(|(id, (_, job))| {
-            let pid = u32::try_from(job["pid"].as_u64().expect("pid")).expect("a pid");
-            (id.clone(), pid)
-        })
-        .collect();
+    let frozen = running_on(&placed, 0);
     assert!(!frozen.is_empty(), "f0 runs some jobs");
     // f0's supervisor stops dead: it cannot fence itself, its guardian must.
     let stopped = std::time::Instant::now();

@@ -11,6 +11,10 @@ mod support;
 
 #[cfg(feature = "etcd")]
 mod cluster_etcd;
+#[cfg(feature = "etcd")]
+mod cluster_faults;
+#[cfg(feature = "etcd")]
+mod cluster_ledger;
 mod cluster_static;
 mod control;
 mod control_abuse;
