@@ -29,6 +29,7 @@ mod hub;
 mod joblog;
 pub mod library;
 mod lines;
+mod logburst;
 mod logfmt;
 mod logring;
 mod output;
@@ -477,6 +478,7 @@ fn supervise(
             guardian: guardian_handle,
             guarded_until: None,
             hosts: host::Hosts::new(spawn_ctx),
+            log_burst: Default::default(),
         }
         .run()
         .await;

@@ -43,6 +43,7 @@ use lrpm_process::notify::{Datagram, NotifySocket};
 
 use crate::host::{HostEvent, Hosts};
 use crate::hub::Forwarding;
+use crate::logburst::{Kind, LogBurst};
 use crate::probe::{ProbeResult, Probes};
 use crate::process::{ProcessTable, Spawn, Started};
 use crate::source::{Loaded, SourceHandle, SourceMonitor, SourceUpdate};
@@ -115,6 +116,9 @@ pub(crate) struct Shell {
     pub(crate) guarded_until: Option<Instant>,
     /// The worker hosts, and the runs they have not forked yet.
     pub(crate) hosts: Hosts,
+    /// Which start and stop lines are logged one by one at info, and the
+    /// summaries of the rest (a mass start is one event, not 10,000 lines).
+    pub(crate) log_burst: LogBurst,
 }
 
 /// The jobs whose last spawn failed for want of descriptors: they wait
@@ -202,6 +206,13 @@ impl Shell {
                     None => std::future::pending().await,
                 }
             };
+            let burst_end = self.log_burst.deadline();
+            let burst_end = async {
+                match burst_end {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             let trim = async {
                 match trim_at {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -260,6 +271,7 @@ impl Shell {
                     self.core.handle_timeout(Instant::now());
                 }
                 () = watchdog => self.systemd.watchdog(),
+                () = burst_end => self.log_burst.flush(Some(Instant::now())),
                 () = trim => {
                     self.procs.shrink();
                     self.core.shrink();
@@ -271,6 +283,7 @@ impl Shell {
             }
         }
         self.procs.close();
+        self.log_burst.flush(None);
         tracing::info!("every worker has stopped; exiting");
     }
 
@@ -333,7 +346,14 @@ impl Shell {
         // are seconds apart, and a short run must not count as a long one.
         match self.core.handle_exit(exit.at, exit.run, status.clone()) {
             AfterExit::Stopped(reason, ended) if !ended.is_crash() => {
-                tracing::info!(job = %job, %reason, "{}", how(ended));
+                if self
+                    .log_burst
+                    .admit(Kind::Stopped, reason.as_str(), Instant::now())
+                {
+                    tracing::info!(job = %job, %reason, "{}", how(ended));
+                } else {
+                    tracing::debug!(job = %job, %reason, "{}", how(ended));
+                }
             }
             AfterExit::Stopped(reason, ended) => {
                 tracing::warn!(job = %job, %reason, "{}", how(ended));
@@ -742,7 +762,14 @@ impl Shell {
             }) => {
                 self.held_back.jobs.remove(&job);
                 self.output.forward(&job, stdout, stderr);
-                tracing::info!(job = %job, pid, %reason, "started: {}", human::cut(&spec.program));
+                if self
+                    .log_burst
+                    .admit(Kind::Started, reason.as_str(), Instant::now())
+                {
+                    tracing::info!(job = %job, pid, %reason, "started: {}", human::cut(&spec.program));
+                } else {
+                    tracing::debug!(job = %job, pid, %reason, "started: {}", human::cut(&spec.program));
+                }
                 self.core.handle_spawned(Instant::now(), run, pid);
             }
             Err(e) if out_of_descriptors(&e) => {
@@ -855,8 +882,13 @@ impl Shell {
                 tracing::debug!(job = %job, %reason, "sending {signal}");
             } else if signal == Signal::Kill {
                 tracing::warn!(job = %job, %reason, "stopping: SIGKILL");
-            } else {
+            } else if self
+                .log_burst
+                .admit(Kind::Stopping, reason.as_str(), Instant::now())
+            {
                 tracing::info!(job = %job, %reason, "stopping: {signal}");
+            } else {
+                tracing::debug!(job = %job, %reason, "stopping: {signal}");
             }
         }
         if self.hosts.cancel(run) {

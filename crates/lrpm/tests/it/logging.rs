@@ -417,3 +417,73 @@ fn a_full_disk_under_the_job_logs_is_reported_and_the_farm_runs_on() {
     });
     assert_eq!(lrpm.running_pid("w"), pid);
 }
+
+/// A mass start logs its first start lines one by one and sums up the
+/// rest, so that lrpm's log queue (1 MiB) holds a mass start behind a
+/// stderr that is not read: before, 5,000 start lines of long ids (about
+/// 1.3 MB) overflowed it, lines were dropped and lrpm exited 74.
+#[test]
+fn a_mass_start_behind_an_unread_stderr_loses_no_log_line() {
+    const JOBS: usize = 5000;
+    // Ids of 100 characters: each start line is about 200 bytes.
+    let id = |i: usize| format!("{:x<94}{i:06}", "mass-start-");
+    let config: String = (0..JOBS)
+        .map(|i| {
+            format!(
+                "[\"{0}\"]\nname = \"{0}\"\ncommand = \"sleep 3600\"\n",
+                id(i)
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("create a temp dir");
+    let path = dir.path().join("jobs.toml");
+    std::fs::write(&path, config).expect("write the config");
+    let socket = dir.path().join("control.sock");
+    let mut command = crate::support::lrpm_command();
+    command.arg("--socket").arg(&socket).arg(&path);
+    let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout.log");
+    let began = std::time::Instant::now();
+    let mut lrpm = Lrpm::spawn_with_output(
+        dir,
+        socket,
+        path,
+        command,
+        stdout.into(),
+        std::process::Stdio::piped(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Nobody reads stderr until every job runs: the log thread blocks on
+    // the full pipe and lines wait in the queue.
+    let status = lrpm.wait_for("every job running", Duration::from_secs(300), |s| {
+        crate::support::all_running(s, JOBS)
+    });
+    let dropped = &status["supervisor"]["output"]["log"]["lines_dropped"];
+    let mut stderr = lrpm.take_stderr();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).expect("read lrpm's stderr");
+        text
+    });
+    assert_eq!(dropped, 0, "log lines dropped during the mass start");
+    crate::support::signal(lrpm.pid(), rustix::process::Signal::TERM);
+    let exit = lrpm
+        .wait_timeout(Duration::from_secs(300))
+        .expect("lrpm exits after SIGTERM");
+    let took = began.elapsed();
+    let log = reader.join().expect("stderr reader");
+    assert_eq!(exit.code(), Some(0), "lrpm's exit\n{log}");
+    assert!(!log.contains("dropped"), "{log}");
+    // The first starts of each second one by one, with their reason (20
+    // a second); the rest summed up.
+    let one_by_one = log.lines().filter(|l| l.contains("started: sleep")).count();
+    let bound = 20 * (took.as_secs() as usize + 2);
+    assert!(one_by_one <= bound, "{one_by_one} start lines in {took:?}");
+    assert!(log.contains("reason=added"), "{log}");
+    let summed: usize = log
+        .lines()
+        .filter_map(|l| l.split("… and ").nth(1))
+        .filter(|rest| rest.contains("more jobs started in"))
+        .filter_map(|rest| rest.split(' ').next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(one_by_one + summed, JOBS, "{log}");
+}

@@ -221,6 +221,15 @@ impl Lrpm {
             .expect("lrpm's stdout is a pipe the test holds")
     }
 
+    /// lrpm's stderr, when it is a pipe the test holds
+    /// ([`Lrpm::spawn_with_output`] with `Stdio::piped()`).
+    pub fn take_stderr(&mut self) -> std::process::ChildStderr {
+        self.child
+            .as_mut()
+            .and_then(|child| child.stderr.take())
+            .expect("lrpm's stderr is a pipe the test holds")
+    }
+
     /// Sends one raw request line and returns the parsed response line.
     /// Panics, with lrpm's stderr, when there is no valid answer.
     pub fn request(&self, json_line: &str) -> Value {
