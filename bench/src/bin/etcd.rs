@@ -19,14 +19,20 @@
 //! new one. The floor is the put's round trip alone (request written →
 //! response read), on a key outside the prefix.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+#[path = "../etcd_server.rs"]
+mod etcd_server;
+#[path = "../samples.rs"]
+mod samples;
+
+use etcd_server::{Etcd, monotonic_ns};
+use samples::Samples;
 
 fn main() -> anyhow::Result<()> {
     let mut samples = 100usize;
@@ -102,26 +108,8 @@ struct Row {
     floor: Samples,
 }
 
-/// Durations in nanoseconds.
-struct Samples(Vec<u64>);
-
-impl Samples {
-    /// The `q`-th percentile (nearest rank).
-    fn p(&self, q: usize) -> u64 {
-        let mut v = self.0.clone();
-        v.sort_unstable();
-        let rank = (q * v.len()).div_ceil(100).max(1);
-        v.get(rank - 1).copied().unwrap_or(0)
-    }
-}
-
 fn ms(ns: u64) -> String {
     format!("{:.2} ms", ns as f64 / 1e6)
-}
-
-fn monotonic_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// The declaration of job `id`, at generation `generation`.
@@ -146,7 +134,8 @@ fn run(
     let worker = bin_dir.join("lrpm-bench-worker");
     let prefix = format!("bench{jobs}");
     for id in 0..jobs {
-        etcd.put(
+        put(
+            etcd,
             &format!("{prefix}/{id}"),
             &declaration(&worker, socket, id, 0),
         )?;
@@ -207,7 +196,7 @@ fn measure(
         let id = (seed % jobs as u64) as usize;
         generations[id] += 1;
         let value = declaration(worker, socket, id, generations[id]);
-        let t0 = etcd.put(&format!("{prefix}/{id}"), &value)?;
+        let t0 = put(etcd, &format!("{prefix}/{id}"), &value)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let (got, pid, ns) = recv(collector, deadline)
@@ -219,7 +208,7 @@ fn measure(
             }
         }
         // The floor: the same put's round trip, on a key lrpm ignores.
-        let t1 = etcd.put("floor/key", &value)?;
+        let t1 = put(etcd, "floor/key", &value)?;
         floor.push(monotonic_ns() - t1);
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -243,93 +232,15 @@ fn recv(collector: &UnixDatagram, deadline: Instant) -> anyhow::Result<(usize, u
     Ok((id, pid, ns))
 }
 
-/// An etcd of the benchmark's own.
-struct Etcd {
-    child: Option<Child>,
-    port: u16,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-impl Etcd {
-    fn start(dir: &Path) -> anyhow::Result<Etcd> {
-        let (port, peer) = (free_port()?, free_port()?);
-        let log = std::fs::File::create(dir.join("etcd.log"))?;
-        let data: PathBuf = dir.join("etcd-data");
-        let client = format!("http://127.0.0.1:{port}");
-        let peer = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("/usr/bin/etcd")
-            .arg("--name=bench")
-            .arg(format!("--data-dir={}", data.display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=bench={peer}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start /usr/bin/etcd (Debian etcd-server)")?;
-        let mut etcd = Etcd {
-            child: Some(child),
-            port,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while etcd.put("ready", "1").is_err() {
-            if Instant::now() > deadline {
-                etcd.stop();
-                bail!("etcd did not answer within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(etcd)
-    }
-
-    fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Puts `key` through etcd's JSON gateway; returns `CLOCK_MONOTONIC`
-    /// just before the request was written.
-    fn put(&self, key: &str, value: &str) -> anyhow::Result<u64> {
-        let body = format!(
-            r#"{{"key":"{}","value":"{}"}}"#,
-            base64(key.as_bytes()),
-            base64(value.as_bytes())
-        );
-        let request = format!(
-            "POST /v3/kv/put HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.endpoint(),
-            body.len()
-        );
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_nodelay(true)?;
-        let t0 = monotonic_ns();
-        stream.write_all(request.as_bytes())?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response)?;
-        if !response.starts_with(b"HTTP/1.1 200") {
-            bail!("put {key}: {}", String::from_utf8_lossy(&response));
-        }
-        Ok(t0)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// Puts `key` through etcd's JSON gateway; returns `CLOCK_MONOTONIC` just
+/// before the request was written.
+fn put(etcd: &Etcd, key: &str, value: &str) -> anyhow::Result<u64> {
+    let body = format!(
+        r#"{{"key":"{}","value":"{}"}}"#,
+        base64(key.as_bytes()),
+        base64(value.as_bytes())
+    );
+    Ok(etcd.request("POST", "/v3/kv/put", &body)?.0)
 }
 
 /// Standard base64, with padding.
