@@ -55,6 +55,13 @@ pub fn read_stat(pid: u32) -> Option<Stat> {
     while len < buf.len() {
         match file.read(&mut buf[len..]) {
             Ok(0) => break,
+            // procfs hands the whole line to the first read that has room
+            // for it (a seq_file): a short read is the end, and the read
+            // that would say so is saved (a system call per process).
+            Ok(n) if len + n < buf.len() => {
+                len += n;
+                break;
+            }
             Ok(n) => len += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return None,

@@ -86,12 +86,23 @@ impl Client {
 
     /// Sends `request` and reads its answer.
     pub fn call(&mut self, request: &Request) -> Result<Answer, CtlError> {
+        self.call_watching(request, |_| {})
+    }
+
+    /// [`Client::call`], showing `watch` the bytes of the answer received
+    /// so far after each read, before the answer is whole and decoded (so
+    /// that work on a large answer can begin while the rest arrives).
+    pub fn call_watching(
+        &mut self,
+        request: &Request,
+        mut watch: impl FnMut(&[u8]),
+    ) -> Result<Answer, CtlError> {
         let line = match self.stream.write_all(&request.encode()) {
-            Ok(()) => self.read_line()?,
+            Ok(()) => self.read_line(&mut watch)?,
             // A server that refuses a client (wrong uid, too many
             // connections) answers and hangs up without reading the request;
             // its answer is still there to read.
-            Err(e) => self.read_line().map_err(|_| self.io(e))?,
+            Err(e) => self.read_line(&mut watch).map_err(|_| self.io(e))?,
         };
         let response = Response::decode(&line, request).map_err(|e| self.invalid(e.to_string()))?;
         Ok(Answer {
@@ -114,7 +125,7 @@ impl Client {
                 Err(e) => return Err(self.io(e)),
             }
         }
-        let line = self.read_line()?;
+        let line = self.read_line(&mut |_| {})?;
         let response = Response::decode(&line, request).map_err(|e| self.invalid(e.to_string()))?;
         Ok(Some(Answer {
             path: self.path.clone(),
@@ -123,8 +134,9 @@ impl Client {
         }))
     }
 
-    /// Reads one response line.
-    fn read_line(&mut self) -> Result<Vec<u8>, CtlError> {
+    /// Reads one response line, showing `watch` what has come after each
+    /// read.
+    fn read_line(&mut self, watch: &mut dyn FnMut(&[u8])) -> Result<Vec<u8>, CtlError> {
         let mut scanned = 0;
         loop {
             match protocol::split_line_from(&self.buf, scanned, MAX_RESPONSE_LEN) {
@@ -148,7 +160,7 @@ impl Client {
                     return Err(self
                         .invalid("lrpm closed the connection in the middle of its answer".into()));
                 }
-                Ok(_) => {}
+                Ok(_) => watch(&self.buf),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
                     if matches!(

@@ -15,7 +15,7 @@ use unicode_width::UnicodeWidthStr;
 use crate::client::Client;
 use crate::common::Context;
 use crate::error::CtlError;
-use crate::procfs::{Sampler, Usage};
+use crate::procfs::{Feed, PidScan, Sampler, Usage, Usages};
 use lrpm_proto::codec::{Request, Response};
 
 /// Runs `lrpmctl status [ID…]`.
@@ -26,32 +26,51 @@ pub fn run(ctx: &Context, ids: Vec<String>) -> Result<(), CtlError> {
     } else {
         Request::StatusOf { ids }
     };
-    let answer = client.call(&request)?;
-    let path = answer.path.clone();
-    match crate::common::check(ctx, answer)? {
-        Response::Status(_) if ctx.json => Ok(()),
-        Response::Status(status) => {
-            let stdout = std::io::stdout();
-            let width = if stdout.is_terminal() {
-                terminal_size::terminal_size_of(&stdout).map(|(w, _)| usize::from(w.0))
-            } else {
-                None
-            };
-            let view = View {
-                now: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0.0, |d| d.as_secs_f64()),
-                color: ctx.color,
-                // A terminal that says it has no columns gets no limit.
-                width: width.filter(|&w| w > 0),
-            };
-            crate::common::print(&render(&status, &view, &Sampler::now()))
-        }
-        _ => Err(CtlError::Invalid {
-            path,
-            reason: "an answer of the wrong kind".into(),
-        }),
+    if ctx.json {
+        let answer = client.call(&request)?;
+        let path = answer.path.clone();
+        return match crate::common::check(ctx, answer)? {
+            Response::Status(_) => Ok(()),
+            _ => Err(CtlError::Invalid {
+                path,
+                reason: "an answer of the wrong kind".into(),
+            }),
+        };
     }
+    let sampler = Sampler::now();
+    // The workers' /proc files are read on other threads from the moment
+    // their pids arrive, while the rest of the answer is received and
+    // decoded and the table laid out: for a farm of thousands, reading
+    // them is most of the work.
+    std::thread::scope(|scope| {
+        let mut feed = Feed::new(scope, &sampler);
+        let mut scan = PidScan::default();
+        let answer = client.call_watching(&request, |buf| scan.scan(buf, |pid| feed.push(pid)))?;
+        let path = answer.path.clone();
+        match crate::common::check(ctx, answer)? {
+            Response::Status(status) => {
+                let stdout = std::io::stdout();
+                let width = if stdout.is_terminal() {
+                    terminal_size::terminal_size_of(&stdout).map(|(w, _)| usize::from(w.0))
+                } else {
+                    None
+                };
+                let view = View {
+                    now: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64()),
+                    color: ctx.color,
+                    // A terminal that says it has no columns gets no limit.
+                    width: width.filter(|&w| w > 0),
+                };
+                crate::common::print(&render(&status, &view, || feed.finish()))
+            }
+            _ => Err(CtlError::Invalid {
+                path,
+                reason: "an answer of the wrong kind".into(),
+            }),
+        }
+    })
 }
 
 /// How to render: the facts that do not come from the status document.
@@ -86,7 +105,7 @@ const MIN_NAME_WIDTH: usize = 12;
 
 /// Renders the whole status output: the supervisor and source lines, the
 /// job table and the invalid jobs.
-pub fn render(status: &Status, view: &View, sampler: &Sampler) -> String {
+pub fn render<'a>(status: &Status, view: &View, usages: impl FnOnce() -> Usages<'a>) -> String {
     let paint = |style: Style, text: &str| -> String {
         if view.color {
             format!("{}{text}{}", style.render(), style.render_reset())
@@ -165,14 +184,14 @@ pub fn render(status: &Status, view: &View, sampler: &Sampler) -> String {
     if status.jobs.is_empty() {
         out.push_str("no jobs\n");
     } else {
-        let pids: Vec<Option<u32>> = status.jobs.iter().map(|job| job.pid).collect();
-        let rows: Vec<[String; 9]> = status
-            .jobs
-            .iter()
-            .zip(sampler.usages(&pids))
-            .map(|(job, usage)| row(job, usage, view.now))
-            .collect();
-        table(&mut out, &rows, &status.jobs, view, &paint);
+        // The cells that do not come from /proc first: it may still be
+        // being read.
+        let mut rows: Vec<[String; 9]> = status.jobs.iter().map(|job| row(job, view.now)).collect();
+        let usages = usages();
+        for (cells, job) in rows.iter_mut().zip(&status.jobs) {
+            usage_cells(cells, job.pid.and_then(|pid| usages.of(pid)));
+        }
+        table(&mut out, &rows, &status.jobs, view);
     }
 
     if !source.invalid_jobs.is_empty() {
@@ -198,17 +217,11 @@ pub fn render(status: &Status, view: &View, sampler: &Sampler) -> String {
 }
 
 /// Lays out the rows under the headings.
-fn table(
-    out: &mut String,
-    rows: &[[String; 9]],
-    jobs: &[JobStatus],
-    view: &View,
-    paint: &dyn Fn(Style, &str) -> String,
-) {
+fn table(out: &mut String, rows: &[[String; 9]], jobs: &[JobStatus], view: &View) {
     let mut widths = COLUMNS.map(|(heading, _)| heading.len());
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.width());
+            *width = (*width).max(width_of(cell));
         }
     }
     let before_name: usize = widths[..8].iter().map(|w| w + GAP.len()).sum();
@@ -218,58 +231,70 @@ fn table(
 
     let headings = COLUMNS.map(|(heading, _)| heading.to_owned());
     let mut line = String::new();
-    layout(&mut line, &headings, &widths, name_limit, &|_, cell| {
-        cell.to_owned()
-    });
-    out.push_str(&paint(Style::new().bold(), &line));
+    layout(&mut line, &headings, &widths, name_limit, None);
+    if view.color {
+        let bold = Style::new().bold();
+        let _ = write!(out, "{}{line}{}", bold.render(), bold.render_reset());
+    } else {
+        out.push_str(&line);
+    }
     out.push('\n');
     for (row, job) in rows.iter().zip(jobs) {
-        line.clear();
-        let state = state_style(job.state);
-        layout(&mut line, row, &widths, name_limit, &|column, cell| {
-            if column == 2 {
-                paint(state, cell)
-            } else {
-                cell.to_owned()
-            }
-        });
-        out.push_str(&line);
+        let state = view.color.then(|| state_style(job.state));
+        layout(out, row, &widths, name_limit, state);
         out.push('\n');
     }
 }
 
-/// Writes one line of cells padded to `widths`, each passed through
-/// `paint` with its column number; the last column is not padded, and is
-/// cut to `name_limit`.
+/// Appends one line of cells padded to `widths` (without its trailing
+/// blanks), the STATE cell in `state`'s colour when given; the last column
+/// is not padded, and is cut to `name_limit`.
 fn layout(
     line: &mut String,
     cells: &[String; 9],
     widths: &[usize; 9],
     name_limit: Option<usize>,
-    paint: &dyn Fn(usize, &str) -> String,
+    state: Option<Style>,
 ) {
+    let start = line.len();
     for (column, (cell, (&width, (_, right)))) in
         cells.iter().zip(widths.iter().zip(COLUMNS)).enumerate()
     {
         if column == 8 {
             match name_limit {
-                Some(limit) => line.push_str(&paint(column, &cut(cell, limit))),
-                None => line.push_str(&paint(column, cell)),
+                Some(limit) => line.push_str(&cut(cell, limit)),
+                None => line.push_str(cell),
             }
             break;
         }
-        let pad = width.saturating_sub(cell.width());
+        let pad = width.saturating_sub(width_of(cell));
+        let paint = |line: &mut String| match state.filter(|_| column == 2) {
+            Some(style) => {
+                let _ = write!(line, "{}{cell}{}", style.render(), style.render_reset());
+            }
+            None => line.push_str(cell),
+        };
         if right {
             line.extend(std::iter::repeat_n(' ', pad));
-            line.push_str(&paint(column, cell));
+            paint(line);
         } else {
-            line.push_str(&paint(column, cell));
+            paint(line);
             line.extend(std::iter::repeat_n(' ', pad));
         }
         line.push_str(GAP);
     }
-    let trimmed = line.trim_end().len();
-    line.truncate(trimmed);
+    let trimmed = line[start..].trim_end().len();
+    line.truncate(start + trimmed);
+}
+
+/// The columns `cell` takes: its length when it is printable ASCII (the
+/// common case, and every escaped cell of an ASCII declaration).
+fn width_of(cell: &str) -> usize {
+    if cell.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        cell.len()
+    } else {
+        cell.width()
+    }
 }
 
 /// `text` cut to at most `limit` columns, with an ellipsis when cut.
@@ -303,8 +328,9 @@ fn state_style(state: JobState) -> Style {
 }
 
 /// One job's cells, every one with its control characters escaped (the id
-/// and the name come from the declaration, an exit's words from lrpm).
-fn row(job: &JobStatus, usage: Option<Usage>, now: f64) -> [String; 9] {
+/// and the name come from the declaration, an exit's words from lrpm);
+/// %CPU and RSS are `-` until [`usage_cells`] fills them in.
+fn row(job: &JobStatus, now: f64) -> [String; 9] {
     let dash = || "-".to_owned();
     let state = match (job.state, job.restart_at) {
         (JobState::Backoff, Some(at)) => format!("backoff ({})", duration(at - now)),
@@ -320,8 +346,8 @@ fn row(job: &JobStatus, usage: Option<Usage>, now: f64) -> [String; 9] {
         job.id.clone(),
         job.pid.map_or_else(dash, |pid| pid.to_string()),
         state,
-        usage.map_or_else(dash, |u| format!("{:.1}", u.cpu_percent)),
-        usage.map_or_else(dash, |u| bytes(u.rss_bytes)),
+        dash(),
+        dash(),
         job.started_at
             .filter(|_| job.pid.is_some())
             .map_or_else(dash, |at| duration(now - at).to_string()),
@@ -335,6 +361,14 @@ fn row(job: &JobStatus, usage: Option<Usage>, now: f64) -> [String; 9] {
         Cow::Borrowed(_) => cell,
         Cow::Owned(escaped) => escaped,
     })
+}
+
+/// Fills in the %CPU and RSS cells of a row from its process's usage.
+fn usage_cells(cells: &mut [String; 9], usage: Option<Usage>) {
+    if let Some(usage) = usage {
+        cells[3] = format!("{:.1}", usage.cpu_percent);
+        cells[4] = bytes(usage.rss_bytes);
+    }
 }
 
 /// How a process ended (the short form: `exit 1`, `SIGKILL`), and how long
@@ -420,6 +454,12 @@ mod tests {
         }
     }
 
+    /// The output for `status`, each process read when its row is made.
+    fn rendered(status: &Status, view: &View) -> String {
+        let sampler = Sampler::now();
+        render(status, view, || Usages::new(&sampler))
+    }
+
     const VIEW: View = View {
         now: 1000.0,
         color: false,
@@ -439,7 +479,7 @@ mod tests {
             .invalid_jobs
             .insert("x\u{1b}c".into(), "r\u{8}".into());
         status.supervisor.source.warnings.push("w\r".into());
-        let text = render(&status, &VIEW, &Sampler::now());
+        let text = rendered(&status, &VIEW);
         assert!(
             !text.chars().any(|c| c != '\n' && c.is_control()),
             "{text:?}"
@@ -460,7 +500,7 @@ mod tests {
 
     #[test]
     fn renders_a_plain_table() {
-        let text = render(&status(), &VIEW, &Sampler::now());
+        let text = rendered(&status(), &VIEW);
         let expected = "\
 lrpm 0.1.0, pid 7, up 1m40s
 source jobs.toml, loaded 5s ago
@@ -484,14 +524,14 @@ invalid jobs (left out or kept on their last valid declaration):
         let mut held = status();
         held.supervisor.held_back =
             Some("lrpm's descriptor limit (RLIMIT_NOFILE 64) holds 3 jobs back".into());
-        let text = render(&held, &VIEW, &Sampler::now());
+        let text = rendered(&held, &VIEW);
         assert!(
             text.contains(
                 "\nheld back: lrpm's descriptor limit (RLIMIT_NOFILE 64) holds 3 jobs back\n"
             ),
             "{text}"
         );
-        assert!(!render(&status(), &VIEW, &Sampler::now()).contains("held back"));
+        assert!(!rendered(&status(), &VIEW).contains("held back"));
     }
 
     #[test]
@@ -504,7 +544,7 @@ invalid jobs (left out or kept on their last valid declaration):
             error: Some("connection refused".into()),
             retry_at: Some(1004.0),
         });
-        let text = render(&lost, &VIEW, &Sampler::now());
+        let text = rendered(&lost, &VIEW);
         assert!(text.contains(", revision 42"), "{text}");
         assert!(
             text.contains("\ndisconnected for 10s: connection refused (next attempt in 4s)\n"),
@@ -514,7 +554,7 @@ invalid jobs (left out or kept on their last valid declaration):
             conn.state = ConnectionState::Connected;
             conn.error = None;
         }
-        let text = render(&lost, &VIEW, &Sampler::now());
+        let text = rendered(&lost, &VIEW);
         assert!(!text.contains("disconnected"), "{text}");
     }
 
@@ -524,10 +564,10 @@ invalid jobs (left out or kept on their last valid declaration):
             color: true,
             ..VIEW
         };
-        let text = render(&status(), &view, &Sampler::now());
+        let text = rendered(&status(), &view);
         assert!(text.contains("\x1b["));
         let plain = anstream::adapter::strip_str(&text).to_string();
-        assert_eq!(plain, render(&status(), &VIEW, &Sampler::now()));
+        assert_eq!(plain, rendered(&status(), &VIEW));
     }
 
     #[test]
@@ -538,7 +578,7 @@ invalid jobs (left out or kept on their last valid declaration):
             width: Some(120),
             ..VIEW
         };
-        let text = render(&status, &view, &Sampler::now());
+        let text = rendered(&status, &view);
         let longest = text.lines().map(UnicodeWidthStr::width).max().unwrap_or(0);
         assert!(longest <= 120, "{longest}");
         assert!(text.contains('…'));
@@ -548,7 +588,7 @@ invalid jobs (left out or kept on their last valid declaration):
     fn an_empty_farm_says_so() {
         let mut status = status();
         status.jobs.clear();
-        assert!(render(&status, &VIEW, &Sampler::now()).contains("\nno jobs\n"));
+        assert!(rendered(&status, &VIEW).contains("\nno jobs\n"));
     }
 
     #[test]
@@ -566,7 +606,7 @@ invalid jobs (left out or kept on their last valid declaration):
             status: ExitStatus::signal(18),
             at: 1000.0 - 7500.0,
         });
-        let text = render(&status, &VIEW, &Sampler::now());
+        let text = rendered(&status, &VIEW);
         let cells: Vec<&str> = text
             .lines()
             .filter_map(|l| Some(l.split_once("  2  ")?.1.split("  Job").next()?.trim()))
