@@ -210,6 +210,9 @@ pub enum JobState {
     /// Held stopped by an operator (`lrpmctl pause`) until resumed,
     /// whatever the source says.
     Paused,
+    /// Assigned to this cluster node, whose owner key another node (or
+    /// an expiring lease) still holds: it starts once this node owns it.
+    Waiting,
 }
 
 impl JobState {
@@ -221,6 +224,7 @@ impl JobState {
             JobState::Backoff => "backoff",
             JobState::Stopping => "stopping",
             JobState::Paused => "paused",
+            JobState::Waiting => "waiting",
         }
     }
 }

@@ -43,6 +43,16 @@
 //! configuration still updates it (the new declaration waits) or removes
 //! it (forgotten, pause and all).
 //!
+//! A cluster node gives the core its share through
+//! [`Supervisor::handle_share`]: the jobs assigned to it, those of them it
+//! does not own yet (`waiting`: another node's worker may still run
+//! them), and those that left the share for another node (stopped with
+//! [`Reason::Moved`]). A waiting job is held in `Waiting` (no process, no
+//! deadline) and starts ([`Reason::Owned`]) once a later share no longer
+//! lists it; a running job that becomes waiting (the node lost its
+//! ownership) is stopped ([`Reason::Waiting`]). `start` checks the gate,
+//! as it checks a pause, so no path can start a waiting job.
+//!
 //! Architecture invariant: a job has at most one live process. A new one is
 //! spawned only from `Backoff` (no process) or when the exit of the old one
 //! has been handled.
@@ -173,6 +183,14 @@ pub enum Reason {
     Signalled,
     /// lrpm is shutting down.
     Shutdown,
+    /// Its cluster assigned it to another node: stopped here (and, once
+    /// its worker is gone, given up).
+    Moved,
+    /// This node no longer owns it in its cluster (its lease was lost):
+    /// stopped and held until it owns it again.
+    Waiting,
+    /// This node now owns it in its cluster: the wait is over.
+    Owned,
 }
 
 impl Reason {
@@ -190,6 +208,9 @@ impl Reason {
             Reason::Resumed => "resumed",
             Reason::Signalled => "signalled",
             Reason::Shutdown => "shutdown",
+            Reason::Moved => "moved",
+            Reason::Waiting => "waiting",
+            Reason::Owned => "owned",
         }
     }
 }
@@ -353,6 +374,9 @@ enum State {
     /// Held stopped by an operator (`lrpmctl pause`): no process, no
     /// deadline, whatever the source says, until resumed.
     Paused,
+    /// Assigned to this cluster node but not owned by it yet: no process,
+    /// no deadline, until a share no longer lists it as waiting.
+    Waiting,
 }
 
 impl State {
@@ -361,14 +385,14 @@ impl State {
             State::Running(proc) => proc.live.deadline(),
             State::Stopping { kill_at, .. } => *kill_at,
             State::Backoff { until } => Some(*until),
-            State::Paused => None,
+            State::Paused | State::Waiting => None,
         }
     }
 
     fn proc(&self) -> Option<&Proc> {
         match self {
             State::Running(proc) | State::Stopping { proc, .. } => Some(proc),
-            State::Backoff { .. } | State::Paused => None,
+            State::Backoff { .. } | State::Paused | State::Waiting => None,
         }
     }
 }
@@ -535,6 +559,7 @@ impl<'a> JobView<'a> {
             State::Stopping { .. } => (JobState::Stopping, None),
             State::Backoff { until } => (JobState::Backoff, Some(clock.wall(*until))),
             State::Paused => (JobState::Paused, None),
+            State::Waiting => (JobState::Waiting, None),
         };
         let proc = job.state.proc();
         JobView {
@@ -614,6 +639,12 @@ pub struct Supervisor {
     /// The jobs whose change was ignored for its `mtime`, not yet taken
     /// by [`Supervisor::take_ignored`].
     ignored: Vec<JobId>,
+    /// The cluster's gate: the jobs (declared ids, an `instances` job's
+    /// copies with it) assigned here but not owned yet, held in `Waiting`.
+    waiting: BTreeSet<JobId>,
+    /// The jobs the share being applied gives to another node: their
+    /// removal is a move.
+    moved: BTreeSet<JobId>,
 }
 
 impl Supervisor {
@@ -639,6 +670,8 @@ impl Supervisor {
             wave: VecDeque::new(),
             last_input: None,
             ignored: Vec::new(),
+            waiting: BTreeSet::new(),
+            moved: BTreeSet::new(),
         }
     }
 
@@ -682,7 +715,7 @@ impl Supervisor {
             jobs.get(id).is_some_and(|job| match job.state {
                 State::Stopping { then, .. } => then == Then::Start,
                 State::Running(_) => !job.is_up(),
-                State::Backoff { .. } | State::Paused => false,
+                State::Backoff { .. } | State::Paused | State::Waiting => false,
             })
         });
         while self.restarting.len() < k {
@@ -710,7 +743,7 @@ impl Supervisor {
                         self.jobs.get(id).is_none_or(|job| match job.state {
                             State::Stopping { then, .. } => then != Then::Start,
                             State::Running(_) => job.is_up(),
-                            State::Backoff { .. } | State::Paused => true,
+                            State::Backoff { .. } | State::Paused | State::Waiting => true,
                         })
                     })
             })
@@ -806,6 +839,67 @@ impl Supervisor {
         ConfigOutcome::Applied
     }
 
+    /// Applies a cluster node's share (see the [module
+    /// documentation](self)): `decl` holds the jobs assigned to this node,
+    /// `waiting` those of them it does not own yet (held in `Waiting`, and
+    /// a running one stopped), `moved` the jobs that left the share for
+    /// another node (their stop says [`Reason::Moved`]). A job no longer
+    /// waiting starts at once ([`Reason::Owned`]). The gate applies even
+    /// when the removal guard holds `decl` back.
+    pub fn handle_share(
+        &mut self,
+        now: Instant,
+        decl: Declaration,
+        waiting: BTreeSet<JobId>,
+        moved: BTreeSet<JobId>,
+    ) -> ConfigOutcome {
+        self.input_at(now);
+        self.waiting = waiting;
+        self.moved = moved;
+        let outcome = self.handle_config(now, decl);
+        self.moved.clear();
+        if self.shutting_down {
+            return outcome;
+        }
+        let ids: Vec<JobId> = self.jobs.keys().cloned().collect();
+        for id in ids {
+            let gated = self.is_gated(&id);
+            let job = &self.jobs[&id];
+            match job.state {
+                State::Running(_) if gated && job.declared => {
+                    self.stop(now, &id, Then::Start, Reason::Waiting);
+                }
+                State::Backoff { .. } if gated => self.set_state(&id, State::Waiting),
+                State::Waiting if !gated => self.start(now, &id, Reason::Owned),
+                _ => {}
+            }
+        }
+        outcome
+    }
+
+    /// Whether the cluster's gate holds job `id` (its own id or its
+    /// `instances` base id is waiting).
+    fn is_gated(&self, id: &JobId) -> bool {
+        if self.waiting.is_empty() {
+            return false;
+        }
+        self.waiting.contains(id)
+            || self.jobs.get(id).is_some_and(|job| {
+                crate::instances::base_id(id, &job.spec)
+                    .is_some_and(|base| self.waiting.contains(&JobId::from(base)))
+            })
+    }
+
+    /// Whether the share being applied gives job `id` to another node.
+    fn is_moved(&self, id: &JobId) -> bool {
+        !self.moved.is_empty()
+            && (self.moved.contains(id)
+                || self.jobs.get(id).is_some_and(|job| {
+                    crate::instances::base_id(id, &job.spec)
+                        .is_some_and(|base| self.moved.contains(&JobId::from(base)))
+                }))
+    }
+
     /// The jobs whose declaration changed in the configurations applied
     /// since the last call, but whose `mtime` did not grow, so that the
     /// change was ignored (php-lrpm's rule), for the log: each ignored
@@ -824,6 +918,13 @@ impl Supervisor {
     /// stopped.
     pub fn knows(&self, id: &JobId) -> bool {
         self.jobs.contains_key(id)
+    }
+
+    /// Whether the core still knows declared job `id` or one of its
+    /// `instances` copies: a cluster node gives its ownership up only once
+    /// it does not (every process of it has ended).
+    pub fn knows_declared(&self, id: &JobId) -> bool {
+        self.knows(id) || !self.copies_of(id, |_| true).is_empty()
     }
 
     /// The job of live process `run`, if the core knows it.
@@ -1013,8 +1114,8 @@ impl Supervisor {
             State::Stopping {
                 proc, why, then, ..
             } => (proc, why, Some(then)),
-            State::Backoff { .. } | State::Paused => {
-                unreachable!("invariant: a job in backoff or paused has no process")
+            State::Backoff { .. } | State::Paused | State::Waiting => {
+                unreachable!("invariant: a job in backoff, paused or waiting has no process")
             }
         };
         if ended.is_crash() {
@@ -1045,7 +1146,7 @@ impl Supervisor {
                     // A stop for an update starts the new declaration; a
                     // removed job declared again starts as a new one.
                     let next = match (job.pending.take(), why) {
-                        (Some(spec), Reason::Removed) => {
+                        (Some(spec), Reason::Removed | Reason::Moved) => {
                             job.spec = spec;
                             Reason::Added
                         }
@@ -1156,7 +1257,9 @@ impl Supervisor {
             match job.state {
                 State::Backoff { .. } => self.start(now, &id, Reason::Crashed),
                 State::Stopping { .. } => self.escalate(&id),
-                State::Paused => unreachable!("invariant: a paused job has no deadline"),
+                State::Paused | State::Waiting => {
+                    unreachable!("invariant: a paused or waiting job has no deadline")
+                }
                 State::Running(mut proc) => {
                     let due = proc.live.due(now);
                     self.set_state(&id, State::Running(proc));
@@ -1263,6 +1366,8 @@ impl Supervisor {
             }
             State::Stopping { .. } => {}
             State::Backoff { .. } => self.start(now, id, Reason::Operator),
+            // Nothing runs: it starts once owned.
+            State::Waiting => {}
             State::Paused => unreachable!("invariant: a paused job is not restarted"),
         }
     }
@@ -1286,7 +1391,7 @@ impl Supervisor {
                 State::Running(_) => self.stop(now, &id, Then::Start, Reason::Paused),
                 // Its `Then::Start` meets the pause in `start`.
                 State::Stopping { .. } | State::Paused => {}
-                State::Backoff { .. } => self.set_state(&id, State::Paused),
+                State::Backoff { .. } | State::Waiting => self.set_state(&id, State::Paused),
             }
             paused.push(id);
         }
@@ -1414,7 +1519,7 @@ impl Supervisor {
             match self.jobs[&id].state {
                 State::Running(_) => self.stop(now, &id, Then::Forget, Reason::Shutdown),
                 State::Stopping { .. } => {}
-                State::Backoff { .. } | State::Paused => self.forget(&id),
+                State::Backoff { .. } | State::Paused | State::Waiting => self.forget(&id),
             }
         }
     }
@@ -1563,6 +1668,7 @@ impl Supervisor {
             State::Stopping { .. } => JobState::Stopping,
             State::Backoff { .. } => JobState::Backoff,
             State::Paused => JobState::Paused,
+            State::Waiting => JobState::Waiting,
         })
     }
 
@@ -1611,6 +1717,13 @@ impl Supervisor {
             }
             return;
         }
+        // A waiting job has no process to keep: it starts on its latest
+        // declaration (which carries its cluster's fencing token), whatever
+        // its `mtime` says.
+        if job.state == State::Waiting {
+            job.spec = spec;
+            return;
+        }
         let latest = job.pending.as_ref().unwrap_or(&job.spec);
         // The same declaration as last time (a reparse reuses it): unchanged.
         if Arc::ptr_eq(latest, &spec) {
@@ -1645,6 +1758,7 @@ impl Supervisor {
             }
             // A paused job keeps the update for when it is resumed.
             State::Paused => job.pending = Some(spec),
+            State::Waiting => unreachable!("invariant: a waiting job took its declaration above"),
             State::Backoff { .. } => {
                 job.spec = spec;
                 job.backoff.reset();
@@ -1663,9 +1777,15 @@ impl Supervisor {
         job.pending = None;
         // Removed from the source: nothing to hold any more.
         job.paused = false;
-        job.why = Reason::Removed;
+        let why = if self.is_moved(id) {
+            Reason::Moved
+        } else {
+            Reason::Removed
+        };
+        let job = self.jobs.get_mut(id).expect("invariant: a known job");
+        job.why = why;
         match job.state {
-            State::Running(_) => self.stop(now, id, Then::Forget, Reason::Removed),
+            State::Running(_) => self.stop(now, id, Then::Forget, why),
             State::Stopping {
                 proc, kill_at, why, ..
             } => self.set_state(
@@ -1677,14 +1797,14 @@ impl Supervisor {
                     why,
                 },
             ),
-            State::Backoff { .. } | State::Paused => self.forget(id),
+            State::Backoff { .. } | State::Paused | State::Waiting => self.forget(id),
         }
     }
 
     /// Spawns a new process for job `id`, which has none, for reason
-    /// `why`; a paused job is held instead (state `Paused`): the one place
-    /// that makes sure a paused job never runs, whatever path wanted to
-    /// start it.
+    /// `why`; a paused job is held instead (state `Paused`), and a job the
+    /// cluster's gate holds waits (state `Waiting`): the one place that
+    /// makes sure neither ever runs, whatever path wanted to start it.
     fn start(&mut self, now: Instant, id: &JobId, why: Reason) {
         let job = self
             .jobs
@@ -1697,6 +1817,15 @@ impl Supervisor {
             self.set_state(id, State::Paused);
             return;
         }
+        if self.is_gated(id) {
+            let job = self.jobs.get_mut(id).expect("invariant: a known job");
+            if let Some(spec) = job.pending.take() {
+                job.spec = spec;
+            }
+            self.set_state(id, State::Waiting);
+            return;
+        }
+        let job = self.jobs.get_mut(id).expect("invariant: a known job");
         let run = RunId(self.next_run);
         self.next_run += 1;
         debug_assert!(

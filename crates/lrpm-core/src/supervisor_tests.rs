@@ -59,6 +59,8 @@ struct Sim {
     max_backoff: Duration,
     /// Until when the removal guard is lifted, as the supervisor was told.
     lifted_until: Option<Instant>,
+    /// The jobs the last cluster share held waiting: none may spawn.
+    waiting: BTreeSet<JobId>,
 }
 
 impl Sim {
@@ -99,6 +101,7 @@ impl Sim {
             valid: BTreeSet::new(),
             max_backoff,
             lifted_until: None,
+            waiting: BTreeSet::new(),
         }
     }
 
@@ -126,6 +129,10 @@ impl Sim {
                         "job {job} spawned while not in the configuration"
                     );
                     assert!(!self.sup.is_shutting_down(), "spawn during shutdown");
+                    assert!(
+                        !self.waiting.contains(&job),
+                        "job {job} spawned while waiting for its ownership"
+                    );
                     self.next_pid += 1;
                     let pid = self.next_pid;
                     self.live.insert(
@@ -196,7 +203,9 @@ impl Sim {
                     assert_eq!(live.len(), 1, "job {} has no process", j.id);
                     assert_eq!(j.pid, Some(live[0].pid));
                 }
-                JobState::Backoff | JobState::Paused => assert!(live.is_empty()),
+                JobState::Backoff | JobState::Paused | JobState::Waiting => {
+                    assert!(live.is_empty());
+                }
             }
         }
         for p in self.live.values() {
@@ -265,6 +274,59 @@ impl Sim {
         }
         self.run_actions();
         outcome
+    }
+
+    /// Hands a cluster share to the supervisor: `d`, of which `waiting`
+    /// are not owned here, and `moved` left for another node. Checks that
+    /// a waiting job has no process but one already asked to stop, and is
+    /// shown `waiting` once its process is gone.
+    fn share(
+        &mut self,
+        d: Declaration,
+        waiting: BTreeSet<JobId>,
+        moved: BTreeSet<JobId>,
+    ) -> ConfigOutcome {
+        let declared = d.jobs.keys().chain(d.invalid.keys()).cloned().collect();
+        let valid = d.jobs.keys().cloned().collect();
+        self.waiting = waiting.clone();
+        // The core spends a lifted guard on any configuration, a share too.
+        if !self.sup.is_shutting_down() {
+            self.lifted_until = None;
+        }
+        let outcome = self.sup.handle_share(self.now, d, waiting, moved);
+        if outcome == ConfigOutcome::Applied {
+            self.declared = declared;
+            self.valid = valid;
+        }
+        self.run_actions();
+        self.check_waiting();
+        outcome
+    }
+
+    /// Every waiting job's process, if it has one, is stopping; one with
+    /// none (and declared, not paused) is shown `waiting`.
+    fn check_waiting(&self) {
+        if self.sup.is_shutting_down() {
+            return;
+        }
+        // A job the gate no longer holds waits no more.
+        for (id, job) in &self.sup.jobs {
+            assert!(
+                self.waiting.contains(id) || job.state != State::Waiting,
+                "job {id} still waits, owned"
+            );
+        }
+        for id in &self.waiting {
+            let Some(job) = self.sup.jobs.get(id) else {
+                continue;
+            };
+            match job.state {
+                State::Running(_) => panic!("waiting job {id} runs"),
+                State::Stopping { .. } => {}
+                State::Waiting | State::Paused => {}
+                State::Backoff { .. } => panic!("waiting job {id} is to start after a backoff"),
+            }
+        }
     }
 
     /// `lrpmctl reload --force`: the next configuration within `window`
@@ -1169,6 +1231,9 @@ enum Op {
     Shutdown,
     /// SIGINT.
     Interrupt,
+    /// A cluster share: the configuration, the ids (bit i: job i) not
+    /// owned here, and those moved to another node.
+    Share(Vec<Option<Decl>>, u8, u8),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1185,7 +1250,7 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Decl::Invalid),
     ];
     prop_oneof![
-        3 => proptest::collection::vec(proptest::option::of(decl), 8).prop_map(Op::Config),
+        3 => proptest::collection::vec(proptest::option::of(decl.clone()), 8).prop_map(Op::Config),
         4 => (any::<usize>(), -1i32..3).prop_map(|(n, c)| Op::Exit(n, c)),
         4 => (0u64..20_000).prop_map(Op::Advance),
         1 => (0u8..10).prop_map(Op::Restart),
@@ -1193,7 +1258,17 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::SourceError),
         1 => Just(Op::Shutdown),
         1 => Just(Op::Interrupt),
+        3 => (proptest::collection::vec(proptest::option::of(decl), 8), any::<u8>(), any::<u8>())
+            .prop_map(|(slots, waiting, moved)| Op::Share(slots, waiting, moved)),
     ]
+}
+
+/// The ids 0..8 whose bit is set in `mask`.
+fn ids_of(mask: u8) -> BTreeSet<JobId> {
+    (0..8)
+        .filter(|i| mask & (1 << i) != 0)
+        .map(|i| JobId::new(i.to_string()))
+        .collect()
 }
 
 fn to_declaration(slots: &[Option<Decl>]) -> Declaration {
@@ -1288,6 +1363,13 @@ proptest! {
                 Op::Shutdown => {
                     sim.sup.shutdown(sim.now);
                     sim.run_actions();
+                }
+                Op::Share(slots, waiting, moved) => {
+                    let d = to_declaration(&slots);
+                    let valid: Vec<JobId> = d.jobs.keys().cloned().collect();
+                    if sim.share(d, ids_of(waiting), ids_of(moved)) == ConfigOutcome::Applied {
+                        valid_ever.extend(valid);
+                    }
                 }
                 Op::Interrupt => {
                     let (was_shutting_down, jobs) =
@@ -1658,4 +1740,76 @@ proptest! {
             prop_assert_eq!(sim.job(&format!("j{i:02}")).command, "v2");
         }
     }
+}
+
+/// The ids `names` as a set.
+fn id_set(names: &[&str]) -> BTreeSet<JobId> {
+    names.iter().map(|name| JobId::from(*name)).collect()
+}
+
+#[test]
+fn a_waiting_job_starts_only_once_owned_and_a_job_that_loses_its_ownership_stops() {
+    let mut sim = Sim::new();
+    let d = || decl(&[("a", spec("a")), ("b", spec("b"))]);
+    // `b` is another node's still: it waits, and never spawns.
+    sim.share(d(), id_set(&["b"]), BTreeSet::new());
+    assert_eq!(sim.job("a").state, JobState::Running);
+    assert_eq!(sim.job("b").state, JobState::Waiting);
+    assert_eq!(sim.job("b").pid, None);
+    sim.advance(60 * SEC);
+    assert_eq!(sim.job("b").state, JobState::Waiting);
+    // Owned now: it starts at once, for that reason.
+    sim.share(d(), BTreeSet::new(), BTreeSet::new());
+    assert_eq!(sim.job("b").state, JobState::Running);
+    assert!(
+        sim.reasons
+            .contains(&(JobId::from("b"), "start", Reason::Owned))
+    );
+    // `a` loses its ownership: stopped, then held, not restarted.
+    sim.share(d(), id_set(&["a"]), BTreeSet::new());
+    assert!(
+        sim.reasons
+            .contains(&(JobId::from("a"), "stop", Reason::Waiting))
+    );
+    let run = sim.run_of("a").expect("a stopping");
+    sim.exit_run(run, ExitStatus::signal(15));
+    sim.run_actions();
+    assert_eq!(sim.job("a").state, JobState::Waiting);
+    assert_eq!(sim.run_of("a"), None);
+    // `b` moves to another node: its stop says so, and it is forgotten.
+    sim.share(decl(&[("a", spec("a"))]), id_set(&["a"]), id_set(&["b"]));
+    assert!(
+        sim.reasons
+            .contains(&(JobId::from("b"), "stop", Reason::Moved))
+    );
+    let run = sim.run_of("b").expect("b stopping");
+    sim.exit_run(run, ExitStatus::signal(15));
+    sim.run_actions();
+    assert!(!sim.sup.knows_declared(&JobId::from("b")));
+}
+
+#[test]
+fn a_waiting_job_starts_on_its_latest_declaration_whatever_its_mtime() {
+    let mut sim = Sim::new();
+    let with_token = |token: Option<&str>| {
+        let mut s = spec("a");
+        s.mtime = Some(1);
+        if let Some(token) = token {
+            s.env.insert("LRPM_FENCING_TOKEN".into(), token.into());
+        }
+        decl(&[("a", s)])
+    };
+    sim.share(with_token(None), id_set(&["a"]), BTreeSet::new());
+    assert_eq!(sim.job("a").state, JobState::Waiting);
+    // Owned, with its token: the same mtime, yet its spawn carries it.
+    sim.share(with_token(Some("42")), BTreeSet::new(), BTreeSet::new());
+    assert_eq!(sim.job("a").state, JobState::Running);
+    assert_eq!(
+        sim.sup.jobs[&JobId::from("a")]
+            .spec
+            .env
+            .get("LRPM_FENCING_TOKEN")
+            .map(String::as_str),
+        Some("42")
+    );
 }

@@ -1,5 +1,5 @@
 //! lrpm's etcd client layer: what the etcd configuration source uses, and
-//! what the cluster mode will (leases and transactions go through the same
+//! what the cluster mode does (leases and transactions go through the same
 //! [`Etcd`] handle).
 //!
 //! # Theory of operation
@@ -187,6 +187,11 @@ pub(crate) struct KeyChange {
     pub(crate) key: Vec<u8>,
     /// Its new value; `None` when it was deleted.
     pub(crate) value: Option<Vec<u8>>,
+    /// The revision that created it (0 once deleted): a cluster owner
+    /// key's fencing token.
+    pub(crate) create_revision: i64,
+    /// The lease it is bound to (0 for none).
+    pub(crate) lease: i64,
 }
 
 /// Why a watch ended; the watcher must read the prefix whole again.
@@ -406,13 +411,15 @@ impl PrefixWatch {
                 let Some(key) = kv.key().strip_prefix(&self.prefix[..]) else {
                     continue;
                 };
-                let value = match event.event_type() {
-                    EventType::Put => Some(kv.value().to_vec()),
-                    EventType::Delete => None,
+                let (value, create_revision) = match event.event_type() {
+                    EventType::Put => (Some(kv.value().to_vec()), kv.create_revision()),
+                    EventType::Delete => (None, 0),
                 };
                 changes.push(KeyChange {
                     key: key.to_vec(),
                     value,
+                    create_revision,
+                    lease: kv.lease(),
                 });
             }
             let header = response.header().map_or(0, |h| h.revision());

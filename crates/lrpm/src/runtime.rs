@@ -177,6 +177,12 @@ impl Shell {
             let (more, spawned) = self.perform_actions();
             // Then what an exit leaves to clean up (its zombie, its cgroup).
             self.procs.bury();
+            // A cluster node gives up the owner keys of the jobs it left
+            // whose workers and cgroups are now gone.
+            if let Some(cluster) = &mut self.cluster {
+                let core = &self.core;
+                cluster.release(|id| !core.knows_declared(id));
+            }
             if spawned {
                 trim_at.get_or_insert_with(|| Instant::now() + TRIM_AFTER);
             }
@@ -268,6 +274,7 @@ impl Shell {
                     // start on a loaded machine) and picked the timer
                     // first among its ready events.
                     self.take_queued_notifications();
+                    self.fence_if_due();
                     self.core.handle_timeout(Instant::now());
                 }
                 () = watchdog => self.systemd.watchdog(),
@@ -284,7 +291,25 @@ impl Shell {
         }
         self.procs.close();
         self.log_burst.flush(None);
+        // Every worker and cgroup is gone: the cluster's keys may go.
+        if let Some(cluster) = &mut self.cluster {
+            cluster.finish().await;
+        }
         tracing::info!("every worker has stopped; exiting");
+    }
+
+    /// Fences this cluster node now if its lease's fence (or kill) is
+    /// due, before anything that could start a worker is handled: after a
+    /// freeze, the exits of the workers the guardian killed and the fence
+    /// are ready together, and the exits must not restart them.
+    fn fence_if_due(&mut self) {
+        let due = self
+            .cluster
+            .as_ref()
+            .and_then(|cluster| cluster.due(Instant::now()));
+        if let Some(event) = due {
+            self.cluster_event(event);
+        }
     }
 
     fn shutdown(&mut self, why: &str) {
@@ -336,6 +361,7 @@ impl Shell {
     }
 
     fn child_exited(&mut self, exit: ExitEvent) {
+        self.fence_if_due();
         let Some((job, status)) = self.procs.reap(exit.run) else {
             return;
         };
@@ -376,6 +402,7 @@ impl Shell {
     /// Counts the source's attempt and handles what it found; returns
     /// whether it found anything (a configuration or an error).
     fn config_loaded(&mut self, update: SourceUpdate) -> bool {
+        self.fence_if_due();
         self.loads += 1;
         self.last_attempt_at = Some(wall(update.began));
         match update.loaded {
@@ -388,8 +415,11 @@ impl Shell {
                 decl.leave_out_unknown_workers(self.worker_classes.as_ref());
                 decl.leave_out_memory_limits(self.procs.memory_limits_unavailable());
                 // Only this node's share, when it is one of a cluster.
+                let mut gate = None;
                 if let Some(cluster) = &mut self.cluster {
-                    decl = cluster.filter(decl);
+                    let share = cluster.filter(decl);
+                    decl = share.decl;
+                    gate = Some((share.waiting, share.moved));
                 }
                 // A configuration of 100,000 broken jobs is one problem,
                 // not 100,000 log lines: status lists them all.
@@ -423,7 +453,13 @@ impl Shell {
                     );
                 }
                 tracing::debug!(jobs = decl.jobs.len(), "configuration loaded");
-                match self.core.handle_config(Instant::now(), decl) {
+                let outcome = match gate {
+                    Some((waiting, moved)) => {
+                        self.core.handle_share(Instant::now(), decl, waiting, moved)
+                    }
+                    None => self.core.handle_config(Instant::now(), decl),
+                };
+                match outcome {
                     ConfigOutcome::Held(message) => tracing::warn!("{message}"),
                     ConfigOutcome::Applied | ConfigOutcome::Ignored => {}
                 }
@@ -454,10 +490,15 @@ impl Shell {
         };
         match cluster.handle(event) {
             Outcome::Nothing => {}
-            Outcome::Share(share) => match self.core.handle_config(Instant::now(), share) {
-                ConfigOutcome::Held(message) => tracing::warn!("{message}"),
-                ConfigOutcome::Applied | ConfigOutcome::Ignored => {}
-            },
+            Outcome::Share(share) => {
+                match self
+                    .core
+                    .handle_share(Instant::now(), share.decl, share.waiting, share.moved)
+                {
+                    ConfigOutcome::Held(message) => tracing::warn!("{message}"),
+                    ConfigOutcome::Applied | ConfigOutcome::Ignored => {}
+                }
+            }
             Outcome::Kill => self.core.kill_stopping(),
         }
         // The dead-man's switch: a supervisor frozen from now on cannot
@@ -531,6 +572,7 @@ impl Shell {
     }
 
     fn control_request(&mut self, msg: ControlMsg) {
+        self.fence_if_due();
         let reply = match msg.request {
             Request::Status => Reply::StatusLine(self.status_line()),
             Request::StatusOf { ids } => match self.status_line_of(Some(&job_ids(&ids))) {
@@ -882,13 +924,25 @@ impl Shell {
                 tracing::debug!(job = %job, %reason, "sending {signal}");
             } else if signal == Signal::Kill {
                 tracing::warn!(job = %job, %reason, "stopping: SIGKILL");
-            } else if self
-                .log_burst
-                .admit(Kind::Stopping, reason.as_str(), Instant::now())
-            {
-                tracing::info!(job = %job, %reason, "stopping: {signal}");
             } else {
-                tracing::debug!(job = %job, %reason, "stopping: {signal}");
+                // A move says where to: the node the cluster now gives it.
+                let to = match (reason, &self.cluster) {
+                    (Reason::Moved, Some(cluster)) => {
+                        format!(
+                            ": moved to node {}",
+                            cluster.node_of(job).unwrap_or_default()
+                        )
+                    }
+                    _ => String::new(),
+                };
+                if self
+                    .log_burst
+                    .admit(Kind::Stopping, reason.as_str(), Instant::now())
+                {
+                    tracing::info!(job = %job, %reason, "stopping: {signal}{to}");
+                } else {
+                    tracing::debug!(job = %job, %reason, "stopping: {signal}{to}");
+                }
             }
         }
         if self.hosts.cancel(run) {

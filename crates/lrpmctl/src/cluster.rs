@@ -81,6 +81,9 @@ pub fn render(cluster: &ClusterStatus) -> String {
             } else {
                 ""
             };
+            // An etcd cluster's job that no node owns now (moving, or
+            // its node gone) has no node.
+            let node = if node.is_empty() { "-" } else { node };
             let _ = writeln!(out, "{id:width$}  {}{here}", escape(node));
         }
     }

@@ -323,6 +323,7 @@ fn state_style(state: JobState) -> Style {
         JobState::Backoff => AnsiColor::Yellow,
         JobState::Stopping => AnsiColor::Magenta,
         JobState::Paused => AnsiColor::Blue,
+        JobState::Waiting => AnsiColor::BrightBlack,
     };
     Style::new().fg_color(Some(color.into()))
 }

@@ -1,6 +1,9 @@
 //! A node's membership of an etcd cluster (`--cluster etcd://…/PREFIX`):
 //! one lease, kept alive at a third of its TTL, the member key
-//! `PREFIX/members/NODE` bound to it, and a watch on every member.
+//! `PREFIX/members/NODE` bound to it, a watch on every member, and a
+//! watch on every owner key (`PREFIX/owners/JOB`, see `owners.rs`), which
+//! the task takes and gives up when the event loop asks ([`OwnerRequest`]).
+//! At rest it sends the keep-alives only: the watches are streams.
 //!
 //! A task of its own does all of it and tells the event loop, through a
 //! channel, the live members and the send time of every keep-alive etcd
@@ -9,12 +12,13 @@
 //! connection, an expired lease or a broken watch is retried with backoff
 //! (1 s doubling to 30 s) on a new lease.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use etcd_client::PutOptions;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+use super::owners::{self, Owner};
 use crate::etcd::{Etcd, EtcdUri};
 
 /// What the membership task tells the event loop.
@@ -28,6 +32,43 @@ pub(crate) enum LeaseEvent {
     Renewed(Instant),
     /// The lease or the connection is lost: why.
     Lost(String),
+    /// A new lease is granted: the owner keys of older ones are not this
+    /// node's any more.
+    Granted(i64),
+    /// Owner keys changed: each job's owner, `None` once deleted; with
+    /// `whole`, these are all the keys (a new snapshot).
+    Owners {
+        whole: bool,
+        changes: Vec<(String, Option<Owner>)>,
+    },
+    /// A request to take keys is done: these jobs' were not taken (the
+    /// others' puts come through the watch).
+    Took(Vec<String>),
+    /// A request to give up keys is done: these jobs' were not deleted
+    /// (the others' deletes come through the watch).
+    Gave(Vec<String>),
+}
+
+/// What the event loop asks of the task.
+#[derive(Debug)]
+pub(crate) enum OwnerRequest {
+    /// Take the owner keys of these jobs (assigned here, held by no one).
+    Take(Vec<String>),
+    /// Give up these jobs' keys (their workers and cgroups are gone),
+    /// each with the token it was taken with.
+    Give(Vec<(String, i64)>),
+    /// lrpm ends, every worker gone: revoke the lease (its member and
+    /// owner keys go with it), then answer.
+    Finish(oneshot::Sender<()>),
+}
+
+/// The two ends the event loop keeps.
+#[derive(Debug)]
+pub(crate) struct LeaseTask {
+    /// The task's reports.
+    pub(crate) events: mpsc::UnboundedReceiver<LeaseEvent>,
+    /// Its requests.
+    pub(crate) requests: mpsc::UnboundedSender<OwnerRequest>,
 }
 
 /// What the task needs.
@@ -44,23 +85,43 @@ pub(crate) struct LeaseConfig {
 }
 
 /// Starts the membership task; it runs until the receiver is dropped.
-pub(crate) fn start(config: LeaseConfig) -> mpsc::UnboundedReceiver<LeaseEvent> {
+pub(crate) fn start(config: LeaseConfig) -> LeaseTask {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (requests, mut asked) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut backoff = Duration::from_secs(1);
         loop {
-            let why = match member(&config, &tx).await {
+            let why = match member(&config, &tx, &mut asked).await {
                 Ok(()) => return,
                 Err(why) => why,
             };
             if tx.send(LeaseEvent::Lost(why)).is_err() {
                 return;
             }
-            tokio::time::sleep(backoff).await;
+            // A lrpm that ends meanwhile has no lease to revoke.
+            let sleep = tokio::time::sleep(backoff);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    request = asked.recv() => match request {
+                        Some(OwnerRequest::Finish(done)) => {
+                            let _ = done.send(());
+                            return;
+                        }
+                        // Lost with the lease: the event loop asks again.
+                        Some(_) => {}
+                        None => return,
+                    },
+                }
+            }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     });
-    rx
+    LeaseTask {
+        events: rx,
+        requests,
+    }
 }
 
 /// The members' prefix.
@@ -73,6 +134,7 @@ fn members_prefix(config: &LeaseConfig) -> Vec<u8> {
 async fn member(
     config: &LeaseConfig,
     tx: &mpsc::UnboundedSender<LeaseEvent>,
+    asked: &mut mpsc::UnboundedReceiver<OwnerRequest>,
 ) -> Result<(), String> {
     let period = config.ttl / 3;
     let mut etcd = Etcd::connect(&config.uri, 0, period)
@@ -94,9 +156,22 @@ async fn member(
         .put(key, value, Some(PutOptions::new().with_lease(lease)))
         .await
         .map_err(|e| format!("registering as a member: {e}"))?;
-    if tx.send(LeaseEvent::Renewed(sent)).is_err() {
+    if tx.send(LeaseEvent::Granted(lease)).is_err() || tx.send(LeaseEvent::Renewed(sent)).is_err() {
         return Ok(());
     }
+    let owner_prefix = owners::prefix(&config.uri.path);
+    let (held, owners_at) = owners::snapshot(etcd.client(), &owner_prefix).await?;
+    let whole = LeaseEvent::Owners {
+        whole: true,
+        changes: held.into_iter().map(|(job, o)| (job, Some(o))).collect(),
+    };
+    if tx.send(whole).is_err() {
+        return Ok(());
+    }
+    let mut owner_watch = etcd
+        .watch(&owner_prefix, owners_at + 1)
+        .await
+        .map_err(|e| e.to_string())?;
     let snapshot = etcd.snapshot(&prefix).await.map_err(|e| e.to_string())?;
     let mut members: BTreeMap<String, f64> = snapshot
         .kvs
@@ -151,6 +226,68 @@ async fn member(
                 }
                 if tx.send(LeaseEvent::Members(members.clone())).is_err() {
                     return Ok(());
+                }
+            }
+            changes = owner_watch.next() => {
+                let (_, changes) = changes.map_err(|e| e.to_string())?;
+                let changes = changes
+                    .into_iter()
+                    .map(|change| {
+                        let job = String::from_utf8_lossy(&change.key).into_owned();
+                        let owner = change.value.map(|node| Owner {
+                            node: String::from_utf8_lossy(&node).into_owned(),
+                            lease: change.lease,
+                            token: change.create_revision,
+                        });
+                        (job, owner)
+                    })
+                    .collect();
+                if tx.send(LeaseEvent::Owners { whole: false, changes }).is_err() {
+                    return Ok(());
+                }
+            }
+            request = asked.recv() => {
+                match request {
+                    // What a transaction changed is told by the watch, in
+                    // the store's order, never from its answer: a key's
+                    // older events may still be on their way, and applied
+                    // after the answer they would undo it.
+                    Some(OwnerRequest::Take(jobs)) => {
+                        let result =
+                            owners::take(etcd.client(), &owner_prefix, &config.node, lease, &jobs)
+                                .await;
+                        let taken: BTreeSet<&String> = match &result {
+                            Ok(taken) => taken.iter().collect(),
+                            Err(_) => BTreeSet::new(),
+                        };
+                        let missed = jobs.iter().filter(|job| !taken.contains(job)).cloned().collect();
+                        let _ = tx.send(LeaseEvent::Took(missed));
+                        result?;
+                    }
+                    Some(OwnerRequest::Give(jobs)) => {
+                        let result = owners::give(etcd.client(), &owner_prefix, &jobs).await;
+                        let given: BTreeSet<&String> = match &result {
+                            Ok(given) => given.iter().collect(),
+                            Err(_) => BTreeSet::new(),
+                        };
+                        let missed = jobs
+                            .iter()
+                            .map(|(job, _)| job)
+                            .filter(|job| !given.contains(job))
+                            .cloned()
+                            .collect();
+                        let _ = tx.send(LeaseEvent::Gave(missed));
+                        result?;
+                    }
+                    Some(OwnerRequest::Finish(done)) => {
+                        let revoke = etcd.client().lease_revoke(lease);
+                        if let Err(e) = tokio::time::timeout(period, revoke).await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+                            tracing::warn!("etcd membership: revoking the lease at the end: {e}; its keys go when it expires");
+                        }
+                        let _ = done.send(());
+                        return Ok(());
+                    }
+                    None => return Ok(()),
                 }
             }
             () = tx.closed() => return Ok(()),

@@ -12,9 +12,20 @@
 //! expire soon (no keep-alive answered for a while) fences itself: its
 //! share becomes empty, so that the core stops every worker, and the
 //! workers still alive one second before the lease could expire are
-//! killed ([`ClusterEvent::Kill`]).
+//! killed ([`ClusterEvent::Kill`]). The fence is also checked at once
+//! before anything that could start a worker ([`Cluster::due`]): a
+//! supervisor that thaws after a freeze fences itself before it handles
+//! its workers' exits.
+//!
+//! And on the owner keys: a job of the share whose key this node does not
+//! hold on its current lease is `waiting` ([`Share::waiting`]; the core
+//! holds it), its key is asked for when no one holds it, and a key this
+//! node holds for a job no longer its own is given up once the core has
+//! forgotten the job (its worker reaped, its cgroup removed:
+//! [`Cluster::release`]). The owner key's create revision is the worker's
+//! `LRPM_FENCING_TOKEN`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 #[cfg(feature = "etcd")]
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -31,7 +42,9 @@ use lrpm_core::status::{ConnectionState, ConnectionStatus};
 use super::args::ClusterChoice;
 use super::file::ClusterFile;
 #[cfg(feature = "etcd")]
-use super::lease::{self, LeaseEvent};
+use super::lease::{self, LeaseEvent, OwnerRequest};
+#[cfg(feature = "etcd")]
+use super::owners::Owner;
 
 /// How many moved jobs one change logs one by one; a summary line counts
 /// the others.
@@ -41,6 +54,11 @@ const LOGGED_MOVES: usize = 20;
 /// clusters).
 #[cfg(feature = "etcd")]
 const NODE_ID_ENV: &str = "LRPM_NODE_ID";
+
+/// The worker's environment variable holding its owner key's create
+/// revision, the fencing token (etcd clusters).
+#[cfg(feature = "etcd")]
+const TOKEN_ENV: &str = "LRPM_FENCING_TOKEN";
 
 /// How long before the lease could expire every worker is dead at the
 /// latest.
@@ -86,6 +104,23 @@ struct EtcdMember {
     members: BTreeMap<String, f64>,
     /// The membership task's reports.
     events: tokio::sync::mpsc::UnboundedReceiver<LeaseEvent>,
+    /// Its requests (owner keys to take or give up).
+    requests: tokio::sync::mpsc::UnboundedSender<OwnerRequest>,
+    /// The current lease, once granted.
+    lease: Option<i64>,
+    /// Every owner key: job id → its owner.
+    owners: BTreeMap<String, Owner>,
+    /// The jobs of this node's share (assigned here, not fenced).
+    wanted: BTreeSet<String>,
+    /// The jobs of the share that are waiting for their owner key.
+    waiting: BTreeSet<String>,
+    /// The keys asked for and not answered yet.
+    taking: BTreeSet<String>,
+    /// The keys this node holds for jobs no longer its own, to give up
+    /// once their workers are gone.
+    leaving: BTreeSet<String>,
+    /// The keys being given up.
+    giving: BTreeSet<String>,
     /// The send time of the last keep-alive etcd answered, plus the TTL:
     /// the lease lives at least until then. `None` before the first.
     deadline: Option<Instant>,
@@ -116,13 +151,25 @@ pub(crate) enum ClusterEvent {
     Kill,
 }
 
+/// This node's share of the job map, for the core
+/// (`Supervisor::handle_share`).
+#[derive(Debug)]
+pub(crate) struct Share {
+    /// The jobs assigned to this node.
+    pub(crate) decl: Declaration,
+    /// Those of them not owned yet (etcd clusters): held, not started.
+    pub(crate) waiting: BTreeSet<JobId>,
+    /// The jobs that left this node for another one since the last share.
+    pub(crate) moved: BTreeSet<JobId>,
+}
+
 /// What the event loop does after an event.
 #[derive(Debug)]
 pub(crate) enum Outcome {
     /// Nothing.
     Nothing,
     /// Give the core this node's new share.
-    Share(Declaration),
+    Share(Share),
     /// Kill every worker still stopping (the lease's last second nears).
     Kill,
 }
@@ -154,7 +201,7 @@ impl Cluster {
             } => {
                 let parsed =
                     crate::etcd::EtcdUri::parse(&uri).map_err(|e| format!("--cluster: {e}"))?;
-                let events = lease::start(lease::LeaseConfig {
+                let task = lease::start(lease::LeaseConfig {
                     uri: parsed,
                     node: node.clone(),
                     weight,
@@ -165,7 +212,15 @@ impl Cluster {
                     node,
                     ttl,
                     members: BTreeMap::new(),
-                    events,
+                    events: task.events,
+                    requests: task.requests,
+                    lease: None,
+                    owners: BTreeMap::new(),
+                    wanted: BTreeSet::new(),
+                    waiting: BTreeSet::new(),
+                    taking: BTreeSet::new(),
+                    leaving: BTreeSet::new(),
+                    giving: BTreeSet::new(),
                     deadline: None,
                     fenced: true,
                     killed: true,
@@ -235,9 +290,67 @@ impl Cluster {
         }
     }
 
+    /// The fence or the kill that is due now, if one is (etcd clusters):
+    /// the event loop handles it before anything that could start a
+    /// worker, whatever event woke it first.
+    pub(crate) fn due(&self, now: std::time::Instant) -> Option<ClusterEvent> {
+        #[cfg(feature = "etcd")]
+        if let Mode::Etcd(member) = &self.mode {
+            if member.fence_at().is_some_and(|at| at <= now) {
+                return Some(ClusterEvent::Fence);
+            }
+            let kill_at = member.deadline.filter(|_| !member.killed);
+            if kill_at.is_some_and(|d| d - FENCE_MARGIN <= now) {
+                return Some(ClusterEvent::Kill);
+            }
+        }
+        let _ = now;
+        None
+    }
+
+    /// Gives up the owner keys of the jobs this node left whose workers
+    /// are gone (`gone`: the core has forgotten the job, after its exit
+    /// and its cgroup's removal). Cheap when nothing is leaving.
+    pub(crate) fn release(&mut self, gone: impl Fn(&JobId) -> bool) {
+        #[cfg(feature = "etcd")]
+        if let Mode::Etcd(member) = &mut self.mode {
+            if member.leaving.is_empty() {
+                return;
+            }
+            let give: Vec<(String, i64)> = member
+                .leaving
+                .iter()
+                .filter(|job| !member.giving.contains(*job) && gone(&JobId::new(job.as_str())))
+                .filter_map(|job| Some((job.clone(), member.owners.get(job)?.token)))
+                .collect();
+            if give.is_empty() {
+                return;
+            }
+            for (job, _) in &give {
+                tracing::info!(job = %job, "its worker is gone: giving up its owner key");
+                member.giving.insert(job.clone());
+            }
+            let _ = member.requests.send(OwnerRequest::Give(give));
+        }
+        let _ = gone;
+    }
+
+    /// Revokes the lease (etcd clusters), once every worker is gone at
+    /// the end: the member and owner keys go with it, and the other nodes
+    /// take this node's jobs at once.
+    pub(crate) async fn finish(&mut self) {
+        #[cfg(feature = "etcd")]
+        if let Mode::Etcd(member) = &mut self.mode {
+            let (done, answered) = tokio::sync::oneshot::channel();
+            if member.requests.send(OwnerRequest::Finish(done)).is_ok() {
+                let _ = tokio::time::timeout(member.ttl, answered).await;
+            }
+        }
+    }
+
     /// This node's share of `decl`, a map the source delivered; keeps the
     /// whole map for later membership changes.
-    pub(crate) fn filter(&mut self, decl: Declaration) -> Declaration {
+    pub(crate) fn filter(&mut self, decl: Declaration) -> Share {
         let share = self.share(&decl, "the job map changed");
         self.map = Some(decl);
         share
@@ -346,6 +459,44 @@ impl Cluster {
                 self.error = Some(why);
                 None
             }
+            LeaseEvent::Granted(lease) => {
+                // The keys of an older lease are not this node's any more;
+                // what was asked of the old one is asked again.
+                member.lease = Some(lease);
+                member.taking.clear();
+                member.giving.clear();
+                Some(format!("a new lease {lease:x} is granted"))
+            }
+            LeaseEvent::Owners { whole, changes } => {
+                if whole {
+                    member.owners.clear();
+                }
+                for (job, owner) in changes {
+                    // A key asked for, or given up, is settled once the
+                    // watch shows it.
+                    member.taking.remove(&job);
+                    if owner.is_none() {
+                        member.giving.remove(&job);
+                    }
+                    match owner {
+                        Some(owner) => member.owners.insert(job, owner),
+                        None => member.owners.remove(&job),
+                    };
+                }
+                Some("the owner keys changed".into())
+            }
+            LeaseEvent::Took(jobs) => {
+                for job in &jobs {
+                    member.taking.remove(job);
+                }
+                None
+            }
+            LeaseEvent::Gave(jobs) => {
+                for job in &jobs {
+                    member.giving.remove(job);
+                }
+                None
+            }
             LeaseEvent::Members(members) => {
                 if members == member.members {
                     return None;
@@ -361,7 +512,7 @@ impl Cluster {
 
     /// Assigns `decl`'s jobs, logs those that moved since the last
     /// assignment with `why`, and returns this node's share.
-    fn share(&mut self, decl: &Declaration, why: &str) -> Declaration {
+    fn share(&mut self, decl: &Declaration, why: &str) -> Share {
         let (assignment, me) = match &self.mode {
             Mode::Static { shard, .. } => (
                 shard
@@ -400,22 +551,52 @@ impl Cluster {
             }
         };
         log_moves(&self.assignment, &assignment, &self.node(), why);
+        // The jobs that left this node for another one: their stop is a
+        // move.
+        let moved = self
+            .assignment
+            .iter()
+            .filter(|(id, from)| {
+                **from == me
+                    && assignment
+                        .get(*id)
+                        .is_some_and(|to| !to.is_empty() && *to != me)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
         self.assignment = assignment;
         #[cfg_attr(not(feature = "etcd"), allow(unused_mut))]
         let mut mine = share(decl, &self.assignment, &me);
+        #[cfg_attr(not(feature = "etcd"), allow(unused_mut))]
+        let mut waiting = BTreeSet::new();
         #[cfg(feature = "etcd")]
-        if let Mode::Etcd(member) = &self.mode {
-            // Every worker learns which node runs it. The core compares a
-            // new `Arc` by content, so an unchanged job is not restarted.
-            for spec in mine.jobs.values_mut() {
+        if let Mode::Etcd(member) = &mut self.mode {
+            member.wanted = mine
+                .jobs
+                .keys()
+                .chain(mine.invalid.keys())
+                .map(|id| id.as_str().to_owned())
+                .collect();
+            // Every worker learns which node runs it, and its fencing
+            // token. The core compares a new `Arc` by content, so an
+            // unchanged job is not restarted.
+            for (id, spec) in &mut mine.jobs {
                 let mut named = (**spec).clone();
                 named
                     .env
                     .insert(NODE_ID_ENV.to_owned(), member.node.clone());
+                if let Some(token) = member.token(id.as_str()) {
+                    named.env.insert(TOKEN_ENV.to_owned(), token.to_string());
+                }
                 *spec = std::sync::Arc::new(named);
             }
+            waiting = member.ask_owners();
         }
-        mine
+        Share {
+            decl: mine,
+            waiting,
+            moved,
+        }
     }
 
     /// When the workers must all be dead if no keep-alive is answered
@@ -426,6 +607,18 @@ impl Cluster {
             #[cfg(feature = "etcd")]
             Mode::Etcd(member) => member.deadline.map(|d| d - FENCE_MARGIN),
         }
+    }
+
+    /// The node the assignment gives job `id` (or, for a copy of an
+    /// `instances` job, its base job), for the log.
+    pub(crate) fn node_of(&self, id: &JobId) -> Option<String> {
+        self.assignment
+            .get(id)
+            .or_else(|| {
+                let (base, _) = id.as_str().rsplit_once('#')?;
+                self.assignment.get(&JobId::new(base))
+            })
+            .cloned()
     }
 
     /// This node's name.
@@ -485,8 +678,21 @@ impl Cluster {
                     .deadline
                     .map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64());
                 status.connection = Some(member.connection.clone());
-                if member.fenced {
-                    status.jobs_here = 0;
+                // Who runs what is who holds the owner keys: a job no
+                // node owns now (moving, or its node gone) has no node.
+                status.jobs_here = member
+                    .wanted
+                    .iter()
+                    .filter(|job| member.token(job).is_some())
+                    .count();
+                if let Some(assignment) = &mut status.assignment {
+                    for (job, node) in assignment.iter_mut() {
+                        *node = member
+                            .owners
+                            .get(job)
+                            .map(|owner| owner.node.clone())
+                            .unwrap_or_default();
+                    }
                 }
             }
         }
@@ -496,6 +702,66 @@ impl Cluster {
 
 #[cfg(feature = "etcd")]
 impl EtcdMember {
+    /// The fencing token of `job`'s owner key if this node holds it on
+    /// its current lease.
+    fn token(&self, job: &str) -> Option<i64> {
+        let owner = self.owners.get(job)?;
+        (owner.node == self.node && Some(owner.lease) == self.lease).then_some(owner.token)
+    }
+
+    /// After a change of the share or of the owner keys: asks for the
+    /// keys of the wanted jobs that no one holds, notes the keys held for
+    /// jobs no longer wanted (given up once their workers are gone), logs
+    /// the jobs that begin to wait; returns the waiting jobs.
+    fn ask_owners(&mut self) -> BTreeSet<JobId> {
+        let take: Vec<String> = self
+            .wanted
+            .iter()
+            .filter(|job| !self.owners.contains_key(*job) && !self.taking.contains(*job))
+            .cloned()
+            .collect();
+        if !take.is_empty() && self.lease.is_some() {
+            self.taking.extend(take.iter().cloned());
+            let _ = self.requests.send(OwnerRequest::Take(take));
+        }
+        self.leaving = self
+            .owners
+            .keys()
+            .filter(|job| !self.wanted.contains(*job) && self.token(job).is_some())
+            .cloned()
+            .collect();
+        let waiting: BTreeSet<String> = self
+            .wanted
+            .iter()
+            .filter(|job| self.token(job).is_none())
+            .cloned()
+            .collect();
+        let mut logged = 0usize;
+        for job in waiting.difference(&self.waiting) {
+            logged += 1;
+            if logged > LOGGED_MOVES {
+                break;
+            }
+            match self.owners.get(job) {
+                Some(owner) if owner.node == self.node => tracing::info!(
+                    job = %job,
+                    "waiting: its owner key is held by this node's previous lease, until it expires"
+                ),
+                Some(owner) => tracing::info!(
+                    job = %job,
+                    "waiting for node {} to stop it and give up its owner key",
+                    owner.node
+                ),
+                None => tracing::debug!(job = %job, "waiting for its owner key"),
+            }
+        }
+        self.waiting = waiting;
+        self.waiting
+            .iter()
+            .map(|job| JobId::new(job.as_str()))
+            .collect()
+    }
+
     /// When this node fences itself if no keep-alive is answered: a sixth
     /// of the TTL before the workers must be dead, so that they have time
     /// to stop politely. `None` while already fenced.

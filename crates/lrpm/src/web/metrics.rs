@@ -19,14 +19,15 @@ use super::msg::Snapshot;
 
 /// Every state a job can be in, for `lrpm_job_state` and `lrpm_jobs`
 /// (which list each one, 0 included, as Prometheus state sets do).
-fn all_states() -> [JobState; 5] {
+fn all_states() -> [JobState; 6] {
     // A new state fails to compile here until it is listed.
     let listed = |state: JobState| match state {
         JobState::Starting
         | JobState::Running
         | JobState::Backoff
         | JobState::Stopping
-        | JobState::Paused => state,
+        | JobState::Paused
+        | JobState::Waiting => state,
     };
     [
         listed(JobState::Starting),
@@ -34,6 +35,7 @@ fn all_states() -> [JobState; 5] {
         listed(JobState::Backoff),
         listed(JobState::Stopping),
         listed(JobState::Paused),
+        listed(JobState::Waiting),
     ]
 }
 

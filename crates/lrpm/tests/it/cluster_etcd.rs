@@ -3,13 +3,18 @@
 //! every job runs on exactly one node (and its worker gets LRPM_NODE_ID); a
 //! node killed with SIGKILL has its jobs running elsewhere within the
 //! lease's TTL plus 2 s; with etcd gone every node stops its workers before
-//! its lease could expire; a fourth node takes only its share.
+//! its lease could expire; a fourth node takes only its share. The
+//! ownership layer, measured on the ledger (`cluster_ledger`): a node
+//! thawed after a freeze past its lease, and a job moving to a joining
+//! node, never run a worker while another node's still lives, and each
+//! job's fencing tokens grow.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::cluster_ledger::{Ledger, Run, ledger_map, overlaps, tokens_not_growing};
 use crate::etcd_server::{self, EtcdServer};
 use crate::support::{Lrpm, jobs_in, signal, wait_for_value, wait_until, wall_now};
 
@@ -100,9 +105,15 @@ struct Cluster {
 impl Cluster {
     /// An etcd and one node per name, on a map of `jobs` jobs.
     fn start(jobs: usize, names: &[&str]) -> Cluster {
+        Self::start_on(|ledger| job_map(jobs, ledger), names)
+    }
+
+    /// An etcd and one node per name, on the job map `map` makes for
+    /// the ledger's path.
+    fn start_on(map: impl FnOnce(&std::path::Path) -> String, names: &[&str]) -> Cluster {
         let etcd = EtcdServer::start();
         let dir = tempfile::tempdir().expect("a temp dir");
-        let map = job_map(jobs, &dir.path().join("ledger"));
+        let map = map(&dir.path().join("ledger"));
         std::fs::write(dir.path().join("jobs.json"), map).expect("write the jobs");
         let mut cluster = Cluster {
             etcd,
@@ -342,4 +353,169 @@ fn a_frozen_supervisors_workers_are_killed_by_its_guardian_before_another_node_s
         );
     }
     signal(cluster.nodes[0].pid(), rustix::process::Signal::KILL);
+}
+
+// ---------------------------------------------------------------------------
+// The ownership layer, measured with the ledger (`cluster_ledger`): every
+// worker writes its start and its fencing token, and a thread watches
+// each one's pidfd for its end.
+
+impl Cluster {
+    /// An etcd and one node per name, on a ledgered map of `jobs` jobs,
+    /// the ledger followed from before the first node starts.
+    fn start_ledgered(jobs: usize, names: &[&str]) -> (Cluster, Ledger) {
+        let mut ledger = None;
+        let cluster = Self::start_on(
+            |path| {
+                ledger = Some(Ledger::watch(path.to_path_buf()));
+                ledger_map(jobs, path)
+            },
+            names,
+        );
+        (cluster, ledger.expect("the ledger followed"))
+    }
+}
+
+/// Checks that no two workers of one job overlapped and that every
+/// worker had a fencing token, each job's growing; returns the workers by
+/// job, in the order they started.
+fn no_overlap_and_growing_tokens(runs: &[Run]) -> BTreeMap<String, Vec<Run>> {
+    let overlapping = overlaps(runs, 0.0, f64::INFINITY);
+    assert!(
+        overlapping.is_empty(),
+        "overlapping workers: {overlapping:#?}"
+    );
+    let falling = tokens_not_growing(runs);
+    assert!(falling.is_empty(), "tokens that did not grow: {falling:#?}");
+    let mut by_job: BTreeMap<String, Vec<Run>> = BTreeMap::new();
+    for run in runs {
+        assert!(run.token.is_some(), "a worker without a token: {run:?}");
+        by_job.entry(run.job.clone()).or_default().push(run.clone());
+    }
+    let mut closest = f64::INFINITY;
+    for runs in by_job.values_mut() {
+        runs.sort_by(|a, b| a.started.total_cmp(&b.started));
+        for pair in runs.windows(2) {
+            if let Some(died) = pair[0].died {
+                closest = closest.min(pair[1].started - died);
+            }
+        }
+    }
+    eprintln!(
+        "the closest handover: the next worker started {closest:.3} s after the old one ended"
+    );
+    by_job
+}
+
+/// Every run of the ledger, once the thread has read `n` live workers
+/// (each job's, as it runs now).
+fn live_runs_read(ledger: &Ledger, n: usize) -> Vec<Run> {
+    wait_for_value("every running worker in the ledger", WAIT, || {
+        let runs = ledger.runs();
+        (runs.iter().filter(|run| run.died.is_none()).count() == n).then_some(runs)
+    })
+}
+
+/// Kills every worker of the ledger still alive, by its pid.
+fn kill_workers(runs: &[Run]) {
+    for run in runs.iter().filter(|run| run.died.is_none()) {
+        signal(run.pid, rustix::process::Signal::KILL);
+    }
+}
+
+#[test]
+fn a_thawed_supervisor_waits_for_the_owner_keys_and_no_two_workers_of_a_job_ever_overlap() {
+    if !etcd_server::available() {
+        return;
+    }
+    let (cluster, ledger) = Cluster::start_ledgered(12, &["t0", "t1", "t2"]);
+    let placed = wait_for_value("12 jobs on 3 nodes", WAIT, || {
+        settled(&cluster.nodes.iter().collect::<Vec<_>>(), 12)
+    });
+    let frozen: Vec<&String> = placed.keys().filter(|id| placed[*id].0 == 0).collect();
+    assert!(!frozen.is_empty(), "t0 runs some jobs");
+    // t0 freezes past its lease: its guardian kills its workers, its lease
+    // expires, and t1 and t2 take its jobs (their owner keys went with the
+    // lease).
+    signal(cluster.nodes[0].pid(), rustix::process::Signal::STOP);
+    let others: Vec<&Lrpm> = cluster.nodes[1..].iter().collect();
+    wait_for_value("t0's jobs on t1 and t2", WAIT, || placement(&others, 12));
+    // t0 thaws: it fences itself, gets a new lease, and runs its share
+    // again only once t1 and t2 gave the keys up, their workers dead.
+    signal(cluster.nodes[0].pid(), rustix::process::Signal::CONT);
+    let back = wait_for_value("12 jobs on the 3 nodes again", WAIT, || {
+        settled(&cluster.nodes.iter().collect::<Vec<_>>(), 12)
+    });
+    let view = cluster.nodes[0].status();
+    assert_eq!(
+        view["supervisor"]["cluster"]["connection"]["state"],
+        "connected"
+    );
+    // `lrpmctl cluster` reads the owner keys: every job's node is the one
+    // that runs it.
+    let out = cluster.nodes[0].ctl(&["--json", "cluster"]);
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let names = ["t0", "t1", "t2"];
+    for (id, (node, _)) in &back {
+        assert_eq!(
+            answer["cluster"]["assignment"][id], names[*node],
+            "{answer}"
+        );
+    }
+    let runs = live_runs_read(&ledger, 12);
+    drop(ledger);
+    kill_workers(&runs);
+    let by_job = no_overlap_and_growing_tokens(&runs);
+    // Every job of t0 ran on t0, then elsewhere, then on t0 again (the
+    // members are the same, so rendezvous gives it back).
+    for id in frozen {
+        let nodes: Vec<&str> = by_job[id].iter().map(|run| run.node.as_str()).collect();
+        assert!(nodes.len() >= 3, "{id}: {nodes:?}");
+        assert_eq!(nodes.first(), Some(&"t0"), "{id}: {nodes:?}");
+        assert_eq!(nodes.last(), Some(&"t0"), "{id}: {nodes:?}");
+    }
+}
+
+#[test]
+fn a_job_moving_to_a_joining_node_never_overlaps_and_its_fencing_token_grows() {
+    if !etcd_server::available() {
+        return;
+    }
+    let (mut cluster, ledger) = Cluster::start_ledgered(24, &["j0", "j1", "j2"]);
+    let before = wait_for_value("24 jobs on 3 nodes", WAIT, || {
+        settled(&cluster.nodes.iter().collect::<Vec<_>>(), 24)
+    });
+    cluster.add("j3");
+    let after = wait_for_value("24 jobs on 4 nodes", WAIT, || {
+        settled(&cluster.nodes.iter().collect::<Vec<_>>(), 24)
+    });
+    let runs = live_runs_read(&ledger, 24);
+    drop(ledger);
+    kill_workers(&runs);
+    let by_job = no_overlap_and_growing_tokens(&runs);
+    let moved: Vec<&String> = after.keys().filter(|id| after[*id].0 == 3).collect();
+    assert!(!moved.is_empty(), "j3 took some jobs");
+    for id in &moved {
+        // (The nodes started one by one, so a job may have moved before
+        // the three settled.)
+        let runs = &by_job[*id];
+        let [.., old, new] = &runs[..] else {
+            panic!("{id} ran once only: {runs:?}");
+        };
+        assert_eq!(
+            old.node,
+            ["j0", "j1", "j2"][before[*id].0],
+            "{id}: {runs:?}"
+        );
+        assert_eq!(new.node, "j3", "{id}: {runs:?}");
+    }
+    // The old node's log says where the job went and why.
+    let text: String = cluster.nodes[..3].iter().map(Lrpm::stderr).collect();
+    for id in &moved {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(id.as_str()) && l.contains("moved to node j3")),
+            "{id}: no stop line naming the move"
+        );
+    }
 }
