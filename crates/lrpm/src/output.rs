@@ -283,11 +283,6 @@ impl Output {
         // One allocation for both streams' prefix, where they share it.
         let mut prefix = self.format.prefix(job, Stream::Stdout);
         let job_id = Arc::<str>::from(job.as_str());
-        let copies = Copies {
-            job_logs: self.job_logs.clone(),
-            rings: self.rings.clone(),
-            job: job_id,
-        };
         for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
             if stream == Stream::Stderr && self.format == LineFormat::Json {
                 prefix = self.format.prefix(job, stream);
@@ -299,7 +294,7 @@ impl Output {
                         prefix.clone(),
                         stream,
                         self.clone(),
-                        copies.clone(),
+                        job_id.clone(),
                         done.clone(),
                     );
                     tokio::spawn(task);
@@ -310,82 +305,155 @@ impl Output {
     }
 }
 
-/// Where a job's lines go besides lrpm's stdout and stderr.
-#[derive(Debug, Clone)]
-struct Copies {
-    /// The per-job log files, if lrpm writes them.
-    job_logs: Option<JobLogs>,
-    /// The rings of recent lines, if kept in this process.
-    rings: Option<LogRings>,
-    /// The job's id.
-    job: Arc<str>,
-}
-
-/// Reads one pipe to its end, queueing prefixed lines; drops `_done` at the
+/// Reads one pipe to its end, queueing prefixed lines (and copying them to
+/// `output`'s per-job logs and rings, under `job`); drops `_done` at the
 /// end.
+///
+/// There is one such task per worker stream, 20,000 for a farm of 10,000,
+/// and each holds its state for the worker's whole life: what waits for
+/// room in the queue (a timer, the semaphore's wait) is boxed
+/// ([`wait_to_send`]) so that it takes room only while a line waits, not
+/// in every idle task.
 async fn forward_pipe(
     rx: pipe::Receiver,
     prefix: Arc<[u8]>,
     stream: Stream,
     output: Output,
-    copies: Copies,
+    job: Arc<str>,
     _done: Option<Arc<WorkerDone>>,
 ) {
     let mut reader = LineReader::new(rx, MAX_LINE, Overlong::Split);
     // A read error ends the stream like its end does: the worker is gone.
     while let Ok(Some(PipeLine::Full(line))) = reader.next().await {
-        if let Some(logs) = &copies.job_logs {
-            logs.line(&copies.job, &line, SystemTime::now());
+        if let Some(logs) = &output.job_logs {
+            logs.line(&job, &line, SystemTime::now());
         }
-        if let Some(rings) = &copies.rings {
-            rings.push(&copies.job, &line);
+        if let Some(rings) = &output.rings {
+            rings.push(&job, &line);
         }
-        let send = output.send(&prefix, &line, stream);
-        tokio::pin!(send);
-        loop {
-            tokio::select! {
-                sent = &mut send => {
-                    if sent.is_err() {
-                        return;
-                    }
-                    break;
-                }
-                () = tokio::time::sleep(EXITED_GRACE) => {
-                    // A live worker waits for room (back-pressure); an
-                    // exited one's lines are given up.
-                    if reader.hung_up() {
-                        stdio::add_lost(stream, 1 + reader.discard(), 0, None);
-                        return;
-                    }
+        let waited = match output.try_send(&prefix, &line, stream) {
+            Sent::Queued => {
+                // Yields when the task's share of tokio's budget is spent,
+                // as the wait for room did: a pipe's chunk holds thousands
+                // of lines, and a flooding worker must not keep the event
+                // loop (on the same thread) waiting through all of them.
+                tokio::task::coop::consume_budget().await;
+                continue;
+            }
+            Sent::Closed => return,
+            Sent::Full => Box::pin(wait_to_send(&output, &prefix, &line, stream, &reader)).await,
+        };
+        match waited {
+            Sent::Queued => {}
+            Sent::Closed => return,
+            Sent::Full => {
+                // The worker has exited and its lines found no room.
+                stdio::add_lost(stream, 1 + reader.discard(), 0, None);
+                return;
+            }
+        }
+    }
+}
+
+/// Queues a line once the queue has room: a live worker waits for it
+/// (back-pressure); an exited one's lines are given up ([`Sent::Full`])
+/// after [`EXITED_GRACE`].
+async fn wait_to_send(
+    output: &Output,
+    prefix: &[u8],
+    line: &[u8],
+    stream: Stream,
+    reader: &LineReader,
+) -> Sent {
+    let send = output.send(prefix, line, stream);
+    tokio::pin!(send);
+    loop {
+        tokio::select! {
+            sent = &mut send => return if sent.is_ok() { Sent::Queued } else { Sent::Closed },
+            () = tokio::time::sleep(EXITED_GRACE) => {
+                if reader.hung_up() {
+                    return Sent::Full;
                 }
             }
         }
     }
 }
 
+/// How a line's queueing went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Queued,
+    /// No room (without waiting), or none before the worker's lines were
+    /// given up (after waiting).
+    Full,
+    /// The writer thread is gone (lrpm is exiting).
+    Closed,
+}
+
 /// The writer thread is gone (lrpm is exiting).
 #[derive(Debug)]
 struct Closed;
 
+/// A line's share of the queue's budget: its bytes and [`LINE_OVERHEAD`]. A
+/// line is at most [`MAX_LINE`] plus its prefix, far below the budget and
+/// `u32::MAX`.
+fn cost(len: usize) -> Result<u32, Closed> {
+    u32::try_from((len + LINE_OVERHEAD).min(QUEUE_BYTES)).map_err(|_| Closed)
+}
+
 impl Output {
+    /// Queues one prefixed line if the queue has room for it now, without
+    /// waiting ([`Sent::Full`] when it has not).
+    fn try_send(&self, prefix: &[u8], line: &[u8], stream: Stream) -> Sent {
+        use tokio::sync::TryAcquireError;
+        let at = SystemTime::now();
+        let len = prefix.len() + line.len() + 1;
+        let Ok(cost_len) = cost(len) else {
+            return Sent::Closed;
+        };
+        let mut budget = match self.budget.clone().try_acquire_many_owned(cost_len) {
+            Ok(budget) => budget,
+            Err(TryAcquireError::NoPermits) => return Sent::Full,
+            Err(TryAcquireError::Closed) => return Sent::Closed,
+        };
+        let bytes = self.format.format(prefix, line, at);
+        // A JSON line's escapes make it longer: it takes the rest too, or
+        // waits as a whole (the permit and the bytes are dropped).
+        if bytes.len() > len {
+            let Ok(cost_bytes) = cost(bytes.len()) else {
+                return Sent::Closed;
+            };
+            let held = u32::try_from(budget.num_permits()).unwrap_or(u32::MAX);
+            let more = cost_bytes.saturating_sub(held);
+            if more > 0 {
+                match self.budget.clone().try_acquire_many_owned(more) {
+                    Ok(extra) => budget.merge(extra),
+                    Err(TryAcquireError::NoPermits) => return Sent::Full,
+                    Err(TryAcquireError::Closed) => return Sent::Closed,
+                }
+            }
+        }
+        match self.enqueue(stream, bytes, budget) {
+            Ok(()) => Sent::Queued,
+            Err(Closed) => Sent::Closed,
+        }
+    }
+
     /// Queues one prefixed line, once the queue has room for it.
     async fn send(&self, prefix: &[u8], line: &[u8], stream: Stream) -> Result<(), Closed> {
         let at = SystemTime::now();
         let len = prefix.len() + line.len() + 1;
-        // A line is at most MAX_LINE plus its prefix, far below the budget
-        // and u32::MAX.
-        let cost = |len: usize| u32::try_from((len + LINE_OVERHEAD).min(QUEUE_BYTES));
         let mut budget = self
             .budget
             .clone()
-            .acquire_many_owned(cost(len).map_err(|_| Closed)?)
+            .acquire_many_owned(cost(len)?)
             .await
             .map_err(|_| Closed)?;
         let bytes = self.format.format(prefix, line, at);
         // A JSON line's escapes make it longer: it takes the rest too.
         if bytes.len() > len {
             let held = u32::try_from(budget.num_permits()).unwrap_or(u32::MAX);
-            let more = cost(bytes.len()).map_err(|_| Closed)?.saturating_sub(held);
+            let more = cost(bytes.len())?.saturating_sub(held);
             if more > 0 {
                 let extra = self
                     .budget
@@ -396,6 +464,17 @@ impl Output {
                 budget.merge(extra);
             }
         }
+        self.enqueue(stream, bytes, budget)
+    }
+
+    /// Hands a formatted line, with its share of the budget, to the writer
+    /// thread.
+    fn enqueue(
+        &self,
+        stream: Stream,
+        bytes: Vec<u8>,
+        budget: OwnedSemaphorePermit,
+    ) -> Result<(), Closed> {
         Recovery::queued(stream, 1);
         self.tx
             .send(Line {
@@ -488,12 +567,7 @@ mod tests {
         let (output, mut rx) = Output::queue(LineFormat::Prefixed);
         let rx_pipe = pipe::Receiver::from_owned_fd(r).expect("receiver");
         let prefix: Arc<[u8]> = b"[j] ".to_vec().into();
-        let copies = Copies {
-            job_logs: None,
-            rings: None,
-            job: "j".into(),
-        };
-        forward_pipe(rx_pipe, prefix, Stream::Stdout, output, copies, None).await;
+        forward_pipe(rx_pipe, prefix, Stream::Stdout, output, "j".into(), None).await;
         let mut lines = vec![];
         while let Ok(l) = rx.try_recv() {
             lines.push(l.bytes);
