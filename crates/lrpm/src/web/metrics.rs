@@ -6,8 +6,19 @@
 //! differs from it in what lrpm emits by two things alone, which
 //! [`to_prometheus_text`] changes: a counter's `# HELP` and `# TYPE` lines
 //! name the sample (`…_total`), and there is no `# EOF`.
+//!
+//! The workers' memory and CPU time come from their `/proc/PID/stat`, one
+//! open and read each, which is most of a scrape's cost at 10,000 jobs.
+//! A [`UsageCache`] keeps the figures between scrapes, and a scrape spends
+//! at most [`READ_BUDGET`] reading `/proc`: the workers it has no figure
+//! for first, then those whose figure is oldest. A scrape of a large farm
+//! on a busy machine thus costs a bounded time, and some of its workers'
+//! figures are from an earlier scrape (the next ones take them in turn).
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use lrpm_core::status::{JobState, JobStatus};
 use prometheus_client::collector::Collector;
@@ -72,6 +83,61 @@ impl Units {
     }
 }
 
+/// How long one scrape may spend reading the workers' `/proc/PID/stat`.
+pub(crate) const READ_BUDGET: Duration = Duration::from_millis(20);
+
+/// A worker process, as the figures are kept: its pid and when it started
+/// (the bits of the status's `started_at`), so that a pid that the kernel
+/// gives again to another worker is not taken for the first.
+type ProcessKey = (u32, u64);
+
+/// The workers' last figures from `/proc`, kept between scrapes.
+#[derive(Debug, Default)]
+pub(crate) struct UsageCache {
+    figures: HashMap<ProcessKey, (Usage, Instant)>,
+}
+
+impl UsageCache {
+    /// Reads `/proc` for the processes of `live` (the others are forgotten):
+    /// those without a figure first, then the oldest figures, until
+    /// `budget` is spent.
+    fn refresh(&mut self, live: &[ProcessKey], units: Units, budget: Duration) {
+        let wanted: HashSet<ProcessKey> = live.iter().copied().collect();
+        self.figures.retain(|key, _| wanted.contains(key));
+        // `None` (no figure) sorts first.
+        let mut order: Vec<(Option<Instant>, ProcessKey)> = live
+            .iter()
+            .map(|key| (self.figures.get(key).map(|(_, at)| *at), *key))
+            .collect();
+        order.sort_unstable();
+        let began = Instant::now();
+        for (i, (_, key)) in order.into_iter().enumerate() {
+            // The clock is read once every 64 processes: a read takes a
+            // few microseconds.
+            if i % 64 == 0 && i > 0 && began.elapsed() >= budget {
+                break;
+            }
+            match units.usage(key.0) {
+                Some(usage) => {
+                    self.figures.insert(key, (usage, Instant::now()));
+                }
+                None => {
+                    self.figures.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn get(&self, key: &ProcessKey) -> Option<Usage> {
+        self.figures.get(key).map(|(usage, _)| *usage)
+    }
+}
+
+/// A job's live process, as [`UsageCache`] knows it.
+fn process_key(job: &JobStatus) -> Option<ProcessKey> {
+    Some((job.pid?, job.started_at.unwrap_or_default().to_bits()))
+}
+
 /// The collector of one scrape: the snapshot, and what `/proc` said of
 /// each job's process and of lrpm's.
 #[derive(Debug)]
@@ -118,14 +184,19 @@ impl ProcessFacts {
 }
 
 /// The text of a scrape of `snapshot`: OpenMetrics if `openmetrics`, else
-/// the Prometheus text format. Reads `/proc`: run it on a blocking thread.
-pub(crate) fn encode(snapshot: Snapshot, openmetrics: bool) -> String {
+/// the Prometheus text format. Reads `/proc` (for [`READ_BUDGET`] at most,
+/// figures kept in `cache`): run it on a blocking thread.
+pub(crate) fn encode(snapshot: Snapshot, openmetrics: bool, cache: &Mutex<UsageCache>) -> String {
     let units = Units::get();
-    let usage = snapshot
-        .jobs
-        .iter()
-        .map(|job| job.pid.and_then(|pid| units.usage(pid)))
-        .collect();
+    let keys: Vec<Option<ProcessKey>> = snapshot.jobs.iter().map(process_key).collect();
+    let usage = {
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        let live: Vec<ProcessKey> = keys.iter().flatten().copied().collect();
+        cache.refresh(&live, units, READ_BUDGET);
+        keys.iter()
+            .map(|key| key.and_then(|key| cache.get(&key)))
+            .collect()
+    };
     let scrape = Scrape {
         snapshot,
         usage,
@@ -181,35 +252,33 @@ fn to_prometheus_text(openmetrics: &str) -> String {
 
 /// One metric family: its samples come from `value` for each job that has
 /// one.
-fn per_job<V: EncodeGaugeValue>(
+fn per_job<'a, V: EncodeGaugeValue>(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    jobs: impl Iterator<Item = (String, Option<V>)>,
+    jobs: impl Iterator<Item = (&'a str, Option<V>)>,
 ) -> fmt::Result {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (id, value) in jobs {
         if let Some(value) = value {
-            family
-                .encode_family(&[("job", id.as_str())])?
-                .encode_gauge(&value)?;
+            family.encode_family(&[("job", id)])?.encode_gauge(&value)?;
         }
     }
     Ok(())
 }
 
 /// A counter family, one sample per job.
-fn per_job_counter<V: EncodeCounterValue>(
+fn per_job_counter<'a, V: EncodeCounterValue>(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    jobs: impl Iterator<Item = (String, Option<V>)>,
+    jobs: impl Iterator<Item = (&'a str, Option<V>)>,
 ) -> fmt::Result {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (id, value) in jobs {
         if let Some(value) = value {
             family
-                .encode_family(&[("job", id.as_str())])?
+                .encode_family(&[("job", id)])?
                 .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&value, None)?;
         }
     }
@@ -250,14 +319,14 @@ impl Collector for Scrape {
         let each = |f: fn(&JobStatus, Option<Usage>) -> Option<f64>| {
             jobs.iter()
                 .zip(&self.usage)
-                .map(move |(job, usage)| (job.id.clone(), f(job, *usage)))
+                .map(move |(job, usage)| (job.id.as_str(), f(job, *usage)))
         };
         per_job(
             e,
             "lrpm_job_up",
             "Whether the job has a live process (1) or not (0).",
             jobs.iter()
-                .map(|j| (j.id.clone(), Some(i64::from(j.pid.is_some())))),
+                .map(|j| (j.id.as_str(), Some(i64::from(j.pid.is_some())))),
         )?;
         {
             let mut family = e.encode_descriptor(
@@ -279,21 +348,21 @@ impl Collector for Scrape {
             "lrpm_job_restarts",
             "How many times the job was started again after its first start.",
             jobs.iter()
-                .map(|j| (j.id.clone(), Some(u64::from(j.restarts)))),
+                .map(|j| (j.id.as_str(), Some(u64::from(j.restarts)))),
         )?;
         per_job_counter(
             e,
             "lrpm_job_crashes",
             "How many of the job's processes crashed (ended in a way lrpm did not ask for, or were stopped as failed by a watchdog or health check).",
             jobs.iter()
-                .map(|j| (j.id.clone(), Some(u64::from(j.crashes)))),
+                .map(|j| (j.id.as_str(), Some(u64::from(j.crashes)))),
         )?;
         per_job_counter(
             e,
             "lrpm_job_oom_kills",
             "How many of the job's processes the kernel's OOM killer ended.",
             jobs.iter()
-                .map(|j| (j.id.clone(), Some(u64::from(j.oom_kills)))),
+                .map(|j| (j.id.as_str(), Some(u64::from(j.oom_kills)))),
         )?;
         per_job(
             e,
@@ -305,7 +374,7 @@ impl Collector for Scrape {
             e,
             "lrpm_job_last_exit_code",
             "How the job's previous process ended: its exit code, or 128 + the signal that killed it.",
-            jobs.iter().map(|j| (j.id.clone(), exit_code(j))),
+            jobs.iter().map(|j| (j.id.as_str(), exit_code(j))),
         )?;
         per_job(
             e,
@@ -319,7 +388,7 @@ impl Collector for Scrape {
             "Resident memory of the job's main process.",
             jobs.iter()
                 .zip(&self.usage)
-                .map(|(j, u)| (j.id.clone(), u.map(|u| u.memory))),
+                .map(|(j, u)| (j.id.as_str(), u.map(|u| u.memory))),
         )?;
         per_job_counter(
             e,
@@ -426,6 +495,42 @@ impl Collector for Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_reads_new_processes_first_then_the_oldest_and_forgets_the_gone() {
+        let units = Units::get();
+        let me = (std::process::id(), 1.0f64.to_bits());
+        // A pid that no process has (above the kernel's pid_max).
+        let gone = (u32::MAX, 2.0f64.to_bits());
+        let mut cache = UsageCache::default();
+        cache.refresh(&[me, gone], units, READ_BUDGET);
+        assert!(cache.get(&me).is_some());
+        assert!(cache.get(&gone).is_none());
+        let first = cache.figures[&me].1;
+        // No budget: the first process is still read (the clock is looked
+        // at every 64), and the figure is newer.
+        cache.refresh(&[me], units, Duration::ZERO);
+        assert!(cache.figures[&me].1 > first);
+        // The same pid started at another time is another process.
+        let again = (me.0, 3.0f64.to_bits());
+        cache.refresh(&[again], units, READ_BUDGET);
+        assert!(cache.get(&me).is_none());
+        assert!(cache.get(&again).is_some());
+    }
+
+    #[test]
+    fn a_spent_budget_leaves_the_rest_for_the_next_scrape_oldest_first() {
+        let units = Units::get();
+        let keys: Vec<ProcessKey> = (0..200u64).map(|i| (std::process::id(), i)).collect();
+        let mut cache = UsageCache::default();
+        // Nothing is left of the budget: one round of 64 reads.
+        cache.refresh(&keys, units, Duration::ZERO);
+        assert_eq!(cache.figures.len(), 64);
+        cache.refresh(&keys, units, Duration::ZERO);
+        assert_eq!(cache.figures.len(), 128, "the unread ones are read next");
+        cache.refresh(&keys, units, READ_BUDGET);
+        assert_eq!(cache.figures.len(), 200);
+    }
 
     #[test]
     fn counters_are_renamed_and_eof_dropped_for_prometheus_text() {

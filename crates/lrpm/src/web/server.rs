@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::metrics::UsageCache;
 use super::msg::{HEALTH_TIMEOUT, WebRequest};
 
 /// How many connections are served at once; more wait in the listen
@@ -50,6 +51,8 @@ pub(crate) async fn start(
 
 async fn accept(listener: TcpListener, loop_tx: mpsc::Sender<WebRequest>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // The workers' figures, kept from one scrape to the next.
+    let usage = Arc::new(std::sync::Mutex::new(UsageCache::default()));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -64,10 +67,12 @@ async fn accept(listener: TcpListener, loop_tx: mpsc::Sender<WebRequest>) {
             }
         };
         let loop_tx = loop_tx.clone();
+        let usage = usage.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let loop_tx = loop_tx.clone();
-                async move { Ok::<_, Infallible>(respond(request, &loop_tx).await) }
+                let usage = usage.clone();
+                async move { Ok::<_, Infallible>(respond(request, &loop_tx, usage).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -136,6 +141,7 @@ fn wants_openmetrics(request: &Request<Incoming>) -> bool {
 async fn respond(
     request: Request<Incoming>,
     loop_tx: &mpsc::Sender<WebRequest>,
+    usage: Arc<std::sync::Mutex<UsageCache>>,
 ) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return reply(
@@ -150,9 +156,10 @@ async fn respond(
             let Some(snapshot) = ask(loop_tx, WebRequest::Metrics, LOOP_TIMEOUT).await else {
                 return unavailable();
             };
-            let encoded =
-                tokio::task::spawn_blocking(move || super::metrics::encode(snapshot, openmetrics))
-                    .await;
+            let encoded = tokio::task::spawn_blocking(move || {
+                super::metrics::encode(snapshot, openmetrics, &usage)
+            })
+            .await;
             match encoded {
                 Ok(text) => reply(
                     StatusCode::OK,
