@@ -7,7 +7,8 @@
 //! ownership layer, measured on the ledger (`cluster_ledger`): a node
 //! thawed after a freeze past its lease, and a job moving to a joining
 //! node, never run a worker while another node's still lives, and each
-//! job's fencing tokens grow.
+//! job's fencing tokens grow; a node that shuts down hands its jobs over
+//! without making the others wait for its lease.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -34,6 +35,11 @@ fn job_map(n: usize, ledger: &std::path::Path) -> String {
 /// Starts node `name` of a cluster on the etcd at `endpoint`
 /// (`HOST:PORT`), reading `jobs` (a file).
 pub(crate) fn node(endpoint: &str, name: &str, jobs: &std::path::Path) -> Lrpm {
+    node_with_ttl(endpoint, name, jobs, TTL)
+}
+
+/// [`node`], with a lease TTL of `ttl` seconds.
+fn node_with_ttl(endpoint: &str, name: &str, jobs: &std::path::Path, ttl: u64) -> Lrpm {
     let dir = tempfile::tempdir().expect("a temp dir");
     let uri = format!("etcd://{endpoint}/lrpm-test");
     let jobs = jobs.to_path_buf();
@@ -41,7 +47,7 @@ pub(crate) fn node(endpoint: &str, name: &str, jobs: &std::path::Path) -> Lrpm {
         // The node id by flag: a worker knows it only if lrpm tells it.
         c.env_remove("LRPM_NODE_ID")
             .args(["--cluster", &uri, "--node-id", name])
-            .args(["--lease-ttl", &TTL.to_string()])
+            .args(["--lease-ttl", &ttl.to_string()])
             .arg(&jobs);
     })
 }
@@ -518,4 +524,54 @@ fn a_job_moving_to_a_joining_node_never_overlaps_and_its_fencing_token_grows() {
             "{id}: no stop line naming the move"
         );
     }
+}
+
+#[test]
+fn a_node_that_shuts_down_gives_its_jobs_up_once_its_workers_are_gone_without_waiting_for_its_lease()
+ {
+    if !etcd_server::available() {
+        return;
+    }
+    // A long lease: the other nodes may not wait for it to expire.
+    const LONG: u64 = 10;
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let ledger = Ledger::watch(dir.path().join("ledger"));
+    let map = ledger_map(12, &dir.path().join("ledger"));
+    std::fs::write(dir.path().join("jobs.json"), map).expect("write the jobs");
+    let jobs = dir.path().join("jobs.json");
+    let mut nodes: Vec<Lrpm> = ["s0", "s1", "s2"]
+        .iter()
+        .map(|name| node_with_ttl(&etcd.endpoint(), name, &jobs, LONG))
+        .collect();
+    let placed = wait_for_value("12 jobs on 3 nodes", WAIT, || {
+        settled(&nodes.iter().collect::<Vec<_>>(), 12)
+    });
+    let leaving: Vec<&String> = placed.keys().filter(|id| placed[*id].0 == 0).collect();
+    assert!(!leaving.is_empty(), "s0 runs some jobs");
+    // s0 shuts down: it stops its workers, then revokes its lease, and
+    // the others start its jobs at once.
+    let stopped = wall_now();
+    let mut first = nodes.remove(0);
+    assert!(first.terminate().success(), "{}", first.stderr());
+    let others: Vec<&Lrpm> = nodes.iter().collect();
+    let moved = wait_for_value("s0's jobs on s1 and s2", WAIT, || placement(&others, 12));
+    let last = leaving
+        .iter()
+        .map(|id| moved[*id].1["started_at"].as_f64().expect("started_at"))
+        .fold(0.0, f64::max);
+    eprintln!(
+        "s0's {} jobs all ran on s1 and s2 {:.2} s after its SIGTERM (lease TTL {LONG} s)",
+        leaving.len(),
+        last - stopped
+    );
+    assert!(
+        last - stopped < LONG as f64 / 2.0,
+        "the others waited for s0's lease: {:.2} s",
+        last - stopped
+    );
+    let runs = live_runs_read(&ledger, 12);
+    drop(ledger);
+    kill_workers(&runs);
+    no_overlap_and_growing_tokens(&runs);
 }
