@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """PHP workers under lrpm: started with exec (examples/php/lrpm-worker.php)
-or forked by the PHP worker host (examples/php/lrpm-host.php), issue 19.
+or forked by the PHP worker host (examples/php/lrpm-host.php), issue 19;
+and, given its sources (--php-lrpm DIR, see bench/README.md), under
+php-lrpm itself.
 
-    python3 bench/php_hosts.py --lrpm target/release/lrpm [--jobs 1000] [--classes 200]
+    python3 bench/php_hosts.py --lrpm target/release/lrpm [--jobs 1000] [--classes 200] \
+        [--forms host,exec,php-lrpm] [--php-lrpm DIR]
 
 For each form, in one run: N jobs of the same php-lrpm Worker, whose
 start() autoloads CLASSES generated classes (about 10 KB of source each),
@@ -10,11 +13,14 @@ with OPcache on for the CLI in both forms. It measures:
 - the time from lrpm's start until every worker has run its start();
 - the total PSS of the workers, and of everything (lrpm, host, workers),
   from /proc/PID/smaps_rollup;
-- crash → restart (SIGKILL to a worker, lrpm's clock: the new run's
-  started_at minus the exit's at), the median of 20;
+- crash → restart, the median of 20: lrpm's clock (the new run's
+  started_at minus the exit's at), and for every system the time from the
+  SIGKILL (the harness's clock) to the replacement's start() (its
+  microtime(true), written into its started file);
 - the shutdown of all N (SIGTERM to lrpm until it exits).
-Every process is found through lrpm's status and lrpm's children, and
-lrpm is killed by its pid if it outlives the run.
+Every process is found through lrpm's status and lrpm's children (under
+php-lrpm: the pids the workers write and php-lrpm's children), and the
+supervisor is killed by its pid if it outlives the run.
 """
 
 import argparse
@@ -55,7 +61,12 @@ class Worker implements \\PHPLRPM\\Worker
             $c = "Bench\\\\Lib\\\\C$i";
             (new $c())->m1($i);
         }
-        touch($config['dir'] . '/started/' . getenv('LRPM_JOB_ID'));
+        // php-lrpm hands the whole job to start(), lrpm its workerConfig.
+        $config = $config['workerConfig'] ?? $config;
+        $job = getenv('LRPM_JOB_ID') ?: $config['job'];
+        $path = $config['dir'] . '/started/' . $job;
+        file_put_contents("$path.tmp", getmypid() . ' ' . microtime(true));
+        rename("$path.tmp", $path);
     }
     public function cycle(): void
     {
@@ -134,51 +145,169 @@ def wait(what, timeout, cond):
         time.sleep(0.02)
 
 
-def run(form, lrpm, n, classes):
+def started_files(d):
+    """Job id → (pid, microtime) of each worker's last start()."""
+    out = {}
+    started = os.path.join(d, "started")
+    for name in os.listdir(started):
+        if name.endswith(".tmp"):
+            continue
+        try:
+            with open(os.path.join(started, name)) as f:
+                pid, at = f.read().split()
+            out[name] = (int(pid), float(at))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def descendants(pid):
+    out = []
+    for child in children(pid):
+        out += [child] + descendants(child)
+    return out
+
+
+# php-lrpm (github.com/vrza/php-lrpm) and its Composer dependencies, each a
+# checkout under --php-lrpm DIR: directory → PSR-4 prefixes and folders
+# (from each one's composer.json).
+PHP_LRPM_TREE = {
+    "php-lrpm": [("PHPLRPM\\", "src/")],
+    "cardinal-collections": [("CardinalCollections\\", "src/")],
+    "array-with-secondary-keys": [("CardinalCollections\\ArrayWithSecondaryKeys\\", "src/")],
+    "php-symplib": [("SimpleIPC\\SyMPLib\\", "src/address/"), ("SimpleIPC\\SyMPLib\\", "src/binder/"),
+                    ("SimpleIPC\\SyMPLib\\", "src/")],
+    "simplogger": [("VladimirVrzic\\Simplogger\\", "src/")],
+    "terminal-palette": [("TerminalPalette\\", "src/")],
+    "text-table-formatter": [("TextTableFormatter\\", "src/")],
+}
+
+
+def write_php_lrpm(d, tree, n):
+    """php-lrpm's entry point for the benchmark (bin/lrpm's, without its
+    option parsing), with an autoloader doing what Composer's would, and a
+    ConfigurationSource of the same n jobs."""
+    prefixes = [(prefix, os.path.join(tree, pkg, folder))
+                for pkg, entries in PHP_LRPM_TREE.items() for prefix, folder in entries]
+    prefixes.sort(key=lambda e: -len(e[0]))  # the longest prefix first
+    with open(os.path.join(d, "src", "PhpLrpmSource.php"), "w") as f:
+        f.write("""<?php
+namespace Bench;
+class PhpLrpmSource implements \\PHPLRPM\\ConfigurationSource
+{
+    public function loadConfiguration(): array
+    {
+        $jobs = [];
+        for ($i = 0; $i < %d; $i++) {
+            $jobs["w$i"] = ['name' => "w$i", 'workerClass' => 'Bench\\Worker', 'mtime' => 1,
+                'shortRunTimeSeconds' => 0, 'workerConfig' => ['dir' => %s, 'job' => "w$i"]];
+        }
+        return $jobs;
+    }
+}
+""" % (n, json.dumps(d)))
+    with open(os.path.join(d, "php-lrpm.php"), "w") as f:
+        f.write("""<?php
+declare(strict_types=1);
+error_reporting(E_ALL);
+$prefixes = json_decode(%s, true);
+spl_autoload_register(function (string $class) use ($prefixes): void {
+    foreach ($prefixes as [$prefix, $dir]) {
+        if (strncmp($class, $prefix, strlen($prefix)) === 0) {
+            $file = $dir . str_replace('\\\\', '/', substr($class, strlen($prefix))) . '.php';
+            if (is_file($file)) {
+                require $file;
+                return;
+            }
+        }
+    }
+});
+require __DIR__ . '/autoload.php';
+(new PHPLRPM\\ProcessManager('Bench\\\\PhpLrpmSource', 5))->run();
+""" % json.dumps(json.dumps(prefixes)))
+
+
+def restart_of(d, jid, old, t_kill):
+    """Waits for job jid's new start() after its worker old was killed at
+    t_kill (time.time()); returns its pid and the milliseconds between."""
+    pid, at = wait("a restart", 60, lambda: (lambda e: e if e and e[0] != old else None)(
+        started_files(d).get(jid)))
+    return pid, (at - t_kill) * 1000
+
+
+def run(form, lrpm, n, classes, php_lrpm):
     d = tempfile.mkdtemp(prefix=f"lrpm-php-{form}-")
     preload = write_app(d, classes)
     os.makedirs(os.path.join(d, "started"))
-    cfg = os.path.join(d, "jobs.json")
-    with open(cfg, "w") as f:
-        json.dump(jobs(d, n, form, preload), f)
     sock = os.path.join(d, "ctl.sock")
-    log = open(os.path.join(d, "lrpm.log"), "w")
+    log = open(os.path.join(d, "supervisor.log"), "w")
+    if form == "php-lrpm":
+        write_php_lrpm(d, php_lrpm, n)
+        argv = PHP + [os.path.join(d, "php-lrpm.php")]
+    else:
+        cfg = os.path.join(d, "jobs.json")
+        with open(cfg, "w") as f:
+            json.dump(jobs(d, n, form, preload), f)
+        argv = [lrpm, "--socket", sock, cfg]
     t0 = time.monotonic()
-    proc = subprocess.Popen([lrpm, "--socket", sock, cfg], stdout=subprocess.DEVNULL, stderr=log,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL,
+                            cwd=d)
     try:
-        started = os.path.join(d, "started")
-        wait("every worker's start()", 600, lambda: len(os.listdir(started)) >= n)
+        wait("every worker's start()", 900, lambda: len(started_files(d)) >= n)
         start_s = time.monotonic() - t0
-        st = wait("status with every pid", 60, lambda: (lambda s: s if all(
-            j.get("pid") for j in s["jobs"]) and len(s["jobs"]) == n else None)(status(sock)))
-        time.sleep(2)  # let the last starts settle
-        pids = [j["pid"] for j in st["jobs"]]
+        if form == "php-lrpm":
+            time.sleep(2)  # let the last starts settle
+            pids = [pid for pid, _ in started_files(d).values()]
+            pid_of = lambda jid: started_files(d)[jid][0]
+        else:
+            st = wait("status with every pid", 60, lambda: (lambda s: s if all(
+                j.get("pid") for j in s["jobs"]) and len(s["jobs"]) == n else None)(status(sock)))
+            time.sleep(2)  # let the last starts settle
+            pids = [j["pid"] for j in st["jobs"]]
+            pid_of = lambda jid: next(j for j in status(sock)["jobs"] if j["id"] == jid)["pid"]
         workers = sum(pss_kib(p) for p in pids)
-        others = [p for p in children(proc.pid) if p not in set(pids)]
+        others = [p for p in descendants(proc.pid) if p not in set(pids)]
         everything = workers + pss_kib(proc.pid) + sum(pss_kib(p) for p in others)
-        restarts = []
+        own_clock, kill_to_start = [], []
         for i in range(20):
             jid = f"w{i}"
-            old = next(j for j in status(sock)["jobs"] if j["id"] == jid)["pid"]
+            old = pid_of(jid)
+            t_kill = time.time()
             os.kill(old, signal.SIGKILL)
-            job = wait("a restart", 60, lambda: next((j for j in status(sock)["jobs"]
-                                                      if j["id"] == jid and j.get("pid")
-                                                      and j["pid"] != old), None))
-            restarts.append((job["started_at"] - job["last_exit"]["at"]) * 1000)
+            _, took = restart_of(d, jid, old, t_kill)
+            kill_to_start.append(took)
+            if form != "php-lrpm":
+                job = wait("a restart", 60, lambda: next((j for j in status(sock)["jobs"]
+                                                          if j["id"] == jid and j.get("pid")
+                                                          and j["pid"] != old), None))
+                own_clock.append((job["started_at"] - job["last_exit"]["at"]) * 1000)
         t1 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
+        proc.wait(timeout=300)
         shutdown_s = time.monotonic() - t1
-        return {
+        out = {
             "form": form, "jobs": n, "start_s": start_s, "workers_pss_mib": workers / 1024,
-            "all_pss_mib": everything / 1024, "restart_ms_median": statistics.median(restarts),
-            "restart_ms_max": max(restarts), "shutdown_s": shutdown_s,
+            "all_pss_mib": everything / 1024,
+            "kill_to_start_ms_median": statistics.median(kill_to_start),
+            "kill_to_start_ms_max": max(kill_to_start), "shutdown_s": shutdown_s,
         }
+        if own_clock:
+            out["restart_ms_median"] = statistics.median(own_clock)
+            out["restart_ms_max"] = max(own_clock)
+        return out
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        # What a supervisor killed with SIGKILL leaves (php-lrpm's workers
+        # outlive it): the workers that wrote their pids here.
+        for pid, _ in started_files(d).values():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"php" in f.read():
+                        os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         log.close()
         shutil.rmtree(d, ignore_errors=True)
 
@@ -189,9 +318,14 @@ def main():
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--classes", type=int, default=200)
     ap.add_argument("--forms", default="host,exec")
+    ap.add_argument("--php-lrpm", help="a directory of php-lrpm's checkouts (bench/README.md)")
     a = ap.parse_args()
-    for form in a.forms.split(","):
-        r = run(form, os.path.abspath(a.lrpm), a.jobs, a.classes)
+    forms = a.forms.split(",")
+    if "php-lrpm" in forms and not a.php_lrpm:
+        ap.error("the php-lrpm form needs --php-lrpm DIR")
+    for form in forms:
+        r = run(form, os.path.abspath(a.lrpm), a.jobs, a.classes,
+                a.php_lrpm and os.path.abspath(a.php_lrpm))
         print(json.dumps(r), flush=True)
 
 

@@ -25,6 +25,8 @@ error_reporting(E_ALL);
 const LRPM_PROTOCOL = 1;
 const LRPM_MAX_DATAGRAM = 4 * 1024 * 1024;
 const PR_SET_PDEATHSIG = 1;
+const SYS_CLONE3 = 435; // the same number on every architecture
+const CLONE_INTO_CGROUP = 0x200000000;
 
 if ($argc < 2) {
     fwrite(STDERR, 'usage: php lrpm-host.php AUTOLOAD [CLASS...]' . PHP_EOL);
@@ -40,7 +42,11 @@ foreach (array_slice($argv, 2) as $preload) {
 $libc = FFI::cdef(
     'int dup2(int, int); int close(int); int open(const char *, int);
      int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long);
-     void _exit(int);',
+     void _exit(int); long syscall(long, ...);
+     typedef struct {
+         uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack,
+                  stack_size, tls, set_tid, set_tid_size, cgroup;
+     } lrpm_clone_args;',
     'libc.so.6'
 );
 
@@ -48,6 +54,7 @@ $libc = FFI::cdef(
 function lrpm_fd_of($stream): int
 {
     $want = fstat($stream);
+    clearstatcache(); // stat() caches the last path: /proc/self/fd/N is reused
     foreach (scandir('/proc/self/fd') as $fd) {
         if (!ctype_digit($fd)) {
             continue;
@@ -58,6 +65,63 @@ function lrpm_fd_of($stream): int
         }
     }
     throw new RuntimeException('a received descriptor is not open');
+}
+
+/**
+ * /proc/PID/$file of this very process. Never /proc/self: PHP's realpath
+ * cache resolves that link once, so a forked worker would open its host's.
+ */
+function lrpm_proc(string $file): string
+{
+    return '/proc/' . posix_getpid() . '/' . $file;
+}
+
+/**
+ * Where lrpm's LRPM_RUN_ID_SLOT=… lies in the process's original environment
+ * block (the one /proc/PID/environ shows, which PHP's CLI no longer uses:
+ * it moves the environment elsewhere), as [address, length], or null.
+ */
+function lrpm_run_id_slot(): ?array
+{
+    $stat = @file_get_contents(lrpm_proc('stat'));
+    $mem = @fopen(lrpm_proc('mem'), 'rb');
+    if ($stat === false || $mem === false) {
+        return null;
+    }
+    // env_start and env_end are fields 50 and 51; the name (field 2) may
+    // hold spaces, so count after its closing parenthesis.
+    $fields = explode(' ', substr($stat, strrpos($stat, ')') + 2));
+    [$start, $end] = [(int) ($fields[47] ?? 0), (int) ($fields[48] ?? 0)];
+    $block = $start > 0 && $end > $start && fseek($mem, $start) === 0
+        ? stream_get_contents($mem, $end - $start) : false;
+    fclose($mem);
+    $at = $block === false ? false : strpos("\0" . $block, "\0LRPM_RUN_ID_SLOT=");
+    if ($at === false) {
+        return null;
+    }
+    $nul = strpos($block, "\0", $at);
+    return [$start + $at, ($nul === false ? strlen($block) : $nul) - $at];
+}
+
+/**
+ * Rewrites the slot, in the worker, as LRPM_RUN_ID=$runId (padded with NULs):
+ * /proc/PID/environ then names the worker's run as an exec'd worker's does,
+ * which is how lrpm without cgroups, and its guardian, recognise the
+ * processes of a run (daemons that left it included).
+ */
+function lrpm_mark_run(?array $slot, $runId): void
+{
+    $entry = 'LRPM_RUN_ID=' . $runId;
+    if ($slot === null || !is_string($runId) || strlen($entry) > $slot[1]) {
+        return;
+    }
+    $mem = @fopen(lrpm_proc('mem'), 'r+b');
+    if ($mem !== false) {
+        if (fseek($mem, $slot[0]) === 0) {
+            fwrite($mem, str_pad($entry, $slot[1], "\0"));
+        }
+        fclose($mem);
+    }
 }
 
 function lrpm_send(Socket $sock, array $msg): void
@@ -103,6 +167,7 @@ function lrpm_run_worker(FFI $libc, array $request, array $fds, Socket $own, arr
     if (posix_getppid() !== ($go['pid'] ?? 0)) {
         $libc->_exit(1);
     }
+    lrpm_mark_run($GLOBALS['lrpm_run_id_slot'], $request['env']['LRPM_RUN_ID'] ?? null);
     foreach ($request['env'] ?? [] as $name => $value) {
         putenv("$name=$value");
         $_ENV[$name] = $_SERVER[$name] = $value;
@@ -118,6 +183,30 @@ function lrpm_run_worker(FFI $libc, array $request, array $fds, Socket $own, arr
 }
 
 /**
+ * Forks the intermediate process: into the run's cgroup (directory $cgroup)
+ * with clone3(CLONE_INTO_CGROUP) when lrpm sent one, so that the worker it
+ * forks starts there and lrpm need not move it; a plain fork otherwise, or
+ * when clone3 fails (an old kernel: lrpm then moves the worker itself).
+ * The intermediate only forks and exits: glibc's fork() bookkeeping, which
+ * a raw clone3 skips, matters to neither it nor the worker (forked with
+ * fork()).
+ */
+function lrpm_fork_intermediate(FFI $libc, int $cgroup): int
+{
+    if ($cgroup >= 0) {
+        $args = $libc->new('lrpm_clone_args');
+        $args->flags = CLONE_INTO_CGROUP;
+        $args->exit_signal = SIGCHLD;
+        $args->cgroup = $cgroup;
+        $pid = $libc->syscall(SYS_CLONE3, FFI::addr($args), FFI::sizeof($args));
+        if ($pid >= 0) {
+            return $pid;
+        }
+    }
+    return pcntl_fork();
+}
+
+/**
  * Forks the worker through an intermediate process, which exits at once so
  * that the worker is re-parented to lrpm (a subreaper); returns the
  * worker's pid once the intermediate is reaped.
@@ -129,19 +218,20 @@ function lrpm_fork(FFI $libc, Socket $host, array $request, array $received): in
         throw new RuntimeException("no class $class");
     }
     [$out, $err, $own] = $received;
+    $cgroup = $received[3] ?? null;
     if (!$own instanceof Socket) {
         throw new RuntimeException('the third descriptor is not a socket');
     }
     $fds = [lrpm_fd_of($out), lrpm_fd_of($err), lrpm_fd_of(socket_export_stream($own))];
     $pair = stream_socket_pair(STREAM_PF_UNIX, STREAM_SOCK_STREAM, STREAM_IPPROTO_IP);
-    $middle = pcntl_fork();
+    $middle = lrpm_fork_intermediate($libc, is_resource($cgroup) ? lrpm_fd_of($cgroup) : -1);
     if ($middle === -1) {
         throw new RuntimeException('fork failed');
     }
     if ($middle === 0) {
         $worker = pcntl_fork();
         if ($worker === 0) {
-            lrpm_run_worker($libc, $request, $fds, $own, [$host, $out, $err, $pair]);
+            lrpm_run_worker($libc, $request, $fds, $own, [$host, $out, $err, $pair, $cgroup]);
         }
         fwrite($pair[1], (string) $worker);
         $libc->_exit(0);
@@ -158,14 +248,17 @@ function lrpm_fork(FFI $libc, Socket $host, array $request, array $received): in
 
 $fd = getenv('LRPM_HOST_FD');
 putenv('LRPM_HOST_FD');
+$lrpm_run_id_slot = lrpm_run_id_slot();
+putenv('LRPM_RUN_ID_SLOT');
+unset($_ENV['LRPM_RUN_ID_SLOT'], $_SERVER['LRPM_RUN_ID_SLOT']);
 $host = socket_import_stream(fopen("php://fd/$fd", 'r+'));
 $libc->close((int) $fd); // the import holds a copy
-lrpm_send($host, ['type' => 'ready', 'protocol' => LRPM_PROTOCOL]);
+lrpm_send($host, ['type' => 'ready', 'protocol' => LRPM_PROTOCOL, 'cgroup' => true]);
 while (true) {
     $msg = [
         'name' => [],
         'buffer_size' => LRPM_MAX_DATAGRAM,
-        'controllen' => socket_cmsg_space(SOL_SOCKET, SCM_RIGHTS, 3),
+        'controllen' => socket_cmsg_space(SOL_SOCKET, SCM_RIGHTS, 4),
     ];
     if (@socket_recvmsg($host, $msg, 0) === false) {
         if (socket_last_error($host) === SOCKET_EINTR) {
@@ -179,7 +272,11 @@ while (true) {
     }
     $received = $msg['control'][0]['data'] ?? [];
     $request = json_decode($data, true);
-    if (!is_array($request) || ($request['type'] ?? '') !== 'fork' || count($received) !== 3) {
+    $wanted = !empty($request['cgroup']) ? 4 : 3;
+    if (!is_array($request) || ($request['type'] ?? '') !== 'fork' || count($received) !== $wanted) {
+        foreach ($received as $r) {
+            $r instanceof Socket ? socket_close($r) : fclose($r);
+        }
         continue;
     }
     try {

@@ -27,6 +27,18 @@ import traceback
 PROTOCOL = 1
 MAX_DATAGRAM = 4 * 1024 * 1024
 PR_SET_PDEATHSIG = 1
+SYS_CLONE3 = 435  # the same number on every architecture
+CLONE_INTO_CGROUP = 0x200000000
+
+
+class CloneArgs(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size",
+        "tls", "set_tid", "set_tid_size", "cgroup")]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
 
 _classes = {}
 
@@ -41,6 +53,43 @@ def resolve(name):
             raise ValueError(f"{name!r} is not module:Class")
         _classes[name] = getattr(importlib.import_module(module), attr)
     return _classes[name]
+
+
+def run_id_slot():
+    """Where lrpm's LRPM_RUN_ID_SLOT=... lies in the process's original
+    environment block (the one /proc/PID/environ shows), as (address,
+    length), or None."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # env_start and env_end are fields 50 and 51; the name (field 2) may
+    # hold spaces, so count after its closing parenthesis.
+    fields = stat[stat.rindex(b")") + 2:].split()
+    start, end = int(fields[47]), int(fields[48])
+    if start <= 0 or end <= start:
+        return None
+    block = ctypes.string_at(start, end - start)
+    at = (b"\0" + block).find(b"\0LRPM_RUN_ID_SLOT=")
+    if at < 0:
+        return None
+    nul = block.find(b"\0", at)
+    return start + at, (len(block) if nul < 0 else nul) - at
+
+
+def mark_run(slot, run_id):
+    """Rewrites the slot, in the worker, as LRPM_RUN_ID=run_id (padded with
+    NULs): /proc/PID/environ then names the worker's run as an exec'd
+    worker's does, which is how lrpm without cgroups, and its guardian,
+    recognise the processes of a run (daemons that left it included)."""
+    entry = f"LRPM_RUN_ID={run_id}".encode()
+    if slot is None or not isinstance(run_id, str) or len(entry) > slot[1]:
+        return
+    ctypes.memmove(slot[0], entry.ljust(slot[1], b"\0"), slot[1])
+
+
+_run_id_slot = None
 
 
 def send(sock, **msg):
@@ -72,6 +121,7 @@ def run_worker(host_sock, request, stdout, stderr, own, cls):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != go.get("pid"):
             os._exit(1)
+        mark_run(_run_id_slot, (request.get("env") or {}).get("LRPM_RUN_ID"))
         os.environ.update(request.get("env") or {})
         if request.get("cwd"):
             os.chdir(request["cwd"])
@@ -103,16 +153,34 @@ def run_worker(host_sock, request, stdout, stderr, own, cls):
             os._exit(code)
 
 
+def fork_intermediate(cgroup):
+    """Forks the intermediate process: into the run's cgroup (the directory
+    `cgroup`) with clone3(CLONE_INTO_CGROUP) when lrpm sent one, so that the
+    worker it forks starts there and lrpm need not move it; a plain fork
+    otherwise, or when clone3 fails (an old kernel: lrpm then moves the
+    worker itself). The intermediate only forks and exits: what os.fork()
+    does beside the system call matters to neither it nor the worker
+    (forked with os.fork())."""
+    if cgroup is not None:
+        args = CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup)
+        pid = _libc.syscall(ctypes.c_long(SYS_CLONE3), ctypes.byref(args),
+                            ctypes.c_size_t(ctypes.sizeof(args)))
+        if pid >= 0:
+            return pid
+    return os.fork()
+
+
 def fork(host_sock, request, fds):
     """Forks the worker through an intermediate process, which exits at
     once so that the worker is re-parented to lrpm (a subreaper); returns
     the worker's pid once the intermediate is reaped."""
-    stdout, stderr, own = fds
+    stdout, stderr, own = fds[:3]
+    cgroup = fds[3] if len(fds) > 3 else None
     cls = resolve(request["class"])
     sys.stdout.flush()
     sys.stderr.flush()
     r, w = os.pipe()
-    middle = os.fork()
+    middle = fork_intermediate(cgroup)
     if middle == 0:
         try:
             os.close(r)
@@ -139,16 +207,19 @@ def main():
         args = args[2:]
     for module in args:
         importlib.import_module(module)
+    global _run_id_slot
+    _run_id_slot = run_id_slot()
+    os.environ.pop("LRPM_RUN_ID_SLOT", None)
     fd = int(os.environ.pop("LRPM_HOST_FD"))
     host_sock = socket.socket(fileno=fd)
-    send(host_sock, type="ready", protocol=PROTOCOL)
+    send(host_sock, type="ready", protocol=PROTOCOL, cgroup=True)
     while True:
-        msg, fds, _flags, _addr = socket.recv_fds(host_sock, MAX_DATAGRAM, 3)
+        msg, fds, _flags, _addr = socket.recv_fds(host_sock, MAX_DATAGRAM, 4)
         if not msg:
             return  # lrpm has gone
         try:
             request = json.loads(msg)
-            if request.get("type") != "fork" or len(fds) != 3:
+            if request.get("type") != "fork" or len(fds) != (4 if request.get("cgroup") else 3):
                 continue
             try:
                 pid = fork(host_sock, request, fds)

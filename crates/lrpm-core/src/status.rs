@@ -48,6 +48,58 @@ pub struct SupervisorStatus {
     /// `--cluster-file`, `--cluster`). The shell fills it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// The worker hosts (docs/hosts.md), one per distinct `host` argv,
+    /// ordered by argv; absent while there are none. The shell fills it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostStatus>,
+}
+
+/// One worker host: `supervisor.hosts[]` in status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// Its argv: the `host` of the jobs it serves.
+    pub argv: Vec<String>,
+    /// Where it stands.
+    pub state: HostState,
+    /// Its pid, while a process runs (`starting` or `ready`).
+    pub pid: Option<u32>,
+    /// When its current process started, or (in `backoff`) when the last
+    /// one ended.
+    pub since: f64,
+    /// How many times it was started again after a failure.
+    pub restarts: u64,
+    /// Starts handed to it and not forked yet: the workers that wait for it.
+    pub waiting: usize,
+    /// Why it last failed (it exited, hung, answered garbage, could not
+    /// start), if it ever did.
+    pub last_error: Option<String>,
+    /// When it last failed.
+    pub last_error_at: Option<f64>,
+    /// In `backoff`: when it is started again.
+    pub restart_at: Option<f64>,
+}
+
+/// Where a worker host stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostState {
+    /// Started, loading what it preloads: not `ready` yet.
+    Starting,
+    /// Ready: it forks workers on request.
+    Ready,
+    /// It failed, and is started again after a backoff.
+    Backoff,
+}
+
+impl HostState {
+    /// The state's name, as in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostState::Starting => "starting",
+            HostState::Ready => "ready",
+            HostState::Backoff => "backoff",
+        }
+    }
 }
 
 /// What each stream leaving lrpm lost since lrpm started.

@@ -1369,6 +1369,7 @@ mod tests {
             output: Default::default(),
             held_back: None,
             cluster: None,
+            hosts: Vec::new(),
         };
         let owned = || {
             let (source, jobs) = core.status(now, 1_764_000_060.5);
@@ -1443,6 +1444,7 @@ mod tests {
                 output: Default::default(),
                 held_back: None,
                 cluster: None,
+                hosts: Vec::new(),
             },
             jobs: vec![JobStatus {
                 id: "42".into(),

@@ -2,12 +2,13 @@
 //! lrpm and a worker host (and each worker it forks) exchange, as a pure
 //! codec. Each datagram is one JSON object with a `type`.
 //!
-//! - host → lrpm: `ready` (with the `protocol` version it speaks),
-//!   `forked` (a request's `id` and the worker's `pid`), `error` (a
+//! - host → lrpm: `ready` (with the `protocol` version it speaks, and
+//!   `cgroup: true` when it forks into a cgroup it is handed), `forked` (a request's `id` and the worker's `pid`), `error` (a
 //!   request's `id` and a `message`).
 //! - lrpm → host: `fork` (`id`, `job`, `class`, `config`, `env`, `cwd`),
 //!   with three descriptors: the worker's stdout, its stderr and its own
-//!   socket.
+//!   socket; with `cgroup: true`, a fourth: the run's cgroup directory, for
+//!   a host that said it forks into one (`clone3` with `CLONE_INTO_CGROUP`).
 //! - worker → lrpm, on its own socket: `hello`; lrpm → worker: `go` (with
 //!   lrpm's `pid`, which must be the worker's parent from then on).
 
@@ -21,6 +22,17 @@ pub const PROTOCOL: u32 = 1;
 /// The environment variable that names the host's socket descriptor.
 pub const HOST_FD_ENV: &str = "LRPM_HOST_FD";
 
+/// The variable lrpm puts in a host's environment as room for a worker's
+/// run id: a worker rewrites it in place, in the environment block the
+/// kernel shows as `/proc/PID/environ`, as `LRPM_RUN_ID=LRPM.RUN` padded
+/// with NULs, so that lrpm's scans by run id (without cgroups, and the
+/// guardian's) find hosted workers and what they fork.
+pub const RUN_ID_SLOT_ENV: &str = "LRPM_RUN_ID_SLOT";
+
+/// The value of [`RUN_ID_SLOT_ENV`]: room for `LRPM_RUN_ID=` and a run id
+/// of up to 65 characters (`PID.RUN` takes at most 28).
+pub const RUN_ID_SLOT_VALUE: &str = "------------------------------------------------------------";
+
 /// The largest datagram either side sends: a `fork` carries the job's
 /// configuration and environment, which validation bounds to 1 MiB.
 pub const MAX_DATAGRAM: usize = 2 * 1024 * 1024;
@@ -33,6 +45,11 @@ pub enum HostMsg {
     Ready {
         /// The protocol version it speaks.
         protocol: u32,
+        /// Whether it forks its intermediate process into the cgroup
+        /// directory that comes with a request (`clone3` with
+        /// `CLONE_INTO_CGROUP`), so that lrpm need not move the worker.
+        #[serde(default)]
+        cgroup: bool,
     },
     /// Request `id` was forked: its worker is `pid`, and the intermediate
     /// process that forked it has been reaped.
@@ -71,7 +88,7 @@ impl HostMsg {
             HostMsgError::Garbage(format!("{e} in {shown:?}"))
         })?;
         match msg {
-            HostMsg::Ready { protocol } if protocol != PROTOCOL => {
+            HostMsg::Ready { protocol, .. } if protocol != PROTOCOL => {
                 Err(HostMsgError::Version(protocol))
             }
             msg => Ok(msg),
@@ -79,7 +96,8 @@ impl HostMsg {
     }
 }
 
-/// lrpm's request to fork a worker (sent with its three descriptors).
+/// lrpm's request to fork a worker (sent with its three descriptors, or
+/// four with `cgroup`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Fork<'a> {
     /// The request's id, which the answer names.
@@ -94,6 +112,9 @@ pub struct Fork<'a> {
     pub env: BTreeMap<&'a str, &'a str>,
     /// The working directory, if the job has one.
     pub cwd: Option<&'a str>,
+    /// Whether a fourth descriptor comes with the request: the run's
+    /// cgroup directory, to clone the intermediate process into.
+    pub cgroup: bool,
 }
 
 impl Fork<'_> {
@@ -130,7 +151,17 @@ mod tests {
     fn host_messages_decode() {
         assert_eq!(
             HostMsg::decode(br#"{"type":"ready","protocol":1}"#),
-            Ok(HostMsg::Ready { protocol: 1 })
+            Ok(HostMsg::Ready {
+                protocol: 1,
+                cgroup: false
+            })
+        );
+        assert_eq!(
+            HostMsg::decode(br#"{"type":"ready","protocol":1,"cgroup":true}"#),
+            Ok(HostMsg::Ready {
+                protocol: 1,
+                cgroup: true
+            })
         );
         assert_eq!(
             HostMsg::decode(br#"{"type":"forked","id":7,"pid":1234,"extra":true}"#),
@@ -171,12 +202,14 @@ mod tests {
             config: &config,
             env: BTreeMap::from([("LRPM_JOB_ID", "42")]),
             cwd: None,
+            cgroup: true,
         };
         let value: serde_json::Value = serde_json::from_slice(&fork.encode()).expect("JSON");
         assert_eq!(
             value,
             serde_json::json!({"type": "fork", "id": 3, "job": "42", "class": "App\\Worker",
-                "config": {"queue": "mail"}, "env": {"LRPM_JOB_ID": "42"}, "cwd": null})
+                "config": {"queue": "mail"}, "env": {"LRPM_JOB_ID": "42"}, "cwd": null,
+                "cgroup": true})
         );
         let go: serde_json::Value = serde_json::from_slice(&go(99)).expect("JSON");
         assert_eq!(go, serde_json::json!({"type": "go", "pid": 99}));

@@ -25,8 +25,9 @@
 //! on its socket carries its pid and pidfd from the kernel
 //! (`lrpm_process::hosted`), lrpm checks that it is its own child (the host
 //! forked twice, so the worker was re-parented to lrpm, a subreaper),
-//! moves it into its run's cgroup, watches its pidfd like any worker's,
-//! and only then answers `go`. From there on nothing tells a hosted worker
+//! finds it in its run's cgroup (created before the request and handed to
+//! a host that can fork into it, `CLONE_INTO_CGROUP`) or moves it there,
+//! watches its pidfd like any worker's, and only then answers `go`. From there on nothing tells a hosted worker
 //! from another: its exit is its pidfd's, reaped by lrpm with its status;
 //! its stop is the signal to its process group, then SIGKILL to its cgroup.
 //!
@@ -37,18 +38,22 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use lrpm_core::backoff::Backoff;
 use lrpm_core::human;
 use lrpm_core::job::{JobId, JobSpec, Program};
+use lrpm_core::status::{HostState, HostStatus};
 use lrpm_core::supervisor::{Reason, RunId};
 use lrpm_process::command::{SpawnContext, SpawnError, SpawnRequest, spawn_command};
+use lrpm_process::containment::JobCgroup;
 use lrpm_process::fd::register;
 use lrpm_process::hosted::{child_socketpair, host_socketpair};
 use lrpm_process::pidfd::AsyncChild;
-use lrpm_proto::host::{Fork, HOST_FD_ENV, HostMsg, MAX_DATAGRAM};
+use lrpm_proto::host::{
+    Fork, HOST_FD_ENV, HostMsg, MAX_DATAGRAM, RUN_ID_SLOT_ENV, RUN_ID_SLOT_VALUE,
+};
 use rustix::net::{RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -74,6 +79,9 @@ struct ForkJob {
     /// The write ends of the worker's stdout and stderr.
     stdout: OwnedFd,
     stderr: OwnedFd,
+    /// The run's cgroup directory, created beforehand, for a host that
+    /// forks into it (its `ready` said `cgroup`).
+    cgroup: Option<OwnedFd>,
     /// lrpm's end of the worker's socket, once the request was sent.
     ours: Option<OwnedFd>,
 }
@@ -105,7 +113,73 @@ pub(crate) struct Pending {
     /// The read ends of the worker's stdout and stderr.
     pub(crate) stdout: OwnedFd,
     pub(crate) stderr: OwnedFd,
+    /// The run's cgroup, created before the request (lrpm runs without
+    /// cgroups, or it could not be created: `None`).
+    pub(crate) cgroup: Option<JobCgroup>,
     host: Arc<[String]>,
+}
+
+/// What status shows of one host ([`HostStatus`], on the monotonic
+/// clock).
+#[derive(Debug, Clone)]
+struct Shown {
+    state: HostState,
+    pid: Option<u32>,
+    since: Instant,
+    restarts: u64,
+    last_error: Option<(String, Instant)>,
+    restart_at: Option<Instant>,
+}
+
+/// What status shows of one host; its task keeps it current.
+#[derive(Debug, Clone)]
+struct Board(Arc<Mutex<Shown>>);
+
+impl Board {
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new(Shown {
+            state: HostState::Starting,
+            pid: None,
+            since: Instant::now(),
+            restarts: 0,
+            last_error: None,
+            restart_at: None,
+        })))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shown> {
+        // A panic while it was held left plain data, still good to show.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A new process of the host runs as `pid`.
+    fn started(&self, pid: u32) {
+        let mut shown = self.lock();
+        shown.state = HostState::Starting;
+        shown.pid = Some(pid);
+        shown.since = Instant::now();
+        shown.restart_at = None;
+    }
+
+    /// It failed for `why`, and is started again in `delay`.
+    fn failed(&self, why: &str, delay: Duration) {
+        let mut shown = self.lock();
+        let now = Instant::now();
+        shown.state = HostState::Backoff;
+        shown.pid = None;
+        shown.since = now;
+        shown.last_error = Some((why.to_owned(), now));
+        shown.restart_at = Some(now + delay);
+    }
+}
+
+/// One host's task, as the event loop holds it.
+#[derive(Debug)]
+struct HostHandle {
+    tx: mpsc::UnboundedSender<ToHost>,
+    board: Board,
 }
 
 /// The worker hosts, one task per distinct argv, and the runs they have
@@ -113,7 +187,7 @@ pub(crate) struct Pending {
 #[derive(Debug)]
 pub(crate) struct Hosts {
     ctx: SpawnContext,
-    hosts: HashMap<Arc<[String]>, mpsc::UnboundedSender<ToHost>>,
+    hosts: HashMap<Arc<[String]>, HostHandle>,
     pending: HashMap<RunId, Pending>,
     events_tx: mpsc::UnboundedSender<HostEvent>,
     events: mpsc::UnboundedReceiver<HostEvent>,
@@ -133,7 +207,9 @@ impl Hosts {
     }
 
     /// Hands run `run` of `spec` (which names a host) to its host, starting
-    /// the host if it is the first; `env` is the worker's environment.
+    /// the host if it is the first; `env` is the worker's environment and
+    /// `cgroup` the run's cgroup with its directory, created beforehand
+    /// (removed here if the start fails).
     pub(crate) fn start(
         &mut self,
         run: RunId,
@@ -141,41 +217,61 @@ impl Hosts {
         spec: &Arc<JobSpec>,
         reason: Reason,
         env: Vec<(String, String)>,
+        cgroup: Option<(JobCgroup, OwnedFd)>,
     ) -> Result<(), SpawnError> {
+        let (cgroup, cgroup_dir) = cgroup.unzip();
+        let fail = |cgroup: Option<JobCgroup>, e: SpawnError| {
+            if let Some(cgroup) = cgroup {
+                cgroup.remove();
+            }
+            Err(e)
+        };
         let argv: Arc<[String]> = match &spec.host {
             Some(argv) => Arc::from(argv.as_slice()),
             None => {
-                return Err(SpawnError::Io(io::Error::other(
-                    "invariant: only a job with a host is hosted",
-                )));
+                return fail(
+                    cgroup,
+                    SpawnError::Io(io::Error::other(
+                        "invariant: only a job with a host is hosted",
+                    )),
+                );
             }
         };
         let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
-        let (stdout_r, stdout_w) = pipe().map_err(|e| SpawnError::Io(e.into()))?;
-        let (stderr_r, stderr_w) = pipe().map_err(|e| SpawnError::Io(e.into()))?;
+        let pipes = pipe().and_then(|out| Ok((out, pipe()?)));
+        let ((stdout_r, stdout_w), (stderr_r, stderr_w)) = match pipes {
+            Ok(pipes) => pipes,
+            Err(e) => return fail(cgroup, SpawnError::Io(e.into())),
+        };
         let host = self.hosts.entry(argv.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
+            let board = Board::new();
             tokio::spawn(serve(
                 argv.clone(),
                 self.ctx.clone(),
                 rx,
                 self.events_tx.clone(),
+                board.clone(),
             ));
-            tx
+            HostHandle { tx, board }
         });
-        let sent = host.send(ToHost::Fork(ForkJob {
+        let sent = host.tx.send(ToHost::Fork(ForkJob {
             run,
             job: job.clone(),
             spec: spec.clone(),
             env,
             stdout: stdout_w,
             stderr: stderr_w,
+            cgroup: cgroup_dir,
             ours: None,
         }));
         if sent.is_err() {
-            return Err(SpawnError::Io(io::Error::other(
-                "invariant: a host's task lives as long as lrpm",
-            )));
+            return fail(
+                cgroup,
+                SpawnError::Io(io::Error::other(
+                    "invariant: a host's task lives as long as lrpm",
+                )),
+            );
         }
         self.pending.insert(
             run,
@@ -185,6 +281,7 @@ impl Hosts {
                 reason,
                 stdout: stdout_r,
                 stderr: stderr_r,
+                cgroup,
                 host: argv,
             },
         );
@@ -206,15 +303,60 @@ impl Hosts {
 
     /// Cancels run `run` if its worker is not forked yet; returns whether
     /// it was pending. A worker its host forks all the same exits at once:
-    /// lrpm closes its socket without a `go`.
+    /// lrpm closes its socket without a `go` (and kills its cgroup).
     pub(crate) fn cancel(&mut self, run: RunId) -> bool {
-        let Some(pending) = self.pending.remove(&run) else {
+        let Some(mut pending) = self.pending.remove(&run) else {
             return false;
         };
+        pending.drop_cgroup();
         if let Some(host) = self.hosts.get(&pending.host) {
-            let _ = host.send(ToHost::Cancel(run));
+            let _ = host.tx.send(ToHost::Cancel(run));
         }
         true
+    }
+
+    /// Every host as status shows it, ordered by argv.
+    /// (`now` on the monotonic clock is `wall` in UTC seconds.)
+    pub(crate) fn status(&self, now: Instant, wall: f64) -> Vec<HostStatus> {
+        let at = |instant: Instant| {
+            if instant >= now {
+                wall + (instant - now).as_secs_f64()
+            } else {
+                wall - (now - instant).as_secs_f64()
+            }
+        };
+        let mut hosts: Vec<HostStatus> = self
+            .hosts
+            .iter()
+            .map(|(argv, host)| {
+                let shown = host.board.lock().clone();
+                HostStatus {
+                    argv: argv.to_vec(),
+                    state: shown.state,
+                    pid: shown.pid,
+                    since: at(shown.since),
+                    restarts: shown.restarts,
+                    waiting: self.pending.values().filter(|p| p.host == *argv).count(),
+                    last_error_at: shown.last_error.as_ref().map(|(_, when)| at(*when)),
+                    last_error: shown.last_error.map(|(why, _)| why),
+                    restart_at: shown.restart_at.map(at),
+                }
+            })
+            .collect();
+        hosts.sort_by(|a, b| a.argv.cmp(&b.argv));
+        hosts
+    }
+}
+
+impl Pending {
+    /// Kills and removes the run's cgroup, if it has one: the run did not
+    /// start, and a worker forked into it all the same has no business
+    /// there.
+    pub(crate) fn drop_cgroup(&mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.kill();
+            cgroup.remove();
+        }
     }
 }
 
@@ -238,15 +380,21 @@ async fn serve(
     ctx: SpawnContext,
     mut rx: mpsc::UnboundedReceiver<ToHost>,
     events: mpsc::UnboundedSender<HostEvent>,
+    board: Board,
 ) {
     let name = host_name(&argv);
     let mut queue: VecDeque<ForkJob> = VecDeque::new();
     let mut backoff = Backoff::new(MAX_HOST_BACKOFF);
-    loop {
+    for attempt in 0u64.. {
+        if attempt > 0 {
+            board.lock().restarts = attempt;
+        }
         let mut host = HostRun {
             argv: &argv,
             name: &name,
+            board: &board,
             ready_since: None,
+            cgroups: false,
             in_flight: BTreeMap::new(),
             next_id: 0,
         };
@@ -267,6 +415,7 @@ async fn serve(
             backoff.reset();
         }
         let delay = backoff.fail();
+        board.failed(&why, delay);
         tracing::error!(
             host = %name,
             "worker host: {why}; starting it again in {} ({} workers wait for it)",
@@ -299,8 +448,12 @@ fn take_request(queue: &mut VecDeque<ForkJob>, msg: ToHost) {
 struct HostRun<'a> {
     argv: &'a [String],
     name: &'a str,
+    /// What status shows of it.
+    board: &'a Board,
     /// When it said `ready`.
     ready_since: Option<Instant>,
+    /// Whether its `ready` said it forks into a cgroup it is handed.
+    cgroups: bool,
     /// The requests sent and not answered, by id, with their deadlines.
     in_flight: BTreeMap<u64, (ForkJob, Instant)>,
     next_id: u64,
@@ -319,7 +472,9 @@ impl HostRun<'_> {
             Ok(started) => started,
             Err(e) => return Ended::Failed(format!("cannot start it: {e}")),
         };
-        tracing::info!(host = %self.name, pid = child.pid().as_raw_nonzero().get(), "worker host started");
+        let pid = child.pid().as_raw_nonzero().get() as u32;
+        self.board.started(pid);
+        tracing::info!(host = %self.name, pid, "worker host started");
         let started = Instant::now();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -398,9 +553,11 @@ impl HostRun<'_> {
         events: &mpsc::UnboundedSender<HostEvent>,
     ) -> Result<(), String> {
         match HostMsg::decode(datagram).map_err(|e| e.to_string())? {
-            HostMsg::Ready { .. } if self.ready_since.is_none() => {
+            HostMsg::Ready { cgroup, .. } if self.ready_since.is_none() => {
                 tracing::info!(host = %self.name, "worker host ready");
                 self.ready_since = Some(Instant::now());
+                self.cgroups = cgroup;
+                self.board.lock().state = HostState::Ready;
             }
             HostMsg::Ready { .. } => return Err("it said ready twice".into()),
             HostMsg::Forked { id, pid } => {
@@ -425,7 +582,8 @@ impl HostRun<'_> {
         Ok(())
     }
 
-    /// Sends `job`'s `fork` with its three descriptors; returns its id.
+    /// Sends `job`'s `fork` with its three descriptors (four with the
+    /// run's cgroup); returns its id.
     fn send(&mut self, sock: &OwnedFd, job: &mut ForkJob) -> io::Result<u64> {
         let (ours, theirs) = child_socketpair()?;
         let Program::WorkerClass(class) = &job.spec.program else {
@@ -434,6 +592,7 @@ impl HostRun<'_> {
             ));
         };
         let id = self.next_id;
+        let cgroup = job.cgroup.as_ref().filter(|_| self.cgroups);
         let datagram = Fork {
             id,
             job: job.job.as_str(),
@@ -445,10 +604,12 @@ impl HostRun<'_> {
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect(),
             cwd: job.spec.cwd.as_deref(),
+            cgroup: cgroup.is_some(),
         }
         .encode();
-        let fds = [job.stdout.as_fd(), job.stderr.as_fd(), theirs.as_fd()];
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+        let mut fds = vec![job.stdout.as_fd(), job.stderr.as_fd(), theirs.as_fd()];
+        fds.extend(cgroup.map(|dir| dir.as_fd()));
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
             return Err(io::Error::other("the control buffer is too small"));
@@ -504,6 +665,7 @@ fn spawn_host(argv: &[String], ctx: &SpawnContext) -> io::Result<(AsyncChild, As
     let request = SpawnRequest::new(&argv[0])
         .args(&argv[1..])
         .env(HOST_FD_ENV, lrpm_process::command::HANDED_FD.to_string())
+        .env(RUN_ID_SLOT_ENV, RUN_ID_SLOT_VALUE)
         .inherit_output()
         .hand(theirs);
     let spawned = spawn_command(request, ctx).map_err(io::Error::other)?;

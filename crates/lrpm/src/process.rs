@@ -510,20 +510,71 @@ impl ProcessTable {
         worker_env(run, job, spec, self.notify_socket.as_deref())
     }
 
+    /// The cgroup of run `run` of `job` and its directory, created before
+    /// its host forks the worker: a host that can forks it there
+    /// (`CLONE_INTO_CGROUP`), and [`ProcessTable::admit_hosted`] moves it
+    /// there otherwise. `None` without cgroups, or (logged) when it cannot
+    /// be created: the worker then runs without one.
+    pub(crate) fn hosted_cgroup(
+        &self,
+        run: RunId,
+        job: &JobId,
+    ) -> Option<(containment::JobCgroup, OwnedFd)> {
+        let tree = self.containment.cgroups.as_ref()?;
+        match tree.runs().create_run(job, run) {
+            Ok(created) => Some(created),
+            Err(e) => {
+                tracing::warn!(%job, "cannot create a cgroup for the hosted worker: {e}");
+                None
+            }
+        }
+    }
+
     /// Takes the worker a host forked for run `run` as lrpm's own: its
     /// `hello` (waiting on `ours`, lrpm's end of its socket) names it by the
     /// kernel's credentials; it must be the pid the host said (`pid`) and
-    /// lrpm's child. It is moved into the run's cgroup, watched like any
-    /// worker, and told `go`. On an error, the worker (if any) exits by
-    /// itself when `ours` closes.
+    /// lrpm's child. It is moved into the run's `cgroup` unless its host
+    /// forked it there, watched like any worker, and told `go`. On an
+    /// error, the worker (if any) exits by itself when `ours` closes, and
+    /// the cgroup is killed and removed.
     pub(crate) fn admit_hosted(
         &mut self,
         run: RunId,
         job: &JobId,
         pid: u32,
         ours: OwnedFd,
-        stdout: OwnedFd,
-        stderr: OwnedFd,
+        (stdout, stderr): (OwnedFd, OwnedFd),
+        cgroup: Option<containment::JobCgroup>,
+    ) -> Result<Started, SpawnError> {
+        let mut cgroup = cgroup;
+        let admitted = self.admit_hosted_in(run, job, pid, &ours, (stdout, stderr), &mut cgroup);
+        if let Some(cgroup) = cgroup {
+            cgroup.kill();
+            cgroup.remove();
+        }
+        let started = admitted?;
+        let go = lrpm_proto::host::go(std::process::id());
+        if let Err(e) = rustix::net::send(
+            &ours,
+            &go,
+            rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+        ) {
+            // It exits on the hang-up; its exit is watched.
+            tracing::warn!(%job, "cannot tell the hosted worker to go: {e}");
+        }
+        Ok(started)
+    }
+
+    /// [`ProcessTable::admit_hosted`] up to `go`; takes `cgroup` once the
+    /// worker is admitted with it, and leaves it to the caller otherwise.
+    fn admit_hosted_in(
+        &mut self,
+        run: RunId,
+        job: &JobId,
+        pid: u32,
+        ours: &OwnedFd,
+        (stdout, stderr): (OwnedFd, OwnedFd),
+        cgroup: &mut Option<containment::JobCgroup>,
     ) -> Result<Started, SpawnError> {
         use lrpm_process::hosted;
         let io_err = |what: &str, e: io::Error| {
@@ -553,24 +604,23 @@ impl ProcessTable {
                 e,
             )
         })?;
-        let cgroup = match &self.containment.cgroups {
-            None => None,
-            Some(tree) => match tree.runs().create_run(job, run) {
-                Ok((cgroup, _dir)) => match hosted::join_cgroup(cgroup.dir(), hello.pid) {
-                    Ok(()) => Some(cgroup),
-                    Err(e) => {
-                        tracing::warn!(%job, "cannot move the hosted worker into its cgroup: {e}");
-                        cgroup.remove();
-                        None
+        // A host that forks into the run's cgroup spares the move, which
+        // waits for an RCU grace period (milliseconds) in the kernel.
+        let placed = match (&*cgroup, &self.containment.cgroups) {
+            (Some(cgroup), Some(tree)) => {
+                run_of_cgroup(sender, tree.base()) == Some(run)
+                    || match hosted::join_cgroup(cgroup.dir(), hello.pid) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(%job, "cannot move the hosted worker into its cgroup: {e}");
+                            false
+                        }
                     }
-                },
-                Err(e) => {
-                    tracing::warn!(%job, "cannot create a cgroup for the hosted worker: {e}");
-                    None
-                }
-            },
+            }
+            _ => false,
         };
-        let started = self.admit(
+        let cgroup = if placed { cgroup.take() } else { None };
+        self.admit(
             run,
             job,
             Starting {
@@ -583,17 +633,7 @@ impl ProcessTable {
                 // A hosted job has no memoryMax (see the core's decl).
                 memory: None,
             },
-        )?;
-        let go = lrpm_proto::host::go(std::process::id());
-        if let Err(e) = rustix::net::send(
-            &ours,
-            &go,
-            rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
-        ) {
-            // It exits on the hang-up; its exit is watched.
-            tracing::warn!(%job, "cannot tell the hosted worker to go: {e}");
-        }
-        Ok(started)
+        )
     }
 
     /// Listens to SIGCHLD, if it does not already.

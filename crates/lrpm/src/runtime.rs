@@ -750,6 +750,7 @@ impl Shell {
             },
             held_back: self.held_back_reason(),
             cluster: self.cluster.as_ref().map(|cluster| cluster.status(false)),
+            hosts: self.hosts.status(now, wall),
         };
         let jobs = match ids {
             None => self.core.status_jobs(now, wall),
@@ -965,10 +966,15 @@ impl Shell {
             return self.spawn_done(spawn, Err(e));
         }
         let env = self.procs.hosted_env(spawn.run, &spawn.job, &spawn.spec);
-        if let Err(e) = self
-            .hosts
-            .start(spawn.run, &spawn.job, &spawn.spec, spawn.reason, env)
-        {
+        let cgroup = self.procs.hosted_cgroup(spawn.run, &spawn.job);
+        if let Err(e) = self.hosts.start(
+            spawn.run,
+            &spawn.job,
+            &spawn.spec,
+            spawn.reason,
+            env,
+            cgroup,
+        ) {
             self.spawn_done(spawn, Err(e));
         }
     }
@@ -989,15 +995,16 @@ impl Shell {
                     spec: p.spec.clone(),
                     reason: p.reason,
                 };
-                let result = self
-                    .procs
-                    .admit_hosted(run, &p.job, pid, ours, p.stdout, p.stderr);
+                let result =
+                    self.procs
+                        .admit_hosted(run, &p.job, pid, ours, (p.stdout, p.stderr), p.cgroup);
                 (spawn, result)
             }
             HostEvent::Failed { run, why } => {
-                let Some(p) = self.hosts.take(run) else {
+                let Some(mut p) = self.hosts.take(run) else {
                     return;
                 };
+                p.drop_cgroup();
                 let spawn = Spawn {
                     run,
                     job: p.job,

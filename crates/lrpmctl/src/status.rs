@@ -9,7 +9,9 @@ use std::borrow::Cow;
 
 use lrpm_core::escape::{Escaped, escape};
 use lrpm_core::human::HumanDuration;
-use lrpm_core::status::{ConnectionState, ExitInfo, Health, JobState, JobStatus, Status};
+use lrpm_core::status::{
+    ConnectionState, ExitInfo, Health, HostState, HostStatus, JobState, JobStatus, Status,
+};
 use unicode_width::UnicodeWidthStr;
 
 use crate::client::Client;
@@ -166,6 +168,9 @@ pub fn render<'a>(status: &Status, view: &View, usages: impl FnOnce() -> Usages<
     if let Some(error) = &source.last_error {
         let _ = write!(out, "\n{} {}", paint(red, "source error:"), Escaped(error));
     }
+    for host in &sup.hosts {
+        host_lines(&mut out, host, view, &paint);
+    }
     let count = |state| status.jobs.iter().filter(|j| j.state == state).count();
     let _ = write!(
         out,
@@ -214,6 +219,51 @@ pub fn render<'a>(status: &Status, view: &View, usages: impl FnOnce() -> Usages<
         }
     }
     out
+}
+
+/// The lines of a worker host: its argv, state, pid and last error.
+fn host_lines(
+    out: &mut String,
+    host: &HostStatus,
+    view: &View,
+    paint: &dyn Fn(Style, &str) -> String,
+) {
+    let red = Style::new().fg_color(Some(AnsiColor::Red.into()));
+    let yellow = Style::new().fg_color(Some(AnsiColor::Yellow.into()));
+    let state = match host.state {
+        HostState::Ready => host.state.as_str().to_owned(),
+        HostState::Starting => paint(yellow, host.state.as_str()),
+        HostState::Backoff => paint(red, host.state.as_str()),
+    };
+    let _ = write!(out, "\nhost {}: {state}", Escaped(&host.argv.join(" ")));
+    match (host.pid, host.restart_at) {
+        (Some(pid), _) => {
+            let _ = write!(out, ", pid {pid}, up {}", duration(view.now - host.since));
+        }
+        (None, Some(at)) => {
+            let _ = write!(out, " (next start in {})", duration(at - view.now));
+        }
+        (None, None) => {}
+    }
+    if host.restarts > 0 {
+        let _ = write!(
+            out,
+            ", {}",
+            lrpm_core::human::count(host.restarts as usize, "restart")
+        );
+    }
+    if host.waiting > 0 {
+        let _ = write!(out, ", {} waiting", host.waiting);
+    }
+    if let (Some(error), Some(at)) = (&host.last_error, host.last_error_at) {
+        let _ = write!(
+            out,
+            "\n  {} {} ({} ago)",
+            paint(red, "host error:"),
+            Escaped(error),
+            duration(view.now - at)
+        );
+    }
 }
 
 /// Lays out the rows under the headings.
@@ -446,6 +496,7 @@ mod tests {
                 output: Default::default(),
                 held_back: None,
                 cluster: None,
+                hosts: Vec::new(),
             },
             jobs: vec![
                 job("1", JobState::Running),
@@ -497,6 +548,41 @@ mod tests {
         }
         // The escaped id sets its column's width.
         assert!(text.contains("evil\\x1b[2J\\nid  4294967295"), "{text}");
+    }
+
+    #[test]
+    fn worker_hosts_show_their_state_pid_and_last_error() {
+        let mut status = status();
+        let host = |argv: &str, state, pid| lrpm_core::status::HostStatus {
+            argv: argv.split(' ').map(str::to_owned).collect(),
+            state,
+            pid,
+            since: 990.0,
+            restarts: 0,
+            waiting: 0,
+            last_error: None,
+            last_error_at: None,
+            restart_at: None,
+        };
+        let mut failing = host("php lrpm-host.php bad.php", HostState::Backoff, None);
+        failing.restarts = 3;
+        failing.waiting = 2;
+        failing.last_error = Some("it ended (exit status: 255)".into());
+        failing.last_error_at = Some(998.0);
+        failing.restart_at = Some(1004.0);
+        status.supervisor.hosts = vec![
+            failing,
+            host("python3 lrpm_host.py app", HostState::Ready, Some(42)),
+        ];
+        let text = rendered(&status, &VIEW);
+        assert!(
+            text.contains(
+                "\nhost php lrpm-host.php bad.php: backoff (next start in 4s), 3 restarts, \
+                 2 waiting\n  host error: it ended (exit status: 255) (2s ago)\n\
+                 host python3 lrpm_host.py app: ready, pid 42, up 10s\n3 jobs"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -40,8 +40,8 @@ class Recorder:
 
 class Stubborn(Recorder):
     def start(self, config):
-        super().start(config)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        super().start(config)
 
 class Daemon(Recorder):
     def start(self, config):
@@ -81,14 +81,29 @@ fn hosted(dir: &Path, class: &str, extra: Value) -> Value {
 
 /// Starts lrpm on `jobs(dir)`, in a temp dir holding the test workers.
 fn start(jobs: impl FnOnce(&Path) -> Value) -> Lrpm {
+    start_with(&[], jobs)
+}
+
+/// [`start`], with lrpm's arguments `args` too.
+fn start_with(args: &[&str], jobs: impl FnOnce(&Path) -> Value) -> Lrpm {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("hostworkers.py"), WORKERS).expect("workers");
     let config = dir.path().join("jobs.json");
     std::fs::write(&config, jobs(dir.path()).to_string()).expect("config");
     let source = config.clone();
     Lrpm::start_in(dir, config, move |command| {
-        command.arg(&source);
+        command.args(args).arg(&source);
     })
+}
+
+/// The value of `LRPM_RUN_ID` in `pid`'s `/proc/PID/environ` (what the
+/// kernel shows, which lrpm's scans by run id read), if it has one.
+fn environ_run_id(pid: u32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ
+        .split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(b"LRPM_RUN_ID="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// What job `id`'s worker recorded at its start (with pid `pid`, if given).
@@ -213,11 +228,11 @@ fn a_stubborn_hosted_worker_is_killed_after_its_timeout() {
     let (pid, _) = running_worker(&lrpm, "s");
     lrpm.write_config("{}");
     wait_until("the stubborn worker gone", LONG, || !pid_alive(pid));
-    let log = lrpm.stderr();
-    assert!(
-        log.contains("killed by signal 9") || log.contains("SIGKILL"),
-        "{log}"
-    );
+    // lrpm's log is written by a thread of its own: it may lag the kill.
+    wait_until("its SIGKILL in the log", LONG, || {
+        let log = lrpm.stderr();
+        log.contains("killed by signal 9") || log.contains("SIGKILL")
+    });
 }
 
 #[test]
@@ -229,10 +244,31 @@ fn a_host_killed_with_sigkill_is_restarted_and_its_workers_keep_running() {
     let (worker, _) = running_worker(&lrpm, "a");
     let hosts = hosts_of(&lrpm);
     assert_eq!(hosts.len(), 1, "{hosts:?}");
+    // Status shows the host: its argv, state and pid.
+    let shown = lrpm.status()["supervisor"]["hosts"].clone();
+    assert_eq!(shown[0]["state"], "ready", "{shown}");
+    assert_eq!(shown[0]["pid"], hosts[0], "{shown}");
+    assert_eq!(shown[0]["restarts"], 0, "{shown}");
+    assert!(shown[0]["last_error"].is_null(), "{shown}");
+    assert_eq!(shown[0]["argv"][0], "python3", "{shown}");
     signal(hosts[0], rustix::process::Signal::KILL);
     wait_until("the host started again", LONG, || {
         lrpm.stderr().matches("worker host ready").count() >= 2
     });
+    // … and, now, that it was started again, and why.
+    let shown = lrpm.wait_for("the new host in status", LONG, |s| {
+        s["supervisor"]["hosts"][0]["state"] == "ready"
+    })["supervisor"]["hosts"]
+        .clone();
+    assert_eq!(shown[0]["restarts"], 1, "{shown}");
+    assert_ne!(shown[0]["pid"], hosts[0], "{shown}");
+    let error = shown[0]["last_error"].as_str().expect("its last error");
+    // Its exit or its socket's end, whichever lrpm saw first.
+    assert!(
+        error.contains("it ended") || error.contains("it closed its socket"),
+        "{error}"
+    );
+    assert!(shown[0]["last_error_at"].is_f64(), "{shown}");
     assert!(pid_alive(worker), "the worker died with its host");
     assert_eq!(lrpm.job("a").as_ref().and_then(pid_of), Some(worker));
     // The new host forks the next worker.
@@ -257,6 +293,44 @@ fn a_hosted_worker_and_its_daemon_end_with_their_job() {
     lrpm.write_config("{}");
     wait_until("the worker and its daemon gone", LONG, || {
         !pid_alive(pid) && !pid_alive(daemon)
+    });
+}
+
+#[test]
+fn without_cgroups_a_hosted_workers_daemon_carries_its_run_id_and_ends_with_its_job_and_lrpm() {
+    if !python3() {
+        return;
+    }
+    let mut lrpm = start_with(
+        &["--cgroup", "off"],
+        |dir| json!({"d1": hosted(dir, "Daemon", json!({})), "d2": hosted(dir, "Daemon", json!({}))}),
+    );
+    let (pid1, info1) = running_worker(&lrpm, "d1");
+    let (pid2, info2) = running_worker(&lrpm, "d2");
+    let daemon = |info: &Value| info["daemon"].as_u64().expect("daemon pid") as u32;
+    let (daemon1, daemon2) = (daemon(&info1), daemon(&info2));
+    // As an exec'd worker's, the hosted worker's environment block (and
+    // its daemon's, forked from it) names its run.
+    for (pid, worker) in [(pid1, pid1), (daemon1, pid1), (pid2, pid2), (daemon2, pid2)] {
+        let run_id = environ_run_id(pid).unwrap_or_else(|| panic!("{pid} has no LRPM_RUN_ID"));
+        assert!(
+            run_id.starts_with(&format!("{}.", lrpm.pid())),
+            "{pid}: LRPM_RUN_ID={run_id}"
+        );
+        assert_eq!(Some(run_id), environ_run_id(worker));
+    }
+    assert!(info1["env"]["LRPM_RUN_ID"].is_string());
+    // Removing its job kills its daemon (lrpm adopted it: a subreaper).
+    lrpm.write_config(&json!({"d2": hosted(lrpm.dir.path(), "Daemon", json!({}))}).to_string());
+    wait_until("d1's worker and daemon gone", LONG, || {
+        !pid_alive(pid1) && !pid_alive(daemon1)
+    });
+    // lrpm SIGKILLed: its guardian kills d2's daemon, found by its run id.
+    assert!(pid_alive(daemon2));
+    signal(lrpm.pid(), rustix::process::Signal::KILL);
+    lrpm.wait_timeout(LONG).expect("lrpm killed");
+    wait_until("d2's worker and daemon gone", LONG, || {
+        !pid_alive(pid2) && !pid_alive(daemon2)
     });
 }
 
@@ -365,6 +439,12 @@ fn php_hosted_workers_run_restart_and_share_their_memory() {
     assert_eq!(info["ppid"], lrpm.pid());
     assert_eq!(info["pgid"], pid);
     assert_eq!(info["env"]["LRPM_JOB_ID"], "a");
+    let run_id = environ_run_id(pid).expect("LRPM_RUN_ID in /proc/PID/environ");
+    assert!(run_id.starts_with(&format!("{}.", lrpm.pid())), "{run_id}");
+    if lrpm.uses_cgroups() {
+        let cgroup = crate::support::cgroup_of(pid).expect("its cgroup");
+        assert!(cgroup.contains("/job-a-"), "{cgroup}");
+    }
     for pair in info["fds"].as_array().expect("fds") {
         let (fd, target) = (
             pair[0].as_str().expect("fd"),
