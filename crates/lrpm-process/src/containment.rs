@@ -905,6 +905,21 @@ impl JobCgroup {
         }
     }
 
+    /// Removes the cgroup of a run whose main process has ended and been
+    /// reaped, without killing it first: at once when nothing is left in
+    /// it (a cgroup with a live process cannot be removed), which saves
+    /// writing `cgroup.kill`; otherwise what is left (an escaped daemon) is
+    /// killed and the cgroup removed once it has died ([`JobCgroup::remove`]).
+    pub fn clear(self) {
+        match std::fs::remove_dir(&self.dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(_) => {}
+        }
+        self.kill();
+        self.remove();
+    }
+
     /// Removes the cgroup, which must have been killed. Its processes may
     /// still be dying, so a busy cgroup is removed by a task that retries
     /// for a few seconds; outside a runtime, removal blocks instead.

@@ -344,6 +344,7 @@ impl Shell {
     /// it loads would be applied.
     fn shutdown_began(&mut self, why: &str, jobs: usize) {
         tracing::info!("{why}: shutting down {}", human::count(jobs, "job"));
+        self.procs.shutting_down();
         self.systemd.stopping(why);
         self.source.stop();
     }

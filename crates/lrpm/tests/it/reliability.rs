@@ -755,6 +755,30 @@ fn fork_happy_workers_leave_nothing_behind_their_stop_or_their_crash() {
 }
 
 #[test]
+fn with_cgroups_a_daemon_left_by_a_worker_dies_at_shutdown() {
+    // During a shutdown a run's cgroup is killed only when it cannot be
+    // removed: one that holds an escaped daemon must still be killed.
+    let marker = sleep_marker(6);
+    let config = format!(
+        "[d]\nname = \"d\"\ncommand = \"setsid sleep {marker} & exec sleep {marker}\"\n\n\
+         [plain]\nname = \"p\"\ncommand = \"exec sleep {marker}\"\n"
+    );
+    let mut lrpm = Lrpm::start("jobs.toml", &config, &[]);
+    if !prerequisite("a writable cgroup v2", lrpm.uses_cgroups()) {
+        return;
+    }
+    let sleeping = wait_for_value("the workers and the daemon", LONG, || {
+        let sleeping = sleepers(&marker);
+        (sleeping.len() == 3).then_some(sleeping)
+    });
+    assert!(lrpm.terminate().success());
+    wait_until("the daemon to die with its job at shutdown", LONG, || {
+        sleepers(&marker).is_empty()
+    });
+    assert!(sleeping.iter().all(|p| !pid_alive(*p)));
+}
+
+#[test]
 fn without_cgroups_escaped_daemons_are_killed_with_their_job_or_at_shutdown() {
     let tracked = sleep_marker(3);
     let scrubbed = sleep_marker(4);
