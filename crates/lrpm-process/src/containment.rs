@@ -107,9 +107,9 @@ impl std::str::FromStr for CgroupChoice {
 pub struct Containment {
     /// The cgroup tree, when cgroups are used.
     pub cgroups: Option<CgroupTree>,
-    /// Where the memory cgroups of runs with a `memoryMax` go; or why there
-    /// are none (such jobs are then invalid, with that reason).
-    pub memory: Result<MemoryTree, String>,
+    /// How the cap of a run with a `memoryMax` is enforced; or why it
+    /// cannot be (such jobs are then invalid, with that reason).
+    pub memory: Result<MemoryLimits, String>,
     /// The orphan reaper, when lrpm is a subreaper or PID 1.
     pub orphans: Option<Orphans>,
 }
@@ -163,14 +163,24 @@ impl Containment {
         let orphans = (subreaper || pid_one).then(|| Orphans::new(subreaper));
         let memory = match &cgroups {
             None => Err("lrpm runs without its cgroup tree (see its start-up log)".to_owned()),
-            Some(_) => MemoryTree::create(),
+            Some(tree) => match tree.enable_memory() {
+                Ok(()) => Ok(MemoryLimits::Unified),
+                Err(v2) => MemoryTree::create()
+                    .map(MemoryLimits::V1)
+                    .map_err(|v1| format!("cgroup v2: {v2}; cgroup v1: {v1}")),
+            },
         };
-        match &memory {
-            Ok(tree) => tracing::info!(
+        match (&memory, &cgroups) {
+            (Ok(MemoryLimits::Unified), Some(tree)) => tracing::info!(
+                "jobs with memoryMax are capped by the memory.max of their cgroup under {}",
+                tree.base().display()
+            ),
+            (Ok(MemoryLimits::V1(tree)), _) => tracing::info!(
                 "jobs with memoryMax run in a cgroup v1 memory cgroup under {}",
                 tree.runs.base().display()
             ),
-            Err(why) => tracing::info!("jobs with memoryMax are invalid: {why}"),
+            (Ok(MemoryLimits::Unified), None) => {}
+            (Err(why), _) => tracing::info!("jobs with memoryMax are invalid: {why}"),
         }
         Ok(Containment {
             cgroups,
@@ -406,6 +416,37 @@ impl CgroupTree {
         &self.runs
     }
 
+    /// Turns the memory controller on for the runs' cgroups, so that a
+    /// run's `memory.max` caps it ([`JobCgroup::limit_memory`]): `+memory`
+    /// in the tree's `cgroup.subtree_control`, and first in its parent's
+    /// when the parent has the controller but does not hand it down.
+    ///
+    /// cgroup v2 lets no process live in a cgroup (but the root) that hands
+    /// a controller down. When lrpm is alone in the parent (a systemd
+    /// service with `Delegate=yes`), it moves itself into a leaf,
+    /// `PARENT/supervisor`, to free it, as systemd asks of delegated
+    /// services; when other processes share the parent, this fails, with
+    /// the reason.
+    pub fn enable_memory(&self) -> Result<(), String> {
+        let base = self.base();
+        let parent = base.parent().ok_or("lrpm's cgroup tree has no parent")?;
+        if !lists_memory(&parent.join("cgroup.controllers")) {
+            return Err(format!(
+                "{} has no memory controller (its cgroup.controllers)",
+                parent.display()
+            ));
+        }
+        if !lists_memory(&parent.join("cgroup.subtree_control")) {
+            hand_down_memory(parent)?;
+        }
+        enable_memory_in(base).map_err(|e| {
+            format!(
+                "cannot write +memory to {}/cgroup.subtree_control: {e}",
+                base.display()
+            )
+        })
+    }
+
     /// Kills whatever is left in the tree and removes it. Runs at shutdown,
     /// once every worker has been reaped, and on drop.
     pub fn close(&mut self) {
@@ -478,6 +519,37 @@ impl RunCgroups {
     }
 }
 
+/// How the cap of a run with a `memoryMax` is enforced.
+#[derive(Debug)]
+pub enum MemoryLimits {
+    /// cgroup v2: the memory controller is on in lrpm's tree
+    /// ([`CgroupTree::enable_memory`]), and a run's cap is the `memory.max`
+    /// of its own cgroup ([`JobCgroup::limit_memory`]).
+    Unified,
+    /// cgroup v1 (a hybrid layout): a run also joins a memory cgroup of its
+    /// own, with its limit, in lrpm's [`MemoryTree`].
+    V1(MemoryTree),
+}
+
+impl MemoryLimits {
+    /// The memory cgroups of cgroup v1, where runs with a cap go; `None`
+    /// on cgroup v2, where a run's own cgroup holds its cap.
+    pub fn v1_runs(&self) -> Option<&RunCgroups> {
+        match self {
+            MemoryLimits::Unified => None,
+            MemoryLimits::V1(tree) => Some(tree.runs()),
+        }
+    }
+
+    /// Removes what is left of the cgroup v1 memory tree, if there is one.
+    /// Runs at shutdown, once every worker has been reaped.
+    pub fn close(&mut self) {
+        if let MemoryLimits::V1(tree) = self {
+            tree.close();
+        }
+    }
+}
+
 /// lrpm's tree in cgroup v1's memory hierarchy, `MEMCG/lrpm-PID/` under
 /// lrpm's own memory cgroup: where the memory controller is on cgroup v1
 /// (a hybrid layout), a run with a `memoryMax` gets a memory cgroup of its
@@ -503,11 +575,7 @@ impl MemoryTree {
         let own = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
         let Some(path) = parse_own_v1_memory(&own) else {
-            return Err(
-                "the memory controller is not on cgroup v1 here, and memoryMax on a \
-                        cgroup v2 memory controller is not supported yet"
-                    .to_owned(),
-            );
+            return Err("the memory controller is not on cgroup v1 here".to_owned());
         };
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
@@ -647,6 +715,73 @@ impl RunCgroups {
             }
         }
     }
+}
+
+/// The leaf cgroup lrpm moves itself into when it must free its own
+/// cgroup of processes ([`CgroupTree::enable_memory`]).
+const SUPERVISOR_LEAF: &str = "supervisor";
+
+/// Whether a cgroup's `cgroup.controllers` or `cgroup.subtree_control` at
+/// `file` names the memory controller.
+fn lists_memory(file: &Path) -> bool {
+    std::fs::read_to_string(file).is_ok_and(|text| text.split_whitespace().any(|c| c == "memory"))
+}
+
+/// Writes `+memory` to the `cgroup.subtree_control` of `dir`.
+fn enable_memory_in(dir: &Path) -> io::Result<()> {
+    std::fs::write(dir.join("cgroup.subtree_control"), "+memory")
+}
+
+/// Makes `parent` (lrpm's own cgroup) hand the memory controller down; if
+/// processes keep it from doing so and lrpm is the only one, moves lrpm into
+/// the leaf [`SUPERVISOR_LEAF`] first.
+fn hand_down_memory(parent: &Path) -> Result<(), String> {
+    let cannot = |e: io::Error| {
+        format!(
+            "cannot write +memory to {}/cgroup.subtree_control: {e}",
+            parent.display()
+        )
+    };
+    match enable_memory_in(parent) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {}
+        Err(e) => return Err(cannot(e)),
+    }
+    // Processes in `parent` keep it from handing a controller down.
+    let own = std::process::id().to_string();
+    let procs = std::fs::read_to_string(parent.join("cgroup.procs")).map_err(cannot)?;
+    let others: Vec<&str> = procs.lines().filter(|pid| *pid != own).collect();
+    if !others.is_empty() {
+        let shown = others
+            .iter()
+            .take(5)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(format!(
+            "{} holds processes other than lrpm (pids {shown}{}), and cgroup v2 lets a \
+             cgroup with processes hand no controller down: run lrpm in a cgroup of its own \
+             (systemd: Delegate=yes), or name an empty delegated one with --cgroup PATH",
+            parent.display(),
+            if others.len() > 5 { ", …" } else { "" },
+        ));
+    }
+    let leaf = parent.join(SUPERVISOR_LEAF);
+    match std::fs::create_dir(&leaf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", leaf.display())),
+    }
+    // "0": the writer, every thread of it.
+    std::fs::write(leaf.join("cgroup.procs"), "0")
+        .map_err(|e| format!("cannot move lrpm into {}: {e}", leaf.display()))?;
+    tracing::info!(
+        "moved lrpm into {} so that {} can hand the memory controller to its jobs' cgroups \
+         (cgroup v2 allows no process in a cgroup that does)",
+        leaf.display(),
+        parent.display()
+    );
+    enable_memory_in(parent).map_err(cannot)
 }
 
 /// Warns when `parent` looks like a systemd unit's cgroup that was not
@@ -891,6 +1026,17 @@ impl JobCgroup {
                     .and_then(|n| n.trim().parse().ok())
             })
             .unwrap_or(0)
+    }
+
+    /// Caps the cgroup's memory at `max` bytes before any process joins
+    /// it (cgroup v2): `memory.max`, and `memory.swap.max` 0 where swap is
+    /// accounted, so that the cap holds swap too.
+    pub fn limit_memory(&self, max: u64) -> io::Result<()> {
+        std::fs::write(self.dir.join("memory.max"), max.to_string())?;
+        match std::fs::write(self.dir.join("memory.swap.max"), "0") {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            written => written,
+        }
     }
 
     /// SIGKILLs every process in the cgroup, escaped daemons included.

@@ -1092,44 +1092,53 @@ mod tests {
         }
     }
 
+    /// Asserts that each request is refused with exactly its error.
+    fn refused(cases: &[(&str, &str)]) {
+        for (request, error) in cases {
+            assert_eq!(err(request), *error, "{request}");
+        }
+    }
+
     #[test]
     fn the_operators_commands_say_what_is_wrong() {
-        assert_eq!(
-            err(r#"{"cmd":"pause"}"#),
-            "pause needs \"ids\" (at least one job id)"
-        );
-        assert_eq!(
-            err(r#"{"cmd":"resume","ids":[]}"#),
-            "resume needs \"ids\" (at least one job id)"
-        );
-        assert_eq!(
-            err(r#"{"cmd":"pause","ids":"a"}"#),
-            "pause: \"ids\" must be a list of job ids: strings or integers, got a string"
-        );
-        assert_eq!(
-            err(r#"{"cmd":"pause","ids":[true]}"#),
-            "pause: \"ids\" must be a list of job ids: strings or integers, got a boolean"
-        );
-        assert_eq!(
-            err(r#"{"cmd":"restart","all":true,"ids":["a"]}"#),
-            "restart: \"all\" cannot be given with job ids"
-        );
-        assert_eq!(
-            err(r#"{"cmd":"restart","all":1}"#),
-            "restart: \"all\" must be a boolean, got an integer"
-        );
-        assert_eq!(
-            err(r#"{"cmd":"signal","ids":["a"]}"#),
-            "signal needs \"signal\" (a signal name or number)"
-        );
+        refused(&[
+            (
+                r#"{"cmd":"pause"}"#,
+                "pause needs \"ids\" (at least one job id)",
+            ),
+            (
+                r#"{"cmd":"resume","ids":[]}"#,
+                "resume needs \"ids\" (at least one job id)",
+            ),
+            (
+                r#"{"cmd":"pause","ids":"a"}"#,
+                "pause: \"ids\" must be a list of job ids: strings or integers, got a string",
+            ),
+            (
+                r#"{"cmd":"pause","ids":[true]}"#,
+                "pause: \"ids\" must be a list of job ids: strings or integers, got a boolean",
+            ),
+            (
+                r#"{"cmd":"restart","all":true,"ids":["a"]}"#,
+                "restart: \"all\" cannot be given with job ids",
+            ),
+            (
+                r#"{"cmd":"restart","all":1}"#,
+                "restart: \"all\" must be a boolean, got an integer",
+            ),
+            (
+                r#"{"cmd":"signal","ids":["a"]}"#,
+                "signal needs \"signal\" (a signal name or number)",
+            ),
+        ]);
         assert!(
             err(r#"{"cmd":"signal","signal":"SEGV","ids":["a"]}"#)
                 .starts_with("signal: \"signal\" must be one of HUP, INT"),
         );
-        assert_eq!(
-            err(r#"{"cmd":"signal","signal":"TERM"}"#),
-            "signal needs \"ids\" (at least one job id)"
-        );
+        refused(&[(
+            r#"{"cmd":"signal","signal":"TERM"}"#,
+            "signal needs \"ids\" (at least one job id)",
+        )]);
     }
 
     #[test]
@@ -1175,56 +1184,57 @@ mod tests {
 
     #[test]
     fn every_error_is_precise() {
-        assert_eq!(
-            err(r#"{"cmd":"logs"}"#),
-            "logs needs \"id\" (a job id: a string or an integer)"
-        );
-        assert_eq!(
-            err(r#"{"cmd":"logs","id":"a","n":-1}"#),
-            "logs: \"n\" must be a count of lines, 0 or more, not -1"
-        );
-        assert_eq!(
-            err(r#"{"cmd":"logs","id":"a","follow":"yes"}"#),
-            "logs: \"follow\" must be a boolean, got a string"
-        );
+        refused(&[
+            (
+                r#"{"cmd":"logs"}"#,
+                "logs needs \"id\" (a job id: a string or an integer)",
+            ),
+            (
+                r#"{"cmd":"logs","id":"a","n":-1}"#,
+                "logs: \"n\" must be a count of lines, 0 or more, not -1",
+            ),
+            (
+                r#"{"cmd":"logs","id":"a","follow":"yes"}"#,
+                "logs: \"follow\" must be a boolean, got a string",
+            ),
+        ]);
         assert!(err("{").starts_with("malformed JSON: "));
         assert!(err("").starts_with("malformed JSON: "));
         assert!(err(r#"{"cmd":"status"} {}"#).starts_with("malformed JSON: "));
-        assert_eq!(err("[1]"), "a request must be a JSON object, got an array");
-        assert_eq!(
-            err("\"status\""),
-            "a request must be a JSON object, got a string"
-        );
-        assert_eq!(
-            err("{}"),
-            "missing \"cmd\": expected one of status, restart, pause, resume, signal, reload, \
-             reopen-logs, logs, stop, cluster, help"
-        );
-        assert_eq!(
-            err(r#"{"cmd":1}"#),
-            "\"cmd\" must be a string, got an integer"
-        );
-        assert_eq!(
-            err(r#"{"cmd":"dance"}"#),
-            "unknown command \"dance\": expected one of status, restart, pause, resume, signal, \
-             reload, reopen-logs, logs, stop, cluster, help"
-        );
-        assert_eq!(
-            err(r#"{"cmd":"restart"}"#),
-            "restart needs \"id\" (a job id: a string or an integer)"
-        );
-        assert_eq!(
-            err(r#"{"cmd":"restart","id":{"a":1}}"#),
-            "restart: \"id\" must be a job id: a string or an integer, got an object"
-        );
-        assert_eq!(
-            err(r#"{"cmd":"restart","id":1.5}"#),
-            "restart: \"id\" must be a job id: a string or an integer, got a fractional number"
-        );
-        assert_eq!(
-            err(r#"{"cmd":"reload","force":"yes"}"#),
-            "reload: \"force\" must be a boolean, got a string"
-        );
+        refused(&[
+            ("[1]", "a request must be a JSON object, got an array"),
+            (
+                "\"status\"",
+                "a request must be a JSON object, got a string",
+            ),
+            (
+                "{}",
+                "missing \"cmd\": expected one of status, restart, pause, resume, signal, reload, \
+             reopen-logs, logs, stop, cluster, help",
+            ),
+            (r#"{"cmd":1}"#, "\"cmd\" must be a string, got an integer"),
+            (
+                r#"{"cmd":"dance"}"#,
+                "unknown command \"dance\": expected one of status, restart, pause, resume, signal, \
+             reload, reopen-logs, logs, stop, cluster, help",
+            ),
+            (
+                r#"{"cmd":"restart"}"#,
+                "restart needs \"id\" (a job id: a string or an integer)",
+            ),
+            (
+                r#"{"cmd":"restart","id":{"a":1}}"#,
+                "restart: \"id\" must be a job id: a string or an integer, got an object",
+            ),
+            (
+                r#"{"cmd":"restart","id":1.5}"#,
+                "restart: \"id\" must be a job id: a string or an integer, got a fractional number",
+            ),
+            (
+                r#"{"cmd":"reload","force":"yes"}"#,
+                "reload: \"force\" must be a boolean, got a string",
+            ),
+        ]);
         let long = format!(r#"{{"cmd":"{}"}}"#, "x".repeat(MAX_REQUEST_LEN));
         assert_eq!(err(&long), "request longer than 65536 bytes");
         let long_cmd = format!(r#"{{"cmd":"{}"}}"#, "y".repeat(1000));

@@ -191,8 +191,9 @@ struct Entry {
     /// Whether the run has a cgroup ([`containment::CgroupTree::run`] names
     /// it from the job and run ids).
     cgroup: bool,
-    /// Whether the run has a memory cgroup of its own, for its `memoryMax`
-    /// ([`containment::MemoryTree`], named as its cgroup).
+    /// Whether the run's memory is capped (`memoryMax`): by a memory cgroup
+    /// of its own on cgroup v1 ([`containment::MemoryTree`], named as its
+    /// cgroup), or by its cgroup's `memory.max` on cgroup v2.
     memory: bool,
 }
 
@@ -397,8 +398,8 @@ impl ProcessTable {
         if let Some(tree) = &mut self.containment.cgroups {
             tree.close();
         }
-        if let Ok(tree) = &mut self.containment.memory {
-            tree.close();
+        if let Ok(limits) = &mut self.containment.memory {
+            limits.close();
         }
     }
 
@@ -421,7 +422,10 @@ impl ProcessTable {
             .memory
             .as_ref()
             .ok()
-            .map(|t| t.runs().clone());
+            .map(|limits| match limits.v1_runs() {
+                Some(runs) => MemoryRuns::V1(runs.clone()),
+                None => MemoryRuns::Unified,
+            });
         let ctx = self.ctx.clone();
         let worker_binary = self.worker_binary;
         let notify = self.notify_socket.clone();
@@ -443,6 +447,7 @@ impl ProcessTable {
             spawned,
             cgroup,
             memory,
+            capped,
         } = started;
         let spawned = match spawned {
             Ok(spawned) => spawned,
@@ -476,7 +481,7 @@ impl ProcessTable {
             pid,
             pidfd,
             cgroup: cgroup.is_some(),
-            memory: memory.is_some(),
+            memory: capped,
         };
         if let Err(e) = watched {
             // It cannot be watched: kill it, and bury it with the ended runs.
@@ -641,6 +646,7 @@ impl ProcessTable {
                 cgroup,
                 // A hosted job has no memoryMax (see the core's decl).
                 memory: None,
+                capped: false,
             },
         )
     }
@@ -705,15 +711,11 @@ impl ProcessTable {
         }
     }
 
-    /// The memory cgroup of run `run`, if it has one.
+    /// The cgroup v1 memory cgroup of run `run`, if it has one.
     fn memory_cgroup(&self, run: RunId, entry: &Entry) -> Option<containment::JobCgroup> {
-        let tree = self
-            .containment
-            .memory
-            .as_ref()
-            .ok()
-            .filter(|_| entry.memory)?;
-        Some(tree.runs().run(&entry.job, run))
+        let limits = self.containment.memory.as_ref().ok()?;
+        let runs = limits.v1_runs().filter(|_| entry.memory)?;
+        Some(runs.run(&entry.job, run))
     }
 
     /// The cgroup of run `run`, if it has one.
@@ -755,6 +757,13 @@ impl ProcessTable {
         };
         let cgroup = self.cgroup(run, entry);
         let memory = self.memory_cgroup(run, entry);
+        // An OOM kill where its memory is capped is the reason it ended
+        // (the kernel's counter: the exit status alone says only SIGKILL).
+        let capped_in = match &memory {
+            Some(memory) => Some(memory),
+            None => cgroup.as_ref().filter(|_| entry.memory),
+        };
+        let oom_killed = capped_in.is_some_and(|c| c.oom_kills() > 0);
         let entry = self.entries.remove(&run)?;
         self.by_pid
             .remove(&(entry.pid.as_raw_nonzero().get() as u32));
@@ -779,19 +788,11 @@ impl ProcessTable {
             None => {}
         }
         reap_now(&entry);
-        // An OOM kill in its memory cgroup is the reason it ended (the
-        // kernel's counter: the exit status alone says only SIGKILL).
-        let status = match memory {
-            Some(memory) => {
-                let oom_killed = memory.oom_kills() > 0;
-                self.emptied.push(memory);
-                if oom_killed {
-                    status.because(ExitReason::OomKilled)
-                } else {
-                    status
-                }
-            }
-            None => status,
+        self.emptied.extend(memory);
+        let status = if oom_killed {
+            status.because(ExitReason::OomKilled)
+        } else {
+            status
         };
         // In the subreaper fallback the run's escaped processes were
         // adopted: kill them now that their run has ended.
@@ -892,9 +893,21 @@ struct Starting {
     spawned: Result<lrpm_process::command::Spawned, SpawnError>,
     /// Its cgroup; removed by the table if the spawn failed.
     cgroup: Option<containment::JobCgroup>,
-    /// Its memory cgroup (`memoryMax`); removed by the table if the spawn
-    /// failed.
+    /// Its cgroup v1 memory cgroup (`memoryMax`); removed by the table if
+    /// the spawn failed.
     memory: Option<containment::JobCgroup>,
+    /// Whether its memory is capped (`memoryMax`), by `memory` or by its
+    /// cgroup's `memory.max`.
+    capped: bool,
+}
+
+/// How the spawning threads cap a run's memory ([`containment::MemoryLimits`]).
+#[derive(Debug, Clone)]
+enum MemoryRuns {
+    /// cgroup v2: the `memory.max` of the run's cgroup.
+    Unified,
+    /// cgroup v1: a memory cgroup of its own, under this tree.
+    V1(containment::RunCgroups),
 }
 
 /// Creates run `run`'s cgroup (under `cgroups`, if given) and starts its
@@ -904,15 +917,13 @@ struct Starting {
 /// with that error, to be retried (a job never loses its containment to
 /// lrpm's descriptor limit).
 ///
-/// A job with a `memoryMax` also gets a memory cgroup under `memory` with
-/// its limit, which its child joins before it executes its program; when it
-/// cannot be created, the spawn fails with that error (a job never runs
-/// without its cap).
+/// A job with a `memoryMax` gets its cap before its child starts: on cgroup
+/// v2 in its cgroup's `memory.max`, on cgroup v1 in a memory cgroup of its
+/// own (under `memory`), which its child joins before it executes its
+/// program. When the cap cannot be set, the spawn fails with that error (a
+/// job never runs without its cap).
 fn start(
-    (cgroups, memory): (
-        Option<&containment::RunCgroups>,
-        Option<&containment::RunCgroups>,
-    ),
+    (cgroups, memory): (Option<&containment::RunCgroups>, Option<&MemoryRuns>),
     ctx: &SpawnContext,
     worker_binary: bool,
     notify_socket: Option<&str>,
@@ -920,17 +931,17 @@ fn start(
 ) -> Starting {
     let Spawn { run, job, spec, .. } = s;
     let run = *run;
+    let failed = |e: io::Error, cgroup| Starting {
+        spawned: Err(SpawnError::Io(e)),
+        cgroup,
+        memory: None,
+        capped: false,
+    };
     let (cgroup, procs) = match cgroups {
         None => (None, None),
         Some(runs) => match runs.create_run(job, run) {
             Ok((cgroup, procs)) => (Some(cgroup), Some(procs)),
-            Err(e) if out_of_descriptors(&e) => {
-                return Starting {
-                    spawned: Err(SpawnError::Io(e)),
-                    cgroup: None,
-                    memory: None,
-                };
-            }
+            Err(e) if out_of_descriptors(&e) => return failed(e, None),
             Err(e) => {
                 tracing::warn!(
                     %job,
@@ -943,27 +954,35 @@ fn start(
     };
     let (memory, memory_procs) = match (spec.memory_max, memory) {
         (None, _) => (None, None),
-        (Some(max), Some(runs)) => match runs.create_memory_run(job, run, max) {
+        (Some(max), Some(MemoryRuns::Unified)) => {
+            let capped = match &cgroup {
+                Some(cgroup) => cgroup.limit_memory(max),
+                None => Err(io::Error::other("it has no cgroup")),
+            };
+            if let Err(e) = capped {
+                let e = io::Error::new(
+                    e.kind(),
+                    format!("cannot set its cgroup's memory.max (memoryMax): {e}"),
+                );
+                return failed(e, cgroup);
+            }
+            (None, None)
+        }
+        (Some(max), Some(MemoryRuns::V1(runs))) => match runs.create_memory_run(job, run, max) {
             Ok((memory, procs)) => (Some(memory), Some(procs)),
             Err(e) => {
                 let e = io::Error::new(
                     e.kind(),
                     format!("cannot create its memory cgroup (memoryMax): {e}"),
                 );
-                return Starting {
-                    spawned: Err(SpawnError::Io(e)),
-                    cgroup,
-                    memory: None,
-                };
+                return failed(e, cgroup);
             }
         },
         (Some(_), None) => {
-            let e = io::Error::other("memoryMax: no memory cgroups here");
-            return Starting {
-                spawned: Err(SpawnError::Io(e)),
+            return failed(
+                io::Error::other("memoryMax: no memory cgroups here"),
                 cgroup,
-                memory: None,
-            };
+            );
         }
     };
     Starting {
@@ -978,6 +997,7 @@ fn start(
         ),
         cgroup,
         memory,
+        capped: spec.memory_max.is_some(),
     }
 }
 

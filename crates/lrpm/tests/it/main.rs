@@ -9,6 +9,7 @@
 mod etcd_server;
 mod support;
 
+mod cgroup_v2_vm;
 #[cfg(feature = "etcd")]
 mod cluster_etcd;
 #[cfg(feature = "etcd")]

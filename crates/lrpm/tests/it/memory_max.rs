@@ -1,7 +1,10 @@
 //! `memoryMax` with real processes: a worker that allocates past its cap is
 //! OOM-killed in its own memory cgroup and restarted, with the reason in
 //! status; a bad value makes the job invalid, with the reason; the memory
-//! cgroups lrpm creates are gone when it stops.
+//! cgroups lrpm creates are gone when it stops. Where the memory controller
+//! is on cgroup v1 (this test host), a run gets a memory cgroup of its own;
+//! on cgroup v2 its cap is its own cgroup's `memory.max` (checked here where
+//! the host has that, and always in a VM by `cgroup_v2_vm`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,14 +15,24 @@ use crate::support::{Lrpm, job_in, prerequisite, python3};
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// What lrpm says in its log when jobs with `memoryMax` can run.
-const MEMORY_TREE_LOG: &str = "jobs with memoryMax run in a cgroup v1 memory cgroup under ";
+/// What lrpm says in its log when jobs with `memoryMax` can run, on cgroup
+/// v1 and on cgroup v2.
+const MEMORY_TREE_LOG: [&str; 2] = [
+    "jobs with memoryMax run in a cgroup v1 memory cgroup under ",
+    "jobs with memoryMax are capped by the memory.max of their cgroup under ",
+];
 
-/// lrpm's memory tree, from its log; `None` when it has none.
-fn memory_tree(lrpm: &Lrpm) -> Option<PathBuf> {
+/// The tree where the runs' caps are, from lrpm's log, and whether it is
+/// cgroup v2's; `None` when jobs with `memoryMax` cannot run.
+fn memory_tree(lrpm: &Lrpm) -> Option<(PathBuf, bool)> {
     let log = lrpm.stderr();
-    let rest = &log[log.find(MEMORY_TREE_LOG)? + MEMORY_TREE_LOG.len()..];
-    Some(PathBuf::from(rest.lines().next()?.trim()))
+    MEMORY_TREE_LOG
+        .iter()
+        .zip([false, true])
+        .find_map(|(said, v2)| {
+            let rest = &log[log.find(said)? + said.len()..];
+            Some((PathBuf::from(rest.lines().next()?.trim()), v2))
+        })
 }
 
 fn counter(status: &Value, id: &str, key: &str) -> u64 {
@@ -45,7 +58,7 @@ fn a_worker_past_its_memory_max_is_oom_killed_and_restarted() {
         "calm": {"name": "calm", "command": ["sleep", "1000"], "memoryMax": 50 << 20},
     });
     let mut lrpm = Lrpm::start("jobs.json", &config.to_string(), &[]);
-    let Some(tree) = memory_tree(&lrpm) else {
+    let Some((tree, v2)) = memory_tree(&lrpm) else {
         // Without memory cgroups the jobs are invalid, and say why.
         let s = lrpm.wait_for("the invalid jobs", LONG, |s| {
             s["supervisor"]["source"]["invalid_jobs"]["hog"].is_string()
@@ -57,7 +70,7 @@ fn a_worker_past_its_memory_max_is_oom_killed_and_restarted() {
             reason.starts_with("memoryMax: cannot be enforced: "),
             "{reason}"
         );
-        prerequisite("a cgroup v1 memory controller lrpm can use", false);
+        prerequisite("a memory controller lrpm can use", false);
         return;
     };
     assert!(tree.is_dir(), "{}", tree.display());
@@ -67,16 +80,23 @@ fn a_worker_past_its_memory_max_is_oom_killed_and_restarted() {
     let memcg = cgroups
         .lines()
         .find_map(|l| {
-            l.split(':')
-                .nth(1)
-                .filter(|c| c.split(',').any(|c| c == "memory"))
-                .map(|_| l)
+            let controllers = l.split(':').nth(1)?;
+            let memory = if v2 {
+                controllers.is_empty()
+            } else {
+                controllers.split(',').any(|c| c == "memory")
+            };
+            memory.then_some(l)
         })
         .expect("a memory line");
     let name = memcg.rsplit('/').next().expect("a cgroup name");
     assert!(name.starts_with("job-calm-"), "{memcg}");
-    let limit =
-        std::fs::read_to_string(tree.join(name).join("memory.limit_in_bytes")).expect("its limit");
+    let limit_file = if v2 {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    let limit = std::fs::read_to_string(tree.join(name).join(limit_file)).expect("its limit");
     assert_eq!(limit.trim(), (50u64 << 20).to_string());
 
     // Two OOM kills: it was killed, restarted, and killed again.
