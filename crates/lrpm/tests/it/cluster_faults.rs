@@ -3,7 +3,8 @@
 //! test's own on loopback, which the test can cut. A node cut off stops
 //! all its workers before its lease could expire, the other nodes take its
 //! jobs within the TTL plus 2 s, no job's two workers ever overlap, and
-//! once the proxy heals the node rejoins and every job runs exactly once.
+//! once the proxy heals the node rejoins and every job runs exactly once,
+//! each job's fencing tokens growing.
 //!
 //! Overlaps are measured, not assumed: each worker appends its job, pid,
 //! node, token and start time to a ledger, and a [`Ledger`] thread watches
@@ -307,13 +308,14 @@ fn partition(how: Cut) {
         wall_now() - healed_at
     );
     assert!(back > 0, "p0 took its share back");
-    // A job that moves between two live nodes (at the start, as the
-    // nodes join one by one, and back to p0 now) may still overlap: the
-    // owner keys that will make the new node wait are not built yet
-    // (docs/cluster.md, "Not built yet"). Measured, not asserted.
-    let moves = overlaps(&ledger.runs(), f64::NEG_INFINITY, cut_at).len()
-        + overlaps(&ledger.runs(), healed_at, f64::INFINITY).len();
-    eprintln!("{how:?}: {moves} moves between live nodes overlapped (no owner keys yet)");
+    // Nor did any job overlap anywhere else: as the nodes joined one by
+    // one, and as p0 took its share back (the owner keys make the new node
+    // wait for the old worker).
+    let overlapping = overlaps(&ledger.runs(), f64::NEG_INFINITY, f64::INFINITY);
+    assert!(
+        overlapping.is_empty(),
+        "two workers of one job overlapped: {overlapping:#?}"
+    );
     for run in ledger.runs().iter().filter(|r| r.died.is_none()) {
         let (node, _) = &placed[&run.job];
         assert_eq!(
@@ -324,7 +326,12 @@ fn partition(how: Cut) {
             run.node
         );
     }
-    let shrinking = tokens_not_growing(&ledger.runs());
+    let runs = ledger.runs();
+    assert!(
+        runs.iter().all(|r| r.token.is_some()),
+        "a worker without LRPM_FENCING_TOKEN: {runs:#?}"
+    );
+    let shrinking = tokens_not_growing(&runs);
     assert!(
         shrinking.is_empty(),
         "a job's fencing token did not grow: {shrinking:#?}"
