@@ -10,7 +10,9 @@
 //! answered: the lease cannot expire on etcd before that time plus the TTL,
 //! which is the node's deadline for having stopped its workers. A lost
 //! connection, an expired lease or a broken watch is retried with backoff
-//! (1 s doubling to 30 s) on a new lease.
+//! (1 s doubling to 30 s), on the same lease if etcd still holds it
+//! (its owner keys are then still this node's: its workers need not
+//! stop), else on a new one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -32,8 +34,9 @@ pub(crate) enum LeaseEvent {
     Renewed(Instant),
     /// The lease or the connection is lost: why.
     Lost(String),
-    /// A new lease is granted: the owner keys of older ones are not this
-    /// node's any more.
+    /// The lease of this membership: new (the owner keys of older ones
+    /// are not this node's any more), or the last one, which etcd still
+    /// held.
     Granted(i64),
     /// Owner keys changed: each job's owner, `None` once deleted; with
     /// `whole`, these are all the keys (a new snapshot).
@@ -90,8 +93,11 @@ pub(crate) fn start(config: LeaseConfig) -> LeaseTask {
     let (requests, mut asked) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut backoff = Duration::from_secs(1);
+        // The lease of the last membership: kept across a reconnection
+        // while etcd still holds it.
+        let mut kept: Option<i64> = None;
         loop {
-            let why = match member(&config, &tx, &mut asked).await {
+            let why = match member(&config, &tx, &mut asked, &mut kept).await {
                 Ok(()) => return,
                 Err(why) => why,
             };
@@ -135,6 +141,7 @@ async fn member(
     config: &LeaseConfig,
     tx: &mpsc::UnboundedSender<LeaseEvent>,
     asked: &mut mpsc::UnboundedReceiver<OwnerRequest>,
+    kept: &mut Option<i64>,
 ) -> Result<(), String> {
     let period = config.ttl / 3;
     let mut etcd = Etcd::connect(&config.uri, 0, period)
@@ -142,12 +149,19 @@ async fn member(
         .map_err(|e| e.to_string())?;
     let ttl = i64::try_from(config.ttl.as_secs()).unwrap_or(i64::MAX);
     let sent = Instant::now();
-    let lease = etcd
-        .client()
-        .lease_grant(ttl, None)
-        .await
-        .map_err(|e| format!("lease grant: {e}"))?
-        .id();
+    let lease = match still_alive(etcd.client(), *kept, period).await {
+        Some(lease) => {
+            tracing::info!("etcd membership: lease {lease:x} kept across the reconnection");
+            lease
+        }
+        None => etcd
+            .client()
+            .lease_grant(ttl, None)
+            .await
+            .map_err(|e| format!("lease grant: {e}"))?
+            .id(),
+    };
+    *kept = Some(lease);
     let prefix = members_prefix(config);
     let mut key = prefix.clone();
     key.extend_from_slice(config.node.as_bytes());
@@ -292,6 +306,24 @@ async fn member(
             }
             () = tx.closed() => return Ok(()),
         }
+    }
+}
+
+/// `lease`, if etcd still holds it: a keep-alive sent now answered with
+/// time left, within `limit`. Its owner keys are then still this node's
+/// (no one else could take them), and its workers need not stop.
+async fn still_alive(
+    client: &mut etcd_client::Client,
+    lease: Option<i64>,
+    limit: Duration,
+) -> Option<i64> {
+    let lease = lease?;
+    // etcd-client's keep-alive reads etcd's first answer itself, and fails
+    // when the lease has no time left.
+    let renewed = client.lease_keep_alive(lease);
+    match tokio::time::timeout(limit, renewed).await {
+        Ok(Ok(_)) => Some(lease),
+        _ => None,
     }
 }
 

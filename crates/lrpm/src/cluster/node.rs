@@ -462,10 +462,15 @@ impl Cluster {
             LeaseEvent::Granted(lease) => {
                 // The keys of an older lease are not this node's any more;
                 // what was asked of the old one is asked again.
+                let kept = member.lease == Some(lease);
                 member.lease = Some(lease);
                 member.taking.clear();
                 member.giving.clear();
-                Some(format!("a new lease {lease:x} is granted"))
+                Some(if kept {
+                    format!("the lease {lease:x} is kept")
+                } else {
+                    format!("a new lease {lease:x} is granted")
+                })
             }
             LeaseEvent::Owners { whole, changes } => {
                 if whole {
