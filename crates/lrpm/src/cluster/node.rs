@@ -208,29 +208,7 @@ impl Cluster {
                     ttl,
                 });
                 tracing::info!(node = %node, "etcd cluster {}, this node {node} (weight {weight}), lease TTL {}s", crate::base::mask_password(&uri), ttl.as_secs());
-                let member = EtcdMember {
-                    node,
-                    ttl,
-                    members: BTreeMap::new(),
-                    events: task.events,
-                    requests: task.requests,
-                    lease: None,
-                    owners: BTreeMap::new(),
-                    wanted: BTreeSet::new(),
-                    waiting: BTreeSet::new(),
-                    taking: BTreeSet::new(),
-                    leaving: BTreeSet::new(),
-                    giving: BTreeSet::new(),
-                    deadline: None,
-                    fenced: true,
-                    killed: true,
-                    connection: ConnectionStatus {
-                        state: ConnectionState::Connecting,
-                        since: wall_now(),
-                        error: None,
-                        retry_at: None,
-                    },
-                };
+                let member = EtcdMember::new(node, ttl, task);
                 (
                     Mode::Etcd(Box::new(member)),
                     crate::base::mask_password(&uri),
@@ -707,6 +685,34 @@ impl Cluster {
 
 #[cfg(feature = "etcd")]
 impl EtcdMember {
+    /// A node `node` that has no lease yet (fenced: it runs nothing), with
+    /// its membership task.
+    fn new(node: String, ttl: Duration, task: lease::LeaseTask) -> Self {
+        EtcdMember {
+            node,
+            ttl,
+            members: BTreeMap::new(),
+            events: task.events,
+            requests: task.requests,
+            lease: None,
+            owners: BTreeMap::new(),
+            wanted: BTreeSet::new(),
+            waiting: BTreeSet::new(),
+            taking: BTreeSet::new(),
+            leaving: BTreeSet::new(),
+            giving: BTreeSet::new(),
+            deadline: None,
+            fenced: true,
+            killed: true,
+            connection: ConnectionStatus {
+                state: ConnectionState::Connecting,
+                since: wall_now(),
+                error: None,
+                retry_at: None,
+            },
+        }
+    }
+
     /// The fencing token of `job`'s owner key if this node holds it on
     /// its current lease.
     fn token(&self, job: &str) -> Option<i64> {
@@ -813,5 +819,87 @@ fn log_moves(
             "… and {} more jobs moving to or from this node: {why}",
             count - LOGGED_MOVES
         );
+    }
+}
+
+#[cfg(all(test, feature = "etcd"))]
+#[allow(clippy::unwrap_used)] // Tests may unwrap.
+mod tests {
+    use super::*;
+
+    /// Node `a` on lease 1, holding `x` (token 5) and, on its old lease 0,
+    /// `z`; `y` is node `b`'s.
+    fn member() -> (
+        EtcdMember,
+        tokio::sync::mpsc::UnboundedReceiver<OwnerRequest>,
+    ) {
+        let (_events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let (requests, asked) = tokio::sync::mpsc::unbounded_channel();
+        let owner = |node: &str, lease, token| Owner {
+            node: node.into(),
+            lease,
+            token,
+        };
+        let task = lease::LeaseTask { events, requests };
+        let mut member = EtcdMember::new("a".into(), Duration::from_secs(3), task);
+        member.lease = Some(1);
+        member.fenced = false;
+        member.owners = [
+            ("x".to_owned(), owner("a", 1, 5)),
+            ("y".to_owned(), owner("b", 2, 6)),
+            ("z".to_owned(), owner("a", 0, 3)),
+        ]
+        .into();
+        (member, asked)
+    }
+
+    fn set(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|id| (*id).to_owned()).collect()
+    }
+
+    #[test]
+    fn only_a_key_held_on_the_current_lease_is_owned_and_only_a_free_one_is_asked_for() {
+        let (mut member, mut asked) = member();
+        member.wanted = set(&["w", "x", "y", "z"]);
+        let waiting = member.ask_owners();
+        let waiting: Vec<&str> = waiting.iter().map(JobId::as_str).collect();
+        // `y` is another node's, `z` this node's old lease's, `w` no one's.
+        assert_eq!(waiting, ["w", "y", "z"]);
+        assert_eq!(member.token("x"), Some(5));
+        assert_eq!(member.token("z"), None);
+        match asked.try_recv().unwrap() {
+            OwnerRequest::Take(jobs) => assert_eq!(jobs, ["w"]),
+            other => panic!("{other:?}"),
+        }
+        // Asked once: the same share asks nothing more.
+        member.ask_owners();
+        assert!(asked.try_recv().is_err());
+        assert!(member.leaving.is_empty());
+    }
+
+    #[test]
+    fn a_key_is_given_up_only_once_its_job_is_gone_and_once() {
+        let (mut member, mut asked) = member();
+        member.wanted = set(&["y"]);
+        member.ask_owners();
+        // `x` left the share: given up once its worker is gone; `z` is
+        // the old lease's, which takes it away.
+        assert_eq!(member.leaving, set(&["x"]));
+        let mut cluster = Cluster {
+            mode: Mode::Etcd(Box::new(member)),
+            from: String::new(),
+            map: None,
+            assignment: BTreeMap::new(),
+            error: None,
+        };
+        cluster.release(|_| false);
+        assert!(asked.try_recv().is_err());
+        cluster.release(|id| id.as_str() == "x");
+        match asked.try_recv().unwrap() {
+            OwnerRequest::Give(jobs) => assert_eq!(jobs, [("x".to_owned(), 5)]),
+            other => panic!("{other:?}"),
+        }
+        cluster.release(|_| true);
+        assert!(asked.try_recv().is_err(), "given up twice");
     }
 }
