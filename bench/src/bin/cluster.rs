@@ -3,7 +3,7 @@
 //!
 //! Usage: `lrpm-bench-cluster [--kills 20] [--ttls 3,10] [--jobs 30]
 //! [--big 1000] [--rest 30]`, after
-//! `cargo build --release -p lrpm --bin lrpm -p lrpm-bench`; it runs `lrpm`
+//! `cargo build --release -p lrpm --bin lrpm && cargo build --release -p lrpm-bench`; it runs `lrpm`
 //! and `lrpm-bench-worker` from its own directory and Debian's
 //! `/usr/bin/etcd`, started on free loopback ports in a temp directory.
 //! Every process it starts is killed by its pid at the end. It prints

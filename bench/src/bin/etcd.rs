@@ -3,7 +3,7 @@
 //! the floor of the same run beside it (the put's own round trip).
 //!
 //! Usage: `lrpm-bench-etcd [--samples N] [--jobs 1,1000]`, after
-//! `cargo build --release -p lrpm --bin lrpm -p lrpm-bench`; it runs
+//! `cargo build --release -p lrpm --bin lrpm && cargo build --release -p lrpm-bench`; it runs
 //! `lrpm` and `lrpm-bench-worker` from its own directory and Debian's
 //! `/usr/bin/etcd`, started on free loopback ports in a temp directory and
 //! killed by its pid at the end. It prints a Markdown table.

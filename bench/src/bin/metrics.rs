@@ -3,7 +3,7 @@
 //! lrpm that supervises that many running workers.
 //!
 //! Usage: `lrpm-bench-metrics [--jobs N] [--samples N] [--lrpm PATH]`,
-//! after `cargo build --release -p lrpm --bin lrpm -p lrpm-bench`; it runs
+//! after `cargo build --release -p lrpm --bin lrpm && cargo build --release -p lrpm-bench`; it runs
 //! the `lrpm` beside it unless `--lrpm` names another (the `dist` build).
 //! Every job runs `sleep 3600`. lrpm serves `--metrics 127.0.0.1:0`; the
 //! harness reads the port from lrpm's log, waits until a scrape reports

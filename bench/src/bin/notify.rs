@@ -5,7 +5,7 @@
 //! neither, the baseline.
 //!
 //! Usage: `lrpm-bench-notify [--jobs N] [--seconds S] [--only MODE]…`,
-//! after `cargo build --release -p lrpm --bin lrpm -p lrpm-bench`; it runs
+//! after `cargo build --release -p lrpm --bin lrpm && cargo build --release -p lrpm-bench`; it runs
 //! `lrpm` from its own directory. It prints a Markdown table.
 //!
 //! Each mode starts a fresh lrpm on N jobs whose worker is this very
