@@ -97,10 +97,16 @@ pub(crate) fn start(config: LeaseConfig) -> LeaseTask {
         // while etcd still holds it.
         let mut kept: Option<i64> = None;
         loop {
-            let why = match member(&config, &tx, &mut asked, &mut kept).await {
+            let mut registered = false;
+            let why = match member(&config, &tx, &mut asked, &mut kept, &mut registered).await {
                 Ok(()) => return,
                 Err(why) => why,
             };
+            // A membership that was up retries from the shortest wait: its
+            // node must not wait 30 s to rejoin for cuts long past.
+            if registered {
+                backoff = Duration::from_secs(1);
+            }
             if tx.send(LeaseEvent::Lost(why)).is_err() {
                 return;
             }
@@ -137,11 +143,13 @@ fn members_prefix(config: &LeaseConfig) -> Vec<u8> {
 
 /// One membership: connect, grant, register, watch and keep alive, until
 /// something fails (`Err`, why) or the event loop is gone (`Ok`).
+/// `registered` is set once the node is a member.
 async fn member(
     config: &LeaseConfig,
     tx: &mpsc::UnboundedSender<LeaseEvent>,
     asked: &mut mpsc::UnboundedReceiver<OwnerRequest>,
     kept: &mut Option<i64>,
+    registered: &mut bool,
 ) -> Result<(), String> {
     let period = config.ttl / 3;
     let mut etcd = Etcd::connect(&config.uri, 0, period)
@@ -170,6 +178,7 @@ async fn member(
         .put(key, value, Some(PutOptions::new().with_lease(lease)))
         .await
         .map_err(|e| format!("registering as a member: {e}"))?;
+    *registered = true;
     if tx.send(LeaseEvent::Granted(lease)).is_err() || tx.send(LeaseEvent::Renewed(sent)).is_err() {
         return Ok(());
     }

@@ -351,3 +351,57 @@ fn a_node_cut_off_by_a_black_hole_stops_its_workers_before_its_lease_could_expir
 fn a_node_whose_connections_are_dropped_stops_its_workers_before_its_lease_could_expire() {
     partition(Cut::Drop);
 }
+
+/// A node's reconnection backoff starts again from its shortest wait once
+/// it was a member again: cut off and healed three times, it rejoins as
+/// fast the third time as the first (without the reset, its wait had grown
+/// to 8–30 s by then).
+#[test]
+fn a_node_cut_off_again_and_again_rejoins_as_fast_each_time() {
+    if !etcd_server::available() {
+        return;
+    }
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let jobs = dir.path().join("jobs.json");
+    std::fs::write(
+        &jobs,
+        r#"{"w": {"name": "w", "command": ["sleep", "1000"]}}"#,
+    )
+    .expect("write the jobs");
+    let proxy = Proxy::start(etcd.endpoint());
+    let lrpm = node(&proxy.endpoint(), "p0", &jobs);
+    let state = |lrpm: &Lrpm| {
+        lrpm.status()["supervisor"]["cluster"]["connection"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    wait_for_value("p0 connected", WAIT, || {
+        (state(&lrpm) == "connected").then_some(())
+    });
+    for round in 1..=3 {
+        proxy.cut(Cut::Drop);
+        wait_for_value("p0 cut off", WAIT, || {
+            (state(&lrpm) != "connected").then_some(())
+        });
+        // Long enough for two failed attempts (1 s, then 2 s later).
+        std::thread::sleep(Duration::from_secs(4));
+        let healed_at = std::time::Instant::now();
+        proxy.heal();
+        wait_for_value("p0 connected again", WAIT, || {
+            (state(&lrpm) == "connected").then_some(())
+        });
+        let took = healed_at.elapsed();
+        eprintln!("round {round}: p0 connected again {took:.2?} after the heal");
+        // Its next attempt is at most 4 s after the heal (1 s, 2 s, 4 s
+        // into the cut), plus a loaded machine's connection.
+        assert!(
+            took < Duration::from_secs(7),
+            "round {round}: p0 took {took:.2?} to reconnect after the heal"
+        );
+    }
+    drop(lrpm);
+    drop(proxy);
+    drop(etcd);
+}
