@@ -436,17 +436,17 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn rotation_keeps_every_line_whole_and_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// Job logs in `dir` with `max_bytes` and `keep`, which got the lines
+    /// `line 00000`… of `n` from `job`, wrote them all, and were reopened
+    /// (their files closed by the writer soon after).
+    fn written(dir: &Path, max_bytes: u64, keep: u32, job: &str, n: usize) -> JobLogs {
         let logs = JobLogs::start(JobLogConfig {
-            dir: dir.path().to_owned(),
-            max_bytes: 4096,
-            keep: 100,
+            dir: dir.to_owned(),
+            max_bytes,
+            keep,
         })
         .expect("start");
-        let job: Arc<str> = "j".into();
-        let n = 2000;
+        let job: Arc<str> = job.into();
         for i in 0..n {
             logs.line(&job, format!("line {i:05}").as_bytes(), SystemTime::now());
         }
@@ -454,6 +454,14 @@ mod tests {
             logs.queued.load(Ordering::Acquire) == 0
         });
         logs.reopen();
+        logs
+    }
+
+    #[test]
+    fn rotation_keeps_every_line_whole_and_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n = 2000;
+        let logs = written(dir.path(), 4096, 100, "j", n);
         wait_for("the files closed", || {
             let mut all = Vec::new();
             for k in (1..=100).rev() {
@@ -478,20 +486,7 @@ mod tests {
     #[test]
     fn only_keep_files_are_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let logs = JobLogs::start(JobLogConfig {
-            dir: dir.path().to_owned(),
-            max_bytes: 100,
-            keep: 2,
-        })
-        .expect("start");
-        let job: Arc<str> = "k".into();
-        for i in 0..50 {
-            logs.line(&job, format!("line {i:05}").as_bytes(), SystemTime::now());
-        }
-        wait_for("every line written", || {
-            logs.queued.load(Ordering::Acquire) == 0
-        });
-        logs.reopen();
+        let _logs = written(dir.path(), 100, 2, "k", 50);
         wait_for("the newest line", || {
             lines_of(dir.path(), "k.log").last().map(String::as_str) == Some("line 00049")
         });
