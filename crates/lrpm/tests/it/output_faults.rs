@@ -1,6 +1,7 @@
 //! lrpm's own stdout and stderr in trouble: an unread pipe, a closed one, a
 //! full filesystem. With workers flooding both streams and a job that keeps
-//! crashing, lrpm answers `status` within a second throughout, keeps
+//! crashing, lrpm answers `status` promptly throughout (within 5 s: a loop
+//! blocked on a write would never answer; the quiet figure is 55 ms), keeps
 //! restarting the crashing job, does not exit, counts what it loses in
 //! the status, reports it in its log once the stream takes writes again,
 //! and exits with 74 (EX_IOERR) at the end of the run.
@@ -24,8 +25,12 @@ use crate::support::{
 };
 
 const LONG: Duration = Duration::from_secs(60);
-/// The longest a `status` may take while output is in trouble.
-const STATUS_BOUND: Duration = Duration::from_secs(1);
+/// The longest a `status` may take while output is in trouble. It proves
+/// that nothing blocks the event loop: a loop blocked on a write to an
+/// unread or full stream would never answer. The quiet figure is about
+/// 55 ms; a clean-clone CI run took 1.22 s under load, so the bound is
+/// generous (5 s) and measures no speed.
+const STATUS_BOUND: Duration = Duration::from_secs(5);
 
 /// A job that crashes every 0.1 s after a line on each stream, a flood on
 /// each stream (quiet while the file `quiet` exists in lrpm's working
