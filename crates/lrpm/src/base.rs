@@ -29,7 +29,8 @@ pub(crate) const ETCD_PASSWORD_ENV: &str = "LRPM_ETCD_PASSWORD";
 /// declaration sets it: the sources' secrets, an `LRPM_RUN_ID` lrpm
 /// itself inherited (which would tie the child to a run of another lrpm),
 /// and systemd's notification settings, which are lrpm's, not its workers'.
-pub(crate) const HIDDEN_ENV: &[&str] = &[
+pub(crate) const HIDDEN_ENV: &[&str] = &HIDDEN;
+const HIDDEN: [&str; 6] = [
     HTTP_TOKEN_ENV,
     ETCD_PASSWORD_ENV,
     lrpm_process::containment::RUN_ID_ENV,
@@ -37,6 +38,27 @@ pub(crate) const HIDDEN_ENV: &[&str] = &[
     WATCHDOG_USEC_ENV,
     WATCHDOG_PID_ENV,
 ];
+/// The variables of a run, but its run id: what lrpm itself has when it
+/// runs as a job of another lrpm.
+const RUN_ENV: [&str; 4] = [JOB_ID_ENV, JOB_NAME_ENV, WORKER_CONFIG_ENV, INSTANCE_ENV];
+/// What a worker host does not inherit from lrpm's own environment:
+/// [`HIDDEN_ENV`], and the other variables of a run that lrpm itself has
+/// when it runs as a job of another lrpm (its job id and name, its
+/// `workerConfig`, its copy). A host is no run: it and the workers it forks
+/// see only what each fork request sets, their own run's variables.
+pub(crate) const HOST_HIDDEN_ENV: &[&str] = &{
+    let mut all = [""; HIDDEN.len() + RUN_ENV.len()];
+    let mut i = 0;
+    while i < HIDDEN.len() {
+        all[i] = HIDDEN[i];
+        i += 1;
+    }
+    while i < all.len() {
+        all[i] = RUN_ENV[i - HIDDEN.len()];
+        i += 1;
+    }
+    all
+};
 /// sd_notify's socket: lrpm's own (under systemd) never reaches a worker;
 /// each worker gets lrpm's notification socket instead.
 pub(crate) const NOTIFY_SOCKET_ENV: &str = "NOTIFY_SOCKET";

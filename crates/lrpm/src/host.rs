@@ -194,11 +194,16 @@ pub(crate) struct Hosts {
 }
 
 impl Hosts {
-    /// No hosts yet: each starts with the first run that names it.
+    /// No hosts yet: each starts with the first run that names it. A host
+    /// gets lrpm's environment without [`crate::base::HOST_HIDDEN_ENV`]:
+    /// nothing of a run of an outer lrpm that runs this one as a job.
     pub(crate) fn new(ctx: SpawnContext) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         Self {
-            ctx,
+            ctx: SpawnContext {
+                hidden_env: crate::base::HOST_HIDDEN_ENV,
+                ..ctx
+            },
             hosts: HashMap::new(),
             pending: HashMap::new(),
             events_tx,

@@ -349,6 +349,70 @@ fn hosted_workers_die_with_lrpm() {
     });
 }
 
+/// The `LRPM_*` variables of `pid`'s `/proc/PID/environ`, as `NAME=value`.
+fn environ_lrpm(pid: u32) -> Vec<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    environ
+        .split(|b| *b == 0)
+        .filter(|var| var.starts_with(b"LRPM_"))
+        .map(|var| String::from_utf8_lossy(var).into_owned())
+        .collect()
+}
+
+#[test]
+fn a_nested_lrpms_host_and_workers_see_their_own_run_only() {
+    if !python3() {
+        return;
+    }
+    // lrpm run as a job of another lrpm: the outer one's run variables.
+    let outer = [
+        ("LRPM_RUN_ID", "1.7"),
+        ("LRPM_JOB_ID", "outer"),
+        ("LRPM_JOB_NAME", "outer"),
+        ("LRPM_WORKER_CONFIG", "{\"outer\":true}"),
+        ("LRPM_INSTANCE", "41"),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("hostworkers.py"), WORKERS).expect("workers");
+    let config = dir.path().join("jobs.json");
+    let jobs = json!({"a": hosted(dir.path(), "Recorder", json!({}))});
+    std::fs::write(&config, jobs.to_string()).expect("config");
+    let source = config.clone();
+    let lrpm = Lrpm::start_in(dir, config, move |command| {
+        command.envs(outer).arg(&source);
+    });
+    let (pid, info) = running_worker(&lrpm, "a");
+    let own = |value: &str| !outer.iter().any(|(_, v)| *v == value);
+    // What the worker sees, and what the kernel shows of it.
+    let env = info["env"].as_object().expect("env");
+    assert_eq!(env["LRPM_JOB_ID"], "a", "{info}");
+    assert!(
+        env["LRPM_RUN_ID"]
+            .as_str()
+            .is_some_and(|run| run.starts_with(&format!("{}.", lrpm.pid()))),
+        "{info}"
+    );
+    assert!(env.values().all(|v| v.as_str().is_some_and(own)), "{info}");
+    assert!(!env.contains_key("LRPM_INSTANCE"), "{info}");
+    let shown = environ_lrpm(pid);
+    assert!(
+        shown
+            .iter()
+            .all(|var| var.split_once('=').is_some_and(|(_, v)| own(v))),
+        "the worker's environ: {shown:?}"
+    );
+    // The host is no run: none of the outer run's variables.
+    let hosts = hosts_of(&lrpm);
+    assert_eq!(hosts.len(), 1, "{}", lrpm.stderr());
+    let shown = environ_lrpm(hosts[0]);
+    for (name, _) in outer {
+        assert!(
+            !shown.iter().any(|var| var.starts_with(&format!("{name}="))),
+            "the host's environ: {shown:?}"
+        );
+    }
+}
+
 /// The PHP test workers (php-lrpm `Worker`s) and their autoloader.
 const PHP_WORKERS: &str = r#"<?php
 namespace T;
