@@ -5,7 +5,7 @@
 //! supervisor's own facts, and `lrpmctl` reads the same types back. Times are
 //! UTC seconds since the Unix epoch, as floats.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,25 @@ pub struct Status {
     pub supervisor: SupervisorStatus,
     /// Every job lrpm supervises, ordered by id.
     pub jobs: Vec<JobStatus>,
+    /// What the kernel says of each listed job's live process, by pid: only
+    /// in the answer to a status request that asks for it
+    /// (`{"cmd":"status","usage":true}`, what `lrpmctl status` sends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<HashMap<u32, ProcessUsage>>,
+}
+
+/// A process's CPU time and resident memory, as `/proc/PID/stat` gave them
+/// when it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ProcessUsage {
+    /// User and system CPU time of all its threads, in seconds.
+    pub cpu_seconds: f64,
+    /// Resident memory, in bytes.
+    pub rss_bytes: u64,
+    /// When it was read (UTC seconds): figures are read again when they are
+    /// older than lrpm's bound for them (one second), so this may be before
+    /// the request.
+    pub at: f64,
 }
 
 /// Facts about the supervisor process.

@@ -489,6 +489,24 @@ impl JobsStatus<'_> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The live process of each job it lists that has one: its pid and
+    /// when it started, which together name it even once the kernel has
+    /// given the pid to another process (what a cache of its `/proc`
+    /// figures is keyed by).
+    pub fn processes(&self) -> Vec<(u32, Instant)> {
+        let process = |job: &Job| {
+            let proc = job.state.proc()?;
+            Some((proc.pid?, proc.since))
+        };
+        match &self.only {
+            None => self.sup.jobs.values().filter_map(process).collect(),
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| process(self.sup.jobs.get(id)?))
+                .collect(),
+        }
+    }
 }
 
 impl serde::Serialize for JobsStatus<'_> {

@@ -16,8 +16,10 @@
 //! server (lrpm's control module) and the client (`lrpmctl`) only move
 //! bytes.
 
+use std::collections::HashMap;
+
 use lrpm_core::job::Signal;
-use lrpm_core::status::{ClusterStatus, JobStatus, Status, SupervisorStatus};
+use lrpm_core::status::{ClusterStatus, JobStatus, ProcessUsage, Status, SupervisorStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -190,6 +192,13 @@ pub enum Request {
     /// `{"cmd":"status","ids":["a","b"]}`.
     StatusOf {
         /// The job ids.
+        ids: Vec<String>,
+    },
+    /// The status document (of the jobs `ids` names, or of every job when
+    /// it is empty) with each live process's CPU time and resident memory
+    /// (`usage`): `{"cmd":"status","usage":true}`.
+    StatusUsage {
+        /// The job ids; none for every job.
         ids: Vec<String>,
     },
     /// Restart one job now, with its backoff reset:
@@ -371,10 +380,25 @@ impl Request {
             Some(other) => return Err(RequestError::CommandNotAString(kind(other))),
         };
         match cmd {
-            "status" => match job_ids("status", &mut fields, false)? {
-                ids if ids.is_empty() => Ok(Request::Status),
-                ids => Ok(Request::StatusOf { ids }),
-            },
+            "status" => {
+                let usage = match fields.remove("usage") {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(usage)) => usage,
+                    Some(other) => {
+                        return Err(RequestError::WrongType {
+                            cmd: "status",
+                            arg: "usage",
+                            expected: "a boolean",
+                            got: kind(&other),
+                        });
+                    }
+                };
+                match job_ids("status", &mut fields, false)? {
+                    ids if usage => Ok(Request::StatusUsage { ids }),
+                    ids if ids.is_empty() => Ok(Request::Status),
+                    ids => Ok(Request::StatusOf { ids }),
+                }
+            }
             "restart" => restart(&mut fields),
             "pause" => Ok(Request::Pause {
                 ids: job_ids("pause", &mut fields, true)?,
@@ -451,7 +475,9 @@ impl Request {
             Request::Restart { id } => serde_json::json!({ "id": id }),
             Request::Logs { id, n: None, .. } => serde_json::json!({ "id": id }),
             Request::Logs { id, n: Some(n), .. } => serde_json::json!({ "id": id, "n": n }),
+            Request::StatusUsage { ids } if ids.is_empty() => serde_json::json!({}),
             Request::StatusOf { ids }
+            | Request::StatusUsage { ids }
             | Request::RestartJobs { ids }
             | Request::Pause { ids }
             | Request::Resume { ids } => serde_json::json!({ "ids": ids }),
@@ -472,6 +498,9 @@ impl Request {
             Request::Logs { follow: true, .. } => {
                 fields.insert("follow".into(), Value::Bool(true));
             }
+            Request::StatusUsage { .. } => {
+                fields.insert("usage".into(), Value::Bool(true));
+            }
             _ => {}
         }
         fields.insert("cmd".into(), Value::from(self.name()));
@@ -484,7 +513,7 @@ impl Request {
     /// The command's name, the value of `cmd`.
     pub fn name(&self) -> &'static str {
         match self {
-            Request::Status | Request::StatusOf { .. } => "status",
+            Request::Status | Request::StatusOf { .. } | Request::StatusUsage { .. } => "status",
             Request::Restart { .. } | Request::RestartJobs { .. } | Request::RestartAll => {
                 "restart"
             }
@@ -878,12 +907,36 @@ impl Response {
         }
     }
 
+    /// Adds `usage` to a status answer encoded by
+    /// [`Response::encode_status`] (its `usage` field, which comes last);
+    /// any other line (a refusal) is left as it is.
+    pub fn add_usage(line: &mut Vec<u8>, usage: &HashMap<u32, ProcessUsage>) {
+        const START: &[u8] = br#"{"ok":true,"#;
+        if !line.starts_with(START) || !line.ends_with(b"}\n") {
+            return;
+        }
+        let end = line.len() - 2;
+        let mut tail = Vec::with_capacity(16 + usage.len() * 64);
+        tail.extend_from_slice(br#","usage":"#);
+        if serde_json::to_writer(&mut tail, usage).is_err() {
+            // A map of numbers cannot fail to encode; if it did, the answer
+            // goes without it, as from a lrpm that does not read usage.
+            return;
+        }
+        tail.extend_from_slice(b"}\n");
+        line.truncate(end);
+        line.extend_from_slice(&tail);
+    }
+
     /// Decodes the response line (without its newline) to `request`.
     pub fn decode(line: &[u8], request: &Request) -> Result<Response, ResponseError> {
         // A status document (megabytes for a large farm) is decoded in one
         // pass when it is what it should be; anything else takes the
         // general path below, which says what is wrong with it.
-        if matches!(request, Request::Status | Request::StatusOf { .. }) {
+        if matches!(
+            request,
+            Request::Status | Request::StatusOf { .. } | Request::StatusUsage { .. }
+        ) {
             if let Some(status) = Self::decode_status(line) {
                 return Ok(Response::Status(Box::new(status)));
             }
@@ -926,9 +979,11 @@ impl Response {
         }
         match request {
             // The status document's types ignore the `ok` beside them.
-            Request::Status | Request::StatusOf { .. } => serde_json::from_slice::<Status>(line)
-                .map(|status| Response::Status(Box::new(status)))
-                .map_err(ResponseError::Status),
+            Request::Status | Request::StatusOf { .. } | Request::StatusUsage { .. } => {
+                serde_json::from_slice::<Status>(line)
+                    .map(|status| Response::Status(Box::new(status)))
+                    .map_err(ResponseError::Status)
+            }
             Request::Help => match envelope.commands {
                 Some(commands) => serde_json::from_value(commands)
                     .map(Response::Help)
@@ -982,13 +1037,20 @@ impl Response {
             ok: bool,
             supervisor: SupervisorStatus,
             jobs: Vec<JobStatus>,
+            #[serde(default)]
+            usage: Option<HashMap<u32, ProcessUsage>>,
         }
         match serde_json::from_slice::<Answer>(line) {
             Ok(Answer {
                 ok: true,
                 supervisor,
                 jobs,
-            }) => Some(Status { supervisor, jobs }),
+                usage,
+            }) => Some(Status {
+                supervisor,
+                jobs,
+                usage,
+            }),
             _ => None,
         }
     }
@@ -1292,6 +1354,10 @@ mod tests {
             Request::StatusOf {
                 ids: vec!["a".into(), "b#1".into()],
             },
+            Request::StatusUsage { ids: Vec::new() },
+            Request::StatusUsage {
+                ids: vec!["a".into()],
+            },
             Request::RestartJobs {
                 ids: vec!["a".into()],
             },
@@ -1341,6 +1407,43 @@ mod tests {
         }
     }
 
+    #[test]
+    fn usage_is_added_to_a_status_answer_and_read_back() {
+        let status = sample_status();
+        let request = Request::StatusUsage { ids: Vec::new() };
+        let usage = HashMap::from([(
+            1234,
+            ProcessUsage {
+                cpu_seconds: 1.25,
+                rss_bytes: 4096,
+                at: 1_700_000_000.5,
+            },
+        )]);
+        let mut line = Response::encode_status(&status.supervisor, &status.jobs, 0);
+        Response::add_usage(&mut line, &usage);
+        assert_eq!(line.last(), Some(&b'\n'));
+        let with_usage = Status {
+            usage: Some(usage.clone()),
+            ..status.clone()
+        };
+        assert_eq!(
+            Response::decode(&line[..line.len() - 1], &request).expect("valid"),
+            Response::Status(Box::new(with_usage.clone()))
+        );
+        assert_eq!(line, Response::Status(Box::new(with_usage)).encode());
+        // A refusal is left as it is.
+        let mut refusal = Response::Error("no job x".into()).encode();
+        let before = refusal.clone();
+        Response::add_usage(&mut refusal, &usage);
+        assert_eq!(refusal, before);
+        // A usage that is not a boolean is refused.
+        assert!(Request::decode(br#"{"cmd":"status","usage":"yes"}"#).is_err());
+        assert_eq!(
+            Request::decode(br#"{"cmd":"status","usage":false}"#).expect("valid"),
+            Request::Status
+        );
+    }
+
     /// The status of 10,000 jobs, encoded from the core's borrowed status
     /// and from the owned document: the same line. With `--nocapture` (and
     /// `--release`) it prints what each way costs.
@@ -1385,7 +1488,12 @@ mod tests {
             let (source, jobs) = core.status(now, 1_764_000_060.5);
             let mut supervisor = supervisor.clone();
             supervisor.source = source;
-            Response::Status(Box::new(Status { supervisor, jobs })).encode()
+            Response::Status(Box::new(Status {
+                supervisor,
+                jobs,
+                usage: None,
+            }))
+            .encode()
         };
         let borrowed = || {
             let jobs = core.status_jobs(now, 1_764_000_060.5);
@@ -1475,6 +1583,7 @@ mod tests {
                 health: Some(lrpm_core::status::Health::Healthy),
                 status_text: Some("serving".into()),
             }],
+            usage: None,
         }
     }
 

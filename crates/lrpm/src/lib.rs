@@ -39,6 +39,7 @@ mod runtime;
 mod source;
 mod stdio;
 mod systemd;
+mod usage;
 mod web;
 
 use std::ffi::OsString;
@@ -466,6 +467,7 @@ fn supervise(
             worker_classes,
             force_window: options.source_timeout + runtime::FORCE_GRACE,
             status_size: 0,
+            usage: Default::default(),
             loads: 0,
             last_attempt_at: None,
             held_back: Default::default(),

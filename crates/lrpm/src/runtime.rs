@@ -22,12 +22,13 @@
 //! When lrpm adopts orphans (a subreaper, or PID 1), SIGCHLD wakes the loop
 //! too, to reap them ([`lrpm_process::containment`]).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lrpm_core::human;
 use lrpm_core::job::{JobId, Signal};
-use lrpm_core::status::{ExitReason, ExitStatus, SupervisorStatus};
+use lrpm_core::status::{ExitReason, ExitStatus, ProcessUsage, SupervisorStatus};
 use lrpm_core::supervisor::{
     Action, AfterExit, CommandError, ConfigOutcome, Interrupted, Notified, ProbeOutcome, Reason,
     RunId, Signalled, Supervisor,
@@ -50,6 +51,9 @@ use crate::source::{Loaded, SourceHandle, SourceMonitor, SourceUpdate};
 use crate::systemd::{self, Systemd};
 use crate::web::{LoadCounts, Snapshot, WebRequest};
 use lrpm_proto::codec::{Request, Response};
+
+/// The usage of a status's processes, being read on a blocking thread.
+type UsageRead = tokio::task::JoinHandle<HashMap<u32, ProcessUsage>>;
 
 /// Seconds since the Unix epoch, now.
 pub(crate) fn wall_now() -> f64 {
@@ -91,6 +95,8 @@ pub(crate) struct Shell {
     /// The buffer size the next status line starts with: about the last
     /// one's, so that it is written without growing.
     pub(crate) status_size: usize,
+    /// The workers' CPU time and memory for a status that asks for them.
+    pub(crate) usage: Arc<crate::usage::UsageCache>,
     /// How many attempts to load the source have finished, for status.
     pub(crate) loads: u64,
     /// When the last of them began (UTC seconds), for status.
@@ -580,6 +586,14 @@ impl Shell {
                 Ok(line) => Reply::StatusLine(line),
                 Err(e) => Reply::Refused(e.to_string()),
             },
+            Request::StatusUsage { ids } => {
+                let ids = (!ids.is_empty()).then(|| job_ids(&ids));
+                match self.status_line_with(ids.as_deref(), true) {
+                    Ok((line, Some(usage))) => Reply::StatusUsage(line, usage),
+                    Ok((line, None)) => Reply::StatusLine(line),
+                    Err(e) => Reply::Refused(e.to_string()),
+                }
+            }
             Request::Restart { id } => self.operator_restart(Some(&[id])),
             Request::RestartJobs { ids } => self.operator_restart(Some(&ids)),
             Request::RestartAll => self.operator_restart(None),
@@ -734,6 +748,17 @@ impl Shell {
     /// [`Shell::status_line`], with only the jobs `ids` name when given
     /// (`status ID…`); refused when one names no job.
     fn status_line_of(&mut self, ids: Option<&[JobId]>) -> Result<Vec<u8>, CommandError> {
+        Ok(self.status_line_with(ids, false)?.0)
+    }
+
+    /// [`Shell::status_line_of`], and when `usage` is asked, the usage of
+    /// its jobs' processes ([`crate::usage`]), being read on a blocking
+    /// thread while the line is encoded.
+    fn status_line_with(
+        &mut self,
+        ids: Option<&[JobId]>,
+        usage: bool,
+    ) -> Result<(Vec<u8>, Option<UsageRead>), CommandError> {
         let (now, wall) = (Instant::now(), wall_now());
         let mut source = self.core.status_source(now, wall);
         source.loads = self.loads;
@@ -757,13 +782,18 @@ impl Shell {
             None => self.core.status_jobs(now, wall),
             Some(ids) => self.core.status_jobs_of(now, wall, ids)?,
         };
+        let usage = usage.then(|| {
+            let processes = jobs.processes();
+            let cache = Arc::clone(&self.usage);
+            tokio::task::spawn_blocking(move || cache.usage_of(&processes))
+        });
         // The last size, or a guess: a job takes about 250 bytes.
         let capacity = self.status_size.max(1024 + 256 * jobs.len());
         let line = Response::encode_status(&supervisor, &jobs, capacity);
         if ids.is_none() {
             self.status_size = line.len() + line.len() / 8;
         }
-        Ok(line)
+        Ok((line, usage))
     }
 
     /// Performs the core's actions, up to [`SPAWN_BUDGET`] spawns or

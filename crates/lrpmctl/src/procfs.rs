@@ -1,8 +1,11 @@
-//! CPU and memory of a process, read from `/proc` (as `ps` does, without
-//! running it).
+//! CPU and memory of a process: as lrpm gives them in its status answer
+//! (`usage`), or, from an lrpm that does not, read from `/proc` (as `ps`
+//! does, without running it).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc;
+
+use lrpm_core::status::{JobStatus, ProcessUsage};
 
 pub(crate) use lrpm_process::procfs::pid_alive;
 use lrpm_process::procfs::read_stat;
@@ -68,11 +71,9 @@ const BATCH: usize = 64;
 /// threads cost more than they save.
 const MIN_THREADED: usize = 256;
 
-/// Reads the usage of processes as their pids are found, on other threads
-/// (a table of thousands costs some 10 µs a process, nearly all in the
-/// kernel, so it is read on every core), while the caller goes on: reading
-/// and decoding lrpm's answer, laying out the table. [`Feed::finish`]
-/// gives what was read.
+/// Reads the usage of processes on other threads (a table of thousands
+/// costs some 10 µs a process, nearly all in the kernel, so it is read on
+/// every core). [`Feed::finish`] gives what was read.
 pub struct Feed<'scope, 'env> {
     sampler: &'env Sampler,
     scope: &'scope std::thread::Scope<'scope, 'env>,
@@ -185,57 +186,42 @@ impl<'a> Usages<'a> {
         }
     }
 
+    /// The usage lrpm gave with its status (`usage`): each job's process's
+    /// CPU time over its life until the figure was read, and its memory
+    /// then. A process lrpm gave no figure of (it could not read it: the
+    /// process had just ended) has none.
+    pub fn given(
+        sampler: &'a Sampler,
+        jobs: &[JobStatus],
+        given: &HashMap<u32, ProcessUsage>,
+    ) -> Self {
+        let read = jobs
+            .iter()
+            .filter_map(|job| {
+                let pid = job.pid?;
+                let usage = given.get(&pid).map(|usage| {
+                    let elapsed = job.started_at.map_or(0.0, |at| usage.at - at);
+                    Usage {
+                        cpu_percent: if elapsed > 0.0 {
+                            100.0 * usage.cpu_seconds / elapsed
+                        } else {
+                            0.0
+                        },
+                        rss_bytes: usage.rss_bytes,
+                    }
+                });
+                Some((pid, usage))
+            })
+            .collect();
+        Usages { sampler, read }
+    }
+
     /// The usage of process `pid`.
     pub fn of(&self, pid: u32) -> Option<Usage> {
         match self.read.get(&pid) {
             Some(usage) => *usage,
             None => self.sampler.usage(pid),
         }
-    }
-}
-
-/// Finds the pids in a status answer as it arrives, before it is decoded:
-/// every number after a `"pid":` key. A JSON string cannot hold that text
-/// unescaped except at the end of an odd key, so what it finds is nearly
-/// always a job's pid, and a pid found in error costs one read of `/proc`;
-/// a job whose pid it missed is read after the decoding ([`Usages::of`]).
-#[derive(Debug, Default)]
-pub struct PidScan {
-    /// Where the search resumes.
-    at: usize,
-}
-
-impl PidScan {
-    /// The key that comes before a pid.
-    const KEY: &'static [u8] = b"\"pid\":";
-
-    /// Searches the answer received so far, `buf` (which grows from one
-    /// call to the next), giving each pid found to `found`.
-    pub fn scan(&mut self, buf: &[u8], mut found: impl FnMut(u32)) {
-        while let Some(offset) = buf[self.at.min(buf.len())..]
-            .windows(Self::KEY.len())
-            .position(|w| w == Self::KEY)
-        {
-            let digits_at = self.at + offset + Self::KEY.len();
-            let digits = buf[digits_at..]
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .count();
-            if digits_at + digits == buf.len() {
-                // The number may go on in the next read.
-                self.at += offset;
-                return;
-            }
-            if let Some(pid) = std::str::from_utf8(&buf[digits_at..digits_at + digits])
-                .ok()
-                .and_then(|d| d.parse().ok())
-            {
-                found(pid);
-            }
-            self.at = digits_at + digits;
-        }
-        // A key cut by the end of the read is searched again next time.
-        self.at = buf.len().saturating_sub(Self::KEY.len() - 1).max(self.at);
     }
 }
 
@@ -263,19 +249,5 @@ mod tests {
         assert!(usages.of(me).is_some());
         assert_eq!(usages.of(u32::MAX - 7), None);
         assert!(Usages::new(&sampler).of(me).is_some());
-    }
-
-    #[test]
-    fn finds_the_pids_of_an_answer_in_pieces() {
-        let answer = br#"{"ok":true,"supervisor":{"pid":7,"x":"a\"pid\":9"},"jobs":[{"id":"1","pid":12345,"n":"pid"},{"pid":null},{"id":"2","pid":678}]}"#;
-        for cut in 0..answer.len() {
-            let mut scan = PidScan::default();
-            let mut found = Vec::new();
-            let mut buf = answer[..cut].to_vec();
-            scan.scan(&buf, |pid| found.push(pid));
-            buf.extend_from_slice(&answer[cut..]);
-            scan.scan(&buf, |pid| found.push(pid));
-            assert_eq!(found, [7, 12345, 678], "cut at {cut}");
-        }
     }
 }

@@ -17,18 +17,19 @@ use unicode_width::UnicodeWidthStr;
 use crate::client::Client;
 use crate::common::Context;
 use crate::error::CtlError;
-use crate::procfs::{Feed, PidScan, Sampler, Usage, Usages};
+use crate::procfs::{Feed, Sampler, Usage, Usages};
 use lrpm_proto::codec::{Request, Response};
 
 /// Runs `lrpmctl status [ID…]`.
 pub fn run(ctx: &Context, ids: Vec<String>) -> Result<(), CtlError> {
     let mut client = Client::connect(ctx.socket())?;
-    let request = if ids.is_empty() {
-        Request::Status
-    } else {
-        Request::StatusOf { ids }
-    };
     if ctx.json {
+        // The raw document, as any client gets it: without `usage`.
+        let request = if ids.is_empty() {
+            Request::Status
+        } else {
+            Request::StatusOf { ids }
+        };
         let answer = client.call(&request)?;
         let path = answer.path.clone();
         return match crate::common::check(ctx, answer)? {
@@ -39,40 +40,48 @@ pub fn run(ctx: &Context, ids: Vec<String>) -> Result<(), CtlError> {
             }),
         };
     }
-    let sampler = Sampler::now();
-    // The workers' /proc files are read on other threads from the moment
-    // their pids arrive, while the rest of the answer is received and
-    // decoded and the table laid out: for a farm of thousands, reading
-    // them is most of the work.
-    std::thread::scope(|scope| {
-        let mut feed = Feed::new(scope, &sampler);
-        let mut scan = PidScan::default();
-        let answer = client.call_watching(&request, |buf| scan.scan(buf, |pid| feed.push(pid)))?;
-        let path = answer.path.clone();
-        match crate::common::check(ctx, answer)? {
-            Response::Status(status) => {
-                let stdout = std::io::stdout();
-                let width = if stdout.is_terminal() {
-                    terminal_size::terminal_size_of(&stdout).map(|(w, _)| usize::from(w.0))
-                } else {
-                    None
-                };
-                let view = View {
-                    now: SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0.0, |d| d.as_secs_f64()),
-                    color: ctx.color,
-                    // A terminal that says it has no columns gets no limit.
-                    width: width.filter(|&w| w > 0),
-                };
-                crate::common::print(&render(&status, &view, || feed.finish()))
-            }
-            _ => Err(CtlError::Invalid {
-                path,
-                reason: "an answer of the wrong kind".into(),
-            }),
+    // lrpm reads the workers' CPU time and memory (on every core, while it
+    // encodes the rest of the answer, and keeps them for a second): for a
+    // farm of thousands, reading /proc is most of the work.
+    let request = Request::StatusUsage { ids };
+    let answer = client.call(&request)?;
+    let path = answer.path.clone();
+    match crate::common::check(ctx, answer)? {
+        Response::Status(status) => {
+            let sampler = Sampler::now();
+            let usages = match &status.usage {
+                Some(given) => Usages::given(&sampler, &status.jobs, given),
+                // An lrpm that does not read them (an older one): they are
+                // read here, on every core.
+                None => std::thread::scope(|scope| {
+                    let mut feed = Feed::new(scope, &sampler);
+                    for pid in status.jobs.iter().filter_map(|job| job.pid) {
+                        feed.push(pid);
+                    }
+                    feed.finish()
+                }),
+            };
+            let stdout = std::io::stdout();
+            let width = if stdout.is_terminal() {
+                terminal_size::terminal_size_of(&stdout).map(|(w, _)| usize::from(w.0))
+            } else {
+                None
+            };
+            let view = View {
+                now: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+                color: ctx.color,
+                // A terminal that says it has no columns gets no limit.
+                width: width.filter(|&w| w > 0),
+            };
+            crate::common::print(&render(&status, &view, || usages))
         }
-    })
+        _ => Err(CtlError::Invalid {
+            path,
+            reason: "an answer of the wrong kind".into(),
+        }),
+    }
 }
 
 /// How to render: the facts that do not come from the status document.
@@ -189,8 +198,7 @@ pub fn render<'a>(status: &Status, view: &View, usages: impl FnOnce() -> Usages<
     if status.jobs.is_empty() {
         out.push_str("no jobs\n");
     } else {
-        // The cells that do not come from /proc first: it may still be
-        // being read.
+        // The cells that do not come from /proc first.
         let mut rows: Vec<[String; 9]> = status.jobs.iter().map(|job| row(job, view.now)).collect();
         let usages = usages();
         for (cells, job) in rows.iter_mut().zip(&status.jobs) {
@@ -503,6 +511,7 @@ mod tests {
                 job("long-id", JobState::Backoff),
                 job("3", JobState::Stopping),
             ],
+            usage: None,
         }
     }
 
@@ -604,6 +613,37 @@ invalid jobs (left out or kept on their last valid declaration):
 ";
         assert_eq!(text, expected);
         assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn shows_the_usage_lrpm_gave() {
+        let mut status = status();
+        status.jobs[0].pid = Some(41);
+        status.jobs[2].pid = Some(43);
+        // Job 1's process, started at 1000, used 0.5 s of CPU until 1010.
+        let given = std::collections::HashMap::from([(
+            41,
+            lrpm_core::status::ProcessUsage {
+                cpu_seconds: 0.5,
+                rss_bytes: 3 * 1024 * 1024,
+                at: 1010.0,
+            },
+        )]);
+        let sampler = Sampler::now();
+        let text = render(&status, &VIEW, || {
+            Usages::given(&sampler, &status.jobs, &given)
+        });
+        let row = |id: &str| -> Vec<String> {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{id} ")) && l.ends_with(&format!("Job {id}")))
+                .unwrap_or_else(|| panic!("no row {id} in {text}"));
+            line.split_whitespace().map(str::to_owned).collect()
+        };
+        assert_eq!(row("1")[3..5], ["5.0", "3.0M"], "{text}");
+        // No figure from lrpm (its process had ended): none, and /proc is
+        // not read for it.
+        assert_eq!(row("3")[3..5], ["-", "-"], "{text}");
     }
 
     #[test]

@@ -195,6 +195,14 @@ async fn ask(shared: &Shared, request: Request) -> (Vec<u8>, Followed) {
     }
     let line = match answer.await {
         Ok(Reply::StatusLine(line)) => line,
+        Ok(Reply::StatusUsage(mut line, usage)) => {
+            // A read that failed (it panicked) leaves the answer without
+            // usage, as from a lrpm that does not read it.
+            if let Ok(usage) = usage.await {
+                Response::add_usage(&mut line, &usage);
+            }
+            line
+        }
         Ok(Reply::Done(message)) => Response::Done(message).encode(),
         Ok(Reply::Lines(lines)) => Response::Lines(lines).encode(),
         Ok(Reply::Follow(lines, rx)) => return (Response::Lines(lines).encode(), Some(rx)),

@@ -27,6 +27,13 @@ pub(crate) enum Reply {
     /// the core's state, which is cheaper than copying every job's status
     /// for the connection task to encode (see `Shell::status_line`).
     StatusLine(Vec<u8>),
+    /// The status line and, being read on a blocking thread meanwhile,
+    /// the `usage` of its jobs' processes to add to it (`status` with
+    /// `usage`).
+    StatusUsage(
+        Vec<u8>,
+        tokio::task::JoinHandle<std::collections::HashMap<u32, lrpm_core::status::ProcessUsage>>,
+    ),
     /// The newest lines of a job's output, for `logs`.
     Lines(Vec<String>),
     /// The newest lines of a job's output and its new lines, for

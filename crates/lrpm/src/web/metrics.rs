@@ -27,6 +27,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::msg::Snapshot;
+use crate::usage::Units;
+use lrpm_core::status::ProcessUsage as Usage;
 
 /// Every state a job can be in, for `lrpm_job_state` and `lrpm_jobs`
 /// (which list each one, 0 included, as Prometheus state sets do).
@@ -48,39 +50,6 @@ fn all_states() -> [JobState; 6] {
         listed(JobState::Paused),
         listed(JobState::Waiting),
     ]
-}
-
-/// What `/proc` says of one worker's main process.
-#[derive(Debug, Clone, Copy)]
-struct Usage {
-    /// Resident memory, bytes.
-    memory: u64,
-    /// User and system CPU time, seconds.
-    cpu: f64,
-}
-
-/// How the kernel counts: clock ticks per second and the page size.
-#[derive(Debug, Clone, Copy)]
-struct Units {
-    ticks: f64,
-    page: u64,
-}
-
-impl Units {
-    fn get() -> Units {
-        Units {
-            ticks: rustix::param::clock_ticks_per_second() as f64,
-            page: rustix::param::page_size() as u64,
-        }
-    }
-
-    fn usage(self, pid: u32) -> Option<Usage> {
-        let stat = lrpm_process::procfs::read_stat(pid)?;
-        Some(Usage {
-            memory: stat.rss_pages * self.page,
-            cpu: (stat.utime + stat.stime) as f64 / self.ticks,
-        })
-    }
 }
 
 /// How long one scrape may spend reading the workers' `/proc/PID/stat`.
@@ -168,12 +137,12 @@ impl ProcessFacts {
         let virtual_bytes = std::fs::read_to_string("/proc/self/statm")
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            .map(|pages| pages * units.page);
+            .map(|pages| pages * units.page());
         let open_fds = open_fds();
         let max_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
         ProcessFacts {
-            cpu_seconds: own.map(|u| u.cpu),
-            resident_bytes: own.map(|u| u.memory),
+            cpu_seconds: own.map(|u| u.cpu_seconds),
+            resident_bytes: own.map(|u| u.rss_bytes),
             virtual_bytes,
             open_fds,
             max_fds,
@@ -430,13 +399,13 @@ impl Collector for Scrape {
             "Resident memory of the job's main process.",
             jobs.iter()
                 .zip(&self.usage)
-                .map(|(j, u)| (j.id.as_str(), u.map(|u| u.memory))),
+                .map(|(j, u)| (j.id.as_str(), u.map(|u| u.rss_bytes))),
         )?;
         per_job_counter(
             e,
             "lrpm_job_cpu_seconds",
             "CPU time (user and system) of the job's current main process.",
-            each(|_, u| u.map(|u| u.cpu)),
+            each(|_, u| u.map(|u| u.cpu_seconds)),
         )?;
         {
             let mut family = e.encode_descriptor(

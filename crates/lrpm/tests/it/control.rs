@@ -187,6 +187,60 @@ fn lrpmctl_json_is_the_status_document_wherever_the_option_goes() {
 }
 
 #[test]
+fn a_status_with_usage_gives_each_live_process_cpu_time_and_memory() {
+    let lrpm = farm();
+    let plain = lrpm.request(r#"{"cmd":"status"}"#);
+    assert!(plain.get("usage").is_none(), "{plain}");
+    let before = wall_now();
+    let doc = lrpm.request(r#"{"cmd":"status","usage":true}"#);
+    assert_eq!(doc["ok"], true, "{doc}");
+    for id in ["a", "7"] {
+        let job = job_in(&doc, id).unwrap_or_else(|| panic!("no job {id} in {doc}"));
+        let pid = pid_of(job).unwrap_or_else(|| panic!("{id} has no pid: {doc}"));
+        let usage = &doc["usage"][pid.to_string()];
+        assert!(usage["rss_bytes"].as_u64().unwrap_or(0) > 0, "{doc}");
+        assert!(
+            usage["cpu_seconds"].as_f64().is_some_and(|s| s >= 0.0),
+            "{doc}"
+        );
+        // Read for this request: it is the first to ask.
+        let at = usage["at"].as_f64().unwrap_or(0.0);
+        assert!(at >= before - 0.01 && at <= wall_now() + 0.01, "{at} {doc}");
+    }
+    // Asked again within the second the figures are kept, they are the
+    // ones read (on a machine so loaded that the second has passed, they
+    // are read again, and nothing is claimed).
+    let a_pid = lrpm.running_pid("a").to_string();
+    let sent = wall_now();
+    let again = lrpm.request(r#"{"cmd":"status","usage":true,"ids":["a"]}"#);
+    assert_eq!(
+        again["usage"]
+            .as_object()
+            .map(|u| u.keys().cloned().collect::<Vec<_>>()),
+        Some(vec![a_pid.clone()]),
+        "{again}"
+    );
+    let first_at = doc["usage"][&a_pid]["at"].as_f64().unwrap_or(0.0);
+    if sent < first_at + 0.9 {
+        assert_eq!(again["usage"][&a_pid], doc["usage"][&a_pid], "{again}");
+    }
+    let refused = lrpm.request(r#"{"cmd":"status","usage":1}"#);
+    assert_eq!(refused["ok"], false, "{refused}");
+    // The table shows them.
+    let output = lrpm.ctl(&["status", "a"]);
+    assert_exit(&output, 0);
+    let text = stdout(&output);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("a "))
+        .unwrap_or_else(|| panic!("no row for a in\n{text}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // ID PID STATE %CPU RSS …
+    assert!(cells[3].parse::<f64>().is_ok(), "{row}");
+    assert!(cells[4].ends_with('K') || cells[4].ends_with('M'), "{row}");
+}
+
+#[test]
 fn status_table_is_plain_when_piped_or_no_color() {
     let lrpm = farm();
     let output = lrpm.ctl(&["status"]);
