@@ -160,8 +160,11 @@ fn lrpmctl_status_gets_through_a_storm_of_connections() {
         times[TRIES - 1],
         100.0 * cpu / wall
     );
+    // Got through: before the listen queue and the per-uid share, none
+    // did. The slowest was 77–475 ms at load 18–36; 5 s proves the
+    // property with room for a loaded machine, not a speed.
     assert!(
-        times[TRIES - 1] < Duration::from_secs(1),
+        times[TRIES - 1] < Duration::from_secs(5),
         "a status took {:?}: {times:?}",
         times[TRIES - 1]
     );
