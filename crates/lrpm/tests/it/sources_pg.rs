@@ -17,9 +17,11 @@ use crate::support::{self, Lrpm, job_in, loads, pid_of, running, source_error};
 
 /// How long a change may take to reach a worker in these tests, measured
 /// from the commit to the new worker's start, on lrpm's and the server's
-/// clocks (the benchmark gives the real figure: a few milliseconds). The
-/// tests run in parallel on a loaded 2-core machine, hence the margin.
-const FOLLOW_BOUND: f64 = 0.5;
+/// clocks (the benchmark gives the real figure: a few milliseconds). It
+/// proves that the change came through NOTIFY, not a poll of the table
+/// (every 30 s by default); the tests run in parallel on a loaded 2-core
+/// machine, hence the margin.
+const FOLLOW_BOUND: f64 = 5.0;
 
 /// How long anything else may take: a reconnection, a poll.
 const WAIT: Duration = Duration::from_secs(30);
