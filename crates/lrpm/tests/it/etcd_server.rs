@@ -127,7 +127,7 @@ impl EtcdServer {
     }
 
     fn client(&self) -> Result<Client, etcd_client::Error> {
-        let mut options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
+        let mut options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(10));
         if let Some((user, password)) = &self.user {
             options = options.with_user(user, password);
         }
