@@ -20,9 +20,24 @@ const LONG: Duration = Duration::from_secs(30);
 /// tests (the whole workspace, every target): a narrower selection would
 /// resolve the dependencies' features differently and rebuild them from
 /// inside a test, which under load outlasted the test's time limit.
+///
+/// Nor may the build see the variables cargo sets for a test
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`…): ring's build script asks to
+/// be run again when they change, and cargo compares them with its own
+/// environment, where they are unset. Inherited, they made this build
+/// rebuild ring and all that depends on it, lrpm included (a minute or
+/// more on a loaded machine, in each library test), and the next build
+/// outside the tests rebuild them back.
 fn example(name: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if set_by_cargo_for_a_test(key) {
+            command.env_remove(key);
+        }
+    }
+    let built = command
         .args(["build", "--quiet", "--workspace", "--all-targets"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
@@ -33,6 +48,26 @@ fn example(name: &str) -> PathBuf {
         .expect("target dir")
         .join("examples")
         .join(name)
+}
+
+/// Whether cargo sets the environment variable `key` for the test it runs
+/// (<https://doc.rust-lang.org/cargo/reference/environment-variables.html>),
+/// as opposed to what configures cargo itself (`CARGO_HOME`,
+/// `CARGO_TARGET_DIR`, `CARGO_BUILD_*`…), which the build must keep.
+fn set_by_cargo_for_a_test(key: &str) -> bool {
+    const PREFIXES: [&str; 3] = ["CARGO_PKG_", "CARGO_BIN_EXE_", "CARGO_CFG_"];
+    const NAMES: [&str; 9] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    NAMES.contains(&key) || PREFIXES.iter().any(|prefix| key.starts_with(prefix))
 }
 
 /// Starts the `faults` example with its source reading `source_text`.
