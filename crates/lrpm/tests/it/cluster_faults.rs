@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::cluster_etcd::{node, placement, running_on, settled};
+use crate::cluster_etcd::{node_with_ttl, placement, running_on, settled};
 use crate::cluster_ledger::{Ledger, Run, ledger_map, overlaps, tokens_not_growing};
 use crate::etcd_server::{self, EtcdServer};
 use crate::support::{Lrpm, jobs_in, wait_for_value, wall_now};
@@ -221,7 +221,7 @@ fn partition(how: Cut) {
     let nodes: Vec<Lrpm> = proxies
         .iter()
         .zip(["p0", "p1", "p2"])
-        .map(|(proxy, name)| node(&proxy.endpoint(), name, &jobs))
+        .map(|(proxy, name)| node_with_ttl(&proxy.endpoint(), name, &jobs, TTL))
         .collect();
     let all: Vec<&Lrpm> = nodes.iter().collect();
     let placed = wait_for_value("the jobs, each on one node, 3 members", WAIT, || {
@@ -370,7 +370,7 @@ fn a_node_cut_off_again_and_again_rejoins_as_fast_each_time() {
     )
     .expect("write the jobs");
     let proxy = Proxy::start(etcd.endpoint());
-    let lrpm = node(&proxy.endpoint(), "p0", &jobs);
+    let lrpm = node_with_ttl(&proxy.endpoint(), "p0", &jobs, TTL);
     let state = |lrpm: &Lrpm| {
         lrpm.status()["supervisor"]["cluster"]["connection"]["state"]
             .as_str()
