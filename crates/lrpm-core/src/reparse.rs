@@ -17,7 +17,12 @@
 //!    key (its `[42]` and `[42.env]` sections, a root-level `42.name = …`),
 //!    in document order, found by `toml_parser`'s event parser, which checks
 //!    the grammar of the whole document on the way (with `toml`'s own
-//!    whitespace rules and nesting limit).
+//!    whitespace rules and nesting limit). A TOML document that was cut
+//!    before is cut again only where its text changed: from the item the
+//!    first changed byte is in, up to an item of the unchanged end of the
+//!    text (`split_items`); the items around are the last cut's. A
+//!    rewrite of one job in a file of thousands costs that job's text, two
+//!    comparisons of the text with the last one, and the bookkeeping.
 //! 2. **Reuse or check.** A fragment equal, byte for byte, to the one the
 //!    same document had for the same key last time gets last time's
 //!    verdict: the very same `Arc<JobSpec>` (so the supervisor sees an
@@ -51,6 +56,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use toml_parser::decoder::Encoding;
+use toml_parser::lexer::TokenKind;
 use toml_parser::parser::{EventReceiver, RecursionGuard, ValidateWhitespace};
 use toml_parser::{ErrorSink, ParseError, Raw, Source, Span};
 
@@ -70,14 +76,20 @@ pub struct Reparser {
     unchanged: bool,
 }
 
-/// How many bytes of fragments a reparser remembers at most (an 8 MiB
-/// configuration, about 50,000 jobs); beyond, a job is checked at every
-/// parse, and the memory a huge document took is given back.
+/// How many bytes of documents a reparser remembers at most (an 8 MiB
+/// configuration, about 50,000 jobs); a document beyond is checked whole
+/// at every parse, and the memory it took is given back.
 const MAX_REMEMBERED: usize = 8 << 20;
 
 /// What a document declared last time.
 #[derive(Debug, Default)]
 struct KnownDocument {
+    /// Its last text (`None` when nothing of it is remembered), which the
+    /// fragments' spans point into.
+    text: Option<Box<str>>,
+    /// Its top-level items, for a TOML document: where the next split of
+    /// a changed text starts from.
+    items: Vec<Item>,
     /// Per job key: the job's last fragment.
     jobs: HashMap<String, Known>,
     /// How many fragments it had (a key may come twice in JSON); `None`
@@ -85,15 +97,63 @@ struct KnownDocument {
     fragments: Option<usize>,
 }
 
+impl KnownDocument {
+    /// Forgets everything: the next parse checks every job.
+    fn forget(&mut self) {
+        *self = Self::default();
+    }
+}
+
 /// A fragment seen before, and what it declares.
 #[derive(Debug)]
 struct Known {
-    fragment: Box<str>,
+    fragment: Stored,
     id: JobId,
     verdict: Verdict,
     /// Whether the current parse has seen it (the others are forgotten
     /// after it).
     seen: bool,
+}
+
+/// Where a remembered fragment's text is.
+#[derive(Debug)]
+enum Stored {
+    /// A slice of the document's text (the usual case): its byte range.
+    Span(usize, usize),
+    /// Pieces of the text joined (a TOML job whose items do not follow
+    /// each other).
+    Joined(Box<str>),
+}
+
+impl Stored {
+    /// Remembers `fragment`, a fragment of `text`.
+    fn new(text: &str, fragment: Cow<'_, str>) -> Self {
+        match fragment {
+            Cow::Borrowed(slice) => {
+                // Every borrowed fragment is a slice of its document.
+                let start = (slice.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+                debug_assert!(text.get(start..start + slice.len()) == Some(slice));
+                Self::Span(start, start + slice.len())
+            }
+            Cow::Owned(joined) => Self::Joined(joined.into_boxed_str()),
+        }
+    }
+
+    /// The fragment, `text` being the document it was remembered from.
+    fn get<'a>(&'a self, text: &'a str) -> Option<&'a str> {
+        match self {
+            Self::Span(start, end) => text.get(*start..*end),
+            Self::Joined(joined) => Some(joined),
+        }
+    }
+
+    /// The bytes it takes beyond the document's text.
+    fn extra(&self) -> usize {
+        match self {
+            Self::Span(..) => 0,
+            Self::Joined(joined) => joined.len(),
+        }
+    }
 }
 
 impl Reparser {
@@ -113,7 +173,16 @@ impl Reparser {
         let mut remembered = 0;
         let mut declared: BTreeMap<JobId, Vec<(&str, Verdict)>> = BTreeMap::new();
         for doc in docs {
-            let (verdicts, reused) = self.verdicts(doc, &mut remembered)?;
+            let (verdicts, reused) = match self.verdicts(doc, &mut remembered) {
+                Ok(done) => done,
+                Err(error) => {
+                    // What this parse saw is compared again next time.
+                    for doc in self.known.values_mut() {
+                        doc.jobs.values_mut().for_each(|job| job.seen = false);
+                    }
+                    return Err(error);
+                }
+            };
             unchanged &= reused;
             for (id, verdict) in verdicts {
                 declared.entry(id).or_default().push((doc.origin, verdict));
@@ -142,19 +211,26 @@ impl Reparser {
     }
 
     /// The jobs `doc` declares, in document order, with their verdicts;
-    /// and whether every one of them was reused. Fragments are remembered
+    /// and whether every one of them was reused. Documents are remembered
     /// while `remembered` stays under [`MAX_REMEMBERED`].
     fn verdicts(
         &mut self,
         doc: &Document<'_>,
         remembered: &mut usize,
     ) -> Result<(Vec<(JobId, Verdict)>, bool), SourceError> {
-        let fragments = match doc.format {
-            Format::Json => split_json(doc.text),
-            Format::Toml => split_toml(doc.text),
+        let text = doc.text;
+        let split = match doc.format {
+            Format::Json => split_json(text).map(|fragments| (fragments, Vec::new())),
+            Format::Toml => {
+                let last = self.known.get(doc.origin).and_then(|known| {
+                    let last = known.text.as_deref()?;
+                    Some((last, known.items.as_slice()))
+                });
+                split_items(text, last).map(|items| (group(text, &items), items))
+            }
             Format::Yaml => None,
         };
-        let Some(fragments) = fragments else {
+        let Some((fragments, items)) = split else {
             return Ok((decl::verdicts(doc)?, false));
         };
         let known = self.known.entry(doc.origin.to_owned()).or_default();
@@ -162,32 +238,33 @@ impl Reparser {
         // reused, one per key: the same jobs.
         let count = Some(fragments.len());
         let mut reused = std::mem::replace(&mut known.fragments, count) == count;
-        let known = &mut known.jobs;
+        let last = known.text.take();
+        let last = last.as_deref().unwrap_or_default();
+        let mut size = text.len();
         let mut verdicts = Vec::with_capacity(fragments.len());
-        for (key, text) in fragments {
-            if let Some(last) = known.get_mut(&key) {
-                // Seen already: a key twice in one document.
-                reused &= !last.seen;
-                if *last.fragment == *text {
-                    last.seen = true;
-                    *remembered += text.len();
-                    verdicts.push((last.id.clone(), last.verdict.clone()));
+        for (key, fragment) in fragments {
+            if let Some(job) = known.jobs.get_mut(&key) {
+                // Seen already: a key twice in one document. Its fragment
+                // now points into the new text: it is checked again.
+                reused &= !job.seen;
+                if !job.seen && job.fragment.get(last) == Some(&*fragment) {
+                    job.seen = true;
+                    job.fragment = Stored::new(text, fragment);
+                    size += job.fragment.extra();
+                    verdicts.push((job.id.clone(), job.verdict.clone()));
                     continue;
                 }
             }
             reused = false;
-            let Some((id, verdict)) = check(doc, &key, &text) else {
+            let Some((id, verdict)) = check(doc, &key, &fragment) else {
+                known.forget();
                 return Ok((decl::verdicts(doc)?, false));
             };
             verdicts.push((id.clone(), verdict.clone()));
-            if *remembered + text.len() > MAX_REMEMBERED {
-                known.remove(&key);
-                continue;
-            }
-            *remembered += text.len();
-            let fragment = text.into_owned().into_boxed_str();
+            let fragment = Stored::new(text, fragment);
+            size += fragment.extra();
             let seen = true;
-            known.insert(
+            known.jobs.insert(
                 key,
                 Known {
                     fragment,
@@ -196,6 +273,17 @@ impl Reparser {
                     seen,
                 },
             );
+        }
+        // The fragments now point into the new text: those that it no
+        // longer has are forgotten now.
+        known.jobs.retain(|_, known| known.seen);
+        if *remembered + size > MAX_REMEMBERED {
+            known.forget();
+            known.fragments = count;
+        } else {
+            *remembered += size;
+            known.text = Some(text.into());
+            known.items = items;
         }
         Ok((verdicts, reused))
     }
@@ -271,17 +359,125 @@ fn split_json(text: &str) -> Option<Fragments<'_>> {
 /// tables), which a document must respect to be split.
 const TOML_DEPTH: u32 = 80;
 
+/// A top-level item of a TOML document: a table header, or a key-value
+/// at the root level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Item {
+    /// Where it starts: its `[`, or its first key.
+    start: usize,
+    /// The job key it belongs to (its first key, decoded).
+    key: String,
+    /// Whether it is a table header (after the first one, every item is).
+    header: bool,
+}
+
 /// Cuts a TOML document into its jobs' fragments; `None` if its grammar is
 /// wrong.
+#[cfg(test)]
 fn split_toml(text: &str) -> Option<Fragments<'_>> {
-    let source = Source::new(text);
+    split_items(text, None).map(|items| group(text, &items))
+}
+
+/// The top-level items of TOML document `text`; `None` if its grammar is
+/// wrong. Given the last text of the document and its items, only the
+/// part of the text that changed is cut again.
+///
+/// The text is cut from the last item that starts before the first byte
+/// that changed, up to an item of the last text that starts, at the start
+/// of a line, in the part of the text that did not change at its end (its
+/// common suffix with the last text). That part is cut alone, as a
+/// document, and spliced between the items before it and those after it.
+/// That gives the items of a cut of the whole text: the lexer of TOML reads
+/// each token from its first byte on, without context, and an item starts
+/// a statement, so the tokens and the events are the same up to the first
+/// item of the changed part as in the last text; and if the changed part
+/// parses alone, without a grammar error, it ends with its last statement
+/// (the newline before the next item cannot be inside a string, an array
+/// or an inline table, which would then be unclosed), so the rest of the
+/// text is read as it was in the last text, where it was valid. Two
+/// things can differ and are checked: the state of the root level (an
+/// item at the root level after the changed part stays one only if that
+/// part did not open a table), and a changed part that does not parse
+/// alone is cut again with the whole text (a change may open a multi-line
+/// string that the rest of the text closes).
+fn split_items(text: &str, last: Option<(&str, &[Item])>) -> Option<Vec<Item>> {
+    let whole = || scan(text, 0, text.len(), false);
+    let Some((old, items)) = last else {
+        return whole();
+    };
+    let (old_bytes, bytes) = (old.as_bytes(), text.as_bytes());
+    let prefix = old_bytes
+        .iter()
+        .zip(bytes)
+        .position(|(a, b)| a != b)
+        .unwrap_or(old.len().min(text.len()));
+    if prefix == old.len() && prefix == text.len() {
+        return Some(items.to_vec());
+    }
+    let suffix = old_bytes[prefix..]
+        .iter()
+        .rev()
+        .zip(bytes[prefix..].iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    // The items before the one the change starts in are kept; that one is
+    // cut again, from its start, with the root level's state there.
+    let first = items.partition_point(|item| item.start < prefix);
+    let (keep, from, in_tables) = match first.checked_sub(1) {
+        None | Some(0) => (0, 0, false),
+        Some(i) => (i, items[i].start, items[i - 1].header),
+    };
+    // The first item that starts a line in the common suffix.
+    let tail = old.len() - suffix;
+    let resync = (first..items.len())
+        .find(|&i| items[i].start > tail && old_bytes[items[i].start - 1] == b'\n');
+    let to = resync.map_or(text.len(), |i| items[i].start + text.len() - old.len());
+    let Some(middle) = scan(text, from, to, in_tables) else {
+        return whole();
+    };
+    let after = resync.map_or(&[][..], |i| &items[i..]);
+    if after
+        .first()
+        .is_some_and(|item| !item.header && middle.iter().any(|item| item.header))
+    {
+        return whole();
+    }
+    let mut spliced = Vec::with_capacity(keep + middle.len() + after.len());
+    spliced.extend_from_slice(&items[..keep]);
+    spliced.extend(middle);
+    spliced.extend(after.iter().map(|item| Item {
+        start: item.start + text.len() - old.len(),
+        ..item.clone()
+    }));
+    Some(spliced)
+}
+
+/// The items of `text[from..to]`, cut alone, as a document; `from` is the
+/// start of the text or of an item, after a table header if `in_tables`.
+fn scan(text: &str, from: usize, to: usize, in_tables: bool) -> Option<Vec<Item>> {
+    let part = text.get(from..to)?;
+    let source = Source::new(part);
     let tokens = source.lex().into_vec();
+    // Cut before the end of the text, the part must end with a newline of
+    // its own (not one inside a string that the part leaves open, which
+    // the grammar does not see).
+    if to < text.len() {
+        let last = tokens.iter().rev().find(|t| t.kind() != TokenKind::Eof);
+        if !last.is_some_and(|t| t.kind() == TokenKind::Newline && t.span().end() == part.len()) {
+            return None;
+        }
+    }
     let mut items = Items {
         source,
+        offset: from,
         starts: Vec::new(),
         depth: 0,
-        next_key: NextKey::Item,
-        in_tables: false,
+        next_key: if in_tables {
+            NextKey::Inner
+        } else {
+            NextKey::Item
+        },
+        in_tables,
         failed: false,
     };
     let mut error: Option<ParseError> = None;
@@ -290,30 +486,30 @@ fn split_toml(text: &str) -> Option<Fragments<'_>> {
         let mut guarded = RecursionGuard::new(&mut whitespace, TOML_DEPTH);
         toml_parser::parser::parse_document(&tokens, &mut guarded, &mut error);
     }
-    if error.is_some() || items.failed {
+    if error.is_some() || items.failed || items.depth > 0 {
         return None;
     }
-    Some(group(text, items.starts))
+    Some(items.starts)
 }
 
 /// Joins the items of each key, in document order: one slice of the text
 /// when they follow each other (the usual `[42]`, `[42.env]`), a copy
 /// otherwise.
-fn group(text: &str, starts: Vec<(usize, String)>) -> Fragments<'_> {
-    let ends: Vec<usize> = starts
+fn group<'a>(text: &'a str, items: &[Item]) -> Fragments<'a> {
+    let ends = items
         .iter()
         .skip(1)
-        .map(|&(start, _)| start)
-        .chain([text.len()])
-        .collect();
-    let mut order: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for ((start, key), end) in starts.into_iter().zip(ends) {
-        match index.get(&key) {
-            Some(&i) => order[i].1.push((start, end)),
+        .map(|item| item.start)
+        .chain([text.len()]);
+    let mut order: Vec<(&str, Vec<(usize, usize)>)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(items.len());
+    for (item, end) in items.iter().zip(ends) {
+        let span = (item.start, end);
+        match index.get(item.key.as_str()) {
+            Some(&i) => order[i].1.push(span),
             None => {
-                index.insert(key.clone(), order.len());
-                order.push((key, vec![(start, end)]));
+                index.insert(&item.key, order.len());
+                order.push((&item.key, vec![span]));
             }
         }
     }
@@ -328,7 +524,7 @@ fn group(text: &str, starts: Vec<(usize, String)>) -> Fragments<'_> {
             } else {
                 Cow::Owned(spans.iter().map(|&(s, e)| &text[s..e]).collect())
             };
-            (key, fragment)
+            (key.to_owned(), fragment)
         })
         .collect()
 }
@@ -349,8 +545,10 @@ enum NextKey {
 /// and which job key it belongs to.
 struct Items<'i> {
     source: Source<'i>,
-    /// Each item's start offset and first key, decoded.
-    starts: Vec<(usize, String)>,
+    /// Where the source starts in the document.
+    offset: usize,
+    /// The items found.
+    starts: Vec<Item>,
     /// How deep inside arrays and inline tables the parser is.
     depth: u32,
     next_key: NextKey,
@@ -373,7 +571,11 @@ impl Items<'_> {
 
 impl EventReceiver for Items<'_> {
     fn std_table_open(&mut self, span: Span, _error: &mut dyn ErrorSink) {
-        self.starts.push((span.start(), String::new()));
+        self.starts.push(Item {
+            start: self.offset + span.start(),
+            key: String::new(),
+            header: true,
+        });
         self.next_key = NextKey::Header;
         self.in_tables = true;
     }
@@ -413,10 +615,14 @@ impl EventReceiver for Items<'_> {
         };
         match next {
             NextKey::Header => match self.starts.last_mut() {
-                Some((_, first)) => *first = key,
+                Some(item) => item.key = key,
                 None => self.failed = true,
             },
-            _ => self.starts.push((span.start(), key)),
+            _ => self.starts.push(Item {
+                start: self.offset + span.start(),
+                key,
+                header: false,
+            }),
         }
     }
 
@@ -897,6 +1103,102 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    /// Lines of TOML that stand alone.
+    const LINES: [&str; 17] = [
+        "[a]\n",
+        "[b.env]\n",
+        "[[c]]\n",
+        "[\"d e\"]\n",
+        "x = 1\n",
+        "a.name = \"A\"\n",
+        "\"k y\".z = 2 # c\n",
+        "q = { a = 1, b = [2] }\n",
+        "# [a]\n",
+        "\n",
+        "\r\n",
+        "  \n",
+        "y = \"[z]\"\n",
+        "b = true\n",
+        "c = 'x'\n",
+        "m = \"\"\"x\"\"\"\n",
+        "n = [ 1,\n  2, # two\n]\n",
+    ];
+
+    /// Lines of TOML that open what a later one closes (a multi-line
+    /// string, an array), or close it.
+    const OPEN_CLOSE: [&str; 8] = [
+        "s = \"\"\"\n",
+        "[not a header]\n",
+        "\"\"\"\n",
+        "t = '''\n",
+        "'''\n",
+        "arr = [\n",
+        "  1, # one\n",
+        "]\n",
+    ];
+
+    /// What a keystroke or a paste can put in a document.
+    const PASTES: [&str; 12] = [
+        "\"", "'", "\"\"\"", "'''", "[", "]", "\n", "#", "=", "x", ".", "[b]\n",
+    ];
+
+    fn lines() -> impl Strategy<Value = String> {
+        let line = prop_oneof![
+            6 => prop::sample::select(LINES.to_vec()),
+            1 => prop::sample::select(OPEN_CLOSE.to_vec()),
+        ];
+        prop::collection::vec(line, 0..24).prop_map(|lines| lines.concat())
+    }
+
+    /// Replaces the bytes `at..at + len` of `text` with `with`; both ends
+    /// are moved to character boundaries, and to line starts if `lines`.
+    fn edit(text: &str, at: usize, len: usize, with: &str, lines: bool) -> String {
+        let boundary = |mut i: usize| {
+            i = i.min(text.len());
+            if lines {
+                i = text[..i].rfind('\n').map_or(0, |n| n + 1);
+            }
+            while !text.is_char_boundary(i) {
+                i -= 1;
+            }
+            i
+        };
+        let start = boundary(at % (text.len() + 1));
+        let end = boundary(start + len).max(start);
+        format!("{}{with}{}", &text[..start], &text[end..])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Cutting a changed text from the last one's items gives the items
+        /// of a cut of the whole text, whatever the change.
+        #[test]
+        fn a_cut_of_the_changed_part_equals_a_cut_of_the_whole_text(
+            old in lines(),
+            edits in prop::collection::vec(
+                (any::<usize>(), 0..40usize, prop_oneof![
+                    prop::sample::select(PASTES.to_vec()).prop_map(str::to_owned),
+                    lines(),
+                ], any::<bool>()),
+                1..4,
+            ),
+        ) {
+            let mut text = old;
+            let mut last = split_items(&text, None);
+            for (at, len, with, lines) in edits {
+                let new = edit(&text, at, len, &with, lines);
+                let whole = split_items(&new, None);
+                if let Some(items) = &last {
+                    let cut = split_items(&new, Some((&text, items)));
+                    prop_assert_eq!(&cut, &whole, "{:?} → {:?}", text, new);
+                }
+                text = new;
+                last = whole;
+            }
+        }
     }
 
     proptest! {
