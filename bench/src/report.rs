@@ -959,7 +959,9 @@ renaming a complete file into place, as a careful writer does.
   every worker is reaped).
 - *Status*: one `{"cmd":"status"}` line and its answer, on a new
   connection each time; and `lrpmctl --socket S status`, its table read
-  from a pipe, timed from spawn to exit.
+  from a pipe, timed from spawn to exit, each run 1.1 s after the last so
+  that lrpm reads its workers' `/proc` anew (it keeps the figures of a
+  table one second).
 - *Crash storm*: workers that exit at once (mode `true`), restarted at once;
   after a one-second warm-up, the sum of the jobs' `restarts` counters and
   lrpm's CPU time are read at both ends of the window.

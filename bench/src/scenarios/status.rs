@@ -2,7 +2,7 @@
 //! connection each time, and the control client's table, as a process run
 //! from spawn to exit (its output read through a pipe).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 
@@ -10,7 +10,11 @@ use crate::bench::Bench;
 use crate::results::{Metric, Results, Subject};
 use crate::scenarios::mass_start::{LrpmFarm, PeerFarm};
 
-/// lrpm: `{"cmd":"status"}` over the socket, then `lrpmctl status`.
+/// A little more than lrpm keeps the figures of a table (its `MAX_AGE`).
+const USAGE_KEPT: Duration = Duration::from_millis(1100);
+
+/// lrpm: `{"cmd":"status"}` over the socket, then `lrpmctl status`, each
+/// table with figures read anew.
 pub fn lrpm(
     bench: &Bench,
     farm: &LrpmFarm,
@@ -34,6 +38,12 @@ pub fn lrpm(
             .push(took);
     }
     for _ in 0..table_samples {
+        // lrpm keeps the workers' CPU time and memory it read for a table
+        // one second (`usage` in docs/lrpmctl.md): each sample waits that
+        // out, so that every table is one whose figures are read anew, as
+        // for an operator's first `lrpmctl status`, not one answered from
+        // the last sample's figures.
+        std::thread::sleep(USAGE_KEPT);
         let took = farm.lrpm.ctl_status(bench)?;
         results
             .times(Metric::StatusTable, Subject::Lrpm, jobs)
