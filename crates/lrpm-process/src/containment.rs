@@ -19,7 +19,11 @@
 //!   ends, or when a stop escalates to SIGKILL, lrpm writes `1` to the
 //!   cgroup's `cgroup.kill`: the kernel kills every process in it, escaped
 //!   daemons included, atomically with respect to forks. The empty cgroup is
-//!   then removed. A tree whose `flock` nobody holds belongs to an lrpm that
+//!   then removed. A cgroup that its run left empty (nothing in its
+//!   `cgroup.procs` once the main process ended) is not killed: it is
+//!   handed to the job's next run if that starts in the same turn of
+//!   lrpm's loop ([`RunCgroups::open_run`]), and removed otherwise. A
+//!   cgroup once killed is never reused ([`JobCgroup::kill`]). A tree whose `flock` nobody holds belongs to an lrpm that
 //!   died without cleaning up (SIGKILL): the next lrpm that starts beside it
 //!   kills what is left in it and removes it. (That check and the creation
 //!   of a tree happen under an `flock` on the parent, so two lrpm starting
@@ -496,26 +500,38 @@ impl RunCgroups {
     pub fn create_run(&self, job: &JobId, run: RunId) -> io::Result<(JobCgroup, OwnedFd)> {
         let dir = self.run(job, run).dir;
         std::fs::create_dir(&dir)?;
-        let opened = rustix::fs::open(
+        match self.open_run(job, run) {
+            Ok(opened) => Ok(opened),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens the existing cgroup named after run `named` of `job` (one
+    /// that [`RunCgroups::create_run`] created for an earlier run of the
+    /// job, killed and emptied since), for the job's next run to be cloned
+    /// into: a restart reuses its job's cgroup rather than removing it and
+    /// creating another (bench/README.md: a fresh cgroup costs the kernel
+    /// its `mkdir`, the clone into it and its `rmdir`, all under the
+    /// kernel's global cgroup lock).
+    pub fn open_run(&self, job: &JobId, named: RunId) -> io::Result<(JobCgroup, OwnedFd)> {
+        let dir = self.run(job, named).dir;
+        let fd = rustix::fs::open(
             &dir,
             rustix::fs::OFlags::RDONLY
                 | rustix::fs::OFlags::DIRECTORY
                 | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
-        );
-        match opened {
-            Ok(fd) => Ok((
-                JobCgroup {
-                    dir,
-                    killable: self.killable,
-                },
-                fd,
-            )),
-            Err(e) => {
-                let _ = std::fs::remove_dir(&dir);
-                Err(e.into())
-            }
-        }
+        )?;
+        Ok((
+            JobCgroup {
+                dir,
+                killable: self.killable,
+            },
+            fd,
+        ))
     }
 }
 
@@ -1039,7 +1055,22 @@ impl JobCgroup {
         }
     }
 
+    /// Whether a live process is left in the cgroup: its `cgroup.procs`
+    /// lists one. A process whose threads have all exited is not listed,
+    /// even before the kernel has unlinked it from the cgroup (which
+    /// `populated` of `cgroup.events` waits for: the pidfd of a run's
+    /// process may wake lrpm before that). `None` when it cannot be read.
+    pub fn holds_processes(&self) -> Option<bool> {
+        let text = std::fs::read(self.dir.join("cgroup.procs")).ok()?;
+        Some(text.iter().any(u8::is_ascii_digit))
+    }
+
     /// SIGKILLs every process in the cgroup, escaped daemons included.
+    ///
+    /// A cgroup once killed must not be cloned into again: the kernel
+    /// SIGKILLs every process cloned into it afterwards (`CLONE_INTO_CGROUP`,
+    /// seen on Linux 6.18), so such a cgroup is never reused for a job's
+    /// next run (`lrpm`'s `ProcessTable::reap`).
     pub fn kill(&self) {
         if !self.killable {
             return;

@@ -42,7 +42,10 @@
 //! cgroups (`lrpm_process::containment`) each run also has a cgroup of its
 //! own, which the child joins before anything else; reaping and a stop's
 //! SIGKILL kill the whole cgroup, so a daemon that left the process group
-//! dies with its job too.
+//! dies with its job too. Reaping a run that left its cgroup empty kills
+//! nothing: the empty cgroup goes to the job's replacement if it is spawned
+//! in the same turn (a crash's immediate restart), which then carries the
+//! name of the run that created it (`Entry::cgroup`).
 //!
 //! The table does not forward output: a spawn hands the run's pipes back to
 //! the event loop, which gives them to the output forwarding.
@@ -52,6 +55,7 @@
 //! long as lrpm, because the parent-death signal fires when the *thread*
 //! that spawned exits.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -188,9 +192,14 @@ struct Entry {
     /// descriptors ran short at its spawn: it is then followed by its pid
     /// (see the module's documentation).
     pidfd: Option<OwnedFd>,
-    /// Whether the run has a cgroup ([`containment::CgroupTree::run`] names
-    /// it from the job and run ids).
-    cgroup: bool,
+    /// The run whose name the run's cgroup has, if it has one
+    /// ([`containment::RunCgroups::run`] names it from the job and run
+    /// ids): the run itself, or the earlier run of its job that created the
+    /// cgroup it reuses ([`ProcessTable::reap`]).
+    cgroup: Option<RunId>,
+    /// Whether its cgroup was killed while it ran (a stop's SIGKILL): a
+    /// killed cgroup cannot be reused ([`containment::JobCgroup::kill`]).
+    cgroup_killed: Cell<bool>,
     /// Whether the run's memory is capped (`memoryMax`): by a memory cgroup
     /// of its own on cgroup v1 ([`containment::MemoryTree`], named as its
     /// cgroup), or by its cgroup's `memory.max` on cgroup v2.
@@ -211,6 +220,16 @@ pub(crate) struct ProcessTable {
     /// The cgroups of ended runs, whose removal is left for
     /// [`ProcessTable::bury`], after the replacements' spawns.
     emptied: Vec<containment::JobCgroup>,
+    /// The killed cgroups of the runs that ended in this turn of the event
+    /// loop, by job, each with the run it is named after: the job's next
+    /// run, if it is spawned in the same turn (a crash's immediate
+    /// restart), is cloned into it instead of a new one;
+    /// [`ProcessTable::bury`] removes those left over.
+    reusable: HashMap<JobId, RunId>,
+    /// The live run that reuses each reused cgroup, by the run the cgroup
+    /// is named after (only where the two differ), to know who sent a
+    /// notification ([`ProcessTable::run_of_sender`]).
+    named_runs: HashMap<RunId, RunId>,
     /// The cgroups of runs that ended during a shutdown, not killed: what
     /// is left in one is killed by [`ProcessTable::bury`] when it cannot be
     /// removed ([`containment::JobCgroup::clear`]).
@@ -253,6 +272,8 @@ impl ProcessTable {
             notify_socket: None,
             ended: Vec::new(),
             emptied: Vec::new(),
+            reusable: HashMap::new(),
+            named_runs: HashMap::new(),
             unkilled: Vec::new(),
             shutting_down: false,
             exits: ExitWatch::new()?,
@@ -375,8 +396,13 @@ impl ProcessTable {
             return Some(*run);
         }
         if let Some(tree) = &self.containment.cgroups {
-            let run = run_of_cgroup(pid, tree.base())?;
-            return self.entries.get(&run).filter(|e| e.cgroup).map(|_| run);
+            let named = run_of_cgroup(pid, tree.base())?;
+            let run = self.named_runs.get(&named).copied().unwrap_or(named);
+            return self
+                .entries
+                .get(&run)
+                .filter(|e| e.cgroup == Some(named))
+                .map(|_| run);
         }
         let mut ancestor = pid;
         for _ in 0..SENDER_GENERATIONS {
@@ -429,14 +455,38 @@ impl ProcessTable {
         let ctx = self.ctx.clone();
         let worker_binary = self.worker_binary;
         let notify = self.notify_socket.clone();
-        let started = lrpm_process::lanes::map(batch.to_vec(), move |s: &Spawn| {
-            let trees = (cgroups.as_ref(), memory.as_ref());
-            start(trees, &ctx, worker_binary, notify.as_deref(), s)
-        });
+        // A run whose job's last run ended in this turn reuses its cgroup,
+        // unless its memory is capped: the cap is set on a fresh cgroup,
+        // and its OOM-kill counter must be the run's own.
+        let inputs: Vec<(Spawn, Option<RunId>)> = batch
+            .iter()
+            .map(|s| {
+                let reuse = match s.spec.memory_max {
+                    None => self.reusable.remove(&s.job),
+                    Some(_) => None,
+                };
+                (s.clone(), reuse)
+            })
+            .collect();
+        let reused: Vec<Option<RunId>> = inputs.iter().map(|(_, reuse)| *reuse).collect();
+        let started =
+            lrpm_process::lanes::map(inputs, move |(s, reuse): &(Spawn, Option<RunId>)| {
+                let trees = (cgroups.as_ref(), memory.as_ref());
+                start(trees, &ctx, worker_binary, notify.as_deref(), s, *reuse)
+            });
         batch
             .iter()
+            .zip(reused)
             .zip(started)
-            .map(|(s, started)| self.admit(s.run, &s.job, started))
+            .map(|((s, reused), started)| {
+                // A cgroup that could not be reopened is removed as usual.
+                if let Some(named) = reused.filter(|named| Some(*named) != started.named) {
+                    if let Some(tree) = &self.containment.cgroups {
+                        self.emptied.push(tree.runs().run(&s.job, named));
+                    }
+                }
+                self.admit(s.run, &s.job, started)
+            })
             .collect()
     }
 
@@ -446,6 +496,7 @@ impl ProcessTable {
         let Starting {
             spawned,
             cgroup,
+            named,
             memory,
             capped,
         } = started;
@@ -476,11 +527,13 @@ impl ProcessTable {
             let watched = self.exits.watch(run, spawned.pidfd.as_fd(), false);
             (Some(spawned.pidfd), watched)
         };
+        let named = named.filter(|_| cgroup.is_some());
         let entry = Entry {
             job: job.clone(),
             pid,
             pidfd,
-            cgroup: cgroup.is_some(),
+            cgroup: named,
+            cgroup_killed: Cell::new(false),
             memory: capped,
         };
         if let Err(e) = watched {
@@ -490,6 +543,9 @@ impl ProcessTable {
             return Err(SpawnError::Io(e));
         }
         self.by_pid.insert(pid.as_raw_nonzero().get() as u32, run);
+        if let Some(named) = named.filter(|named| *named != run) {
+            self.named_runs.insert(named, run);
+        }
         self.entries.insert(run, entry);
         let (stdout, stderr) = spawned
             .output
@@ -644,6 +700,7 @@ impl ProcessTable {
                     output: Some((stdout, stderr)),
                 }),
                 cgroup,
+                named: Some(run),
                 // A hosted job has no memoryMax (see the core's decl).
                 memory: None,
                 capped: false,
@@ -705,7 +762,8 @@ impl ProcessTable {
             send(rustix::process::Signal::CONT);
         }
         if signal == Signal::Kill {
-            if let Some(cgroup) = self.cgroup(run, entry) {
+            if let Some(cgroup) = self.cgroup(entry) {
+                entry.cgroup_killed.set(true);
                 cgroup.kill();
             }
         }
@@ -719,9 +777,9 @@ impl ProcessTable {
     }
 
     /// The cgroup of run `run`, if it has one.
-    fn cgroup(&self, run: RunId, entry: &Entry) -> Option<containment::JobCgroup> {
-        let tree = self.containment.cgroups.as_ref().filter(|_| entry.cgroup)?;
-        Some(tree.runs().run(&entry.job, run))
+    fn cgroup(&self, entry: &Entry) -> Option<containment::JobCgroup> {
+        let tree = self.containment.cgroups.as_ref()?;
+        Some(tree.runs().run(&entry.job, entry.cgroup?))
     }
 
     /// Takes the end of process `run`: kills whatever is left of its
@@ -755,7 +813,7 @@ impl ProcessTable {
             }
             return None;
         };
-        let cgroup = self.cgroup(run, entry);
+        let cgroup = self.cgroup(entry);
         let memory = self.memory_cgroup(run, entry);
         // An OOM kill where its memory is capped is the reason it ended
         // (the kernel's counter: the exit status alone says only SIGKILL).
@@ -767,6 +825,9 @@ impl ProcessTable {
         let entry = self.entries.remove(&run)?;
         self.by_pid
             .remove(&(entry.pid.as_raw_nonzero().get() as u32));
+        if let Some(named) = entry.cgroup.filter(|named| *named != run) {
+            self.named_runs.remove(&named);
+        }
         self.pidless.remove(&run);
         let job = entry.job.clone();
         // Kill what is left of its group while the zombie still pins the
@@ -782,8 +843,27 @@ impl ProcessTable {
             // (a third of a worker's cost to a shutdown, bench/README.md).
             Some(cgroup) if self.shutting_down => self.unkilled.push(cgroup),
             Some(cgroup) => {
-                cgroup.kill();
-                self.emptied.push(cgroup);
+                // Left empty by its run (nothing escaped, as is the rule),
+                // never killed and without a memory cap, it may serve the
+                // job's next run if that is spawned in this turn (a
+                // crash's restart): the clone into it saves the kernel a
+                // cgroup's creation and removal on the restart's path,
+                // and checking it is empty costs what killing it did. A
+                // cgroup that holds anything is killed, and removed.
+                let reusable = !entry.memory
+                    && !entry.cgroup_killed.get()
+                    && cgroup.holds_processes() == Some(false);
+                match (entry.cgroup, &self.containment.cgroups) {
+                    (Some(named), Some(tree)) if reusable => {
+                        if let Some(old) = self.reusable.insert(job.clone(), named) {
+                            self.emptied.push(tree.runs().run(&job, old));
+                        }
+                    }
+                    _ => {
+                        cgroup.kill();
+                        self.emptied.push(cgroup);
+                    }
+                }
             }
             None => {}
         }
@@ -819,6 +899,11 @@ impl ProcessTable {
             reap_now(&entry);
             if let Some(cgroup) = cgroup {
                 cgroup.remove();
+            }
+        }
+        if let Some(tree) = &self.containment.cgroups {
+            for (job, named) in self.reusable.drain() {
+                tree.runs().run(&job, named).remove();
             }
         }
         for cgroup in self.emptied.drain(..) {
@@ -893,6 +978,9 @@ struct Starting {
     spawned: Result<lrpm_process::command::Spawned, SpawnError>,
     /// Its cgroup; removed by the table if the spawn failed.
     cgroup: Option<containment::JobCgroup>,
+    /// The run its cgroup is named after: its own, or the earlier run of
+    /// its job whose cgroup it reuses; `None` without a cgroup.
+    named: Option<RunId>,
     /// Its cgroup v1 memory cgroup (`memoryMax`); removed by the table if
     /// the spawn failed.
     memory: Option<containment::JobCgroup>,
@@ -928,27 +1016,39 @@ fn start(
     worker_binary: bool,
     notify_socket: Option<&str>,
     s: &Spawn,
+    reuse: Option<RunId>,
 ) -> Starting {
     let Spawn { run, job, spec, .. } = s;
     let run = *run;
-    let failed = |e: io::Error, cgroup| Starting {
+    let failed = |e: io::Error, cgroup: Option<_>, named| Starting {
         spawned: Err(SpawnError::Io(e)),
+        named: cgroup.as_ref().and(named),
         cgroup,
         memory: None,
         capped: false,
     };
-    let (cgroup, procs) = match cgroups {
-        None => (None, None),
-        Some(runs) => match runs.create_run(job, run) {
-            Ok((cgroup, procs)) => (Some(cgroup), Some(procs)),
-            Err(e) if out_of_descriptors(&e) => return failed(e, None),
+    // The job's last cgroup, killed when its run ended, if it is to be
+    // reused (and can still be opened); else a new one.
+    let reopened = match (cgroups, reuse) {
+        (Some(runs), Some(named)) => runs
+            .open_run(job, named)
+            .ok()
+            .map(|(cgroup, procs)| (cgroup, procs, named)),
+        _ => None,
+    };
+    let (cgroup, procs, named) = match (cgroups, reopened) {
+        (None, _) => (None, None, None),
+        (Some(_), Some((cgroup, procs, named))) => (Some(cgroup), Some(procs), Some(named)),
+        (Some(runs), None) => match runs.create_run(job, run) {
+            Ok((cgroup, procs)) => (Some(cgroup), Some(procs), Some(run)),
+            Err(e) if out_of_descriptors(&e) => return failed(e, None, None),
             Err(e) => {
                 tracing::warn!(
                     %job,
                     "cannot create a cgroup under {}: {e}; starting it without one",
                     runs.base().display()
                 );
-                (None, None)
+                (None, None, None)
             }
         },
     };
@@ -964,7 +1064,7 @@ fn start(
                     e.kind(),
                     format!("cannot set its cgroup's memory.max (memoryMax): {e}"),
                 );
-                return failed(e, cgroup);
+                return failed(e, cgroup, named);
             }
             (None, None)
         }
@@ -975,13 +1075,14 @@ fn start(
                     e.kind(),
                     format!("cannot create its memory cgroup (memoryMax): {e}"),
                 );
-                return failed(e, cgroup);
+                return failed(e, cgroup, named);
             }
         },
         (Some(_), None) => {
             return failed(
                 io::Error::other("memoryMax: no memory cgroups here"),
                 cgroup,
+                named,
             );
         }
     };
@@ -996,6 +1097,7 @@ fn start(
             notify_socket,
         ),
         cgroup,
+        named,
         memory,
         capped: spec.memory_max.is_some(),
     }

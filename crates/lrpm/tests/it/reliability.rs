@@ -870,6 +870,72 @@ fn a_job_and_everything_it_forks_share_a_cgroup_that_is_removed_with_it() {
     assert!(members.iter().all(|p| !pid_alive(*p)));
 }
 
+#[test]
+fn a_crashed_job_restarts_in_its_emptied_cgroup_and_one_left_with_a_daemon_is_replaced() {
+    // A restart reuses the cgroup its job's last run left empty (never
+    // killed); one that still holds an escaped daemon is killed, daemon
+    // and all, and the replacement gets a new one.
+    let daemon = sleep_marker(8);
+    // Restarted at once (no run is too short): a restart delayed by its
+    // backoff gets a new cgroup, the last one removed meanwhile.
+    let config = format!(
+        "[plain]\nname = \"p\"\ncommand = \"exec sleep 100000\"\nshortRunTimeSeconds = 0\n\n\
+         [d]\nname = \"d\"\ncommand = \"setsid sleep {daemon} & exec sleep 100000\"\n\
+         shortRunTimeSeconds = 0\n"
+    );
+    let mut lrpm = Lrpm::start("jobs.toml", &config, &[]);
+    if !prerequisite("a writable cgroup v2", lrpm.uses_cgroups()) {
+        return;
+    }
+    let status = lrpm.wait_for("both running", LONG, |s| {
+        ["plain", "d"]
+            .iter()
+            .all(|j| job_in(s, j).is_some_and(|j| j["pid"].is_u64()))
+    });
+    let pid = |s: &Value, job: &str| pid_of(job_in(s, job).expect("the job")).expect("a pid");
+    let (plain, d) = (pid(&status, "plain"), pid(&status, "d"));
+    let plain_cgroup = cgroup_of(plain).expect("plain's cgroup");
+    let d_cgroup = cgroup_of(d).expect("d's cgroup");
+    let escaped = wait_for_value("d's daemon", LONG, || {
+        let found = sleepers(&daemon);
+        (found.len() == 1).then_some(found)
+    });
+    for crashed in [plain, d] {
+        signal(crashed, rustix::process::Signal::KILL);
+    }
+    let status = lrpm.wait_for("both restarted", LONG, |s| {
+        ["plain", "d"].iter().all(|j| {
+            job_in(s, j)
+                .is_some_and(|j| j["restarts"] == 1 && j["state"] == "running" && j["pid"].is_u64())
+        })
+    });
+    let (new_plain, new_d) = (pid(&status, "plain"), pid(&status, "d"));
+    assert_eq!(
+        cgroup_of(new_plain).as_deref(),
+        Some(plain_cgroup.as_str()),
+        "the empty cgroup is reused"
+    );
+    let new_d_cgroup = cgroup_of(new_d).expect("d's new cgroup");
+    assert_ne!(new_d_cgroup, d_cgroup, "a cgroup that held a daemon is not");
+    wait_until("the escaped daemon to die with its run", LONG, || {
+        escaped.iter().all(|p| !pid_alive(*p))
+    });
+    let d_dir = cgroup_dir(&d_cgroup).expect("d's old cgroup directory");
+    wait_until("d's old cgroup to be removed", LONG, || !d_dir.exists());
+    // The replacement in the reused cgroup lives on (a cgroup once killed
+    // would have its clones killed by the kernel), and stays countable.
+    let status = lrpm.status();
+    let plain_now = job_in(&status, "plain").expect("plain");
+    assert_eq!(plain_now["restarts"], 1, "{plain_now}");
+    assert!(pid_alive(new_plain));
+    // The job's end removes the reused cgroup too.
+    lrpm.write_config("# none\n");
+    lrpm.wait_for("both gone", LONG, |s| jobs_in(s).is_empty());
+    let plain_dir = cgroup_dir(&plain_cgroup).expect("plain's cgroup directory");
+    wait_until("plain's cgroup to be removed", LONG, || !plain_dir.exists());
+    assert!(lrpm.terminate().success());
+}
+
 // ---------------------------------------------------------------------------
 // Stopping: stubborn workers, and workers that are gone already.
 
