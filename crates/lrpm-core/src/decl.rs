@@ -186,10 +186,10 @@ pub enum SourceError {
 /// invalid and neither copy is used; each other job is checked by
 /// [`validate_job`].
 pub fn parse_documents(docs: &[Document<'_>]) -> Result<Declaration, SourceError> {
-    let mut declared: BTreeMap<JobId, Vec<(&str, Verdict)>> = BTreeMap::new();
+    let mut declared = Vec::new();
     for doc in docs {
         for (id, verdict) in verdicts(doc)? {
-            declared.entry(id).or_default().push((doc.origin, verdict));
+            declared.push((id, doc.origin, verdict));
         }
     }
     Ok(merge(declared))
@@ -220,26 +220,36 @@ pub(crate) fn verdict(key: Value, body: &Value) -> (JobId, Verdict) {
     }
 }
 
-/// The declaration of the jobs of all documents, each with its origins and
-/// verdicts: a job declared more than once is invalid.
-pub(crate) fn merge(declared: BTreeMap<JobId, Vec<(&str, Verdict)>>) -> Declaration {
+/// The declaration of the jobs of all documents, from each job's id, origin
+/// and verdict, in the documents' order: a job declared more than once is
+/// invalid.
+pub(crate) fn merge(mut declared: Vec<(JobId, &str, Verdict)>) -> Declaration {
+    // Stable: the copies of an id keep their order.
+    declared.sort_by(|a, b| a.0.cmp(&b.0));
     let mut decl = Declaration::default();
-    for (id, mut copies) in declared {
-        let origins: Vec<&str> = copies.iter().map(|&(origin, _)| origin).collect();
-        let verdict = match copies.pop() {
-            Some((_, verdict)) if copies.is_empty() => verdict,
-            _ => Err(declared_twice(&origins)),
-        };
+    let mut jobs = Vec::with_capacity(declared.len());
+    let mut invalid = Vec::new();
+    let mut copies = declared.into_iter().peekable();
+    while let Some((id, origin, verdict)) = copies.next() {
+        if copies.peek().is_some_and(|(next, ..)| *next == id) {
+            let mut origins = vec![origin];
+            while let Some((_, origin, _)) = copies.next_if(|(next, ..)| *next == id) {
+                origins.push(origin);
+            }
+            invalid.push((id, declared_twice(&origins)));
+            continue;
+        }
         match verdict {
             Ok((spec, warnings)) => {
-                decl.jobs.insert(id, spec);
+                jobs.push((id, spec));
                 decl.warnings.extend(warnings);
             }
-            Err(reason) => {
-                decl.invalid.insert(id, reason);
-            }
+            Err(reason) => invalid.push((id, reason)),
         }
     }
+    // Sorted already: the maps are built in one pass.
+    decl.jobs = jobs.into_iter().collect();
+    decl.invalid = invalid.into_iter().collect();
     decl
 }
 

@@ -49,7 +49,8 @@
 //! [`parse_documents`]: crate::decl::parse_documents
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
@@ -171,7 +172,7 @@ impl Reparser {
         let mut unchanged = std::mem::take(&mut self.succeeded);
         self.unchanged = false;
         let mut remembered = 0;
-        let mut declared: BTreeMap<JobId, Vec<(&str, Verdict)>> = BTreeMap::new();
+        let mut declared = Vec::new();
         for doc in docs {
             let (verdicts, reused) = match self.verdicts(doc, &mut remembered) {
                 Ok(done) => done,
@@ -185,7 +186,7 @@ impl Reparser {
             };
             unchanged &= reused;
             for (id, verdict) in verdicts {
-                declared.entry(id).or_default().push((doc.origin, verdict));
+                declared.push((id, doc.origin, verdict));
             }
         }
         // What these documents no longer declare is forgotten.
@@ -219,21 +220,24 @@ impl Reparser {
         remembered: &mut usize,
     ) -> Result<(Vec<(JobId, Verdict)>, bool), SourceError> {
         let text = doc.text;
+        let whole = || Ok((decl::verdicts(doc)?, false));
+        let known = match doc.format {
+            Format::Json | Format::Toml => self.known.entry(doc.origin.to_owned()).or_default(),
+            Format::Yaml => return whole(),
+        };
         let split = match doc.format {
-            Format::Json => split_json(text).map(|fragments| (fragments, Vec::new())),
             Format::Toml => {
-                let last = self.known.get(doc.origin).and_then(|known| {
-                    let last = known.text.as_deref()?;
-                    Some((last, known.items.as_slice()))
-                });
-                split_items(text, last).map(|items| (group(text, &items), items))
+                let cut = match known.text.as_deref() {
+                    Some(last) => resplit(text, last, &mut known.items),
+                    None => split_items(text).map(|items| known.items = items).is_some(),
+                };
+                cut.then(|| group(text, &known.items))
             }
-            Format::Yaml => None,
+            _ => split_json(text),
         };
-        let Some((fragments, items)) = split else {
-            return Ok((decl::verdicts(doc)?, false));
+        let Some(fragments) = split else {
+            return whole();
         };
-        let known = self.known.entry(doc.origin.to_owned()).or_default();
         // The same number of fragments as last time, and all of them
         // reused, one per key: the same jobs.
         let count = Some(fragments.len());
@@ -242,8 +246,9 @@ impl Reparser {
         let last = last.as_deref().unwrap_or_default();
         let mut size = text.len();
         let mut verdicts = Vec::with_capacity(fragments.len());
+        let mut alone = true;
         for (key, fragment) in fragments {
-            if let Some(job) = known.jobs.get_mut(&key) {
+            if let Some(job) = known.jobs.get_mut(&*key) {
                 // Seen already: a key twice in one document. Its fragment
                 // now points into the new text: it is checked again.
                 reused &= !job.seen;
@@ -257,15 +262,15 @@ impl Reparser {
             }
             reused = false;
             let Some((id, verdict)) = check(doc, &key, &fragment) else {
-                known.forget();
-                return Ok((decl::verdicts(doc)?, false));
+                alone = false;
+                break;
             };
             verdicts.push((id.clone(), verdict.clone()));
             let fragment = Stored::new(text, fragment);
             size += fragment.extra();
             let seen = true;
             known.jobs.insert(
-                key,
+                key.into_owned(),
                 Known {
                     fragment,
                     id,
@@ -273,6 +278,12 @@ impl Reparser {
                     seen,
                 },
             );
+        }
+        if !alone {
+            // A fragment that does not parse alone: the whole document's
+            // parse says why.
+            known.forget();
+            return whole();
         }
         // The fragments now point into the new text: those that it no
         // longer has are forgotten now.
@@ -283,7 +294,6 @@ impl Reparser {
         } else {
             *remembered += size;
             known.text = Some(text.into());
-            known.items = items;
         }
         Ok((verdicts, reused))
     }
@@ -316,7 +326,7 @@ fn check(doc: &Document<'_>, key: &str, text: &str) -> Option<(JobId, Verdict)> 
 }
 
 /// A document's jobs: each key with its fragment, in document order.
-type Fragments<'a> = Vec<(String, Cow<'a, str>)>;
+type Fragments<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
 
 /// Cuts a JSON document into its jobs' values; `None` if it is not a valid
 /// JSON map.
@@ -350,7 +360,7 @@ fn split_json(text: &str) -> Option<Fragments<'_>> {
     Some(
         entries
             .into_iter()
-            .map(|(key, raw)| (key, Cow::Borrowed(raw.get())))
+            .map(|(key, raw)| (Cow::Owned(key), Cow::Borrowed(raw.get())))
             .collect(),
     )
 }
@@ -374,13 +384,25 @@ struct Item {
 /// Cuts a TOML document into its jobs' fragments; `None` if its grammar is
 /// wrong.
 #[cfg(test)]
-fn split_toml(text: &str) -> Option<Fragments<'_>> {
-    split_items(text, None).map(|items| group(text, &items))
+fn split_toml(text: &str) -> Option<Vec<(String, String)>> {
+    let items = split_items(text)?;
+    let fragments = group(text, &items).into_iter();
+    Some(
+        fragments
+            .map(|(k, f)| (k.into_owned(), f.into_owned()))
+            .collect(),
+    )
 }
 
 /// The top-level items of TOML document `text`; `None` if its grammar is
-/// wrong. Given the last text of the document and its items, only the
-/// part of the text that changed is cut again.
+/// wrong.
+fn split_items(text: &str) -> Option<Vec<Item>> {
+    scan(text, 0, text.len(), false)
+}
+
+/// Makes `items`, the items of TOML document `old`, those of `text`, cutting
+/// again only the part of the text that changed; false, leaving them as
+/// they are, if the grammar of `text` is wrong.
 ///
 /// The text is cut from the last item that starts before the first byte
 /// that changed, up to an item of the last text that starts, at the start
@@ -391,35 +413,29 @@ fn split_toml(text: &str) -> Option<Fragments<'_>> {
 /// each token from its first byte on, without context, and an item starts
 /// a statement, so the tokens and the events are the same up to the first
 /// item of the changed part as in the last text; and if the changed part
-/// parses alone, without a grammar error, it ends with its last statement
-/// (the newline before the next item cannot be inside a string, an array
-/// or an inline table, which would then be unclosed), so the rest of the
-/// text is read as it was in the last text, where it was valid. Two
-/// things can differ and are checked: the state of the root level (an
-/// item at the root level after the changed part stays one only if that
-/// part did not open a table), and a changed part that does not parse
-/// alone is cut again with the whole text (a change may open a multi-line
-/// string that the rest of the text closes).
-fn split_items(text: &str, last: Option<(&str, &[Item])>) -> Option<Vec<Item>> {
-    let whole = || scan(text, 0, text.len(), false);
-    let Some((old, items)) = last else {
-        return whole();
+/// parses alone, without a grammar error, and ends with a newline token of
+/// its own (not one inside a string it leaves open, which the grammar does
+/// not see), at the root level, it ends with its last statement, so the
+/// rest of the text is read as it was in the last text, where it was
+/// valid. The state of the root level is checked too: an item at the root
+/// level after the changed part stays one only if that part did not open
+/// a table. A changed part that does not parse alone is cut again with
+/// the whole text (a change may open a multi-line string that the rest of
+/// the text closes).
+fn resplit(text: &str, old: &str, items: &mut Vec<Item>) -> bool {
+    let whole = |items: &mut Vec<Item>| match split_items(text) {
+        Some(new) => {
+            *items = new;
+            true
+        }
+        None => false,
     };
     let (old_bytes, bytes) = (old.as_bytes(), text.as_bytes());
-    let prefix = old_bytes
-        .iter()
-        .zip(bytes)
-        .position(|(a, b)| a != b)
-        .unwrap_or(old.len().min(text.len()));
+    let prefix = common_prefix(old_bytes, bytes);
     if prefix == old.len() && prefix == text.len() {
-        return Some(items.to_vec());
+        return true;
     }
-    let suffix = old_bytes[prefix..]
-        .iter()
-        .rev()
-        .zip(bytes[prefix..].iter().rev())
-        .take_while(|(a, b)| a == b)
-        .count();
+    let suffix = common_suffix(&old_bytes[prefix..], &bytes[prefix..]);
     // The items before the one the change starts in are kept; that one is
     // cut again, from its start, with the root level's state there.
     let first = items.partition_point(|item| item.start < prefix);
@@ -429,27 +445,54 @@ fn split_items(text: &str, last: Option<(&str, &[Item])>) -> Option<Vec<Item>> {
     };
     // The first item that starts a line in the common suffix.
     let tail = old.len() - suffix;
-    let resync = (first..items.len())
-        .find(|&i| items[i].start > tail && old_bytes[items[i].start - 1] == b'\n');
-    let to = resync.map_or(text.len(), |i| items[i].start + text.len() - old.len());
+    let end = (first..items.len())
+        .find(|&i| items[i].start > tail && old_bytes[items[i].start - 1] == b'\n')
+        .unwrap_or(items.len());
+    // (An item after `tail` starts after the same byte of `text`.)
+    let moved = |start: usize| start + text.len() - old.len();
+    let to = items.get(end).map_or(text.len(), |item| moved(item.start));
     let Some(middle) = scan(text, from, to, in_tables) else {
-        return whole();
+        return whole(items);
     };
-    let after = resync.map_or(&[][..], |i| &items[i..]);
-    if after
-        .first()
+    if items
+        .get(end)
         .is_some_and(|item| !item.header && middle.iter().any(|item| item.header))
     {
-        return whole();
+        return whole(items);
     }
-    let mut spliced = Vec::with_capacity(keep + middle.len() + after.len());
-    spliced.extend_from_slice(&items[..keep]);
-    spliced.extend(middle);
-    spliced.extend(after.iter().map(|item| Item {
-        start: item.start + text.len() - old.len(),
-        ..item.clone()
-    }));
-    Some(spliced)
+    for item in &mut items[end..] {
+        item.start = moved(item.start);
+    }
+    items.splice(keep..end, middle);
+    true
+}
+
+/// How many bytes `a` and `b` have in common at their start.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    const CHUNK: usize = 128;
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + CHUNK <= n && a[i..i + CHUNK] == b[i..i + CHUNK] {
+        i += CHUNK;
+    }
+    i + a[i..n]
+        .iter()
+        .zip(&b[i..n])
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// How many bytes `a` and `b` have in common at their end.
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    const CHUNK: usize = 128;
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[a.len() - n..], &b[b.len() - n..]);
+    let mut i = n;
+    while i >= CHUNK && a[i - CHUNK..i] == b[i - CHUNK..i] {
+        i -= CHUNK;
+    }
+    let same = a[..i].iter().rev().zip(b[..i].iter().rev());
+    n - i + same.take_while(|(x, y)| x == y).count()
 }
 
 /// The items of `text[from..to]`, cut alone, as a document; `from` is the
@@ -495,38 +538,29 @@ fn scan(text: &str, from: usize, to: usize, in_tables: bool) -> Option<Vec<Item>
 /// Joins the items of each key, in document order: one slice of the text
 /// when they follow each other (the usual `[42]`, `[42.env]`), a copy
 /// otherwise.
-fn group<'a>(text: &'a str, items: &[Item]) -> Fragments<'a> {
-    let ends = items
-        .iter()
-        .skip(1)
-        .map(|item| item.start)
-        .chain([text.len()]);
-    let mut order: Vec<(&str, Vec<(usize, usize)>)> = Vec::new();
+fn group<'a>(text: &'a str, items: &'a [Item]) -> Fragments<'a> {
+    let mut fragments: Fragments<'a> = Vec::with_capacity(items.len());
     let mut index: HashMap<&str, usize> = HashMap::with_capacity(items.len());
-    for (item, end) in items.iter().zip(ends) {
-        let span = (item.start, end);
-        match index.get(item.key.as_str()) {
-            Some(&i) => order[i].1.push(span),
-            None => {
-                index.insert(&item.key, order.len());
-                order.push((&item.key, vec![span]));
-            }
+    let mut i = 0;
+    while i < items.len() {
+        // A run of items of one key.
+        let key = items[i].key.as_str();
+        let mut next = i + 1;
+        while items.get(next).is_some_and(|item| item.key == key) {
+            next += 1;
         }
+        let end = items.get(next).map_or(text.len(), |item| item.start);
+        let run = &text[items[i].start..end];
+        match index.entry(key) {
+            Entry::Vacant(entry) => {
+                entry.insert(fragments.len());
+                fragments.push((Cow::Borrowed(key), Cow::Borrowed(run)));
+            }
+            Entry::Occupied(entry) => fragments[*entry.get()].1.to_mut().push_str(run),
+        }
+        i = next;
     }
-    order
-        .into_iter()
-        .map(|(key, spans)| {
-            let contiguous = spans.windows(2).all(|w| w[0].1 == w[1].0);
-            let first = spans[0].0;
-            let last = spans[spans.len() - 1].1;
-            let fragment = if contiguous {
-                Cow::Borrowed(&text[first..last])
-            } else {
-                Cow::Owned(spans.iter().map(|&(s, e)| &text[s..e]).collect())
-            };
-            (key.to_owned(), fragment)
-        })
-        .collect()
+    fragments
 }
 
 /// What the next key of the document's top level begins.
@@ -654,11 +688,7 @@ mod tests {
     }
 
     fn fragments(text: &str) -> Vec<(String, String)> {
-        split_toml(text)
-            .unwrap()
-            .into_iter()
-            .map(|(key, fragment)| (key, fragment.into_owned()))
-            .collect()
+        split_toml(text).unwrap()
     }
 
     fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -1173,6 +1203,27 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(3000))]
 
+        /// The common prefix and suffix, found a chunk at a time, are
+        /// those found a byte at a time.
+        #[test]
+        fn common_ends_are_found_by_chunks_as_by_bytes(
+            base in prop::collection::vec(0..3u8, 0..600),
+            at in any::<usize>(),
+            cut in 0..4usize,
+            with in prop::collection::vec(0..3u8, 0..4),
+        ) {
+            let at = at % (base.len() + 1);
+            let end = (at + cut).min(base.len());
+            let other = [&base[..at], &with, &base[end..]].concat();
+            let bytes = |a: &[u8], b: &[u8]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
+            prop_assert_eq!(common_prefix(&base, &other), bytes(&base, &other));
+            let reversed = |v: &[u8]| v.iter().rev().copied().collect::<Vec<u8>>();
+            prop_assert_eq!(
+                common_suffix(&base, &other),
+                bytes(&reversed(&base), &reversed(&other))
+            );
+        }
+
         /// Cutting a changed text from the last one's items gives the items
         /// of a cut of the whole text, whatever the change.
         #[test]
@@ -1187,13 +1238,20 @@ mod tests {
             ),
         ) {
             let mut text = old;
-            let mut last = split_items(&text, None);
+            let mut last = split_items(&text);
             for (at, len, with, lines) in edits {
                 let new = edit(&text, at, len, &with, lines);
-                let whole = split_items(&new, None);
+                let whole = split_items(&new);
                 if let Some(items) = &last {
-                    let cut = split_items(&new, Some((&text, items)));
+                    let mut cut = items.clone();
+                    let cut = resplit(&new, &text, &mut cut).then_some(cut);
                     prop_assert_eq!(&cut, &whole, "{:?} → {:?}", text, new);
+                    // A text that does not split leaves the items as they were.
+                    if cut.is_none() {
+                        let mut kept = items.clone();
+                        resplit(&new, &text, &mut kept);
+                        prop_assert_eq!(&kept, items);
+                    }
                 }
                 text = new;
                 last = whole;
