@@ -785,7 +785,17 @@ impl Shell {
         let usage = usage.then(|| {
             let processes = jobs.processes();
             let cache = Arc::clone(&self.usage);
-            tokio::task::spawn_blocking(move || cache.usage_of(&processes))
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let usage = cache.usage_of(&processes);
+                // The figures are dropped once too old to be given: a
+                // farm left alone holds none.
+                runtime.spawn(async move {
+                    tokio::time::sleep(crate::usage::MAX_AGE).await;
+                    cache.expire();
+                });
+                usage
+            })
         });
         // The last size, or a guess: a job takes about 250 bytes.
         let capacity = self.status_size.max(1024 + 256 * jobs.len());

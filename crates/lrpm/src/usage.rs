@@ -19,9 +19,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lrpm_core::status::ProcessUsage;
 
 /// How old a figure may be and still be given without reading `/proc`
-/// again; an older one is read again, and one older than this is dropped
-/// at the next read (the cache holds figures of the last second's
-/// statuses only).
+/// again; an older one is read again. Figures older than this are dropped
+/// at the next read and by [`UsageCache::expire`], run this long after a
+/// read: the cache holds the figures of the last second's statuses only,
+/// and nothing once lrpm is left alone (about 1 MB for 10,000 workers).
 pub(crate) const MAX_AGE: Duration = Duration::from_secs(1);
 
 /// Below this many reads, they are made on the calling thread: threads
@@ -65,6 +66,20 @@ impl UsageCache {
             .iter()
             .filter_map(|key| Some((key.0, figures.get(key)?.0)))
             .collect()
+    }
+
+    /// Drops the figures older than [`MAX_AGE`], and the map's room once
+    /// none is left. Never waits: while a read holds the figures, it does
+    /// nothing (that read is followed by its own `expire`).
+    pub(crate) fn expire(&self) {
+        let Ok(mut figures) = self.figures.try_lock() else {
+            return;
+        };
+        let now = Instant::now();
+        figures.retain(|_, (_, read)| now.duration_since(*read) < MAX_AGE);
+        if figures.is_empty() {
+            *figures = HashMap::new();
+        }
     }
 }
 
@@ -162,5 +177,16 @@ mod tests {
         let again = cache.usage_of(&[later])[&me.0];
         assert!(again.at >= first.at);
         assert_eq!(cache.figures.lock().map(|f| f.len()).unwrap_or(0), 2);
+        // Expiring keeps young figures and drops old ones with their room.
+        cache.expire();
+        assert_eq!(cache.figures.lock().map(|f| f.len()).unwrap_or(0), 2);
+        if let Ok(mut figures) = cache.figures.lock() {
+            for (_, read) in figures.values_mut() {
+                *read -= MAX_AGE;
+            }
+        }
+        cache.expire();
+        let figures = cache.figures.lock().expect("not poisoned");
+        assert_eq!((figures.len(), figures.capacity()), (0, 0));
     }
 }
