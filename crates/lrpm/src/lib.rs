@@ -26,6 +26,7 @@ mod etcd;
 mod guardian;
 mod host;
 mod hub;
+mod idle;
 mod joblog;
 pub mod library;
 mod lines;

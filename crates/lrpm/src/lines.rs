@@ -8,11 +8,15 @@
 //! allocated once), and copies out only what it has to keep, which, once
 //! its complete lines are taken, is the partial line at the end (if any).
 //! Before it waits again it gives back what its buffer holds beyond that
-//! partial line. An idle stream therefore costs its task, its registration
-//! with the runtime and the bytes of its unfinished line, nothing more.
+//! partial line. An idle stream read by a task therefore costs that task,
+//! its registration with the runtime and the bytes of its unfinished line,
+//! nothing more; [`LineReader::next_or_idle`] says when a reader holding
+//! nothing has waited long enough to be given up, so that its pipe can wait
+//! without a task (the `idle` module).
 
 use std::cell::RefCell;
 use std::io;
+use std::time::Duration;
 
 use tokio::net::unix::pipe;
 
@@ -65,6 +69,19 @@ pub(crate) struct LineReader {
     eof: bool,
 }
 
+/// What [`LineReader::next_or_idle`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// A line.
+    Line(Line),
+    /// The end of the stream.
+    End,
+    /// The pipe stayed empty for the time given and nothing is held: the
+    /// reader can be given up ([`LineReader::into_fd`]) without losing a
+    /// byte.
+    Idle,
+}
+
 impl LineReader {
     pub(crate) fn new(rx: pipe::Receiver, max: usize, overlong: Overlong) -> Self {
         Self {
@@ -77,6 +94,13 @@ impl LineReader {
             skipping: false,
             eof: false,
         }
+    }
+
+    /// The pipe, deregistered from the runtime and still non-blocking;
+    /// whatever the reader held is dropped (nothing, after
+    /// [`Next::Idle`]).
+    pub(crate) fn into_fd(self) -> io::Result<std::os::fd::OwnedFd> {
+        self.rx.into_nonblocking_fd()
     }
 
     /// The next `len` bytes not yet returned, which it then skips.
@@ -142,6 +166,17 @@ impl LineReader {
     /// The next line; `None` at the end of the stream (a last line without a
     /// newline is still a line). Cancel-safe: what was read stays buffered.
     pub(crate) async fn next(&mut self) -> io::Result<Option<Line>> {
+        match self.next_or_idle(None).await? {
+            Next::Line(line) => Ok(Some(line)),
+            Next::End | Next::Idle => Ok(None),
+        }
+    }
+
+    /// The next line, or the end of the stream; with `idle_after`,
+    /// [`Next::Idle`] once the pipe stayed empty that long while the
+    /// reader holds nothing (no partial line, no rejected line being
+    /// skipped). Cancel-safe: what was read stays buffered.
+    pub(crate) async fn next_or_idle(&mut self, idle_after: Option<Duration>) -> io::Result<Next> {
         loop {
             // The newline's position, counted from `start`.
             let newline = self.buf[self.start + self.scanned..]
@@ -158,9 +193,9 @@ impl LineReader {
                 if end <= self.max {
                     let line = self.take(end);
                     self.start += 1;
-                    return Ok(Some(Line::Full(line)));
+                    return Ok(Next::Line(Line::Full(line)));
                 }
-                return Ok(Some(match self.overlong {
+                return Ok(Next::Line(match self.overlong {
                     Overlong::Split => {
                         // The newline is still ahead, past this piece.
                         self.scanned = end - self.max;
@@ -182,14 +217,14 @@ impl LineReader {
                 match self.overlong {
                     Overlong::Split => {
                         self.scanned = pending - self.max;
-                        return Ok(Some(Line::Full(self.take(self.max))));
+                        return Ok(Next::Line(Line::Full(self.take(self.max))));
                     }
                     Overlong::Reject => {
                         self.buf = Vec::new();
                         self.start = 0;
                         self.scanned = 0;
                         self.skipping = true;
-                        return Ok(Some(Line::TooLong));
+                        return Ok(Next::Line(Line::TooLong));
                     }
                 }
             }
@@ -199,10 +234,10 @@ impl LineReader {
             self.start = 0;
             if self.eof {
                 if self.buf.is_empty() {
-                    return Ok(None);
+                    return Ok(Next::End);
                 }
                 self.scanned = 0;
-                return Ok(Some(Line::Full(std::mem::take(&mut self.buf))));
+                return Ok(Next::Line(Line::Full(std::mem::take(&mut self.buf))));
             }
             // An idle reader holds no more than its partial line: with
             // thousands of workers, a chunk kept per pipe while it waits
@@ -214,7 +249,15 @@ impl LineReader {
             } else if self.buf.capacity() > self.buf.len() + self.buf.len() / 2 {
                 self.buf.shrink_to_fit();
             }
-            self.rx.readable().await?;
+            match idle_after {
+                Some(after) if self.buf.is_empty() && !self.skipping => {
+                    match tokio::time::timeout(after, self.rx.readable()).await {
+                        Ok(readable) => readable?,
+                        Err(_) => return Ok(Next::Idle),
+                    }
+                }
+                _ => self.rx.readable().await?,
+            }
             let read = SHARED_CHUNK.with_borrow_mut(|chunk| {
                 if chunk.len() < CHUNK {
                     chunk.resize(CHUNK, 0);

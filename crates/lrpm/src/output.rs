@@ -3,7 +3,10 @@
 //! # Theory of operation
 //!
 //! Each worker's stdout and stderr is a pipe read by a small task on the
-//! supervisor's runtime. The task cuts what it reads into lines (a line
+//! supervisor's runtime while it has something to read; an idle pipe waits
+//! without a task (the `idle` module: a new worker's pipes, and a pipe that
+//! stayed empty for [`IDLE_AFTER`]), and gets a task again when it becomes
+//! readable or hangs up. The task cuts what it reads into lines (a line
 //! longer than [`MAX_LINE`] into pieces of that size), prefixes each with
 //! the job id, and queues it for one dedicated thread that drains the queue
 //! and does the blocking writes to lrpm's stdout and stderr, so a slow
@@ -29,9 +32,9 @@
 //!
 //! An output hub (the `hub` module) runs this same code
 //! ([`Output::forward_counted`]) with its own queue and writer thread, to
-//! the same stdout and stderr. Idle streams cost little: no buffer of their
-//! own (see the `lines` module), one prefix shared by a worker's two
-//! streams.
+//! the same stdout and stderr. Idle streams cost little: no task, no
+//! buffer of their own (see the `lines` module), one prefix shared by a
+//! worker's two streams.
 
 use std::io;
 use std::io::Write as _;
@@ -43,8 +46,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lrpm_core::human;
 use lrpm_core::job::JobId;
 
+use crate::idle::{IdlePipes, NotParked};
 use crate::joblog::JobLogs;
-use crate::lines::{Line as PipeLine, LineReader, Overlong};
+use crate::lines::{Line as PipeLine, LineReader, Next, Overlong};
 use crate::logring::LogRings;
 use crate::stdio::{self, Recovery, Stream};
 use tokio::net::unix::pipe;
@@ -60,6 +64,10 @@ pub(crate) const QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// and its pipe closed. While nobody reads lrpm's stdout, a crash loop
 /// would otherwise keep one descriptor per ended run, waiting forever.
 const EXITED_GRACE: Duration = Duration::from_secs(5);
+/// How long a pipe read by a task stays empty before it is parked with the
+/// idle ones: a worker that talks often keeps its task rather than paying
+/// a park and a wake-up per line.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// What a queued line costs besides its bytes (its allocation and its slot
 /// in the queue), so that a flood of empty lines is bounded too.
@@ -152,6 +160,22 @@ pub(crate) struct Output {
     /// The per-job rings of recent lines (`lrpmctl logs`); `None` in an
     /// output hub, whose lines never reach lrpm.
     rings: Option<LogRings>,
+    /// The pipes that wait for their next line without a task.
+    idle: Arc<IdlePipes<Pipe>>,
+}
+
+/// What the forwarding of one pipe needs besides the pipe, kept while it
+/// is [idle](crate::idle).
+#[derive(Debug)]
+struct Pipe {
+    stream: Stream,
+    /// What comes before each of its lines.
+    prefix: Arc<[u8]>,
+    /// The job, for its log file and its ring.
+    job: Arc<str>,
+    /// Held only to be dropped once both of a worker's pipes ended (an
+    /// output hub's count).
+    _done: Option<Arc<WorkerDone>>,
 }
 
 /// Reports, when dropped, that the output of one worker has ended: an output
@@ -233,6 +257,7 @@ impl Output {
                 format,
                 job_logs: None,
                 rings: None,
+                idle: Arc::default(),
             },
             rx,
         )
@@ -287,51 +312,102 @@ impl Output {
             if stream == Stream::Stderr && self.format == LineFormat::Json {
                 prefix = self.format.prefix(job, stream);
             }
-            match pipe::Receiver::from_owned_fd(fd) {
-                Ok(rx) => {
-                    let task = forward_pipe(
-                        rx,
-                        prefix.clone(),
-                        stream,
-                        self.clone(),
-                        job_id.clone(),
-                        done.clone(),
-                    );
-                    tokio::spawn(task);
-                }
+            let pipe = Pipe {
+                stream,
+                prefix: prefix.clone(),
+                job: job_id.clone(),
+                _done: done.clone(),
+            };
+            // A new worker has written nothing yet: its pipe waits with
+            // the idle ones.
+            match rustix::io::ioctl_fionbio(&fd, true) {
+                Ok(()) => self.park(fd, pipe, false),
                 Err(e) => tracing::warn!(%job, "cannot read the output of the worker: {e}"),
             }
+        }
+    }
+
+    /// Parks `fd`, an empty pipe, with the idle ones (`again`: it was
+    /// parked before); starts the task that wakes them if none runs. A
+    /// pipe that cannot be parked is read by a task of its own, for good.
+    fn park(&self, fd: OwnedFd, pipe: Pipe, again: bool) {
+        match self.idle.park(fd, pipe, again) {
+            Ok(false) => {}
+            Ok(true) => {
+                tokio::spawn(wake_idle(self.clone()));
+            }
+            Err(NotParked {
+                fd,
+                payload: pipe,
+                error,
+            }) => {
+                tracing::debug!(job = %pipe.job, "an idle output pipe is read by a task: {error}");
+                self.read(fd, pipe, false);
+            }
+        }
+    }
+
+    /// Starts the task that reads `fd`, a non-blocking pipe, until its end
+    /// or, if `park`, until it is empty again.
+    fn read(&self, fd: OwnedFd, pipe: Pipe, park: bool) {
+        match pipe::Receiver::from_owned_fd_unchecked(fd) {
+            Ok(rx) => {
+                tokio::spawn(forward_pipe(rx, pipe, self.clone(), park));
+            }
+            Err(e) => tracing::warn!(job = %pipe.job, "cannot read the output of the worker: {e}"),
+        }
+    }
+}
+
+/// Hands every idle pipe that has something to read (or has ended) to a
+/// task of its own, until no pipe is idle ([`IdlePipes::wait`]).
+async fn wake_idle(output: Output) {
+    let mut woken = Vec::new();
+    while output.idle.wait(&mut woken).await {
+        for (fd, pipe) in woken.drain(..) {
+            output.read(fd, pipe, true);
         }
     }
 }
 
 /// Reads one pipe to its end, queueing prefixed lines (and copying them to
-/// `output`'s per-job logs and rings, under `job`); drops `_done` at the
-/// end.
+/// `output`'s per-job logs and rings); with `park`, only until it has been
+/// empty for [`IDLE_AFTER`], holding no partial line, then
+/// [parks](Output::park) it again. Drops its `done` at the end.
 ///
-/// There is one such task per worker stream, 20,000 for a farm of 10,000,
-/// and each holds its state for the worker's whole life: what waits for
-/// room in the queue (a timer, the semaphore's wait) is boxed
-/// ([`wait_to_send`]) so that it takes room only while a line waits, not
-/// in every idle task.
-async fn forward_pipe(
-    rx: pipe::Receiver,
-    prefix: Arc<[u8]>,
-    stream: Stream,
-    output: Output,
-    job: Arc<str>,
-    _done: Option<Arc<WorkerDone>>,
-) {
+/// A task runs only while its pipe has something to read: an idle pipe
+/// waits in [`IdlePipes`] (see the `idle` module), unless it could not be
+/// parked. What waits for room in the queue (a timer, the semaphore's
+/// wait) is boxed ([`wait_to_send`]) so that it takes room only while a
+/// line waits.
+async fn forward_pipe(rx: pipe::Receiver, pipe: Pipe, output: Output, park: bool) {
+    let Pipe {
+        stream,
+        ref prefix,
+        ref job,
+        ..
+    } = pipe;
     let mut reader = LineReader::new(rx, MAX_LINE, Overlong::Split);
-    // A read error ends the stream like its end does: the worker is gone.
-    while let Ok(Some(PipeLine::Full(line))) = reader.next().await {
+    loop {
+        // A read error ends the stream like its end does: the worker is gone.
+        let line = match reader.next_or_idle(park.then_some(IDLE_AFTER)).await {
+            Ok(Next::Line(PipeLine::Full(line))) => line,
+            Ok(Next::Idle) => {
+                match reader.into_fd() {
+                    Ok(fd) => output.park(fd, pipe, true),
+                    Err(e) => tracing::warn!(%job, "cannot read the output of the worker: {e}"),
+                }
+                return;
+            }
+            Ok(Next::Line(PipeLine::TooLong) | Next::End) | Err(_) => return,
+        };
         if let Some(logs) = &output.job_logs {
-            logs.line(&job, &line, SystemTime::now());
+            logs.line(job, &line, SystemTime::now());
         }
         if let Some(rings) = &output.rings {
-            rings.push(&job, &line);
+            rings.push(job, &line);
         }
-        let waited = match output.try_send(&prefix, &line, stream) {
+        let waited = match output.try_send(prefix, &line, stream) {
             Sent::Queued => {
                 // Yields when the task's share of tokio's budget is spent,
                 // as the wait for room did: a pipe's chunk holds thousands
@@ -341,7 +417,7 @@ async fn forward_pipe(
                 continue;
             }
             Sent::Closed => return,
-            Sent::Full => Box::pin(wait_to_send(&output, &prefix, &line, stream, &reader)).await,
+            Sent::Full => Box::pin(wait_to_send(&output, prefix, &line, stream, &reader)).await,
         };
         match waited {
             Sent::Queued => {}
@@ -566,8 +642,13 @@ mod tests {
         });
         let (output, mut rx) = Output::queue(LineFormat::Prefixed);
         let rx_pipe = pipe::Receiver::from_owned_fd(r).expect("receiver");
-        let prefix: Arc<[u8]> = b"[j] ".to_vec().into();
-        forward_pipe(rx_pipe, prefix, Stream::Stdout, output, "j".into(), None).await;
+        let pipe = Pipe {
+            stream: Stream::Stdout,
+            prefix: b"[j] ".to_vec().into(),
+            job: "j".into(),
+            _done: None,
+        };
+        forward_pipe(rx_pipe, pipe, output, false).await;
         let mut lines = vec![];
         while let Ok(l) = rx.try_recv() {
             lines.push(l.bytes);
@@ -627,6 +708,37 @@ mod tests {
             .send(b"[j] ", &line, Stream::Stdout)
             .await
             .expect("room again");
+    }
+
+    #[tokio::test]
+    async fn an_idle_pipe_waits_without_a_task_and_its_lines_still_come() {
+        let (output, mut rx) = Output::queue(LineFormat::Prefixed);
+        let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe");
+        let (out_r, out_w) = pipe();
+        let (err_r, err_w) = pipe();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        output.forward_counted(&JobId::from("j"), out_r, err_r, WorkerDone::new(done_tx));
+        // Both pipes wait in the epoll set, not in tasks of their own.
+        assert_eq!(output.idle.len(), 2);
+        let mut out_w = std::fs::File::from(out_w);
+        for line in ["one", "two"] {
+            writeln!(out_w, "{line}").expect("write");
+            let got = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await;
+            let got = got.expect("forwarded in time").expect("a line");
+            assert_eq!(got.bytes, format!("[j] {line}\n").into_bytes());
+            // Once empty for a while, the pipe is parked again.
+            let parked = tokio::time::timeout(Duration::from_secs(60), async {
+                while output.idle.len() < 2 {
+                    tokio::time::sleep(IDLE_AFTER / 4).await;
+                }
+            });
+            parked.await.expect("parked again in time");
+        }
+        // Their ends are seen while parked: the worker is reported done.
+        drop((out_w, err_w));
+        let done = tokio::time::timeout(Duration::from_secs(60), done_rx.recv()).await;
+        assert_eq!(done.expect("both ends seen in time"), Some(()));
+        assert_eq!(output.idle.len(), 0);
     }
 
     #[tokio::test]
