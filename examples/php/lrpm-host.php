@@ -50,21 +50,32 @@ $libc = FFI::cdef(
     'libc.so.6'
 );
 
-/** The descriptor number behind a stream, found by its device and inode. */
-function lrpm_fd_of($stream): int
+/**
+ * The descriptor numbers behind streams, found by their device and inode in
+ * one listing of /proc/self/fd.
+ */
+function lrpm_fds_of(array $streams): array
 {
-    $want = fstat($stream);
+    $want = [];
+    foreach ($streams as $i => $stream) {
+        $st = fstat($stream);
+        $want[$st['dev'] . ':' . $st['ino']][] = $i;
+    }
     clearstatcache(); // stat() caches the last path: /proc/self/fd/N is reused
+    $fds = [];
     foreach (scandir('/proc/self/fd') as $fd) {
         if (!ctype_digit($fd)) {
             continue;
         }
         $st = @stat("/proc/self/fd/$fd");
-        if ($st !== false && $st['ino'] === $want['ino'] && $st['dev'] === $want['dev']) {
-            return (int) $fd;
+        foreach ($st === false ? [] : $want[$st['dev'] . ':' . $st['ino']] ?? [] as $i) {
+            $fds[$i] = (int) $fd;
         }
     }
-    throw new RuntimeException('a received descriptor is not open');
+    if (count($fds) !== count($streams)) {
+        throw new RuntimeException('a received descriptor is not open');
+    }
+    return $fds;
 }
 
 /**
@@ -222,9 +233,14 @@ function lrpm_fork(FFI $libc, Socket $host, array $request, array $received): in
     if (!$own instanceof Socket) {
         throw new RuntimeException('the third descriptor is not a socket');
     }
-    $fds = [lrpm_fd_of($out), lrpm_fd_of($err), lrpm_fd_of(socket_export_stream($own))];
+    $streams = [$out, $err, socket_export_stream($own)];
+    if (is_resource($cgroup)) {
+        $streams[] = $cgroup;
+    }
+    $found = lrpm_fds_of($streams);
+    $fds = [$found[0], $found[1], $found[2]];
     $pair = stream_socket_pair(STREAM_PF_UNIX, STREAM_SOCK_STREAM, STREAM_IPPROTO_IP);
-    $middle = lrpm_fork_intermediate($libc, is_resource($cgroup) ? lrpm_fd_of($cgroup) : -1);
+    $middle = lrpm_fork_intermediate($libc, $found[3] ?? -1);
     if ($middle === -1) {
         throw new RuntimeException('fork failed');
     }
@@ -237,9 +253,14 @@ function lrpm_fork(FFI $libc, Socket $host, array $request, array $received): in
         $libc->_exit(0);
     }
     fclose($pair[1]);
-    $pid = (int) stream_get_contents($pair[0]);
-    fclose($pair[0]);
+    // The intermediate wrote the pid before it exited: once it is reaped,
+    // the pid waits in the pair. Reading to end-of-file instead would wait
+    // for the worker too, which holds the pair until it has closed its
+    // descriptors.
     pcntl_waitpid($middle, $status);
+    stream_set_blocking($pair[0], false);
+    $pid = (int) fread($pair[0], 32);
+    fclose($pair[0]);
     if ($pid <= 0) {
         throw new RuntimeException('the intermediate process could not fork');
     }
