@@ -1097,6 +1097,19 @@ impl JobCgroup {
         self.remove();
     }
 
+    /// [`JobCgroup::clear`] without waiting, for a thread that must not
+    /// sleep (the [`Sweeper`]): removes the cgroup when nothing is left in
+    /// it; otherwise kills what is left and leaves the cgroup to
+    /// [`CgroupTree::close`], which removes it once its processes have
+    /// died.
+    pub fn clear_or_kill(self) {
+        match std::fs::remove_dir(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(_) => self.kill(),
+        }
+    }
+
     /// Removes the cgroup, which must have been killed. Its processes may
     /// still be dying, so a busy cgroup is removed by a task that retries
     /// for a few seconds; outside a runtime, removal blocks instead.
@@ -1136,6 +1149,99 @@ impl JobCgroup {
                 }
             }
         });
+    }
+}
+
+/// How many ended runs' cgroups wait for the [`Sweeper`] at most; beyond
+/// that the event loop removes them itself.
+const SWEEP_QUEUE: usize = 1024;
+
+/// Removes the cgroups of the runs that end during a shutdown on a thread
+/// of its own, so that their `rmdir` (the kernel's teardown of a cgroup,
+/// tens of µs each, most of what a shutdown costs lrpm beyond the
+/// workers' own exits: bench/README.md) runs beside the event loop's
+/// reaps instead of after them.
+///
+/// Its queue is bounded: a cgroup it cannot take is handed back, and the
+/// caller removes it itself ([`JobCgroup::clear`]). A cgroup that is not
+/// empty (an escaped daemon) is killed and left in place; the tree's
+/// [`CgroupTree::close`], after [`Sweeper::finish`], removes it once its
+/// processes have died. [`Sweeper::pending`] says whether cgroups are
+/// still queued or being removed: until then their jobs are not gone.
+#[derive(Debug)]
+pub struct Sweeper {
+    queue: Option<std::sync::mpsc::SyncSender<JobCgroup>>,
+    /// Cgroups queued and not yet removed (or given up on).
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sweeper {
+    /// Starts the sweeping thread.
+    pub fn start() -> io::Result<Sweeper> {
+        let (queue, cgroups) = std::sync::mpsc::sync_channel::<JobCgroup>(SWEEP_QUEUE);
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done = pending.clone();
+        let thread = std::thread::Builder::new()
+            .name("lrpm-sweeper".into())
+            .spawn(move || {
+                for cgroup in cgroups {
+                    cgroup.clear_or_kill();
+                    done.fetch_sub(1, std::sync::atomic::Ordering::Release);
+                }
+            })?;
+        Ok(Sweeper {
+            queue: Some(queue),
+            pending,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `cgroup` (its run ended and was reaped) for removal; hands
+    /// it back when the queue is full or the thread is gone.
+    pub fn sweep(&self, cgroup: JobCgroup) -> Result<(), JobCgroup> {
+        let Some(queue) = &self.queue else {
+            return Err(cgroup);
+        };
+        self.pending
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match queue.try_send(cgroup) {
+            Ok(()) => Ok(()),
+            Err(
+                std::sync::mpsc::TrySendError::Full(cgroup)
+                | std::sync::mpsc::TrySendError::Disconnected(cgroup),
+            ) => {
+                self.pending
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                Err(cgroup)
+            }
+        }
+    }
+
+    /// Whether cgroups handed to [`Sweeper::sweep`] are still to be removed.
+    pub fn pending(&self) -> bool {
+        self.pending.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+
+    /// Waits until every queued cgroup has been dealt with, and ends the
+    /// thread.
+    pub fn finish(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the cgroup sweeper panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -1436,6 +1542,49 @@ fn children() -> Vec<Pid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweeper_removes_what_is_empty_and_leaves_the_rest() {
+        // Plain directories stand for cgroups: `rmdir` treats both alike,
+        // and one that holds something cannot be removed.
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let cgroup = |name: &str| JobCgroup {
+            dir: tmp.path().join(name),
+            killable: false,
+        };
+        let sweeper = Sweeper::start().expect("the sweeper's thread starts");
+        for name in ["a", "b", "busy"] {
+            std::fs::create_dir(tmp.path().join(name)).expect("mkdir");
+        }
+        std::fs::write(tmp.path().join("busy/pid"), "1").expect("a file in busy");
+        for name in ["a", "b", "busy", "gone"] {
+            assert!(sweeper.sweep(cgroup(name)).is_ok(), "{name} queued");
+        }
+        sweeper.finish();
+        assert!(!tmp.path().join("a").exists());
+        assert!(!tmp.path().join("b").exists());
+        // Left for the tree's close, which removes it once it is empty.
+        assert!(tmp.path().join("busy/pid").exists());
+    }
+
+    #[test]
+    fn the_sweeper_is_pending_until_every_cgroup_is_dealt_with() {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let sweeper = Sweeper::start().expect("the sweeper's thread starts");
+        assert!(!sweeper.pending());
+        // Nothing to remove: the thread is done with it at once.
+        let missing = JobCgroup {
+            dir: tmp.path().join("missing"),
+            killable: false,
+        };
+        assert!(sweeper.sweep(missing).is_ok());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while sweeper.pending() {
+            assert!(std::time::Instant::now() < deadline, "still pending");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sweeper.finish();
+    }
 
     #[test]
     fn own_cgroup_is_the_v2_line() {

@@ -230,13 +230,19 @@ pub(crate) struct ProcessTable {
     /// is named after (only where the two differ), to know who sent a
     /// notification ([`ProcessTable::run_of_sender`]).
     named_runs: HashMap<RunId, RunId>,
-    /// The cgroups of runs that ended during a shutdown, not killed: what
-    /// is left in one is killed by [`ProcessTable::bury`] when it cannot be
-    /// removed ([`containment::JobCgroup::clear`]).
+    /// The cgroups of runs that ended during a shutdown, not killed, that
+    /// the sweeper did not take (none, or its queue full): what is left in
+    /// one is killed by [`ProcessTable::bury`] when it cannot be removed
+    /// ([`containment::JobCgroup::clear`]).
     unkilled: Vec<containment::JobCgroup>,
     /// Whether lrpm is shutting down: no run ends to be replaced, so a
     /// run's cgroup is killed only if something outlived its main process.
     shutting_down: bool,
+    /// The thread that removes the cgroups of [`ProcessTable::unkilled`]
+    /// during a shutdown, beside the event loop's reaps; `None` before
+    /// the shutdown, without cgroups, or if it could not start (the loop
+    /// removes them itself).
+    sweeper: Option<containment::Sweeper>,
     exits: ExitWatch,
     /// A pidfd numbered at or above this is closed at once
     /// ([`pidfd_threshold`]).
@@ -276,6 +282,7 @@ impl ProcessTable {
             named_runs: HashMap::new(),
             unkilled: Vec::new(),
             shutting_down: false,
+            sweeper: None,
             exits: ExitWatch::new()?,
             pidfd_threshold: pidfd_threshold(),
             pidless: HashSet::new(),
@@ -418,6 +425,12 @@ impl ProcessTable {
     /// processes, cgroups); runs at shutdown.
     pub(crate) fn close(&mut self) {
         self.bury();
+        // Every cgroup handed to the sweeper is dealt with before the tree
+        // is killed and removed (what the sweeper could not remove, the
+        // tree's close does).
+        if let Some(sweeper) = self.sweeper.take() {
+            sweeper.finish();
+        }
         if let Some(orphans) = &mut self.containment.orphans {
             orphans.kill_all();
         }
@@ -789,7 +802,7 @@ impl ProcessTable {
     /// here, once its group was killed (so that no exit waits for a turn of
     /// spawns to be reaped); the cgroup is removed by
     /// [`ProcessTable::bury`]: the replacement's spawn does not wait for
-    /// that.
+    /// that. During a shutdown it goes to the sweeper's thread at once.
     pub(crate) fn reap(&mut self, run: RunId) -> Option<(JobId, ExitStatus)> {
         let entry = self.entries.get(&run)?;
         // Peek only: a spurious wake-up must not kill a live group, and the
@@ -836,12 +849,12 @@ impl ProcessTable {
         // wait for a turn of spawns to be reaped. Only the cgroup's removal
         // waits for `bury`.
         let _ = kill_process_group(entry.pid, rustix::process::Signal::KILL);
-        match cgroup {
-            // During a shutdown nothing is spawned in between: `bury` kills
-            // the cgroup only if it cannot remove it, which saves writing
+        let unkilled = match cgroup {
+            // During a shutdown nothing is spawned in between: the cgroup
+            // is killed only if it cannot be removed, which saves writing
             // `cgroup.kill` for every run whose processes all ended
             // (a third of a worker's cost to a shutdown, bench/README.md).
-            Some(cgroup) if self.shutting_down => self.unkilled.push(cgroup),
+            Some(cgroup) if self.shutting_down => Some(cgroup),
             Some(cgroup) => {
                 // Left empty by its run (nothing escaped, as is the rule),
                 // never killed and without a memory cap, it may serve the
@@ -864,10 +877,20 @@ impl ProcessTable {
                         self.emptied.push(cgroup);
                     }
                 }
+                None
             }
-            None => {}
-        }
+            None => None,
+        };
         reap_now(&entry);
+        if let Some(cgroup) = unkilled {
+            // To the sweeper's thread at once, so that its removal runs
+            // beside the next reaps; or to `bury`.
+            let left = match &self.sweeper {
+                Some(sweeper) => sweeper.sweep(cgroup).err(),
+                None => Some(cgroup),
+            };
+            self.unkilled.extend(left);
+        }
         self.emptied.extend(memory);
         let status = if oom_killed {
             status.because(ExitReason::OomKilled)
@@ -914,9 +937,28 @@ impl ProcessTable {
         }
     }
 
+    /// Whether cgroups of ended runs may still exist: handed to the
+    /// sweeper and not yet removed. Until then, no job whose run ended
+    /// may count as gone (a cluster node keeps its owner key).
+    pub(crate) fn sweeping(&self) -> bool {
+        self.sweeper
+            .as_ref()
+            .is_some_and(containment::Sweeper::pending)
+    }
+
     /// From now on lrpm is shutting down: no run that ends is replaced.
     pub(crate) fn shutting_down(&mut self) {
         self.shutting_down = true;
+        if self.sweeper.is_none() && self.containment.cgroups.is_some() {
+            match containment::Sweeper::start() {
+                Ok(sweeper) => self.sweeper = Some(sweeper),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot start the cgroup sweeper thread ({e}): removing them on the event loop"
+                    );
+                }
+            }
+        }
     }
 }
 

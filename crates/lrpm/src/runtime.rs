@@ -187,7 +187,10 @@ impl Shell {
             // whose workers and cgroups are now gone.
             if let Some(cluster) = &mut self.cluster {
                 let core = &self.core;
-                cluster.release(|id| !core.knows_declared(id));
+                // During a shutdown a run's cgroup may still be queued for
+                // removal after its job is forgotten.
+                let sweeping = self.procs.sweeping();
+                cluster.release(|id| !sweeping && !core.knows_declared(id));
             }
             if spawned {
                 trim_at.get_or_insert_with(|| Instant::now() + TRIM_AFTER);
