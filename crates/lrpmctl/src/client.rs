@@ -141,8 +141,11 @@ impl Client {
         loop {
             match protocol::split_line_from(&self.buf, scanned, MAX_RESPONSE_LEN) {
                 Ok(Some((len, consumed))) => {
-                    let line = self.buf[..len].to_vec();
-                    self.buf.drain(..consumed);
+                    // The line is handed over without a copy (megabytes for
+                    // a large status); what follows it, if anything, stays.
+                    let rest = self.buf.split_off(consumed);
+                    let mut line = std::mem::replace(&mut self.buf, rest);
+                    line.truncate(len);
                     return Ok(line);
                 }
                 Ok(None) => scanned = self.buf.len(),

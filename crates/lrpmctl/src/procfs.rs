@@ -162,7 +162,7 @@ impl<'scope, 'env> Feed<'scope, 'env> {
             read.extend(thread.join().unwrap_or_default());
         }
         Usages {
-            sampler: self.sampler,
+            sampler: Some(self.sampler),
             read,
         }
     }
@@ -172,7 +172,8 @@ impl<'scope, 'env> Feed<'scope, 'env> {
 /// about is read when asked for.
 #[derive(Debug)]
 pub struct Usages<'a> {
-    sampler: &'a Sampler,
+    /// What reads a process not read yet; none for the figures lrpm gave.
+    sampler: Option<&'a Sampler>,
     read: HashMap<u32, Option<Usage>>,
 }
 
@@ -181,7 +182,7 @@ impl<'a> Usages<'a> {
     #[cfg(test)]
     pub fn new(sampler: &'a Sampler) -> Self {
         Usages {
-            sampler,
+            sampler: Some(sampler),
             read: HashMap::new(),
         }
     }
@@ -190,11 +191,7 @@ impl<'a> Usages<'a> {
     /// CPU time over its life until the figure was read, and its memory
     /// then. A process lrpm gave no figure of (it could not read it: the
     /// process had just ended) has none.
-    pub fn given(
-        sampler: &'a Sampler,
-        jobs: &[JobStatus],
-        given: &HashMap<u32, ProcessUsage>,
-    ) -> Self {
+    pub fn given(jobs: &[JobStatus], given: &HashMap<u32, ProcessUsage>) -> Self {
         let read = jobs
             .iter()
             .filter_map(|job| {
@@ -213,14 +210,17 @@ impl<'a> Usages<'a> {
                 Some((pid, usage))
             })
             .collect();
-        Usages { sampler, read }
+        Usages {
+            sampler: None,
+            read,
+        }
     }
 
     /// The usage of process `pid`.
     pub fn of(&self, pid: u32) -> Option<Usage> {
         match self.read.get(&pid) {
             Some(usage) => *usage,
-            None => self.sampler.usage(pid),
+            None => self.sampler?.usage(pid),
         }
     }
 }

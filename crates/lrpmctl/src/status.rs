@@ -48,18 +48,21 @@ pub fn run(ctx: &Context, ids: Vec<String>) -> Result<(), CtlError> {
     let path = answer.path.clone();
     match crate::common::check(ctx, answer)? {
         Response::Status(status) => {
-            let sampler = Sampler::now();
+            let sampler;
             let usages = match &status.usage {
-                Some(given) => Usages::given(&sampler, &status.jobs, given),
+                Some(given) => Usages::given(&status.jobs, given),
                 // An lrpm that does not read them (an older one): they are
                 // read here, on every core.
-                None => std::thread::scope(|scope| {
-                    let mut feed = Feed::new(scope, &sampler);
-                    for pid in status.jobs.iter().filter_map(|job| job.pid) {
-                        feed.push(pid);
-                    }
-                    feed.finish()
-                }),
+                None => {
+                    sampler = Sampler::now();
+                    std::thread::scope(|scope| {
+                        let mut feed = Feed::new(scope, &sampler);
+                        for pid in status.jobs.iter().filter_map(|job| job.pid) {
+                            feed.push(pid);
+                        }
+                        feed.finish()
+                    })
+                }
             };
             let stdout = std::io::stdout();
             let width = if stdout.is_terminal() {
@@ -629,10 +632,7 @@ invalid jobs (left out or kept on their last valid declaration):
                 at: 1010.0,
             },
         )]);
-        let sampler = Sampler::now();
-        let text = render(&status, &VIEW, || {
-            Usages::given(&sampler, &status.jobs, &given)
-        });
+        let text = render(&status, &VIEW, || Usages::given(&status.jobs, &given));
         let row = |id: &str| -> Vec<String> {
             let line = text
                 .lines()
