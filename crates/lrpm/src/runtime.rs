@@ -181,6 +181,10 @@ impl Shell {
             // The actions of the last event first: a crashed worker's
             // replacement is spawned before anything else is done.
             let (more, spawned) = self.perform_actions();
+            // The exits' lines (held since the exit, `child_exited`) and
+            // the spawns' go to the log thread now, the replacements
+            // running: waking it before competed with their spawn.
+            crate::stdio::release_log();
             // Then what an exit leaves to clean up (its zombie, its cgroup).
             self.procs.bury();
             // A cluster node gives up the owner keys of the jobs it left
@@ -371,6 +375,8 @@ impl Shell {
     }
 
     fn child_exited(&mut self, exit: ExitEvent) {
+        // Its lines wait for the turn's spawns (`release_log` in `run`).
+        crate::stdio::hold_log();
         self.fence_if_due();
         let Some((job, status)) = self.procs.reap(exit.run) else {
             return;

@@ -12,7 +12,11 @@
 //!   it only queues the line, in a queue bounded in bytes
 //!   ([`LOG_QUEUE_BYTES`]), for the log thread ([`start_log_thread`]) that
 //!   writes it. When the queue is full the line is dropped and counted,
-//!   never waited for.
+//!   never waited for. The event loop holds the lines of a worker's exit
+//!   back ([`hold_log`]) until its replacement is spawned
+//!   ([`release_log`]): handing a line over wakes the log thread, which
+//!   then competes with the spawn for the CPUs; held lines count against
+//!   the queue's bound all the same.
 //! - workers' output: the `output` module's writer thread, with
 //!   back-pressure on the workers instead.
 //!
@@ -31,6 +35,7 @@
 //! Architecture invariant: a base-level module; it imports nothing from
 //! the crate.
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -304,9 +309,71 @@ pub(crate) fn output_was_lost() -> bool {
         .any(|h| h.dropped.load(Ordering::Relaxed) > 0 || h.errors.load(Ordering::Relaxed) > 0)
 }
 
-/// One log line on its way to the log thread.
+/// Log lines on their way to the log thread: one, or those a turn of the
+/// event loop held back ([`hold_log`]).
 #[derive(Debug)]
-struct LogLine(Vec<u8>);
+struct LogLine {
+    bytes: Vec<u8>,
+    /// How many lines `bytes` holds.
+    lines: u64,
+    /// What they count for in [`LOG_QUEUED`].
+    cost: usize,
+}
+
+/// The lines this thread holds back, from [`hold_log`] until
+/// [`release_log`].
+#[derive(Debug, Default)]
+struct Held {
+    bytes: Vec<u8>,
+    lines: u64,
+    cost: usize,
+    /// The queue, from the first line held.
+    tx: Option<mpsc::Sender<LogLine>>,
+}
+
+thread_local! {
+    /// Set on the event loop's thread while it holds its lines back.
+    static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
+}
+
+/// Holds back the log lines this thread writes, until [`release_log`]:
+/// the event loop, from a worker's exit until its replacement is spawned,
+/// so that the log thread is not woken in between. The lines are admitted
+/// (counted against [`LOG_QUEUE_BYTES`]) as they are written.
+pub(crate) fn hold_log() {
+    HELD.with(|held| {
+        held.borrow_mut().get_or_insert_with(Held::default);
+    });
+}
+
+/// Hands the lines held since [`hold_log`] to the log thread, at once, and
+/// stops holding them back.
+pub(crate) fn release_log() {
+    let Some(held) = HELD.with(|held| held.borrow_mut().take()) else {
+        return;
+    };
+    let Some(tx) = held.tx else {
+        return;
+    };
+    let (lines, cost) = (held.lines, held.cost);
+    let line = LogLine {
+        bytes: held.bytes,
+        lines,
+        cost,
+    };
+    if tx.send(line).is_err() {
+        lost(lines, cost);
+    }
+}
+
+/// Counts `lines` admitted (for `cost` bytes) as lost: the log thread is
+/// gone (it cannot be, short of a panic).
+fn lost(lines: u64, cost: usize) {
+    let health = Stream::Log.health();
+    LOG_QUEUED.fetch_sub(cost, Ordering::AcqRel);
+    health.pending.fetch_sub(lines, Ordering::Relaxed);
+    health.dropped.fetch_add(lines, Ordering::Relaxed);
+}
 
 /// The queue's side that `tracing` writes to: a [`MakeWriter`] whose
 /// writers queue, or drop, and never wait.
@@ -334,11 +401,26 @@ impl LogWriter {
             return;
         }
         Recovery::queued(Stream::Log, 1);
-        if self.tx.send(LogLine(line.to_vec())).is_err() {
-            // The log thread is gone (it cannot be, short of a panic).
-            LOG_QUEUED.fetch_sub(cost, Ordering::AcqRel);
-            health.pending.fetch_sub(1, Ordering::Relaxed);
-            health.dropped.fetch_add(1, Ordering::Relaxed);
+        let held = HELD.with(|held| match held.borrow_mut().as_mut() {
+            Some(held) => {
+                held.bytes.extend_from_slice(line);
+                held.lines += 1;
+                held.cost += cost;
+                held.tx.get_or_insert_with(|| self.tx.clone());
+                true
+            }
+            None => false,
+        });
+        if held {
+            return;
+        }
+        let one = LogLine {
+            bytes: line.to_vec(),
+            lines: 1,
+            cost,
+        };
+        if self.tx.send(one).is_err() {
+            lost(1, cost);
         }
     }
 }
@@ -381,10 +463,10 @@ fn write_log(rx: &mpsc::Receiver<LogLine>) {
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         let (mut lines, mut cost) = (0, 0);
-        while let Some(LogLine(line)) = next {
-            batch.extend_from_slice(&line);
-            lines += 1;
-            cost += line.len() + LOG_LINE_OVERHEAD;
+        while let Some(line) = next {
+            batch.extend_from_slice(&line.bytes);
+            lines += line.lines;
+            cost += line.cost;
             next = if batch.len() < LOG_BATCH {
                 rx.try_recv().ok()
             } else {
@@ -418,6 +500,27 @@ pub(crate) fn flush_log(timeout: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_lines_reach_the_queue_together_once_released() {
+        let (tx, rx) = mpsc::channel();
+        let writer = LogWriter { tx };
+        hold_log();
+        writer.queue(b"exited\n");
+        writer.queue(b"started\n");
+        assert!(rx.try_recv().is_err(), "held back until released");
+        release_log();
+        let line = rx.try_recv().expect("the held lines, released");
+        assert_eq!(line.bytes, b"exited\nstarted\n");
+        assert_eq!(line.lines, 2);
+        assert_eq!(line.cost, 15 + 2 * LOG_LINE_OVERHEAD);
+        // Not held any more: the next line goes at once.
+        writer.queue(b"more\n");
+        assert_eq!(rx.try_recv().expect("sent at once").bytes, b"more\n");
+        // No log thread reads this queue: give the budget back.
+        LOG_QUEUED.fetch_sub(line.cost + 5 + LOG_LINE_OVERHEAD, Ordering::AcqRel);
+        Stream::Log.health().pending.fetch_sub(3, Ordering::Relaxed);
+    }
 
     #[test]
     fn a_full_log_queue_drops_and_counts_instead_of_waiting() {

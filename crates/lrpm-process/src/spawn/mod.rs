@@ -273,9 +273,16 @@ impl Spawner {
         Ok(())
     }
 
-    /// Puts the slots other than stdin back on `/dev/null`.
-    fn restore(&self) {
-        for i in [STDOUT, STDERR, CGROUP, HANDED, MEMORY] {
+    /// Puts the slots other than stdin back on `/dev/null`: stdout's and
+    /// stderr's, and with `all` the others too (a spawn that placed none of
+    /// them spares their `dup3`s, made while its child runs).
+    fn restore(&self, all: bool) {
+        let slots: &[usize] = if all {
+            &[STDOUT, STDERR, CGROUP, HANDED, MEMORY]
+        } else {
+            &[STDOUT, STDERR]
+        };
+        for &i in slots {
             // The stdin slot is always on /dev/null. A dup3 between two
             // valid descriptors only fails for lack of memory; the slot
             // would then keep a pipe open, which the next spawn replaces.
@@ -451,7 +458,7 @@ fn clone_once(
     let blocked = match placed {
         Ok(blocked) => blocked,
         Err(e) => {
-            spawner.restore();
+            spawner.restore(true);
             return Err(e);
         }
     };
@@ -502,7 +509,7 @@ fn clone_once(
             }
         }
     };
-    spawner.restore();
+    spawner.restore(procs.is_some() || plan.handed.is_some() || plan.memory_procs.is_some());
     drop(blocked);
     // `procs` is closed here, after the child used it.
     drop(procs);
