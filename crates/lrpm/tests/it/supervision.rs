@@ -183,26 +183,36 @@ fn a_crashed_long_running_worker_is_restarted_at_once() {
 fn short_runs_are_restarted_with_exponential_backoff() {
     let lrpm = Lrpm::start(
         "jobs.toml",
-        "[f]\nname = \"f\"\ncommand = \"date +%s.%N >> starts; exit 3\"\n",
+        "[f]\nname = \"f\"\ncommand = \"date +%s.%N >> starts; date +%s.%N >> ends; exit 3\"\n",
         &[],
     );
-    let starts = lrpm.dir.path().join("starts");
+    let (starts, ends) = (lrpm.dir.path().join("starts"), lrpm.dir.path().join("ends"));
     // Starts at about 0 s, 1 s and 3 s; the next would be at 7 s.
     wait_until("three starts", LONG, || {
         fs::read_to_string(&starts).is_ok_and(|s| s.lines().count() >= 3)
     });
-    let times: Vec<f64> = fs::read_to_string(&starts)
-        .expect("starts")
-        .lines()
-        .map(|l| l.parse().expect("time"))
-        .collect();
-    let gap1 = times[1] - times[0];
-    let gap2 = times[2] - times[1];
-    // Each gap is at least its backoff and short of the next one's: a
-    // constant delay of 1 s or of 2 s fails one of them; the rest is room
-    // for a slow start of `sh` on a loaded machine.
-    assert!((0.9..1.9).contains(&gap1), "first backoff {gap1}");
-    assert!((1.9..3.9).contains(&gap2), "second backoff {gap2}");
+    // lrpm's decisions, from its log: 1 s, then twice that.
+    wait_until("the first two backoffs in the log", LONG, || {
+        let log = lrpm.stderr();
+        log.contains("too soon; restarting in 1s") && log.contains("too soon; restarting in 2s")
+    });
+    let times = |path: &Path| -> Vec<f64> {
+        fs::read_to_string(path)
+            .expect("times")
+            .lines()
+            .map(|l| l.parse().expect("time"))
+            .collect()
+    };
+    let (started, ended) = (times(&starts), times(&ends));
+    // Each run started at least its backoff after the previous one's last
+    // line (written before its exit), whatever the machine's load: a
+    // restart at once fails both. The bound above is loose (3 s more, room
+    // for a loaded machine's exit, spawn and start of `sh`): the delays
+    // themselves are lrpm's decisions above.
+    let gap1 = started[1] - ended[0];
+    let gap2 = started[2] - ended[1];
+    assert!((0.99..4.0).contains(&gap1), "first backoff {gap1}");
+    assert!((1.99..5.0).contains(&gap2), "second backoff {gap2}");
     let status = lrpm.status();
     let job = job_in(&status, "f").expect("job");
     assert_eq!(job["last_exit"]["code"], 3);
