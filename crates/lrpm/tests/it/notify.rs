@@ -92,23 +92,31 @@ fn a_silent_worker_is_restarted_by_the_watchdog_and_a_chatty_one_is_not() {
     if !python3() {
         return;
     }
-    // 3 s, not 1: on a loaded machine python3 alone can take a second to
-    // start, and the chatty worker's first WATCHDOG=1 must come in time.
+    // The silent one at 3 s, not 1: on a loaded machine python3 alone can
+    // take a second to start. The chatty one at 10 s: it sends every 0.2 s,
+    // but at load 50 its start and its sends were seen more than 3 s apart;
+    // it is watched for 2.5 periods, so a watchdog deaf to it would fire.
     let silent = py_job("time.sleep(1000)", json!({"watchdogSeconds": 3}));
     let chatty = py_job(
         r#"
-if os.environ.get("WATCHDOG_USEC") != "3000000":
+if os.environ.get("WATCHDOG_USEC") != "10000000":
     sys.exit(3)
 while True:
     send("WATCHDOG=1")
     time.sleep(0.2)
 "#,
-        json!({"watchdogSeconds": 3}),
+        json!({"watchdogSeconds": 10}),
     );
     let config = json!({ "silent": silent, "chatty": chatty });
     let lrpm = Lrpm::start("jobs.json", &config.to_string(), &[]);
-    let s = lrpm.wait_for("the silent one restarted twice", LONG, |s| {
+    lrpm.wait_for("the silent one restarted twice", LONG, |s| {
         field(s, "silent", "restarts").as_u64() >= Some(2)
+    });
+    let s = lrpm.wait_for("the chatty one 25 s into its run", LONG, |s| {
+        field(s, "chatty", "restarts") != 0
+            || field(s, "chatty", "started_at")
+                .as_f64()
+                .is_some_and(|at| crate::support::wall_now() > at + 25.0)
     });
     assert_eq!(field(&s, "chatty", "restarts"), 0, "{s:#}");
     assert_eq!(field(&s, "chatty", "state"), "running");
