@@ -160,6 +160,8 @@ pub struct Binaries {
     pub lrpmctl: PathBuf,
     /// The tiny worker.
     pub worker: PathBuf,
+    /// The floor of a shutdown, a supervisor process of its own.
+    pub floor: PathBuf,
 }
 
 /// The shared context of one run.
@@ -217,6 +219,7 @@ impl Bench {
             lrpm: copy("lrpm")?,
             lrpmctl: copy("lrpmctl")?,
             worker: copy("lrpm-bench-worker")?,
+            floor: copy("lrpm-bench-floor")?,
         };
         let collector = Collector::bind(&dir.join("hello.sock"))?;
         let nofile_hard = getrlimit(Resource::Nofile).maximum.unwrap_or(u64::MAX);

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rustix::event::{PollFd, PollFlags, poll};
-use rustix::process::{Pid, PidfdFlags, Signal, kill_process, pidfd_open, pidfd_send_signal};
+use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 
 use crate::bench::{Bench, Plan, WorkerMode};
-use crate::cleanup;
+use crate::cleanup::{self, Tracked};
 use crate::collector::Roster;
 use crate::procfs::monotonic_ns;
 use crate::results::{Metric, Results, Subject};
@@ -49,8 +49,10 @@ pub fn run(bench: &Bench, farms: &[usize], results: &mut Results) -> anyhow::Res
     )?;
     for &jobs in farms {
         for session in 0..plan.floor_sessions(jobs) {
-            eprintln!("[floor] {jobs} sequential spawns, then SIGTERM to all ({session})");
+            eprintln!("[floor] {jobs} sequential spawns ({session})");
             sequential_farm(bench, jobs, results)?;
+            eprintln!("[floor] {jobs} workers of lrpm-bench-floor: SIGTERM to it ({session})");
+            shutdown(bench, jobs, results)?;
             eprintln!("[floor] {jobs} spawns on two threads ({session})");
             two_thread_farm(bench, jobs, results)?;
         }
@@ -133,8 +135,7 @@ pub fn exit_replace(
 }
 
 /// Spawns `jobs` workers one after the other and waits for all their
-/// reports (the floor of a mass start), then SIGTERMs them all and reaps
-/// them (the floor of a shutdown).
+/// reports (the floor of a mass start).
 fn sequential_farm(bench: &Bench, jobs: usize, results: &mut Results) -> anyhow::Result<()> {
     let mut roster = Roster::new(jobs);
     bench.collector.drain();
@@ -151,20 +152,37 @@ fn sequential_farm(bench: &Bench, jobs: usize, results: &mut Results) -> anyhow:
     if jobs == mass_start::CURVE_JOBS && !results.has_curve(Subject::Floor) {
         results.set_curve(Subject::Floor, mass_start::since(t0, &stamps));
     }
+    // Dropping the brood kills and reaps it.
+    drop(brood);
+    Ok(())
+}
+
+/// The floor of a shutdown: `lrpm-bench-floor` spawns `jobs` workers; once
+/// they all reported, SIGTERM to it at t0, until it has exited, which it
+/// does once it has sent SIGTERM to every worker and reaped them all. That
+/// is the end point of lrpm's shutdown (SIGTERM to lrpm → lrpm exited, once
+/// every worker is reaped): both figures include the signal's delivery to
+/// the supervisor and the supervisor's own exit.
+fn shutdown(bench: &Bench, jobs: usize, results: &mut Results) -> anyhow::Result<()> {
+    let mut roster = Roster::new(jobs);
+    bench.collector.drain();
+    cleanup::check_not_stopping()?;
+    let mut floor = Tracked::spawn(
+        Command::new(&bench.bins.floor)
+            .arg(jobs.to_string())
+            .arg(&bench.bins.worker)
+            .arg(bench.collector.path())
+            .stdin(Stdio::null()),
+    )?;
+    roster.wait_all(&bench.collector, Plan::start_timeout(jobs))?;
     let t0 = Instant::now();
-    for child in &brood.0 {
-        if let Some(pid) = Pid::from_raw(child.id() as i32) {
-            // Not reaped yet, so the pid is still this child's.
-            kill_process(pid, Signal::TERM)?;
-        }
-    }
-    for child in &mut brood.0 {
-        child.wait()?;
-    }
+    floor.signal(Signal::TERM)?;
+    let status = floor.wait()?;
+    let took = t0.elapsed();
+    anyhow::ensure!(status.success(), "lrpm-bench-floor exited with {status}");
     results
         .times(Metric::Shutdown, Subject::Floor, jobs)
-        .push(t0.elapsed());
-    brood.0.clear();
+        .push(took);
     Ok(())
 }
 
