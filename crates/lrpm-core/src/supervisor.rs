@@ -816,11 +816,15 @@ impl Supervisor {
             return ConfigOutcome::Ignored;
         }
         decl.expand_instances();
+        // Both maps are in key order: they are walked side by side.
+        let mut declared = decl.jobs.keys().peekable();
         let removed: Vec<JobId> = self
             .jobs
             .iter()
             .filter(|(id, job)| {
-                job.declared && !decl.jobs.contains_key(*id) && invalid(&decl, id, job).is_none()
+                while declared.next_if(|d| d < id).is_some() {}
+                let kept = declared.peek() == Some(id);
+                job.declared && !kept && invalid(&decl, id, job).is_none()
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -851,7 +855,24 @@ impl Supervisor {
             .map(|(id, reason)| (id.to_string(), reason))
             .collect();
 
+        // A job that keeps its declaration (a reparse hands an unchanged
+        // job its last `Arc`) is left alone, as `declare` would leave it;
+        // the others are declared, in key order.
+        let mut jobs = self.jobs.iter().peekable();
+        let mut changed = Vec::new();
         for (id, spec) in decl.jobs {
+            while jobs.next_if(|(known, _)| **known < id).is_some() {}
+            let same = jobs.peek().is_some_and(|&(known, job)| {
+                *known == id
+                    && job.declared
+                    && job.state != State::Waiting
+                    && Arc::ptr_eq(job.pending.as_ref().unwrap_or(&job.spec), &spec)
+            });
+            if !same {
+                changed.push((id, spec));
+            }
+        }
+        for (id, spec) in changed {
             self.declare(now, id, spec);
         }
         ConfigOutcome::Applied
