@@ -1338,6 +1338,12 @@ enum Origin {
 }
 
 impl Orphans {
+    /// Whether it kills the adopted processes of ended runs (the subreaper
+    /// fallback), not only reaps the adopted ones that have ended.
+    pub fn culls(&self) -> bool {
+        self.cull
+    }
+
     fn new(cull: bool) -> Self {
         Self {
             cull,

@@ -898,8 +898,19 @@ impl ProcessTable {
             status
         };
         // In the subreaper fallback the run's escaped processes were
-        // adopted: kill them now that their run has ended.
-        self.reap_orphans();
+        // adopted: kill them now that their run has ended. With cgroups
+        // (lrpm a subreaper for its worker hosts only) the cgroup's kill
+        // did that, and adopted processes that end are reaped on SIGCHLD:
+        // listing every child here would put a pass over the whole farm
+        // before each crash's restart.
+        if self
+            .containment
+            .orphans
+            .as_ref()
+            .is_some_and(containment::Orphans::culls)
+        {
+            self.reap_orphans();
+        }
         Some((job, status))
     }
 
