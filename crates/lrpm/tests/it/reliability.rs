@@ -757,25 +757,43 @@ fn fork_happy_workers_leave_nothing_behind_their_stop_or_their_crash() {
 #[test]
 fn with_cgroups_a_daemon_left_by_a_worker_dies_at_shutdown() {
     // During a shutdown a run's cgroup is killed only when it cannot be
-    // removed: one that holds an escaped daemon must still be killed.
+    // removed: one that holds an escaped daemon must still be killed. The
+    // empty ones (20 plain jobs) are removed by the sweeper's thread, the
+    // daemon's killed there and removed with lrpm's tree, which is gone
+    // when lrpm has exited.
+    const PLAIN: usize = 20;
     let marker = sleep_marker(6);
-    let config = format!(
-        "[d]\nname = \"d\"\ncommand = \"setsid sleep {marker} & exec sleep {marker}\"\n\n\
-         [plain]\nname = \"p\"\ncommand = \"exec sleep {marker}\"\n"
-    );
+    let mut config =
+        format!("[d]\nname = \"d\"\ncommand = \"setsid sleep {marker} & exec sleep {marker}\"\n\n");
+    for i in 0..PLAIN {
+        config.push_str(&format!(
+            "[p{i}]\nname = \"p{i}\"\ncommand = \"exec sleep {marker}\"\n\n"
+        ));
+    }
     let mut lrpm = Lrpm::start("jobs.toml", &config, &[]);
     if !prerequisite("a writable cgroup v2", lrpm.uses_cgroups()) {
         return;
     }
     let sleeping = wait_for_value("the workers and the daemon", LONG, || {
         let sleeping = sleepers(&marker);
-        (sleeping.len() == 3).then_some(sleeping)
+        (sleeping.len() == PLAIN + 2).then_some(sleeping)
     });
+    let tree = sleeping
+        .iter()
+        .find_map(|p| cgroup_dir(&cgroup_of(*p)?))
+        .and_then(|dir| Some(dir.parent()?.to_path_buf()))
+        .expect("lrpm's cgroup tree");
+    assert!(tree.exists(), "{}", tree.display());
     assert!(lrpm.terminate().success());
     wait_until("the daemon to die with its job at shutdown", LONG, || {
         sleepers(&marker).is_empty()
     });
     assert!(sleeping.iter().all(|p| !pid_alive(*p)));
+    assert!(
+        !tree.exists(),
+        "lrpm's tree {} is left after its exit",
+        tree.display()
+    );
 }
 
 #[test]
