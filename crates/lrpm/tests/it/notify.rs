@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Lrpm, job_in, python3};
+use crate::support::{
+    Lrpm, cgroup_dir, cgroup_of, job_in, pid_of, prerequisite, python3, signal, wait_until,
+};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -46,6 +48,56 @@ fn py_job(body: &str, extra: Value) -> Value {
 
 fn field<'a>(status: &'a Value, id: &str, key: &str) -> &'a Value {
     job_in(status, id).map_or(&Value::Null, |j| &j[key])
+}
+
+#[test]
+fn a_child_in_a_restarted_runs_reused_cgroup_notifies_for_that_run() {
+    // The sender is the worker's child, known by its cgroup only. The
+    // restart reuses the cgroup its crashed run left empty, which keeps
+    // the name of the run that created it: the new run's notifications
+    // must still be its own.
+    if !python3() {
+        return;
+    }
+    let body = r#"
+if os.fork() == 0:
+    send("READY=1\nSTATUS=main %d" % os.getppid())
+    time.sleep(1)
+    os._exit(0)
+os.wait()
+time.sleep(1000)
+"#;
+    let config = json!({ "n": py_job(body, json!({"notify": true})) });
+    let lrpm = Lrpm::start("jobs.json", &config.to_string(), &[]);
+    if !prerequisite("a writable cgroup v2", lrpm.uses_cgroups()) {
+        return;
+    }
+    let ready = |lrpm: &Lrpm| {
+        let s = lrpm.wait_for("ready, told by its child", LONG, |s| {
+            field(s, "n", "state") == "running"
+                && job_in(s, "n").and_then(pid_of).is_some_and(|pid| {
+                    field(s, "n", "status_text") == format!("main {pid}").as_str()
+                })
+        });
+        pid_of(job_in(&s, "n").expect("n")).expect("a pid")
+    };
+    let first = ready(&lrpm);
+    let cgroup = cgroup_of(first).expect("its cgroup");
+    let procs = cgroup_dir(&cgroup)
+        .expect("its directory")
+        .join("cgroup.procs");
+    wait_until("the child to be gone", LONG, || {
+        std::fs::read_to_string(&procs).is_ok_and(|p| p.trim() == first.to_string())
+    });
+    signal(first, rustix::process::Signal::KILL);
+    lrpm.wait_for("restarted", LONG, |s| field(s, "n", "restarts") == 1);
+    let second = ready(&lrpm);
+    assert_ne!(second, first);
+    assert_eq!(
+        cgroup_of(second),
+        Some(cgroup),
+        "the emptied cgroup is reused"
+    );
 }
 
 #[test]
