@@ -36,7 +36,7 @@ use std::time::Duration;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use crate::job::{JobId, JobSpec, Program, Signal};
+use crate::job::{Env, JobId, JobSpec, Program, Signal};
 
 /// A document format, chosen by file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -600,12 +600,12 @@ impl<'a> Fields<'a> {
     }
 
     /// `env`: a map of variable names to string values.
-    fn env(&mut self, label: &str, value: &Value) -> Option<BTreeMap<String, String>> {
+    fn env(&mut self, label: &str, value: &Value) -> Option<Env> {
         let Some(vars) = value.as_object() else {
             self.error(label, "must be a map of strings to strings");
             return None;
         };
-        let mut env = BTreeMap::new();
+        let mut env = Env::default();
         let mut valid = true;
         for (name, value) in vars {
             if name.is_empty() || name.contains(['=', '\0']) {
@@ -629,7 +629,7 @@ impl<'a> Fields<'a> {
                 None => valid = false,
             }
         }
-        valid.then_some(env)
+        valid.then(|| env.shrunk())
     }
 }
 
@@ -2105,7 +2105,7 @@ workerConfig = {a = 1}
                         mtime,
                         short_run,
                         shutdown_timeout,
-                        env,
+                        env: env.into_iter().collect(),
                         cwd,
                         user,
                         group,
@@ -2129,7 +2129,7 @@ workerConfig = {a = 1}
             "workerConfig": spec.worker_config,
             "shortRunTimeSeconds": spec.short_run.as_secs_f64(),
             "shutdownTimeoutSeconds": spec.shutdown_timeout.as_secs_f64(),
-            "env": spec.env,
+            "env": spec.env.iter().collect::<BTreeMap<_, _>>(),
             "stopSignal": spec.stop_signal.name(),
         });
         match &spec.program {

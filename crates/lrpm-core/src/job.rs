@@ -3,7 +3,6 @@
 //! Values of these types only ever come out of [`crate::decl`], which checks
 //! every field; the supervisor relies on them being valid.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -172,6 +171,81 @@ pub const DEFAULT_SHORT_RUN: Duration = Duration::from_secs(5);
 /// Default for `shutdownTimeoutSeconds`, as php-lrpm.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A job's extra environment variables, each name once, in name order.
+///
+/// A sorted list rather than a `BTreeMap`: a map's first node has room for
+/// eleven entries (about 540 bytes), which every job paid for its one or
+/// two variables, 6 MB of a farm of 10,000.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Env(Vec<(String, String)>);
+
+impl Env {
+    /// Sets `name` to `value`; returns the value it replaces, if any.
+    pub fn insert(&mut self, name: String, value: String) -> Option<String> {
+        match self.0.binary_search_by(|(n, _)| n.as_str().cmp(&name)) {
+            Ok(at) => Some(std::mem::replace(&mut self.0[at].1, value)),
+            Err(at) => {
+                self.0.insert(at, (name, value));
+                None
+            }
+        }
+    }
+
+    /// The value of `name`, if set.
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.0
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+            .map(|at| &self.0[at].1)
+    }
+
+    /// The variables, in name order.
+    pub fn iter(&self) -> EnvIter<'_> {
+        self.into_iter()
+    }
+
+    /// How many variables there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The same, holding no spare room.
+    pub fn shrunk(mut self) -> Self {
+        self.0.shrink_to_fit();
+        self
+    }
+}
+
+/// The variables of an [`Env`], in name order.
+pub type EnvIter<'a> = std::iter::Map<
+    std::slice::Iter<'a, (String, String)>,
+    fn(&'a (String, String)) -> (&'a String, &'a String),
+>;
+
+impl<'a> IntoIterator for &'a Env {
+    type Item = (&'a String, &'a String);
+    type IntoIter = EnvIter<'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(name, value)| (name, value))
+    }
+}
+
+impl FromIterator<(String, String)> for Env {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(vars: I) -> Self {
+        let mut env = Env::default();
+        for (name, value) in vars {
+            env.insert(name, value);
+        }
+        env.shrunk()
+    }
+}
+
 /// One valid job declaration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {
@@ -189,7 +263,7 @@ pub struct JobSpec {
     /// How long the polite stop signal has before SIGKILL follows.
     pub shutdown_timeout: Duration,
     /// Extra environment variables.
-    pub env: BTreeMap<String, String>,
+    pub env: Env,
     /// Working directory.
     pub cwd: Option<String>,
     /// User to switch to before exec (root only).
@@ -234,7 +308,7 @@ impl JobSpec {
             mtime: None,
             short_run: DEFAULT_SHORT_RUN,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            env: BTreeMap::new(),
+            env: Env::default(),
             cwd: None,
             user: None,
             group: None,
@@ -266,6 +340,22 @@ impl JobSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_keeps_one_value_per_name_in_name_order() {
+        let mut env: Env = [("B", "2"), ("A", "1"), ("B", "3")]
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect();
+        assert_eq!(env.len(), 2);
+        assert_eq!(env.get("B").map(String::as_str), Some("3"));
+        assert_eq!(env.insert("A".into(), "0".into()).as_deref(), Some("1"));
+        assert_eq!(env.insert("C".into(), "4".into()), None);
+        let vars: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        assert_eq!(vars, [("A", "0"), ("B", "3"), ("C", "4")]);
+        assert_eq!(env.get("D"), None);
+        assert!(Env::default().is_empty());
+    }
 
     #[test]
     fn signal_names_round_trip() {

@@ -31,6 +31,6 @@ pub mod status;
 pub mod supervisor;
 
 pub use decl::{Declaration, Document, Format, SourceError};
-pub use job::{JobId, JobSpec, Program, Signal};
+pub use job::{Env, JobId, JobSpec, Program, Signal};
 pub use keyed::KeyedJobs;
 pub use reparse::Reparser;
