@@ -28,19 +28,24 @@ pub(crate) const ETCD_PASSWORD_ENV: &str = "LRPM_ETCD_PASSWORD";
 /// What no child of lrpm inherits from lrpm's own environment unless its
 /// declaration sets it: the sources' secrets, an `LRPM_RUN_ID` lrpm
 /// itself inherited (which would tie the child to a run of another lrpm),
-/// and systemd's notification settings, which are lrpm's, not its workers'.
+/// an `LRPM_INSTANCE` it inherited (lrpm sets it only for a copy of an
+/// `instances` job, so the copy number of an outer lrpm's job would pass
+/// for the child's own), and systemd's notification settings, which are
+/// lrpm's, not its workers'.
 pub(crate) const HIDDEN_ENV: &[&str] = &HIDDEN;
-const HIDDEN: [&str; 6] = [
+const HIDDEN: [&str; 7] = [
     HTTP_TOKEN_ENV,
     ETCD_PASSWORD_ENV,
     lrpm_process::containment::RUN_ID_ENV,
+    INSTANCE_ENV,
     NOTIFY_SOCKET_ENV,
     WATCHDOG_USEC_ENV,
     WATCHDOG_PID_ENV,
 ];
-/// The variables of a run, but its run id: what lrpm itself has when it
+/// The variables of a run that every worker's own replace (all but its
+/// run id and copy, which [`HIDDEN`] holds): what lrpm itself has when it
 /// runs as a job of another lrpm.
-const RUN_ENV: [&str; 4] = [JOB_ID_ENV, JOB_NAME_ENV, WORKER_CONFIG_ENV, INSTANCE_ENV];
+const RUN_ENV: [&str; 3] = [JOB_ID_ENV, JOB_NAME_ENV, WORKER_CONFIG_ENV];
 /// What a worker host does not inherit from lrpm's own environment:
 /// [`HIDDEN_ENV`], and the other variables of a run that lrpm itself has
 /// when it runs as a job of another lrpm (its job id and name, its

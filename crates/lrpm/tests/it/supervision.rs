@@ -56,6 +56,45 @@ cwd = "{}"
     assert_eq!(Path::new(fields[4]), cwd);
 }
 
+/// lrpm run as a job of another lrpm (as its copy 41): its own workers
+/// get the variables of their own runs only, and a worker of a job without
+/// `instances` no `LRPM_INSTANCE` at all.
+#[test]
+fn a_nested_lrpms_workers_see_their_own_run_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("jobs.toml");
+    let out = dir.path().join("env.out");
+    fs::write(
+        &config,
+        format!(
+            "[w]\nname = \"w\"\ncommand = \"env > '{}'; exec sleep 1000\"\n",
+            out.display()
+        ),
+    )
+    .expect("config");
+    let source = config.clone();
+    let lrpm = Lrpm::start_in(dir, config, move |command| {
+        command
+            .env("LRPM_RUN_ID", "1.7")
+            .env("LRPM_JOB_ID", "outer")
+            .env("LRPM_INSTANCE", "41")
+            .arg(&source);
+    });
+    lrpm.running_pid("w");
+    wait_until("env.out", LONG, || {
+        fs::read_to_string(&out).is_ok_and(|s| s.contains("LRPM_JOB_ID="))
+    });
+    let env = fs::read_to_string(&out).expect("env.out");
+    let var = |name: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+    };
+    assert_eq!(var("LRPM_JOB_ID"), Some("w"), "{env}");
+    assert_eq!(var("LRPM_INSTANCE"), None, "{env}");
+    let run = var("LRPM_RUN_ID").expect("a run id");
+    assert!(run.starts_with(&format!("{}.", lrpm.pid())), "{env}");
+}
+
 #[test]
 fn a_job_can_run_as_another_user() {
     if !prerequisite("root, to switch identities", is_root()) {
