@@ -383,18 +383,7 @@ impl Request {
         };
         match cmd {
             "status" => {
-                let usage = match fields.remove("usage") {
-                    None | Some(Value::Null) => false,
-                    Some(Value::Bool(usage)) => usage,
-                    Some(other) => {
-                        return Err(RequestError::WrongType {
-                            cmd: "status",
-                            arg: "usage",
-                            expected: "a boolean",
-                            got: kind(&other),
-                        });
-                    }
-                };
+                let usage = flag("status", &mut fields, "usage")?;
                 match job_ids("status", &mut fields, false)? {
                     ids if usage => Ok(Request::StatusUsage { ids }),
                     ids if ids.is_empty() => Ok(Request::Status),
@@ -412,16 +401,9 @@ impl Request {
                 signal: signal(&mut fields)?,
                 ids: job_ids("signal", &mut fields, true)?,
             }),
-            "reload" => match fields.get("force") {
-                None | Some(Value::Null) => Ok(Request::Reload { force: false }),
-                Some(Value::Bool(force)) => Ok(Request::Reload { force: *force }),
-                Some(other) => Err(RequestError::WrongType {
-                    cmd: "reload",
-                    arg: "force",
-                    expected: "a boolean",
-                    got: kind(other),
-                }),
-            },
+            "reload" => Ok(Request::Reload {
+                force: flag("reload", &mut fields, "force")?,
+            }),
             "reopen-logs" => Ok(Request::ReopenLogs),
             "logs" => Ok(Request::Logs {
                 id: job_id("logs", &mut fields)?,
@@ -444,18 +426,7 @@ impl Request {
                         });
                     }
                 },
-                follow: match fields.remove("follow") {
-                    None | Some(Value::Null) => false,
-                    Some(Value::Bool(follow)) => follow,
-                    Some(other) => {
-                        return Err(RequestError::WrongType {
-                            cmd: "logs",
-                            arg: "follow",
-                            expected: "a boolean",
-                            got: kind(&other),
-                        });
-                    }
-                },
+                follow: flag("logs", &mut fields, "follow")?,
             }),
             "stop" => Ok(Request::Stop),
             "cluster" => Ok(Request::Cluster),
@@ -697,20 +668,28 @@ fn job_ids(
     Ok(ids)
 }
 
+/// The optional boolean argument `arg` of command `cmd`: absent or null is
+/// `false`.
+fn flag(
+    cmd: &'static str,
+    fields: &mut Map<String, Value>,
+    arg: &'static str,
+) -> Result<bool, RequestError> {
+    match fields.remove(arg) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(set)) => Ok(set),
+        Some(other) => Err(RequestError::WrongType {
+            cmd,
+            arg,
+            expected: "a boolean",
+            got: kind(&other),
+        }),
+    }
+}
+
 /// `restart`: one job (`id`), several (`ids`) or every one (`all`).
 fn restart(fields: &mut Map<String, Value>) -> Result<Request, RequestError> {
-    let all = match fields.remove("all") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(all)) => all,
-        Some(other) => {
-            return Err(RequestError::WrongType {
-                cmd: "restart",
-                arg: "all",
-                expected: "a boolean",
-                got: kind(&other),
-            });
-        }
-    };
+    let all = flag("restart", fields, "all")?;
     let has_ids = !matches!(fields.get("ids"), None | Some(Value::Null));
     match (all, has_ids) {
         (true, false) if matches!(fields.get("id"), None | Some(Value::Null)) => {
