@@ -355,6 +355,13 @@ impl Lrpm {
     /// Whether lrpm put each job in a cgroup of its own, as it says in its
     /// log at start: cgroup v2 is there, and writable.
     pub fn uses_cgroups(&self) -> bool {
+        // lrpm's start-up log says it either way, then ends its containment
+        // lines with what `memoryMax` does; they reach this test's stderr
+        // reader through lrpm's log thread, possibly after lrpm answered
+        // its first request: wait for that last line before deciding.
+        wait_until("lrpm's containment lines", WAIT, || {
+            self.stderr().contains("jobs with memoryMax")
+        });
         self.stderr().contains("in a cgroup of its own")
     }
 
